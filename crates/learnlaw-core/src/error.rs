@@ -1,0 +1,52 @@
+//! The library's typed errors. The CLI wraps them with context; nothing here panics on user input.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor or argument has the wrong shape.
+    #[error("shape mismatch in {what}: expected {expected}, got {got}")]
+    Shape { what: String, expected: String, got: String },
+
+    /// Input data is present but unusable (NaN/Inf, labels out of range, wrong dtype, …).
+    #[error("bad input in {what}: {problem}")]
+    BadInput { what: String, problem: String },
+
+    /// A configuration value is out of its valid range.
+    #[error("invalid setting {name} = {value}: {problem}")]
+    Config { name: String, value: String, problem: String },
+
+    /// A file could not be parsed (corrupt safetensors, malformed TOML/JSON, …).
+    #[error("cannot read {path}: {problem}")]
+    Format { path: PathBuf, problem: String },
+
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A backend is not available on this machine (no driver, no adapter, not compiled in).
+    #[error("backend {backend} unavailable: {reason}")]
+    Unavailable { backend: String, reason: String },
+
+    /// The numerics broke down (a loss or gradient became NaN/Inf).
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+        Error::Shape { what: what.into(), expected: expected.to_string(), got: got.to_string() }
+    }
+    pub fn bad_input(what: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::BadInput { what: what.into(), problem: problem.into() }
+    }
+    pub fn config(name: impl Into<String>, value: impl ToString, problem: impl Into<String>) -> Self {
+        Error::Config { name: name.into(), value: value.to_string(), problem: problem.into() }
+    }
+    pub fn format(path: impl Into<PathBuf>, problem: impl ToString) -> Self {
+        Error::Format { path: path.into(), problem: problem.to_string() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
