@@ -1,9 +1,24 @@
 //! learnlaw-core: the Learning Law's math, the CPU reference backend, the policy-search driver
 //! (forward unroll, adjoint pass, outer optimisation) and the file formats.
+//!
+//! - `engine`: the one trait every backend implements (fused forward and adjoint steps).
+//! - `perceptron`: the perceptron task — its math, the plain f64 reference and the CPU engine.
+//! - `unroll`: J(γ) and ∂J/∂γ through the whole training run (adjoint with HVPs, checkpointing).
+//! - `search`: the outer optimisation of the policy; `eval`: AR, CR, CT, SIM; `run`: run directories.
+//! - `data`, `policy`, `simplex`: data sets and their generator, policies, simplex projection.
 pub mod data;
+pub mod engine;
 pub mod error;
+pub mod eval;
+pub mod perceptron;
+pub mod policy;
 pub mod real;
+pub mod run;
+pub mod search;
 pub mod simplex;
+mod tensor_file;
+pub mod unroll;
 
+pub use engine::{Engine, Set};
 pub use error::{Error, Result};
 pub use real::Real;

@@ -1,0 +1,408 @@
+//! Euclidean projection onto the probability simplex Δ = {p : Σp = 1, p ≥ 0}.
+//!
+//! The projection of v is p_i = max(v_i − τ, 0) for the unique τ with Σ max(v_i − τ, 0) = 1,
+//! so every routine finds τ and then clips. Sums are accumulated in f64 whatever `R` is, so an
+//! f32 row sums to 1 within about n·ε_f32. Inputs are assumed finite (callers check): NaN or ∞
+//! gives a meaningless result, not a panic, and magnitudes so large that 1 is below their f64
+//! ulp (≳ 1e15) lose the answer to rounding. An empty slice is left alone.
+
+use crate::real::Real;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Reference: exact Euclidean projection onto {p : Σp = 1, p ≥ 0} by sorting
+/// (Held et al. 1974 / Duchi et al. 2008). O(n log n), allocates a sorted copy.
+pub fn project_sorted<R: Real>(v: &mut [R]) {
+    if !v.is_empty() {
+        let tau = tau_sorted(v);
+        clip(v, tau);
+    }
+}
+
+/// Fast exact projection in expected linear time (Condat 2016, §3). Same result as
+/// [`project_sorted`] up to rounding. Uses a thread-local O(n) scratch buffer, so repeated
+/// calls (e.g. from [`project_rows`]) do not allocate.
+pub fn project<R: Real>(v: &mut [R]) {
+    if !v.is_empty() {
+        let tau = with_scratch(v.len(), |buf| tau_condat(v, buf));
+        clip(v, tau);
+    }
+}
+
+/// Projects each consecutive row of length `row_len` onto the simplex, in parallel over rows.
+/// Panics unless `v.len()` is a multiple of a non-zero `row_len` (callers validate shapes).
+pub fn project_rows<R: Real>(v: &mut [R], row_len: usize) {
+    if v.is_empty() {
+        return;
+    }
+    assert!(
+        row_len > 0 && v.len() % row_len == 0,
+        "project_rows: length {} is not a multiple of row length {row_len}",
+        v.len()
+    );
+    v.par_chunks_mut(row_len).for_each(project);
+}
+
+/// The threshold τ such that the projection of `v` is max(v − τ, 0); NaN for an empty slice.
+pub fn threshold<R: Real>(v: &[R]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    with_scratch(v.len(), |buf| tau_condat(v, buf))
+}
+
+fn clip<R: Real>(v: &mut [R], tau: f64) {
+    for x in v {
+        *x = R::of((x.f64() - tau).max(0.0));
+    }
+}
+
+/// τ from the sorted values u₁ ≥ u₂ ≥ …: the support is the longest prefix with
+/// u_k > (Σ_{j≤k} u_j − 1)/k, and τ is that mean-excess at its end. Sums are taken relative to
+/// u₁ (support values lie within 1 of it), so a large common offset costs no precision.
+/// `v` must be non-empty.
+fn tau_sorted<R: Real>(v: &[R]) -> f64 {
+    let mut u: Vec<f64> = v.iter().map(|x| x.f64()).collect();
+    u.sort_unstable_by(|a, b| b.total_cmp(a));
+    let top = u[0];
+    let (mut sum, mut tau) = (0.0, top - 1.0);
+    for (k, &y) in u.iter().enumerate() {
+        sum += y - top;
+        let t = top + (sum - 1.0) / (k + 1) as f64;
+        if y <= t {
+            break; // the condition holds on a prefix only
+        }
+        tau = t;
+    }
+    tau
+}
+
+/// Condat's algorithm. Invariant: ρ = (Σ_active − 1)/|active| is a lower bound on τ, so any
+/// y ≤ ρ can be dropped for good (its projection is 0). Candidates live in `b[..len]`:
+/// `b[..start]` are set aside (ṽ), `b[start..len]` are active (v). `v` must be non-empty.
+fn tau_condat<R: Real>(v: &[R], buf: &mut Vec<f64>) -> f64 {
+    if buf.len() < v.len() {
+        buf.resize(v.len(), 0.0); // grows only: no per-call clearing
+    }
+    let b = &mut buf[..v.len()];
+    b[0] = v[0].f64();
+    let (mut len, mut start) = (1, 0);
+    let mut sum = b[0];
+
+    // Pass 1: one sweep builds an active set whose ρ is already close to τ. Tests are written
+    // multiplied through by k so the hot loop has no division; k comes from the integer
+    // indices so that the only floating-point chain carried across iterations is the sum. The
+    // rare restart leaves the inner loop, which keeps the compiler from turning it into a
+    // select on `sum` (a select there triples the loop's latency).
+    let mut rest = v[1..].iter();
+    loop {
+        let mut restart = None;
+        for x in rest.by_ref() {
+            let y = x.f64();
+            let k = (len - start) as f64;
+            if y * k > sum - 1.0 {
+                // y > ρ. Admit it if ρ of (active ∪ {y}) stays above y − 1, the ρ of {y} alone
+                // (⇔ k·y < Σ + k); otherwise restart from y, setting the active set aside.
+                if y * k >= sum + k {
+                    restart = Some(y);
+                    break;
+                }
+                sum += y;
+                b[len] = y;
+                len += 1;
+            }
+        }
+        let Some(y) = restart else { break };
+        start = len;
+        sum = y;
+        b[len] = y;
+        len += 1;
+    }
+    let mut k = (len - start) as f64;
+    let mut rho = (sum - 1.0) / k;
+
+    // Pass 2: readmit set-aside values that beat the current ρ, compacting them to the front
+    // (write index ≤ read index < start, so nothing unread is overwritten).
+    if start > usize::MAX - 1 {
+        let mut w = 0;
+        for i in 0..start {
+            let y = b[i];
+            if y > rho {
+                b[w] = y;
+                w += 1;
+                sum += y;
+                k += 1.0;
+                rho = (sum - 1.0) / k;
+            }
+        }
+        b.copy_within(start..len, w);
+        len = w + len - start;
+    }
+
+    // Pass 3: drop values ≤ ρ until none is left. A cheap vectorised sweep checks for any (the
+    // final sweep always finds none) and re-sums the candidates relative to ρ (≈ τ, so the
+    // terms are ≈ the p_i): τ then carries neither the running updates' cancellation error
+    // nor a large common offset's.
+    loop {
+        let n = len;
+        len = 0;
+        for i in 0..n {
+            let y = b[i];
+            // Never drop the last one: only possible through rounding at absurd magnitudes.
+            if y > rho || k == 1.0 {
+                b[len] = y;
+                len += 1;
+            } else {
+                sum -= y;
+                k -= 1.0;
+                rho = (sum - 1.0) / k;
+            }
+        }
+        let (excess, lowest) = excess_and_min(&b[..len], rho);
+        if lowest > 0.0 || len == 1 {
+            return rho + (excess - 1.0) / len as f64;
+        }
+    }
+}
+
+/// (Σ (x − base), min (x − base)) with 8 independent lanes, so it vectorises; the split sum
+/// also shortens the rounding chain.
+fn excess_and_min(x: &[f64], base: f64) -> (f64, f64) {
+    let (mut acc, mut low) = ([0.0; 8], [f64::INFINITY; 8]);
+    let chunks = x.chunks_exact(8);
+    for &y in chunks.remainder() {
+        acc[0] += y - base;
+        low[0] = if y - base < low[0] { y - base } else { low[0] };
+    }
+    for c in chunks {
+        for j in 0..8 {
+            let d = c[j] - base;
+            acc[j] += d;
+            low[j] = if d < low[j] { d } else { low[j] };
+        }
+    }
+    (acc.iter().sum(), low.iter().fold(f64::INFINITY, |a, &b| a.min(b)))
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer; very long inputs get a one-off buffer so that
+/// no worker thread pins a huge allocation for the rest of the run.
+fn with_scratch<T>(n: usize, f: impl FnOnce(&mut Vec<f64>) -> T) -> T {
+    const KEEP_MAX: usize = 1 << 20;
+    if n > KEEP_MAX {
+        return f(&mut Vec::with_capacity(n));
+    }
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::with_capacity(n)), // re-entered: cannot happen today, stay safe
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: tiny deterministic generator, enough for test inputs.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn unif(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f64 {
+            let u = 1.0 - self.unif(); // (0, 1]
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unif()).cos()
+        }
+    }
+
+    const SIZES: [usize; 6] = [1, 2, 3, 7, 4096, 10000];
+
+    /// Inputs of the shapes the optimiser produces plus the awkward extremes.
+    fn cases(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f64>)> {
+        let m = 1.0 / n as f64;
+        let mut g = |f: &mut dyn FnMut(&mut Rng, usize) -> f64| (0..n).map(|i| f(rng, i)).collect();
+        vec![
+            ("policy+small step", g(&mut |r, _| m + 0.1 * m * r.normal())),
+            ("policy+big step", g(&mut |r, _| m + 2.0 * m * r.normal())),
+            ("uniform[-1,1]", g(&mut |r, _| 2.0 * r.unif() - 1.0)),
+            ("large", g(&mut |r, _| 1e6 * r.normal())),
+            ("all negative", g(&mut |r, _| -1.0 - 10.0 * r.unif())),
+            ("all equal", g(&mut |_, _| 3.7)),
+            ("one dominant", g(&mut |r, i| if i == n / 2 { 100.0 } else { 0.01 * r.normal() })),
+            ("ties on a grid", g(&mut |r, _| (r.next() % 5) as f64 * 0.25)),
+        ]
+    }
+
+    fn assert_on_simplex<R: Real>(p: &[R], tol: f64, what: &str) {
+        assert!(p.iter().all(|x| x.f64() >= 0.0), "{what}: negative entry");
+        let s: f64 = p.iter().map(|x| x.f64()).sum();
+        assert!((s - 1.0).abs() <= tol, "{what}: sum {s}");
+    }
+
+    fn max_diff<R: Real>(a: &[R], b: &[R]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x.f64() - y.f64()).abs()).fold(0.0, f64::max)
+    }
+
+    fn to<R: Real>(v: &[f64]) -> Vec<R> {
+        v.iter().map(|&x| R::of(x)).collect()
+    }
+
+    /// Simplex membership, idempotence and agreement with the sorting reference.
+    fn check_all<R: Real>(eps: f64, agree: f64) {
+        let mut rng = Rng(7);
+        for n in SIZES {
+            for (name, v) in cases(n, &mut rng) {
+                let what = format!("{name}, n={n}");
+                let v: Vec<R> = to(&v);
+                let (mut fast, mut slow) = (v.clone(), v.clone());
+                project(&mut fast);
+                project_sorted(&mut slow);
+                // τ itself is only known to ε·|τ|, so tolerances scale with the input magnitude.
+                let scale = v.iter().fold(1.0, |m: f64, x| m.max(x.f64().abs()));
+                let tol = 4.0 * n as f64 * eps * scale;
+                assert_on_simplex(&fast, tol, &what);
+                assert_on_simplex(&slow, tol, &what);
+                let d = max_diff(&fast, &slow);
+                assert!(d <= agree * scale, "{what}: project != project_sorted by {d}");
+                let mut again = fast.clone();
+                project(&mut again);
+                let d = max_diff(&fast, &again);
+                assert!(d <= agree, "{what}: not idempotent, moved by {d}");
+                let tau = threshold(&v);
+                let mut clipped = v.clone();
+                clip(&mut clipped, tau);
+                assert_eq!(clipped, fast, "{what}: threshold disagrees with project");
+            }
+        }
+    }
+
+    #[test]
+    fn simplex_identity_agreement_f64() {
+        check_all::<f64>(f64::EPSILON, 1e-12);
+    }
+
+    #[test]
+    fn simplex_identity_agreement_f32() {
+        check_all::<f32>(f32::EPSILON as f64, 1e-6);
+    }
+
+    /// For tiny n the projection is the nearest feasible p_S = v_S − (Σv_S − 1)/|S| over all
+    /// non-empty supports S: an independent check that needs no theory about τ.
+    #[test]
+    fn brute_force_tiny() {
+        let mut rng = Rng(11);
+        for n in 1..=6 {
+            for trial in 0..400 {
+                let v: Vec<f64> = (0..n)
+                    .map(|_| match trial % 3 {
+                        0 => 2.0 * rng.normal(),
+                        1 => (rng.next() % 7) as f64 * 0.5 - 1.0, // ties and exact zeros
+                        _ => 1.0 / n as f64 + 0.3 * rng.normal(),
+                    })
+                    .collect();
+                let mut best: Option<(f64, Vec<f64>)> = None;
+                for mask in 1u32..(1 << n) {
+                    let inside = |i: usize| mask >> i & 1 == 1;
+                    let (s, k) = (0..n).filter(|&i| inside(i)).fold((0.0, 0.0), |(s, k), i| (s + v[i], k + 1.0));
+                    let p: Vec<f64> = (0..n).map(|i| if inside(i) { v[i] - (s - 1.0) / k } else { 0.0 }).collect();
+                    if p.iter().any(|&x| x < -1e-12) {
+                        continue;
+                    }
+                    let d: f64 = p.iter().zip(&v).map(|(a, b)| (a - b) * (a - b)).sum();
+                    if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
+                        best = Some((d, p));
+                    }
+                }
+                let want = best.expect("the single largest entry is always feasible").1;
+                let (mut fast, mut slow) = (v.clone(), v.clone());
+                project(&mut fast);
+                project_sorted(&mut slow);
+                assert!(max_diff(&fast, &want) <= 1e-12, "project {v:?}: {fast:?} vs {want:?}");
+                assert!(max_diff(&slow, &want) <= 1e-12, "project_sorted {v:?}: {slow:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn feasible_point_unchanged() {
+        let mut rng = Rng(3);
+        for n in SIZES {
+            // Some exact zeros too: they sit on the boundary and must stay there (up to rounding).
+            let raw: Vec<f64> = (0..n).map(|i| if i % 3 == 1 { 0.0 } else { rng.unif() + 0.01 }).collect();
+            let s: f64 = raw.iter().sum();
+            let p: Vec<f64> = raw.iter().map(|x| x / s).collect();
+            let mut q = p.clone();
+            project(&mut q);
+            assert!(max_diff(&p, &q) <= 1e-15, "n={n}: feasible point moved");
+            let p32: Vec<f32> = to(&p);
+            let mut q32 = p32.clone();
+            project(&mut q32);
+            assert!(max_diff(&p32, &q32) <= 1e-7, "n={n}: f32 feasible point moved");
+        }
+    }
+
+    #[test]
+    fn rows_match_single_projection() {
+        let mut rng = Rng(5);
+        let (rows, len) = (37, 513);
+        let v: Vec<f32> = (0..rows * len).map(|_| (rng.normal() * 0.01 + 1.0 / len as f64) as f32).collect();
+        let mut all = v.clone();
+        project_rows(&mut all, len);
+        for (r, row) in v.chunks(len).enumerate() {
+            let mut one = row.to_vec();
+            project(&mut one);
+            assert_eq!(&all[r * len..(r + 1) * len], &one[..], "row {r}");
+        }
+        project_rows::<f64>(&mut [], 0); // empty is a no-op whatever row_len is
+    }
+
+    #[test]
+    #[should_panic(expected = "not a multiple")]
+    fn rows_reject_ragged_length() {
+        project_rows(&mut [0.5f64; 10], 3);
+    }
+
+    #[test]
+    fn empty_is_noop() {
+        let mut e: [f32; 0] = [];
+        project(&mut e);
+        project_sorted(&mut e);
+        assert!(threshold(&e).is_nan());
+    }
+
+    /// Ad-hoc timing, best of several sweeps (no asserts):
+    /// `cargo test --release -p learnlaw-core simplex::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let (rows, len) = (2000, 4096);
+        let mut rng = Rng(9);
+        let m = 1.0 / len as f64;
+        let base: Vec<f32> = (0..rows * len).map(|_| (m + 0.5 * m * rng.normal()) as f32).collect();
+        let best = |f: &dyn Fn(&mut [f32])| {
+            (0..5)
+                .map(|_| {
+                    let mut v = base.clone();
+                    let t = std::time::Instant::now();
+                    f(&mut v);
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let per_row = |f: fn(&mut [f32])| best(&|v| v.chunks_mut(len).for_each(f)) * 1e6 / rows as f64;
+        println!("project_sorted: {:.2} µs per {len}-row (one thread)", per_row(project_sorted));
+        println!("project: {:.2} µs per {len}-row (one thread)", per_row(project));
+        println!("threshold: {:.2} µs", best(&|v| v.chunks(len).for_each(|r| { std::hint::black_box(threshold(r)); })) * 1e6 / rows as f64);
+        println!("clip: {:.2} µs", best(&|v| v.chunks_mut(len).for_each(|r| clip(r, std::hint::black_box(1e-5)))) * 1e6 / rows as f64);
+        println!("project_rows: {:.2} ms for {rows}×{len}", best(&|v| project_rows(v, len)) * 1e3);
+    }
+}

@@ -1,0 +1,84 @@
+//! The one interface between the policy-search driver and a backend.
+//!
+//! An engine owns one task's data (model + train/dev/test sets) on one backend (cpu, cuda, wgpu) and
+//! does the fused per-step work of the unrolled training run. The driver (`unroll`, `search`,
+//! `eval`) is written once against this trait; every backend's engine is checked against the CPU
+//! reference by the conformance tests.
+//!
+//! Conventions: θ is a vector of `num_params()` reals; a policy γ is `[T, N]` row-major with
+//! N = `num_train()`, and step t uses row t. Host-side scalars are f64 whatever the engine stores.
+use crate::{Real, Result};
+
+/// An evaluation set of the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Set {
+    /// The desired set: the search minimises the area under its loss curve.
+    Dev,
+    /// The held-out test set, never seen by the search; all reported metrics use it.
+    Test,
+}
+
+pub trait Engine {
+    /// The element type of the engine's vectors.
+    type Real: Real;
+    /// A device-resident vector.
+    type Vec;
+
+    /// A short name for logs and configs, e.g. `cpu-f32`.
+    fn name(&self) -> String;
+    /// Number of model parameters (length of θ).
+    fn num_params(&self) -> usize;
+    /// Number of training examples N (length of one policy row).
+    fn num_train(&self) -> usize;
+
+    fn zeros(&mut self, len: usize) -> Result<Self::Vec>;
+    fn upload(&mut self, host: &[Self::Real]) -> Result<Self::Vec>;
+    fn download(&mut self, v: &Self::Vec) -> Result<Vec<Self::Real>>;
+    fn copy(&mut self, src: &Self::Vec, dst: &mut Self::Vec) -> Result<()>;
+    /// x ← a·x.
+    fn scale(&mut self, a: f64, x: &mut Self::Vec) -> Result<()>;
+    /// y ← y + a·x.
+    fn axpy(&mut self, a: f64, x: &Self::Vec, y: &mut Self::Vec) -> Result<()>;
+    /// Projects every row (of length `row_len`) of `v` onto the probability simplex, exactly.
+    fn project_simplex_rows(&mut self, v: &mut Self::Vec, row_len: usize) -> Result<()>;
+
+    /// One step of γ-weighted full-batch gradient descent:
+    /// θ_next = θ − η ∇_θ Σ_n γ_{t,n} l_n(θ). Returns L_dev(θ) when `dev_loss` is set.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_step(
+        &mut self,
+        theta: &Self::Vec,
+        gamma: &Self::Vec,
+        t: usize,
+        eta: f64,
+        theta_next: &mut Self::Vec,
+        dev_loss: bool,
+    ) -> Result<Option<f64>>;
+
+    /// One step of the adjoint recursion, at θ = θ_t with λ_next = λ_{t+1}:
+    /// - `grad_gamma[t, n]` = −η ∇l_n(θ)·λ_next (the policy gradient row t);
+    /// - λ = dev_weight·∇L_dev(θ) + λ_next − η H_t λ_next, H_t the Hessian of Σ_n γ_{t,n} l_n at θ.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_step(
+        &mut self,
+        theta: &Self::Vec,
+        gamma: &Self::Vec,
+        t: usize,
+        lambda_next: &Self::Vec,
+        eta: f64,
+        dev_weight: f64,
+        grad_gamma: &mut Self::Vec,
+        lambda: &mut Self::Vec,
+    ) -> Result<()>;
+
+    /// Mean loss on an evaluation set.
+    fn loss(&mut self, set: Set, theta: &Self::Vec) -> Result<f64>;
+    /// Mean loss on an evaluation set, and its gradient written to `grad`.
+    fn loss_grad(&mut self, set: Set, theta: &Self::Vec, grad: &mut Self::Vec) -> Result<f64>;
+    /// Per-example training losses l_n(θ), written to `out` (length N).
+    fn train_losses(&mut self, theta: &Self::Vec, out: &mut Self::Vec) -> Result<()>;
+    /// Per-example gradient dots ∇l_n(θ)·v, written to `out` (length N), without materialising
+    /// per-example gradients. With v = ∇L_dev(θ) these are the contributions CT_n.
+    fn train_dots(&mut self, theta: &Self::Vec, v: &Self::Vec, out: &mut Self::Vec) -> Result<()>;
+}

@@ -1,0 +1,64 @@
+//! A learning policy γ: one weight per training example per step, [T, N], each row on the simplex.
+//! Stored as safetensors (`gamma`, F32), readable from PyTorch/NumPy.
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::tensor_file::{self, F32Tensor};
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub steps: usize,
+    pub examples: usize,
+    /// Row-major [steps, examples].
+    pub gamma: Vec<f32>,
+}
+
+/// How far a stored row may be from the simplex (f32 rounding over N terms) before it is rejected.
+const SIMPLEX_TOLERANCE: f64 = 1e-3;
+
+impl Policy {
+    /// Conventional learning: γ_{t,n} = 1/N.
+    pub fn constant(steps: usize, examples: usize) -> Self {
+        Policy { steps, examples, gamma: vec![1.0 / examples as f32; steps * examples] }
+    }
+
+    pub fn row(&self, t: usize) -> &[f32] {
+        &self.gamma[t * self.examples..(t + 1) * self.examples]
+    }
+
+    /// Checks shape, finiteness and that every row lies on the simplex.
+    pub fn validate(&self) -> Result<()> {
+        if self.gamma.len() != self.steps * self.examples || self.examples == 0 {
+            return Err(Error::shape("gamma", format!("[{}, {}]", self.steps, self.examples), self.gamma.len()));
+        }
+        for t in 0..self.steps {
+            let row = self.row(t);
+            if let Some(n) = row.iter().position(|g| !g.is_finite() || *g < 0.0) {
+                return Err(Error::bad_input("gamma", format!("γ[{t}, {n}] = {} is not a finite non-negative weight", row[n])));
+            }
+            let sum: f64 = row.iter().map(|&g| g as f64).sum();
+            if (sum - 1.0).abs() > SIMPLEX_TOLERANCE {
+                return Err(Error::bad_input("gamma", format!("row {t} sums to {sum}, not 1")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        let t = F32Tensor { name: "gamma", shape: vec![self.steps, self.examples], values: &self.gamma };
+        tensor_file::write_atomic(path, &[t], Some(metadata))
+    }
+
+    /// Loads and validates a policy file, with its metadata.
+    pub fn load(path: &Path) -> Result<(Self, HashMap<String, String>)> {
+        let bytes = tensor_file::read(path)?;
+        let (shape, gamma) = tensor_file::read_f32(path, &bytes, "gamma")?;
+        let [steps, examples] = shape[..] else {
+            return Err(Error::shape("gamma", "[T, N]", format!("{shape:?}")));
+        };
+        let policy = Policy { steps, examples, gamma };
+        policy.validate()?;
+        Ok((policy, tensor_file::metadata(path, &bytes)?))
+    }
+}

@@ -1,0 +1,149 @@
+//! The unrolled training run and its adjoint: J(γ) and ∂J/∂γ for one policy (reference §3).
+//!
+//! Forward: θ_{t+1} = θ_t − η ∇Σ_n γ_{t,n} l_n(θ_t) for t < T, and J = (1/T) Σ_{t=0..T} L_dev(θ_t)
+//! (the official code's normalisation: T+1 terms, divided by T).
+//! Backward: λ_T = ∇L_dev(θ_T)/T, then for t = T−1..0:
+//!   ∂J/∂γ_{t,n} = −η ∇l_n(θ_t)·λ_{t+1},   λ_t = ∇L_dev(θ_t)/T + λ_{t+1} − η H_t λ_{t+1}.
+//! The backward pass needs every θ_t. They are kept every `every` steps and the segments between
+//! checkpoints recomputed (every = 1 keeps all; ≈√T bounds memory by ~2√T parameter copies).
+use crate::engine::{Engine, Set};
+use crate::{Error, Result};
+
+/// The inner training run: T steps of full-batch gradient descent with learning rate η.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Unroll {
+    pub steps: usize,
+    pub eta: f64,
+}
+
+impl Unroll {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::config("steps", self.steps, "must be at least 1"));
+        }
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return Err(Error::config("eta", self.eta, "must be a positive finite number"));
+        }
+        Ok(())
+    }
+
+    /// The checkpoint interval: keep every θ when T·P reals fit in `budget_bytes`, else every ⌈√T⌉.
+    pub fn checkpoint_interval(&self, num_params: usize, real_bytes: usize, budget_bytes: usize) -> usize {
+        if self.steps.saturating_mul(num_params).saturating_mul(real_bytes) <= budget_bytes {
+            1
+        } else {
+            (self.steps as f64).sqrt().ceil() as usize
+        }
+    }
+}
+
+/// J and the desired-loss curve of one unrolled run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// J = (1/T) Σ_{t=0..T} L_dev(θ_t).
+    pub j: f64,
+    /// L_dev(θ_t) for t = 0..T.
+    pub dev: Vec<f64>,
+}
+
+/// Device buffers for unrolled runs of one size, allocated once and reused across outer epochs.
+pub struct Workspace<E: Engine> {
+    unroll: Unroll,
+    every: usize,
+    /// θ_0, θ_every, θ_2·every, …
+    checkpoints: Vec<E::Vec>,
+    /// θ_s … θ_{s+every−1} of the segment being differentiated.
+    segment: Vec<E::Vec>,
+    /// The running θ of the forward pass (and θ_T at its end).
+    theta: E::Vec,
+    theta_next: E::Vec,
+    lambda: E::Vec,
+    lambda_next: E::Vec,
+}
+
+impl<E: Engine> Workspace<E> {
+    pub fn new(engine: &mut E, unroll: Unroll, every: usize) -> Result<Self> {
+        unroll.validate()?;
+        if every == 0 {
+            return Err(Error::config("checkpoint_every", every, "must be at least 1"));
+        }
+        let every = every.min(unroll.steps);
+        let p = engine.num_params();
+        let mut vecs = |k: usize| (0..k).map(|_| engine.zeros(p)).collect::<Result<Vec<_>>>();
+        Ok(Workspace {
+            unroll,
+            every,
+            checkpoints: vecs(unroll.steps.div_ceil(every))?,
+            segment: vecs(every)?,
+            theta: engine.zeros(p)?,
+            theta_next: engine.zeros(p)?,
+            lambda: engine.zeros(p)?,
+            lambda_next: engine.zeros(p)?,
+        })
+    }
+
+    pub fn unroll(&self) -> Unroll {
+        self.unroll
+    }
+
+    /// The forward pass: J(γ) and the dev curve. With `dev_grad_at_end`, λ_next ends up holding
+    /// ∇L_dev(θ_T)/T, the start of the adjoint recursion.
+    fn run_forward(&mut self, e: &mut E, theta0: &E::Vec, gamma: &E::Vec, dev_grad_at_end: bool) -> Result<Forward> {
+        let Unroll { steps, eta } = self.unroll;
+        let mut dev = Vec::with_capacity(steps + 1);
+        e.copy(theta0, &mut self.theta)?;
+        for t in 0..steps {
+            if t % self.every == 0 {
+                e.copy(&self.theta, &mut self.checkpoints[t / self.every])?;
+            }
+            let l = e.forward_step(&self.theta, gamma, t, eta, &mut self.theta_next, true)?;
+            dev.push(l.ok_or_else(|| Error::Numerical(format!("{} returned no dev loss", e.name())))?);
+            std::mem::swap(&mut self.theta, &mut self.theta_next);
+        }
+        let last = if dev_grad_at_end {
+            let l = e.loss_grad(Set::Dev, &self.theta, &mut self.lambda_next)?;
+            e.scale(1.0 / steps as f64, &mut self.lambda_next)?;
+            l
+        } else {
+            e.loss(Set::Dev, &self.theta)?
+        };
+        dev.push(last);
+        let j = dev.iter().sum::<f64>() / steps as f64;
+        if !j.is_finite() {
+            let t = dev.iter().position(|l| !l.is_finite()).unwrap_or(steps);
+            return Err(Error::Numerical(format!("the desired loss became {} at step {t} (lower η?)", dev[t])));
+        }
+        Ok(Forward { j, dev })
+    }
+
+    /// J(γ) and the dev curve, without the gradient.
+    pub fn forward(&mut self, e: &mut E, theta0: &E::Vec, gamma: &E::Vec) -> Result<Forward> {
+        self.run_forward(e, theta0, gamma, false)
+    }
+
+    /// J(γ), the dev curve, and ∂J/∂γ written into `grad_gamma` ([T, N], like γ).
+    pub fn gradient(&mut self, e: &mut E, theta0: &E::Vec, gamma: &E::Vec, grad_gamma: &mut E::Vec) -> Result<Forward> {
+        let fwd = self.run_forward(e, theta0, gamma, true)?;
+        let Unroll { steps, eta } = self.unroll;
+        let dev_weight = 1.0 / steps as f64;
+        for seg in (0..self.checkpoints.len()).rev() {
+            let start = seg * self.every;
+            let len = self.every.min(steps - start);
+            e.copy(&self.checkpoints[seg], &mut self.segment[0])?;
+            for i in 1..len {
+                let (done, rest) = self.segment.split_at_mut(i);
+                e.forward_step(&done[i - 1], gamma, start + i - 1, eta, &mut rest[0], false)?;
+            }
+            for i in (0..len).rev() {
+                e.backward_step(&self.segment[i], gamma, start + i, &self.lambda_next, eta, dev_weight, grad_gamma, &mut self.lambda)?;
+                std::mem::swap(&mut self.lambda, &mut self.lambda_next);
+            }
+        }
+        Ok(fwd)
+    }
+
+    /// ∂J/∂θ_0 after `gradient` (the adjoint λ_0).
+    pub fn lambda0(&self) -> &E::Vec {
+        &self.lambda_next
+    }
+}

@@ -1,0 +1,72 @@
+//! Shared test helpers: the one tolerance rule, random problems and random policies.
+#![allow(dead_code)]
+use learnlaw::data::{PerceptronData, PerceptronRecipe};
+use learnlaw::Real;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// |x − ref| ≤ atol + rtol·|ref|.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Tol {
+    /// Presets per element type: what a correct f32 or f64 implementation reaches.
+    pub fn of<R: Real>() -> Tol {
+        if std::mem::size_of::<R>() == 4 {
+            Tol { atol: 1e-5, rtol: 1e-4 }
+        } else {
+            Tol { atol: 1e-12, rtol: 1e-10 }
+        }
+    }
+}
+
+/// Asserts `got ≈ want` elementwise; on failure prints the worst index, both values and the first pairs.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tol) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
+    let excess = |i: usize| (got[i] - want[i]).abs() - (tol.atol + tol.rtol * want[i].abs());
+    let worst = (0..got.len()).max_by(|&a, &b| excess(a).total_cmp(&excess(b)).then(b.cmp(&a)));
+    if let Some(i) = worst {
+        let bad = !got[i].is_finite() || excess(i) > 0.0 || got.iter().any(|g| g.is_nan());
+        if bad {
+            let pairs: Vec<String> = got.iter().zip(want).take(5).map(|(g, w)| format!("({g:.9e}, {w:.9e})")).collect();
+            panic!("{what}: worst index {i}: got {:.9e}, reference {:.9e} (tol {tol:?}); first pairs {}", got[i], want[i], pairs.join(" "));
+        }
+    }
+}
+
+pub fn to_f64<R: Real>(v: &[R]) -> Vec<f64> {
+    v.iter().map(|x| x.f64()).collect()
+}
+
+pub fn from_f64<R: Real>(v: &[f64]) -> Vec<R> {
+    v.iter().map(|&x| R::of(x)).collect()
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A random perceptron problem of the given sizes.
+pub fn problem(dim: usize, n_train: usize, n_eval: usize, seed: u64) -> PerceptronData {
+    PerceptronData::generate(&PerceptronRecipe { dim, n_train, n_dev: n_eval, n_test: n_eval + 3, seed, ..PerceptronRecipe::default() })
+        .expect("valid recipe")
+}
+
+/// A vector of uniform values in [lo, hi).
+pub fn uniform(rng: &mut ChaCha8Rng, len: usize, lo: f64, hi: f64) -> Vec<f64> {
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// A random policy [steps, n] on the simplex, with some exact zeros.
+pub fn random_policy(rng: &mut ChaCha8Rng, steps: usize, n: usize) -> Vec<f64> {
+    let mut g = Vec::with_capacity(steps * n);
+    for _ in 0..steps {
+        let row: Vec<f64> = (0..n).map(|_| if rng.random_bool(0.2) { 0.0 } else { rng.random_range(0.1..1.0) }).collect();
+        let sum: f64 = row.iter().sum();
+        g.extend(row.iter().map(|x| if sum > 0.0 { x / sum } else { 1.0 / n as f64 }));
+    }
+    g
+}

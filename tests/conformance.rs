@@ -1,0 +1,186 @@
+//! Backend conformance: every engine operation against the plain f64 reference
+//! (`learnlaw::perceptron::reference`), on random shapes that include sizes which are not multiples
+//! of any block or chunk size, with outputs poisoned (NaN) before each call so an unwritten element
+//! fails. Each check is written once and instantiated per backend by `conformance_tests!`; a backend
+//! whose device is missing prints `SKIPPED` (or fails, when its LEARNLAW_REQUIRE_* variable is set).
+mod common;
+
+use common::{assert_close, from_f64, problem, random_policy, rng, to_f64, uniform, Tol};
+use learnlaw::data::PerceptronData;
+use learnlaw::perceptron::reference;
+use learnlaw::{simplex, Engine, Real, Set};
+
+/// (dim, n_train, n_eval): tiny, odd, the paper's D, and sizes past the 256-row chunk boundary.
+const SHAPES: [(usize, usize, usize); 5] = [(1, 1, 1), (3, 5, 4), (17, 257, 33), (128, 300, 64), (133, 513, 7)];
+
+/// Makes the backend's engine for a problem, or None when its device is absent.
+type Make<E> = fn(&PerceptronData) -> Option<E>;
+
+fn poisoned<E: Engine>(e: &mut E, len: usize) -> E::Vec {
+    e.upload(&vec![<E::Real as Real>::of(f64::NAN); len]).unwrap()
+}
+
+fn down<E: Engine>(e: &mut E, v: &E::Vec) -> Vec<f64> {
+    to_f64(&e.download(v).unwrap())
+}
+
+fn for_each_problem<E: Engine>(make: Make<E>, mut check: impl FnMut(&mut E, &PerceptronData, &mut rand_chacha::ChaCha8Rng)) {
+    for (i, &(dim, n, k)) in SHAPES.iter().enumerate() {
+        let data = problem(dim, n, k, 100 + i as u64);
+        let Some(mut e) = make(&data) else { return };
+        check(&mut e, &data, &mut rng(7 + i as u64));
+    }
+}
+
+pub fn forward_step<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let (dim, n, steps) = (data.dim, data.train.len(), 3);
+        let theta = uniform(rng, dim, -0.5, 0.5);
+        let gamma = random_policy(rng, steps, n);
+        let (theta_d, gamma_d) = (e.upload(&from_f64(&theta)).unwrap(), e.upload(&from_f64(&gamma)).unwrap());
+        let tol = Tol::of::<E::Real>();
+        for t in 0..steps {
+            let mut next = poisoned(e, dim);
+            let dev = e.forward_step(&theta_d, &gamma_d, t, 0.3, &mut next, true).unwrap();
+            let g = reference::weighted_grad(&data.train, &gamma[t * n..(t + 1) * n], &theta);
+            let want: Vec<f64> = theta.iter().zip(&g).map(|(th, g)| th - 0.3 * g).collect();
+            assert_close(&format!("forward_step θ_next (D={dim}, N={n}, t={t})"), &down(e, &next), &want, tol);
+            assert_close("forward_step dev loss", &[dev.unwrap()], &[reference::mean_loss(&data.dev, &theta)], tol);
+            let mut next = poisoned(e, dim);
+            assert_eq!(e.forward_step(&theta_d, &gamma_d, t, 0.3, &mut next, false).unwrap(), None);
+            assert_close("forward_step θ_next without dev loss", &down(e, &next), &want, tol);
+        }
+    });
+}
+
+pub fn backward_step<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let (dim, n, steps) = (data.dim, data.train.len(), 3);
+        let theta = uniform(rng, dim, -0.5, 0.5);
+        let lambda_next = uniform(rng, dim, -1.0, 1.0);
+        let gamma = random_policy(rng, steps, n);
+        let (eta, w) = (0.25, 0.125);
+        let theta_d = e.upload(&from_f64(&theta)).unwrap();
+        let gamma_d = e.upload(&from_f64(&gamma)).unwrap();
+        let lambda_next_d = e.upload(&from_f64(&lambda_next)).unwrap();
+        let tol = Tol::of::<E::Real>();
+        let t = 1;
+        // Rows other than t must be left alone: they hold a sentinel, row t holds NaN.
+        let mut init = vec![7.0; steps * n];
+        init[t * n..(t + 1) * n].fill(f64::NAN);
+        let mut grad = e.upload(&from_f64(&init)).unwrap();
+        let mut lambda = poisoned(e, dim);
+        e.backward_step(&theta_d, &gamma_d, t, &lambda_next_d, eta, w, &mut grad, &mut lambda).unwrap();
+
+        let gamma_t = &gamma[t * n..(t + 1) * n];
+        let mut want_grad = init.clone();
+        for (o, d) in want_grad[t * n..(t + 1) * n].iter_mut().zip(reference::example_dots(&data.train, &theta, &lambda_next)) {
+            *o = -eta * d;
+        }
+        assert_close(&format!("backward_step ∂J/∂γ (D={dim}, N={n})"), &down(e, &grad), &want_grad, tol);
+        let hvp = reference::weighted_hvp(&data.train, gamma_t, &theta, &lambda_next);
+        let g_dev = reference::mean_grad(&data.dev, &theta);
+        let want: Vec<f64> = (0..dim).map(|i| w * g_dev[i] + lambda_next[i] - eta * hvp[i]).collect();
+        assert_close(&format!("backward_step λ (D={dim}, N={n})"), &down(e, &lambda), &want, tol);
+    });
+}
+
+pub fn losses_and_gradients<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let dim = data.dim;
+        let theta = uniform(rng, dim, -2.0, 2.0);
+        let theta_d = e.upload(&from_f64(&theta)).unwrap();
+        let tol = Tol::of::<E::Real>();
+        for (set, examples) in [(Set::Dev, &data.dev), (Set::Test, &data.test)] {
+            let want = reference::mean_loss(examples, &theta);
+            assert_close(&format!("loss {set:?}"), &[e.loss(set, &theta_d).unwrap()], &[want], tol);
+            let mut g = poisoned(e, dim);
+            let l = e.loss_grad(set, &theta_d, &mut g).unwrap();
+            assert_close(&format!("loss_grad {set:?} loss"), &[l], &[want], tol);
+            assert_close(&format!("loss_grad {set:?} gradient (D={dim})"), &down(e, &g), &reference::mean_grad(examples, &theta), tol);
+        }
+        let mut out = poisoned(e, data.train.len());
+        e.train_losses(&theta_d, &mut out).unwrap();
+        assert_close("train_losses", &down(e, &out), &reference::losses(&data.train, &theta), tol);
+    });
+}
+
+/// The per-example dots ∇l_n·v, computed without materialising ∇l_n, against the one-example-at-a-
+/// time loop that does materialise them.
+pub fn train_dots<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let theta = uniform(rng, data.dim, -1.0, 1.0);
+        let v = uniform(rng, data.dim, -1.0, 1.0);
+        let (theta_d, v_d) = (e.upload(&from_f64(&theta)).unwrap(), e.upload(&from_f64(&v)).unwrap());
+        let mut out = poisoned(e, data.train.len());
+        e.train_dots(&theta_d, &v_d, &mut out).unwrap();
+        let want: Vec<f64> = (0..data.train.len())
+            .map(|n| reference::example_grad(&data.train, n, &theta).iter().zip(&v).map(|(a, b)| a * b).sum())
+            .collect();
+        assert_close("train_dots", &down(e, &out), &want, Tol::of::<E::Real>());
+    });
+}
+
+pub fn vector_ops_and_projection<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let n = data.train.len();
+        let rows = 4;
+        let x = uniform(rng, rows * n, -1.0, 1.0);
+        let y = uniform(rng, rows * n, -1.0, 1.0);
+        let tol = Tol::of::<E::Real>();
+        let x_d = e.upload(&from_f64(&x)).unwrap();
+        assert_close("upload/download", &down(e, &x_d), &to_f64(&from_f64::<E::Real>(&x)), Tol { atol: 0.0, rtol: 0.0 });
+        let mut c = poisoned(e, rows * n);
+        e.copy(&x_d, &mut c).unwrap();
+        assert_close("copy", &down(e, &c), &down(e, &x_d), Tol { atol: 0.0, rtol: 0.0 });
+        let mut y_d = e.upload(&from_f64(&y)).unwrap();
+        e.axpy(-0.75, &x_d, &mut y_d).unwrap();
+        let want: Vec<f64> = x.iter().zip(&y).map(|(x, y)| y - 0.75 * x).collect();
+        assert_close("axpy", &down(e, &y_d), &want, tol);
+        e.scale(3.0, &mut y_d).unwrap();
+        assert_close("scale", &down(e, &y_d), &want.iter().map(|v| 3.0 * v).collect::<Vec<_>>(), tol);
+        // Projection: a policy after a gradient step (1/N plus noise), against the sort-based reference.
+        let mut v: Vec<f64> = y.iter().map(|d| 1.0 / n as f64 + d / n as f64).collect();
+        let mut v_d = e.upload(&from_f64(&v)).unwrap();
+        e.project_simplex_rows(&mut v_d, n).unwrap();
+        v.chunks_mut(n).for_each(simplex::project_sorted);
+        assert_close(&format!("project_simplex_rows (N={n})"), &down(e, &v_d), &v, Tol { atol: 1e-6, rtol: 1e-5 });
+        assert!(e.project_simplex_rows(&mut v_d, n + 1).is_err() || (rows * n) % (n + 1) == 0, "bad row length must be an error");
+    });
+}
+
+/// Instantiates every conformance check for one backend.
+macro_rules! conformance_tests {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[test]
+            fn forward_step() {
+                super::forward_step($make);
+            }
+            #[test]
+            fn backward_step() {
+                super::backward_step($make);
+            }
+            #[test]
+            fn losses_and_gradients() {
+                super::losses_and_gradients($make);
+            }
+            #[test]
+            fn train_dots() {
+                super::train_dots($make);
+            }
+            #[test]
+            fn vector_ops_and_projection() {
+                super::vector_ops_and_projection($make);
+            }
+        }
+    };
+}
+
+fn cpu<R: Real>(data: &PerceptronData) -> Option<learnlaw::perceptron::CpuPerceptron<R>> {
+    Some(learnlaw::perceptron::CpuPerceptron::new(data).expect("valid data"))
+}
+
+conformance_tests!(cpu_f32, cpu::<f32>);
+conformance_tests!(cpu_f64, cpu::<f64>);
