@@ -1,1 +1,110 @@
-fn main() {}
+//! CPU benchmarks of the perceptron search at the paper's size (N = 4096, D = 128, T = 2000).
+//!
+//! Each fused step is reported against a GEMV floor measured in the same run: one multithreaded
+//! pass y = Xθ over the same training matrix, i.e. the cost of reading X once. The forward step
+//! reads X once, the backward step once (two dots and an axpy per row), so ratios near 1 mean the
+//! fusion works. A full outer epoch (forward unroll, adjoint, update, projection) is timed too.
+//! Names follow `{backend}_{op}_{dtype}`; the ratio table is printed last.
+use std::time::Duration;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
+use learnlaw::perceptron::CpuPerceptron;
+use learnlaw::policy::Policy;
+use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
+use learnlaw::{simplex, Engine};
+use rayon::prelude::*;
+
+const STEPS: usize = 2000;
+
+fn paper_data() -> PerceptronData {
+    PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe")
+}
+
+/// The floor: y = Xθ, rows split over the cores, one pass over X.
+fn gemv(x: &[f32], theta: &[f32], y: &mut [f32]) {
+    let d = theta.len();
+    y.par_chunks_mut(256).zip(x.par_chunks(256 * d)).for_each(|(y, x)| {
+        for (yn, xn) in y.iter_mut().zip(x.chunks_exact(d)) {
+            *yn = xn.iter().zip(theta).map(|(a, b)| a * b).sum();
+        }
+    });
+}
+
+fn steps(c: &mut Criterion) {
+    let data = paper_data();
+    let (n, d) = (data.train.len(), data.dim);
+    let bytes = (n * d * 4) as u64;
+    let mut e = CpuPerceptron::<f32>::new(&data).unwrap();
+    let theta = e.upload(&init_theta(d, 10)).unwrap();
+    let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
+    let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
+    let mut grad = e.zeros(n).unwrap();
+    let lambda_next = e.upload(&vec![0.01; d]).unwrap();
+
+    let mut g = c.benchmark_group("step");
+    g.throughput(Throughput::Bytes(bytes));
+    let (mut y, theta_host) = (vec![0.0f32; n], init_theta(d, 10));
+    g.bench_function("cpu_gemv_floor_f32", |b| b.iter(|| gemv(&data.train.x, &theta_host, &mut y)));
+    g.bench_function("cpu_forward_step_f32", |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, true).unwrap()));
+    g.bench_function("cpu_backward_step_f32", |b| {
+        b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("policy");
+    let noise = |i: usize| ((i * 2654435761) % 1000) as f32 * 1e-7;
+    g.throughput(Throughput::Bytes((STEPS * n * 4) as u64));
+    g.bench_function("cpu_project_simplex_rows_f32", |b| {
+        b.iter_batched_ref(
+            || (0..STEPS * n).map(|i| 1.0 / n as f32 + noise(i) - 5e-5).collect::<Vec<f32>>(),
+            |rows| simplex::project_rows(rows, n),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn outer_epoch(c: &mut Criterion) {
+    let data = paper_data();
+    let n = data.train.len();
+    let mut e = CpuPerceptron::<f32>::new(&data).unwrap();
+    let cfg = SearchConfig { epochs: 1_000_000, ..SearchConfig::paper_perceptron() };
+    assert_eq!(cfg.optimizer, OuterOptimizer::Sgd);
+    let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(STEPS, n).gamma, 0).unwrap();
+    let mut g = c.benchmark_group("search");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("cpu_outer_epoch_f32", |b| b.iter(|| search.step(&mut e).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, steps, outer_epoch);
+
+/// Median time of a benchmark, from criterion's saved estimates.
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+    let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let floor = median_ns("step", "cpu_gemv_floor_f32");
+    println!("\n{:<32} {:>12} {:>14}", "benchmark", "median", "vs GEMV floor");
+    for (group, id) in [
+        ("step", "cpu_gemv_floor_f32"),
+        ("step", "cpu_forward_step_f32"),
+        ("step", "cpu_backward_step_f32"),
+        ("policy", "cpu_project_simplex_rows_f32"),
+        ("search", "cpu_outer_epoch_f32"),
+    ] {
+        let Some(t) = median_ns(group, id) else { continue };
+        let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
+        println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
+    }
+    if let Some(t) = median_ns("search", "cpu_outer_epoch_f32") {
+        println!("outer epoch at the paper's size (N=4096, D=128, T=2000): {:.3} s", t / 1e9);
+    }
+}

@@ -146,6 +146,8 @@ pub fn vector_ops_and_projection<E: Engine>(make: Make<E>) {
         v.chunks_mut(n).for_each(simplex::project_sorted);
         assert_close(&format!("project_simplex_rows (N={n})"), &down(e, &v_d), &v, Tol { atol: 1e-6, rtol: 1e-5 });
         assert!(e.project_simplex_rows(&mut v_d, n + 1).is_err() || (rows * n) % (n + 1) == 0, "bad row length must be an error");
+        let mut bad = e.upload(&from_f64(&[vec![0.5; n - 1], vec![f64::NAN]].concat())).unwrap();
+        assert!(matches!(e.project_simplex_rows(&mut bad, n), Err(learnlaw::Error::Numerical(_))), "NaN must be a numerical error");
     });
 }
 

@@ -60,11 +60,14 @@ struct RecipeArgs {
     /// Data seed (the official scripts' --seed-data).
     #[arg(long, default_value_t = 20)]
     data_seed: u64,
+    /// Probability of flipping each training label (0: the paper's recipe as printed).
+    #[arg(long, default_value_t = 0.0)]
+    label_noise: f64,
 }
 
 impl RecipeArgs {
     fn recipe(&self) -> PerceptronRecipe {
-        PerceptronRecipe { dim: self.dim, n_train: self.train, n_dev: self.dev, n_test: self.test, seed: self.data_seed, ..PerceptronRecipe::default() }
+        PerceptronRecipe { dim: self.dim, n_train: self.train, n_dev: self.dev, n_test: self.test, seed: self.data_seed, train_label_noise: self.label_noise, ..PerceptronRecipe::default() }
     }
 }
 

@@ -4,7 +4,7 @@
 //! `y_test` [M], optional `theta0` [D]. [`PerceptronData::save`] writes F32; [`PerceptronData::load`]
 //! also accepts F64 inputs and F64/I64/I32/U8/BOOL labels (e.g. tensors exported from PyTorch).
 use crate::error::{Error, Result};
-use rand::SeedableRng;
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -70,6 +70,10 @@ pub struct PerceptronRecipe {
     pub train_var: f64,
     pub desired_mean: f64,
     pub desired_var: f64,
+    /// Probability of flipping each training label (0 = the recipe as printed). Not in the paper's
+    /// App. D; the official code has an unused `--train-noise` flag, and noisy examples are what
+    /// the Learning Law predicts a near-optimal policy down-weights.
+    pub train_label_noise: f64,
     pub seed: u64,
 }
 
@@ -85,6 +89,7 @@ impl Default for PerceptronRecipe {
             train_var: 3.0,
             desired_mean: 0.5,
             desired_var: 1.0,
+            train_label_noise: 0.0,
             seed: 20,
         }
     }
@@ -117,6 +122,9 @@ impl PerceptronRecipe {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::config(name, v, "must be finite and > 0"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.train_label_noise) {
+            return Err(Error::config("train_label_noise", self.train_label_noise, "must be a probability in [0, 1]"));
         }
         Ok(())
     }
@@ -152,9 +160,18 @@ impl PerceptronData {
                 .collect();
             Examples { x, y }
         };
-        let train = draw(recipe.n_train, recipe.train_mean, recipe.train_var);
+        let mut train = draw(recipe.n_train, recipe.train_mean, recipe.train_var);
         let dev = draw(recipe.n_dev, recipe.desired_mean, recipe.desired_var);
         let test = draw(recipe.n_test, recipe.desired_mean, recipe.desired_var);
+        // Label noise from its own stream, so the inputs do not depend on it.
+        if recipe.train_label_noise > 0.0 {
+            let mut flips = ChaCha8Rng::seed_from_u64(recipe.seed ^ 0x6e6f_6973_6500_0000);
+            for y in &mut train.y {
+                if flips.random_bool(recipe.train_label_noise) {
+                    *y = 1.0 - *y;
+                }
+            }
+        }
         let data = Self {
             dim,
             train,

@@ -41,6 +41,7 @@ pub trait Engine {
     /// y ← y + a·x.
     fn axpy(&mut self, a: f64, x: &Self::Vec, y: &mut Self::Vec) -> Result<()>;
     /// Projects every row (of length `row_len`) of `v` onto the probability simplex, exactly.
+    /// A non-finite value is an `Error::Numerical`, not a silent garbage policy.
     fn project_simplex_rows(&mut self, v: &mut Self::Vec, row_len: usize) -> Result<()>;
 
     /// One step of γ-weighted full-batch gradient descent:

@@ -193,8 +193,11 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         Ok(())
     }
     fn project_simplex_rows(&mut self, v: &mut Vec<R>, row_len: usize) -> Result<()> {
-        if row_len == 0 || v.len() % row_len != 0 {
+        if row_len == 0 || !v.len().is_multiple_of(row_len) {
             return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
+        }
+        if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
+            return Err(Error::Numerical(format!("policy value {:?} at row {}, example {} (outer lr too large?)", v[i], i / row_len, i % row_len)));
         }
         simplex::project_rows(v, row_len);
         Ok(())

@@ -1,0 +1,170 @@
+// simplex.wgsl — exact Euclidean projection of every row of a [rows, N] buffer onto the
+// probability simplex Δ = {p : Σp = 1, p ≥ 0} (crate learnlaw-wgpu; CPU reference:
+// learnlaw_core::simplex::project_sorted).
+//
+// Math: p_i = max(v_i − τ, 0) with τ the unique root of f(τ) = Σ_i max(v_i − τ, 0) = 1. f is
+// continuous, decreasing and piecewise linear, f(max v − 1) ≥ 1 and f(max v) = 0, so τ ∈ [m − 1, m).
+// On any interval that contains no v_i, f is linear: once the support S = {i : v_i > τ} is known,
+// τ = (Σ_S v_i − 1)/|S| exactly. Each pass over the row evaluates, in one sweep, (Σ (v − t), #{v > t})
+// at two thresholds: the current lower bound lo and the bisection midpoint mid of [lo, hi]:
+//   * Michelot's step from a lower bound t with support S_t ⊇ S: t' = t + (Σ_{S_t}(v − t) − 1)/|S_t|
+//     is again a lower bound, t ≤ t' ≤ τ; when |S_{t'}| = |S_t| the support is final and t' = τ;
+//   * bisection: f(mid) ≥ 1 ⇒ mid is a lower bound (take Michelot's step from it too), else hi = mid.
+// Michelot usually finishes in a handful of passes; the bisection bounds the worst case (the
+// interval halves every pass). Sums are taken relative to the threshold (terms ≈ p_i), in f32.
+//
+// Kernels:
+//   check_finite — one invocation per element of a window [len]: any NaN/±Inf (exponent bits all
+//     ones; WGSL may assume floats are finite, so the test is on the bits) sets flag[0] = 1 and
+//     flag[1] = min(flag[1], index). Workgroups of 256, ceil(len/256) workgroups.
+//   project_rows — one workgroup of 256 invocations per row (≤ 65535 rows per dispatch); rows sit
+//     `shift` elements into the bound window. Does nothing when flag[0] ≠ 0, so a non-finite policy
+//     is reported (Error::Numerical) and left untouched, like the CPU engine.
+// Buffers: v [rows·N] f32 (read_write), flag [2] u32 (atomic / read), params uniform.
+// Variants: this is the only one (a sort-based version would need N-sized workgroup scratch).
+
+const WG: u32 = 256u;
+const MAX_PASSES: u32 = 200u;
+
+struct Params {
+    len: u32,        // check_finite: elements in this window; project_rows: N (row length)
+    rows: u32,       // project_rows: rows in this dispatch
+    shift: u32,      // element offset of the first element inside the bound window
+    base_index: u32, // check_finite: global index of the window's first element (for the message)
+}
+
+@group(0) @binding(0) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read_write> flag: array<atomic<u32>, 2>;
+@group(0) @binding(2) var<uniform> pp: Params;
+
+@compute @workgroup_size(256)
+fn check_finite(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= pp.len) {
+        return;
+    }
+    let bits = bitcast<u32>(v[pp.shift + i]);
+    if ((bits & 0x7f800000u) == 0x7f800000u) {
+        atomicStore(&flag[0], 1u);
+        atomicMin(&flag[1], pp.base_index + i);
+    }
+}
+
+@group(0) @binding(3) var<storage, read_write> pv: array<f32>;
+@group(0) @binding(4) var<storage, read> pflag: array<u32, 2>;
+@group(0) @binding(5) var<uniform> pr: Params;
+
+var<workgroup> s_a: array<f32, WG>;
+var<workgroup> s_b: array<f32, WG>;
+var<workgroup> c_a: array<u32, WG>;
+var<workgroup> c_b: array<u32, WG>;
+var<workgroup> u_sa: f32;
+var<workgroup> u_sb: f32;
+var<workgroup> u_ca: u32;
+var<workgroup> u_cb: u32;
+
+// Tree reduction of the four per-invocation partials; results land in the u_* scalars.
+fn reduce4(lid: u32) {
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if (lid < h) {
+            s_a[lid] += s_a[lid + h];
+            s_b[lid] += s_b[lid + h];
+            c_a[lid] += c_a[lid + h];
+            c_b[lid] += c_b[lid + h];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        u_sa = s_a[0];
+        u_sb = s_b[0];
+        u_ca = c_a[0];
+        u_cb = c_b[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (pflag[0] != 0u || wid.x >= pr.rows) {
+        return;
+    }
+    let n = pr.len;
+    let base = pr.shift + wid.x * n;
+
+    // The row maximum (s_a doubles as the max scratch).
+    var m = -3.4028235e38;
+    for (var i = lid; i < n; i += WG) {
+        m = max(m, pv[base + i]);
+    }
+    s_a[lid] = m;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if (lid < h) {
+            s_a[lid] = max(s_a[lid], s_a[lid + h]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        u_sa = s_a[0];
+    }
+    let top = workgroupUniformLoad(&u_sa);
+
+    var lo = top - 1.0;   // f(lo) ≥ 1
+    var hi = top;         // f(hi) < 1 (or the interval is exhausted)
+    var c_src = 0xffffffffu; // support size at the threshold lo was derived from (none yet)
+    var tau = lo;
+    for (var pass = 0u; pass < MAX_PASSES; pass++) {
+        let mid = lo + 0.5 * (hi - lo);
+        var sa = 0.0;
+        var sb = 0.0;
+        var ca = 0u;
+        var cb = 0u;
+        for (var i = lid; i < n; i += WG) {
+            let x = pv[base + i];
+            if (x > lo) {
+                sa += x - lo;
+                ca += 1u;
+            }
+            if (x > mid) {
+                sb += x - mid;
+                cb += 1u;
+            }
+        }
+        s_a[lid] = sa;
+        s_b[lid] = sb;
+        c_a[lid] = ca;
+        c_b[lid] = cb;
+        reduce4(lid);
+        let fa = workgroupUniformLoad(&u_sa);
+        let fb = workgroupUniformLoad(&u_sb);
+        let na = workgroupUniformLoad(&u_ca);
+        let nb = workgroupUniformLoad(&u_cb);
+        // Michelot's step from lo (na ≥ 1: the maximum always exceeds lo).
+        let ta = lo + (fa - 1.0) / f32(max(na, 1u));
+        tau = ta;
+        if (na == c_src) {
+            break; // the support did not change: ta is exact
+        }
+        var new_lo = ta;
+        var new_src = na;
+        if (fb >= 1.0 && nb > 0u) {
+            let tb = mid + (fb - 1.0) / f32(nb);
+            if (tb > new_lo) {
+                new_lo = tb;
+                new_src = nb;
+            }
+        } else {
+            hi = min(hi, mid);
+        }
+        if (!(new_lo > lo) || !(new_lo < hi)) {
+            // No progress is possible in f32 (the interval is down to rounding): ta stands.
+            break;
+        }
+        lo = new_lo;
+        c_src = new_src;
+    }
+
+    for (var i = lid; i < n; i += WG) {
+        pv[base + i] = max(pv[base + i] - tau, 0.0);
+    }
+}
