@@ -4,25 +4,18 @@
 //! `y_test` [M], optional `theta0` [D]. [`PerceptronData::save`] writes F32; [`PerceptronData::load`]
 //! also accepts F64 inputs and F64/I64/I32/U8/BOOL labels (e.g. tensors exported from PyTorch).
 use crate::error::{Error, Result};
+use crate::tensor_file::{self, to_f32, F32Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The three sets, in file and generation order.
 const SETS: [&str; 3] = ["train", "dev", "test"];
 const REQUIRED: &str = "x_train, y_train, x_dev, y_dev, x_test, y_test";
 const X_DTYPES: &[Dtype] = &[Dtype::F32, Dtype::F64];
-const Y_DTYPES: &[Dtype] = &[
-    Dtype::F32,
-    Dtype::F64,
-    Dtype::I64,
-    Dtype::I32,
-    Dtype::U8,
-    Dtype::BOOL,
-];
+const Y_DTYPES: &[Dtype] = &[Dtype::F32, Dtype::F64, Dtype::I64, Dtype::I32, Dtype::U8, Dtype::BOOL];
 
 /// One set of labelled examples: x is [n, dim] row-major f32, y is [n] with values 0.0 or 1.0.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,28 +90,17 @@ impl Default for PerceptronRecipe {
 
 impl PerceptronRecipe {
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("dim", self.dim),
-            ("n_train", self.n_train),
-            ("n_dev", self.n_dev),
-            ("n_test", self.n_test),
-        ] {
+        for (name, v) in [("dim", self.dim), ("n_train", self.n_train), ("n_dev", self.n_dev), ("n_test", self.n_test)] {
             if v == 0 {
                 return Err(Error::config(name, v, "must be > 0"));
             }
         }
-        for (name, v) in [
-            ("train_mean", self.train_mean),
-            ("desired_mean", self.desired_mean),
-        ] {
+        for (name, v) in [("train_mean", self.train_mean), ("desired_mean", self.desired_mean)] {
             if !v.is_finite() {
                 return Err(Error::config(name, v, "must be finite"));
             }
         }
-        for (name, v) in [
-            ("train_var", self.train_var),
-            ("desired_var", self.desired_var),
-        ] {
+        for (name, v) in [("train_var", self.train_var), ("desired_var", self.desired_var)] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::config(name, v, "must be finite and > 0"));
             }
@@ -172,13 +154,7 @@ impl PerceptronData {
                 }
             }
         }
-        let data = Self {
-            dim,
-            train,
-            dev,
-            test,
-            theta0: None,
-        };
+        let data = Self { dim, train, dev, test, theta0: None };
         data.validate()?;
         Ok(data)
     }
@@ -192,48 +168,26 @@ impl PerceptronData {
         for (set, ex) in SETS.iter().zip(self.sets()) {
             let (xn, yn) = (format!("x_{set}"), format!("y_{set}"));
             if ex.is_empty() {
-                return Err(Error::bad_input(
-                    format!("{set} set ({xn}, {yn})"),
-                    "is empty (0 examples)",
-                ));
+                return Err(Error::bad_input(format!("{set} set ({xn}, {yn})"), "is empty (0 examples)"));
             }
             if ex.x.len() != ex.len() * dim {
-                let expected = format!(
-                    "[{}, {dim}] = {} values (rows of {yn})",
-                    ex.len(),
-                    ex.len() * dim
-                );
+                let expected = format!("[{}, {dim}] = {} values (rows of {yn})", ex.len(), ex.len() * dim);
                 return Err(Error::shape(xn, expected, format!("{} values", ex.x.len())));
             }
             if let Some(i) = ex.x.iter().position(|v| !v.is_finite()) {
-                let problem = format!(
-                    "non-finite value {} at flat index {i} (row {}, column {})",
-                    ex.x[i],
-                    i / dim,
-                    i % dim
-                );
+                let problem = format!("non-finite value {} at flat index {i} (row {}, column {})", ex.x[i], i / dim, i % dim);
                 return Err(Error::bad_input(xn, problem));
             }
             if let Some(i) = ex.y.iter().position(|&v| v != 0.0 && v != 1.0) {
-                return Err(Error::bad_input(
-                    yn,
-                    format!("label {} at index {i} is not 0 or 1", ex.y[i]),
-                ));
+                return Err(Error::bad_input(yn, format!("label {} at index {i} is not 0 or 1", ex.y[i])));
             }
         }
         if let Some(t) = &self.theta0 {
             if t.len() != dim {
-                return Err(Error::shape(
-                    "theta0",
-                    format!("[{dim}] (dim of x_train)"),
-                    format!("[{}]", t.len()),
-                ));
+                return Err(Error::shape("theta0", format!("[{dim}] (dim of x_train)"), format!("[{}]", t.len())));
             }
             if let Some(i) = t.iter().position(|v| !v.is_finite()) {
-                return Err(Error::bad_input(
-                    "theta0",
-                    format!("non-finite value {} at index {i}", t[i]),
-                ));
+                return Err(Error::bad_input("theta0", format!("non-finite value {} at index {i}", t[i])));
             }
         }
         Ok(())
@@ -241,42 +195,20 @@ impl PerceptronData {
 
     /// Reads the safetensors layout described in the module docs. Unknown extra tensors are ignored.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::format(
-                path,
-                format!("not a safetensors file or corrupt header: {e}"),
-            )
-        })?;
+        let bytes = tensor_file::read(path)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, e))?;
         Self::from_tensors(&st, path).map_err(|e| match e {
             // Shape/value errors name only the tensor; add the file so the message stands alone.
-            Error::Shape {
-                what,
-                expected,
-                got,
-            } => Error::Shape {
-                what: format!("{what} in {}", path.display()),
-                expected,
-                got,
-            },
-            Error::BadInput { what, problem } => Error::BadInput {
-                what: format!("{what} in {}", path.display()),
-                problem,
-            },
+            Error::Shape { what, expected, got } => Error::Shape { what: format!("{what} in {}", path.display()), expected, got },
+            Error::BadInput { what, problem } => Error::BadInput { what: format!("{what} in {}", path.display()), problem },
             e => e,
         })
     }
 
     fn from_tensors(st: &SafeTensors, path: &Path) -> Result<Self> {
         let get = |name: &str| {
-            st.tensor(name).map_err(|_| {
-                Error::format(
-                    path,
-                    format!(
-                        "missing required tensor `{name}` (required: {REQUIRED}; optional: theta0)"
-                    ),
-                )
-            })
+            st.tensor(name)
+                .map_err(|_| Error::format(path, format!("missing required tensor `{name}` (required: {REQUIRED}; optional: theta0)")))
         };
         let mut dim = None;
         let mut sets = Vec::with_capacity(3);
@@ -284,128 +216,49 @@ impl PerceptronData {
             let (xn, yn) = (format!("x_{set}"), format!("y_{set}"));
             let (xt, yt) = (get(&xn)?, get(&yn)?);
             let &[rows, cols] = xt.shape() else {
-                return Err(Error::shape(
-                    xn,
-                    "rank 2 [n, dim]",
-                    format!("shape {:?}", xt.shape()),
-                ));
+                return Err(Error::shape(xn, "rank 2 [n, dim]", format!("shape {:?}", xt.shape())));
             };
             let d = *dim.get_or_insert(cols);
             if cols != d {
-                return Err(Error::shape(
-                    xn,
-                    format!("[n, {d}] (dim of x_train)"),
-                    format!("shape {:?}", xt.shape()),
-                ));
+                return Err(Error::shape(xn, format!("[n, {d}] (dim of x_train)"), format!("shape {:?}", xt.shape())));
             }
             if yt.shape() != [rows] {
-                return Err(Error::shape(
-                    yn,
-                    format!("[{rows}] (rows of {xn})"),
-                    format!("shape {:?}", yt.shape()),
-                ));
+                return Err(Error::shape(yn, format!("[{rows}] (rows of {xn})"), format!("shape {:?}", yt.shape())));
             }
-            sets.push(Examples {
-                x: to_f32(&xn, &xt, X_DTYPES)?,
-                y: to_f32(&yn, &yt, Y_DTYPES)?,
-            });
+            sets.push(Examples { x: to_f32(&xn, &xt, X_DTYPES)?, y: to_f32(&yn, &yt, Y_DTYPES)? });
         }
         let dim = dim.unwrap_or(0);
         let theta0 = match st.tensor("theta0") {
             Err(_) => None,
             Ok(t) if t.shape() != [dim] => {
-                return Err(Error::shape(
-                    "theta0",
-                    format!("[{dim}] (dim of x_train)"),
-                    format!("shape {:?}", t.shape()),
-                ))
+                return Err(Error::shape("theta0", format!("[{dim}] (dim of x_train)"), format!("shape {:?}", t.shape())))
             }
             Ok(t) => Some(to_f32("theta0", &t, X_DTYPES)?),
         };
         let [train, dev, test] = <[Examples; 3]>::try_from(sets).expect("three sets");
-        let data = Self {
-            dim,
-            train,
-            dev,
-            test,
-            theta0,
-        };
+        let data = Self { dim, train, dev, test, theta0 };
         data.validate()?;
         Ok(data)
     }
 
-    /// Validates, then writes all tensors as F32 to a temp file in the same directory and renames it
-    /// over `path`, so readers never see a half-written file.
+    /// Validates, then writes all tensors as F32, atomically (see `tensor_file::write_atomic`).
     pub fn save(&self, path: &Path) -> Result<()> {
         self.validate()?;
-        let le = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (set, ex) in SETS.iter().zip(self.sets()) {
-            tensors.push((format!("x_{set}"), vec![ex.len(), self.dim], le(&ex.x)));
-            tensors.push((format!("y_{set}"), vec![ex.len()], le(&ex.y)));
+        let names: Vec<[String; 2]> = SETS.iter().map(|set| [format!("x_{set}"), format!("y_{set}")]).collect();
+        let mut tensors = Vec::new();
+        for ([xn, yn], ex) in names.iter().zip(self.sets()) {
+            tensors.push(F32Tensor { name: xn, shape: vec![ex.len(), self.dim], values: &ex.x });
+            tensors.push(F32Tensor { name: yn, shape: vec![ex.len()], values: &ex.y });
         }
         if let Some(t) = &self.theta0 {
-            tensors.push(("theta0".into(), vec![self.dim], le(t)));
+            tensors.push(F32Tensor { name: "theta0", shape: vec![self.dim], values: t });
         }
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.as_str(), v)))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|v| safetensors::serialize(v, None))
-            .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
-
-        // Unique per process and call, so concurrent saves never share a temp file.
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = path.file_name().ok_or_else(|| {
-            Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-            )
-        })?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&tmp, &views)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                Error::io(path, e)
-            })
+        tensor_file::write_f32(path, &tensors, None)
     }
 
     fn sets(&self) -> [&Examples; 3] {
         [&self.train, &self.dev, &self.test]
     }
-}
-
-/// Converts a tensor of one of the `allowed` dtypes to f32 (labels keep their value, so a bad label
-/// is reported as read).
-fn to_f32(name: &str, t: &TensorView, allowed: &[Dtype]) -> Result<Vec<f32>> {
-    fn le<'a, const N: usize, T>(
-        b: &'a [u8],
-        f: impl Fn([u8; N]) -> T + 'a,
-    ) -> impl Iterator<Item = T> + 'a {
-        b.chunks_exact(N)
-            .map(move |c| f(c.try_into().expect("chunk of N bytes")))
-    }
-    let b = t.data();
-    Ok(match t.dtype() {
-        dt if !allowed.contains(&dt) => {
-            return Err(Error::bad_input(
-                name,
-                format!("unsupported dtype {dt:?}; expected one of {allowed:?}"),
-            ))
-        }
-        Dtype::F32 => le(b, f32::from_le_bytes).collect(),
-        Dtype::F64 => le(b, |c| f64::from_le_bytes(c) as f32).collect(),
-        Dtype::I64 => le(b, |c| i64::from_le_bytes(c) as f32).collect(),
-        Dtype::I32 => le(b, |c| i32::from_le_bytes(c) as f32).collect(),
-        Dtype::U8 | Dtype::BOOL => b.iter().map(|&v| v as f32).collect(),
-        dt => unreachable!("dtype {dt:?} listed as allowed but not converted"),
-    })
 }
 
 /// θ0 as PyTorch's default `nn.Linear(dim, 1, bias=False)` init draws it: kaiming_uniform with
@@ -426,23 +279,13 @@ mod tests {
     use super::*;
 
     fn small(seed: u64) -> PerceptronRecipe {
-        PerceptronRecipe {
-            dim: 8,
-            n_train: 64,
-            n_dev: 16,
-            n_test: 16,
-            seed,
-            ..Default::default()
-        }
+        PerceptronRecipe { dim: 8, n_train: 64, n_dev: 16, n_test: 16, seed, ..Default::default() }
     }
 
     fn mean_var(v: &[f32]) -> (f64, f64) {
         let n = v.len() as f64;
         let m = v.iter().map(|&a| a as f64).sum::<f64>() / n;
-        (
-            m,
-            v.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>() / n,
-        )
+        (m, v.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>() / n)
     }
 
     #[test]
@@ -457,17 +300,8 @@ mod tests {
     #[test]
     fn generate_draws_teacher_then_train_from_one_stream() {
         // Same seed, fewer training rows: the teacher and the first train rows are unchanged.
-        let (a, b) = (
-            small(5),
-            PerceptronRecipe {
-                n_train: 32,
-                ..small(5)
-            },
-        );
-        let (da, db) = (
-            PerceptronData::generate(&a).unwrap(),
-            PerceptronData::generate(&b).unwrap(),
-        );
+        let (a, b) = (small(5), PerceptronRecipe { n_train: 32, ..small(5) });
+        let (da, db) = (PerceptronData::generate(&a).unwrap(), PerceptronData::generate(&b).unwrap());
         assert_eq!(db.train.x[..], da.train.x[..32 * 8]);
         assert_eq!(db.train.y[..], da.train.y[..32]);
         assert_ne!(db.dev.x, da.dev.x);
@@ -498,16 +332,10 @@ mod tests {
     fn generate_moments_follow_recipe() {
         let d = PerceptronData::generate(&PerceptronRecipe::default()).unwrap();
         let (m, v) = mean_var(&d.train.x);
-        assert!(
-            m.abs() < 0.02 && (v - 3.0).abs() < 0.05,
-            "train mean {m} var {v}"
-        );
+        assert!(m.abs() < 0.02 && (v - 3.0).abs() < 0.05, "train mean {m} var {v}");
         for ex in [&d.dev, &d.test] {
             let (m, v) = mean_var(&ex.x);
-            assert!(
-                (m - 0.5).abs() < 0.02 && (v - 1.0).abs() < 0.05,
-                "desired mean {m} var {v}"
-            );
+            assert!((m - 0.5).abs() < 0.02 && (v - 1.0).abs() < 0.05, "desired mean {m} var {v}");
         }
     }
 
@@ -515,36 +343,15 @@ mod tests {
     fn recipe_validate_rejects_bad_settings() {
         assert!(PerceptronRecipe::default().validate().is_ok());
         let bad = [
-            PerceptronRecipe {
-                dim: 0,
-                ..Default::default()
-            },
-            PerceptronRecipe {
-                n_dev: 0,
-                ..Default::default()
-            },
-            PerceptronRecipe {
-                train_var: 0.0,
-                ..Default::default()
-            },
-            PerceptronRecipe {
-                desired_var: f64::INFINITY,
-                ..Default::default()
-            },
-            PerceptronRecipe {
-                train_mean: f64::NAN,
-                ..Default::default()
-            },
+            PerceptronRecipe { dim: 0, ..Default::default() },
+            PerceptronRecipe { n_dev: 0, ..Default::default() },
+            PerceptronRecipe { train_var: 0.0, ..Default::default() },
+            PerceptronRecipe { desired_var: f64::INFINITY, ..Default::default() },
+            PerceptronRecipe { train_mean: f64::NAN, ..Default::default() },
         ];
-        for (r, name) in bad
-            .iter()
-            .zip(["dim", "n_dev", "train_var", "desired_var", "train_mean"])
-        {
+        for (r, name) in bad.iter().zip(["dim", "n_dev", "train_var", "desired_var", "train_mean"]) {
             let e = PerceptronData::generate(r).unwrap_err();
-            assert!(
-                matches!(e, Error::Config { .. }) && e.to_string().contains(name),
-                "{e}"
-            );
+            assert!(matches!(e, Error::Config { .. }) && e.to_string().contains(name), "{e}");
         }
     }
 
@@ -558,10 +365,7 @@ mod tests {
         d.theta0 = Some(init_theta(d.dim, 10));
         d.save(&path).unwrap(); // overwrites
         assert_eq!(PerceptronData::load(&path).unwrap(), d);
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["d.safetensors"], "temp file left behind");
     }
 
@@ -583,10 +387,7 @@ mod tests {
         let mut d = PerceptronData::generate(&small(4)).unwrap();
         d.dev.x.pop();
         let e = d.validate().unwrap_err();
-        assert!(
-            matches!(e, Error::Shape { .. }) && e.to_string().contains("x_dev"),
-            "{e}"
-        );
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("x_dev"), "{e}");
     }
 
     // ---- load errors: files written with the safetensors crate directly ----
@@ -619,9 +420,7 @@ mod tests {
     fn load_raw(raw: &Raw) -> Result<PerceptronData> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
-        let views = raw
-            .iter()
-            .map(|(n, dt, s, b)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()));
+        let views = raw.iter().map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()));
         safetensors::serialize_to_file(views, None, &path).unwrap();
         PerceptronData::load(&path)
     }
@@ -631,10 +430,7 @@ mod tests {
         let e = r.unwrap_err();
         let msg = e.to_string();
         assert!(variant(&e), "wrong variant: {msg}");
-        assert!(
-            msg.contains(needle),
-            "message does not name {needle}: {msg}"
-        );
+        assert!(msg.contains(needle), "message does not name {needle}: {msg}");
     }
     fn is_shape(e: &Error) -> bool {
         matches!(e, Error::Shape { .. })
@@ -659,27 +455,9 @@ mod tests {
         let want = load_raw(&valid()).unwrap();
         let labels: [u8; N] = [0, 1, 0, 1];
         let encodings: [(Dtype, Vec<u8>); 5] = [
-            (
-                Dtype::F64,
-                labels
-                    .iter()
-                    .flat_map(|&v| (v as f64).to_le_bytes())
-                    .collect(),
-            ),
-            (
-                Dtype::I64,
-                labels
-                    .iter()
-                    .flat_map(|&v| (v as i64).to_le_bytes())
-                    .collect(),
-            ),
-            (
-                Dtype::I32,
-                labels
-                    .iter()
-                    .flat_map(|&v| (v as i32).to_le_bytes())
-                    .collect(),
-            ),
+            (Dtype::F64, labels.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()),
+            (Dtype::I64, labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect()),
+            (Dtype::I32, labels.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect()),
             (Dtype::U8, labels.to_vec()),
             (Dtype::BOOL, labels.to_vec()),
         ];
@@ -689,15 +467,9 @@ mod tests {
             assert_eq!(load_raw(&raw).unwrap(), want, "labels as {dt:?}");
         }
         let mut raw = valid();
-        let x64: Vec<u8> = (0..N * D)
-            .map(|i| (i as f32 * 0.1) as f64)
-            .flat_map(f64::to_le_bytes)
-            .collect();
+        let x64: Vec<u8> = (0..N * D).map(|i| (i as f32 * 0.1) as f64).flat_map(f64::to_le_bytes).collect();
         set(&mut raw, "x_test", Dtype::F64, vec![N, D], x64);
-        let theta: Vec<u8> = [0.5f64, -0.25, 1.0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let theta: Vec<u8> = [0.5f64, -0.25, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         set(&mut raw, "theta0", Dtype::F64, vec![D], theta);
         let got = load_raw(&raw).unwrap();
         assert_eq!(got.test, want.test);
@@ -708,10 +480,7 @@ mod tests {
     fn load_missing_file_is_io() {
         let dir = tempfile::tempdir().unwrap();
         let e = PerceptronData::load(&dir.path().join("nope.safetensors")).unwrap_err();
-        assert!(
-            matches!(e, Error::Io { .. }) && e.to_string().contains("nope.safetensors"),
-            "{e}"
-        );
+        assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("nope.safetensors"), "{e}");
     }
 
     #[test]
@@ -723,10 +492,7 @@ mod tests {
         for bytes in [b"not a safetensors file".to_vec(), corrupt] {
             std::fs::write(&path, bytes).unwrap();
             let e = PerceptronData::load(&path).unwrap_err();
-            assert!(
-                is_format(&e) && e.to_string().contains("bad.safetensors"),
-                "{e}"
-            );
+            assert!(is_format(&e) && e.to_string().contains("bad.safetensors"), "{e}");
         }
     }
 
@@ -741,13 +507,7 @@ mod tests {
     #[test]
     fn load_wrong_rank() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "x_dev",
-            Dtype::F32,
-            vec![N * D],
-            f32s(&[0.0; N * D]),
-        );
+        set(&mut raw, "x_dev", Dtype::F32, vec![N * D], f32s(&[0.0; N * D]));
         expect_err(load_raw(&raw), is_shape, "x_dev");
         let mut raw = valid();
         set(&mut raw, "y_train", Dtype::F32, vec![N, 1], f32s(&[0.0; N]));
@@ -757,39 +517,21 @@ mod tests {
     #[test]
     fn load_mismatched_dim_across_sets() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "x_test",
-            Dtype::F32,
-            vec![N, D + 1],
-            f32s(&[0.0; N * (D + 1)]),
-        );
+        set(&mut raw, "x_test", Dtype::F32, vec![N, D + 1], f32s(&[0.0; N * (D + 1)]));
         expect_err(load_raw(&raw), is_shape, "x_test");
     }
 
     #[test]
     fn load_label_count_must_match_rows() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "y_train",
-            Dtype::F32,
-            vec![N - 1],
-            f32s(&[0.0; N - 1]),
-        );
+        set(&mut raw, "y_train", Dtype::F32, vec![N - 1], f32s(&[0.0; N - 1]));
         expect_err(load_raw(&raw), is_shape, "y_train");
     }
 
     #[test]
     fn load_theta0_wrong_length() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "theta0",
-            Dtype::F32,
-            vec![D + 1],
-            f32s(&[0.0; D + 1]),
-        );
+        set(&mut raw, "theta0", Dtype::F32, vec![D + 1], f32s(&[0.0; D + 1]));
         expect_err(load_raw(&raw), is_shape, "theta0");
     }
 
@@ -814,13 +556,7 @@ mod tests {
     #[test]
     fn load_non_finite_theta0() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "theta0",
-            Dtype::F32,
-            vec![D],
-            f32s(&[0.0, f32::INFINITY, 0.0]),
-        );
+        set(&mut raw, "theta0", Dtype::F32, vec![D], f32s(&[0.0, f32::INFINITY, 0.0]));
         expect_err(load_raw(&raw), is_bad, "theta0");
         expect_err(load_raw(&raw), is_bad, "index 1");
     }
@@ -828,16 +564,7 @@ mod tests {
     #[test]
     fn load_label_not_binary() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "y_test",
-            Dtype::I64,
-            vec![N],
-            [0i64, 1, 2, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        );
+        set(&mut raw, "y_test", Dtype::I64, vec![N], [0i64, 1, 2, 0].iter().flat_map(|v| v.to_le_bytes()).collect());
         expect_err(load_raw(&raw), is_bad, "y_test");
         expect_err(load_raw(&raw), is_bad, "label 2 at index 2");
     }
@@ -845,13 +572,7 @@ mod tests {
     #[test]
     fn load_unsupported_dtype() {
         let mut raw = valid();
-        set(
-            &mut raw,
-            "x_train",
-            Dtype::I32,
-            vec![N, D],
-            vec![0; N * D * 4],
-        );
+        set(&mut raw, "x_train", Dtype::I32, vec![N, D], vec![0; N * D * 4]);
         expect_err(load_raw(&raw), is_bad, "x_train");
         let mut raw = valid();
         set(&mut raw, "y_dev", Dtype::F16, vec![N], vec![0; N * 2]);

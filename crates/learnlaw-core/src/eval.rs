@@ -37,7 +37,13 @@ pub const ZERO_WEIGHT: f64 = 1e-9;
 
 /// Retrains from θ_0 with policy `gamma` ([T, N], on the host), recording both curves and, with
 /// `law`, the Learning-Law statistics.
-pub fn retrain<E: Engine>(e: &mut E, theta0: &[E::Real], gamma: &[E::Real], unroll: Unroll, law: bool) -> Result<(Curves, Option<LawStats>)> {
+pub fn retrain<E: Engine>(
+    e: &mut E,
+    theta0: &[E::Real],
+    gamma: &[E::Real],
+    unroll: Unroll,
+    law: bool,
+) -> Result<(Curves, Option<LawStats>)> {
     unroll.validate()?;
     let (p, n) = (e.num_params(), e.num_train());
     let gamma_dev = e.upload(gamma)?;

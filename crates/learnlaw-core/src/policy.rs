@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use safetensors::{Dtype, SafeTensors};
+
 use crate::tensor_file::{self, F32Tensor};
 use crate::{Error, Result};
 
@@ -47,16 +49,18 @@ impl Policy {
 
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
         let t = F32Tensor { name: "gamma", shape: vec![self.steps, self.examples], values: &self.gamma };
-        tensor_file::write_atomic(path, &[t], Some(metadata))
+        tensor_file::write_f32(path, &[t], Some(metadata))
     }
 
     /// Loads and validates a policy file, with its metadata.
     pub fn load(path: &Path) -> Result<(Self, HashMap<String, String>)> {
         let bytes = tensor_file::read(path)?;
-        let (shape, gamma) = tensor_file::read_f32(path, &bytes, "gamma")?;
-        let [steps, examples] = shape[..] else {
-            return Err(Error::shape("gamma", "[T, N]", format!("{shape:?}")));
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, e))?;
+        let t = st.tensor("gamma").map_err(|_| Error::format(path, "missing tensor `gamma` [T, N]"))?;
+        let &[steps, examples] = t.shape() else {
+            return Err(Error::shape(format!("gamma in {}", path.display()), "rank 2 [T, N]", format!("shape {:?}", t.shape())));
         };
+        let gamma = tensor_file::to_f32("gamma", &t, &[Dtype::F32, Dtype::F64])?;
         let policy = Policy { steps, examples, gamma };
         policy.validate()?;
         Ok((policy, tensor_file::metadata(path, &bytes)?))

@@ -8,7 +8,6 @@
 //! RUN_DIR/curves.csv           dev and test loss per step, constant vs optimised policy
 //! ```
 use std::collections::HashMap;
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +18,7 @@ use crate::engine::Engine;
 use crate::eval::{self, Curves, LawStats};
 use crate::policy::Policy;
 use crate::search::{compression_ratio, Search, SearchConfig};
+use crate::tensor_file::write_atomic;
 use crate::{Error, Real, Result};
 
 /// Everything that determines a search's result; a resumed search must match it exactly.
@@ -161,14 +161,6 @@ impl RunDir {
     }
 }
 
-/// Writes via a temporary file and a rename, so a crash never leaves a half-written file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// FNV-1a 64 of a file's bytes, as hex.
 pub fn fingerprint(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -222,7 +214,11 @@ pub fn search<E: Engine>(
         }
     };
     if policy.steps != cfg.search.steps || policy.examples != n {
-        return Err(Error::shape("saved policy", format!("[{}, {n}]", cfg.search.steps), format!("[{}, {}]", policy.steps, policy.examples)));
+        return Err(Error::shape(
+            "saved policy",
+            format!("[{}, {n}]", cfg.search.steps),
+            format!("[{}, {}]", policy.steps, policy.examples),
+        ));
     }
     let epochs = cfg.search.epochs;
     let done = history.epochs_done();
@@ -269,7 +265,8 @@ fn describe(cfg: &RunConfig) -> String {
 /// evaluation into summary.json, and returns it.
 pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Evaluation> {
     let cfg = dir.read_config()?;
-    let (policy, history) = dir.read_policy()?.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
+    let (policy, history) =
+        dir.read_policy()?.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
     if policy.examples != e.num_train() {
         return Err(Error::shape("policy examples", e.num_train(), policy.examples));
     }

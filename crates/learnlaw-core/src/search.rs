@@ -87,7 +87,8 @@ impl<E: Engine> Search<E> {
             return Err(Error::shape("policy", format!("[{}, {n}]", cfg.steps), format!("{} values", gamma.len())));
         }
         let real_bytes = std::mem::size_of::<E::Real>();
-        let every = cfg.checkpoint_every.unwrap_or_else(|| cfg.unroll().checkpoint_interval(e.num_params(), real_bytes, THETA_HISTORY_BUDGET));
+        let every =
+            cfg.checkpoint_every.unwrap_or_else(|| cfg.unroll().checkpoint_interval(e.num_params(), real_bytes, THETA_HISTORY_BUDGET));
         Ok(Search {
             cfg: cfg.clone(),
             ws: Workspace::new(e, cfg.unroll(), every)?,

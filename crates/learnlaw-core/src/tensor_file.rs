@@ -1,9 +1,11 @@
-//! Small safetensors helpers shared by the data and policy files: atomic writes of f32 tensors and
-//! reads that turn every failure into an error naming the file.
+//! Small safetensors helpers shared by the data and policy files: atomic writes of f32 tensors,
+//! and reads that turn every failure into an error naming the file or the tensor.
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::{Error, Result};
 
@@ -14,35 +16,37 @@ pub struct F32Tensor<'a> {
     pub values: &'a [f32],
 }
 
-impl View for &F32Tensor<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        // safetensors is little-endian, like every platform this crate targets.
-        std::borrow::Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.values.len() * 4
-    }
+/// Serialises the tensors (F32, little-endian) and writes them with [`write_atomic`].
+pub fn write_f32(path: &Path, tensors: &[F32Tensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name, v)))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| safetensors::serialize(v, metadata))
+        .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
+    write_atomic(path, &views)
 }
 
-/// Writes the tensors to a temporary file beside `path` and renames it into place, so a reader
-/// (or a resumed run after a crash) sees either the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, tensors: &[F32Tensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(tensors.iter().map(|t| (t.name, t)), metadata, &tmp)
-        .map_err(|e| Error::format(&tmp, format!("cannot write safetensors: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Writes to a temporary file beside `path` and renames it into place, so a reader (or a resumed
+/// run after a crash) sees the old file or the new one, never half of one. The temporary name is
+/// unique per process and call, so concurrent writers never share one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::other("path has no file name")))?;
+    let tmp =
+        path.with_file_name(format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 /// The bytes of a safetensors file, checked to parse.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a safetensors file or corrupt header: {e}")))?;
     Ok(bytes)
 }
 
@@ -52,13 +56,22 @@ pub fn metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
-/// Tensor `name` as f32 values and its shape; F32 only.
-pub fn read_f32(path: &Path, bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, e))?;
-    let t = st.tensor(name).map_err(|_| Error::bad_input(format!("{} in {}", name, path.display()), "tensor is missing"))?;
-    if t.dtype() != Dtype::F32 {
-        return Err(Error::bad_input(name, format!("dtype {:?} is not supported (expected F32)", t.dtype())));
+/// Converts a tensor of one of the `allowed` dtypes to f32 (integer labels keep their value, so a
+/// bad label is reported as read).
+pub fn to_f32(name: &str, t: &TensorView, allowed: &[Dtype]) -> Result<Vec<f32>> {
+    fn le<'a, const N: usize, T>(b: &'a [u8], f: impl Fn([u8; N]) -> T + 'a) -> impl Iterator<Item = T> + 'a {
+        b.chunks_exact(N).map(move |c| f(c.try_into().expect("chunk of N bytes")))
     }
-    let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok((t.shape().to_vec(), values))
+    let b = t.data();
+    Ok(match t.dtype() {
+        dt if !allowed.contains(&dt) => {
+            return Err(Error::bad_input(name, format!("unsupported dtype {dt:?}; expected one of {allowed:?}")));
+        }
+        Dtype::F32 => le(b, f32::from_le_bytes).collect(),
+        Dtype::F64 => le(b, |c| f64::from_le_bytes(c) as f32).collect(),
+        Dtype::I64 => le(b, |c| i64::from_le_bytes(c) as f32).collect(),
+        Dtype::I32 => le(b, |c| i32::from_le_bytes(c) as f32).collect(),
+        Dtype::U8 | Dtype::BOOL => b.iter().map(|&v| v as f32).collect(),
+        dt => unreachable!("dtype {dt:?} listed as allowed but not converted"),
+    })
 }

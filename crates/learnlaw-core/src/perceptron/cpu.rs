@@ -197,7 +197,12 @@ impl<R: Real> Engine for CpuPerceptron<R> {
             return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
         }
         if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
-            return Err(Error::Numerical(format!("policy value {:?} at row {}, example {} (outer lr too large?)", v[i], i / row_len, i % row_len)));
+            return Err(Error::Numerical(format!(
+                "policy value {:?} at row {}, example {} (outer lr too large?)",
+                v[i],
+                i / row_len,
+                i % row_len
+            )));
         }
         simplex::project_rows(v, row_len);
         Ok(())
@@ -302,13 +307,11 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         self.check_len("theta", theta, dim)?;
         self.check_len("losses", out, self.num_train())?;
         let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(
-            |(o, (x, y))| {
-                for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
-                    *on = bce_with_logits(dot(xn, theta), yn);
-                }
-            },
-        );
+        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
+            for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
+                *on = bce_with_logits(dot(xn, theta), yn);
+            }
+        });
         Ok(())
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
@@ -317,14 +320,12 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         self.check_len("v", v, dim)?;
         self.check_len("dots", out, self.num_train())?;
         let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(
-            |(o, (x, y))| {
-                for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
-                    let (z, u) = dot2(xn, theta, v);
-                    *on = (sigmoid(z) - yn) * u;
-                }
-            },
-        );
+        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
+            for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
+                let (z, u) = dot2(xn, theta, v);
+                *on = (sigmoid(z) - yn) * u;
+            }
+        });
         Ok(())
     }
 }
