@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Set};
 use crate::unroll::Unroll;
-use crate::{Real, Result};
+use crate::{Error, Real, Result};
 
 /// Loss curves over θ_0..θ_T (T+1 points).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,9 @@ pub fn retrain<E: Engine>(
     }
     curves.dev.push(e.loss(Set::Dev, &theta)?);
     curves.test.push(e.loss(Set::Test, &theta)?);
+    if let Some(t) = curves.dev.iter().zip(&curves.test).position(|(d, t)| !(d.is_finite() && t.is_finite())) {
+        return Err(Error::Numerical(format!("retraining diverged: loss {} / {} at step {t}", curves.dev[t], curves.test[t])));
+    }
     Ok((curves, law.then(|| acc.finish())))
 }
 

@@ -3,7 +3,7 @@
 //! Each step is one pass over the training matrix, split into fixed chunks of rows that rayon
 //! spreads over the cores. A row is loaded once and used for all its dots and its axpy while it is
 //! in L1. Chunk partial sums are reduced in a fixed order, so results do not depend on the thread
-//! count or on scheduling (a resumed search reproduces an uninterrupted one bit for bit).
+//! count or on scheduling (a resumed f32 search reproduces an uninterrupted one bit for bit).
 use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
