@@ -13,6 +13,9 @@ use crate::{simplex, Error, Real, Result};
 
 /// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
 const CHUNK_ROWS: usize = 256;
+/// Rows per block inside a chunk: their dots first, then their sigmoids in one vectorised loop,
+/// then their axpys while the rows are still in L1 (16 rows of D = 128 f32 are 8 KiB).
+const BLOCK: usize = 16;
 
 /// A data set converted to the engine's precision.
 struct Matrix<R> {
@@ -229,9 +232,18 @@ impl<R: Real> Engine for CpuPerceptron<R> {
             .zip(gamma_t.par_chunks(CHUNK_ROWS))
             .for_each(|((g, (x, y)), w)| {
                 g.fill(R::zero());
-                for ((xn, &yn), &wn) in x.chunks_exact(dim).zip(y).zip(w) {
-                    if wn != R::zero() {
-                        axpy(wn * (sigmoid(dot(xn, theta)) - yn), xn, g);
+                for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
+                    let mut p = [R::zero(); BLOCK];
+                    for ((pn, xn), &wn) in p.iter_mut().zip(xb.chunks_exact(dim)).zip(wb) {
+                        if wn != R::zero() {
+                            *pn = dot(xn, theta);
+                        }
+                    }
+                    p = p.map(sigmoid);
+                    for (((&pn, xn), &yn), &wn) in p.iter().zip(xb.chunks_exact(dim)).zip(yb).zip(wb) {
+                        if wn != R::zero() {
+                            axpy(wn * (pn - yn), xn, g);
+                        }
                     }
                 }
             });
@@ -272,12 +284,18 @@ impl<R: Real> Engine for CpuPerceptron<R> {
             .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
             .for_each(|((h, (x, y)), (w, out))| {
                 h.fill(R::zero());
-                for (((xn, &yn), &wn), o) in x.chunks_exact(dim).zip(y).zip(w).zip(out) {
-                    let (z, u) = dot2(xn, theta, lambda_next);
-                    let p = sigmoid(z);
-                    *o = neg_eta * (p - yn) * u;
-                    if wn != R::zero() {
-                        axpy(wn * p * (R::one() - p) * u, xn, h);
+                let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
+                for ((xb, yb), (wb, ob)) in blocks {
+                    let (mut p, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
+                    for ((pn, un), xn) in p.iter_mut().zip(&mut u).zip(xb.chunks_exact(dim)) {
+                        (*pn, *un) = dot2(xn, theta, lambda_next);
+                    }
+                    p = p.map(sigmoid);
+                    for ((((&pn, &un), xn), (&yn, &wn)), o) in p.iter().zip(&u).zip(xb.chunks_exact(dim)).zip(yb.iter().zip(wb)).zip(ob) {
+                        *o = neg_eta * (pn - yn) * un;
+                        if wn != R::zero() {
+                            axpy(wn * pn * (R::one() - pn) * un, xn, h);
+                        }
                     }
                 }
             });

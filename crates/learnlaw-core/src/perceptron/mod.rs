@@ -11,15 +11,13 @@ pub use cpu::CpuPerceptron;
 
 use crate::Real;
 
-/// σ(z), stable for large |z|.
+/// σ(z), stable for large |z|: e = e^{−|z|} ∈ (0, 1], σ = 1/(1+e) or e/(1+e). Branch-free
+/// (selects), so a loop over it vectorises.
 #[inline(always)]
 pub fn sigmoid<R: Real>(z: R) -> R {
-    if z >= R::zero() {
-        R::one() / (R::one() + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (R::one() + e)
-    }
+    let e = (-z.abs()).exp_inline();
+    let num = if z >= R::zero() { R::one() } else { e };
+    num / (R::one() + e)
 }
 
 /// Binary cross-entropy with logits, softplus(z) − y·z, stable for large |z|.
