@@ -21,12 +21,19 @@ fn paper_data() -> PerceptronData {
     PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe")
 }
 
-/// The floor: y = Xθ, rows split over the cores, one pass over X.
+/// The floor: y = Xθ, rows split over the cores like the engine's, one vectorised pass over X
+/// (16 independent accumulators per row, so the loop is load-bound, not add-latency-bound).
 fn gemv(x: &[f32], theta: &[f32], y: &mut [f32]) {
     let d = theta.len();
     y.par_chunks_mut(256).zip(x.par_chunks(256 * d)).for_each(|(y, x)| {
         for (yn, xn) in y.iter_mut().zip(x.chunks_exact(d)) {
-            *yn = xn.iter().zip(theta).map(|(a, b)| a * b).sum();
+            let mut acc = [0.0f32; 16];
+            for (a, b) in xn.chunks_exact(16).zip(theta.chunks_exact(16)) {
+                for i in 0..16 {
+                    acc[i] += a[i] * b[i];
+                }
+            }
+            *yn = acc.iter().sum();
         }
     });
 }
@@ -59,6 +66,15 @@ fn steps(c: &mut Criterion) {
         b.iter_batched_ref(
             || (0..STEPS * n).map(|i| 1.0 / n as f32 + noise(i) - 5e-5).collect::<Vec<f32>>(),
             |rows| simplex::project_rows(rows, n),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    // The sort-based reference (what an exact projection costs without Condat's algorithm).
+    g.sample_size(10);
+    g.bench_function("cpu_project_simplex_rows_sorted_f32", |b| {
+        b.iter_batched_ref(
+            || (0..STEPS * n).map(|i| 1.0 / n as f32 + noise(i) - 5e-5).collect::<Vec<f32>>(),
+            |rows| rows.par_chunks_mut(n).for_each(simplex::project_sorted),
             criterion::BatchSize::PerIteration,
         )
     });
@@ -98,6 +114,7 @@ fn main() {
         ("step", "cpu_forward_step_f32"),
         ("step", "cpu_backward_step_f32"),
         ("policy", "cpu_project_simplex_rows_f32"),
+        ("policy", "cpu_project_simplex_rows_sorted_f32"),
         ("search", "cpu_outer_epoch_f32"),
     ] {
         let Some(t) = median_ns(group, id) else { continue };

@@ -186,3 +186,21 @@ fn cpu<R: Real>(data: &PerceptronData) -> Option<learnlaw::perceptron::CpuPercep
 
 conformance_tests!(cpu_f32, cpu::<f32>);
 conformance_tests!(cpu_f64, cpu::<f64>);
+
+/// The WGSL engine, or None (after a visible SKIPPED line) when this machine has no wgpu adapter;
+/// with LEARNLAW_REQUIRE_WGPU=1 a missing adapter fails instead (CI installs lavapipe).
+fn wgpu(data: &PerceptronData) -> Option<learnlaw::wgpu_backend::WgpuPerceptron> {
+    match learnlaw::wgpu_backend::WgpuPerceptron::new(data) {
+        Ok(e) => Some(e),
+        Err(learnlaw::Error::Unavailable { reason, .. }) => {
+            if std::env::var("LEARNLAW_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}");
+            }
+            println!("SKIPPED: no wgpu adapter ({reason})");
+            None
+        }
+        Err(e) => panic!("wgpu engine: {e}"),
+    }
+}
+
+conformance_tests!(wgpu_f32, wgpu);

@@ -23,20 +23,22 @@
 //                    → combine(λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials). No readback.
 //
 // Buffers (all f32, row-major, storage of X in f32; accumulation in f32 like the CPU engine's f32):
-//   x [rows, D] one shard of a data set (each shard is its own buffer, at most one storage binding;
-//     a set of several GiB is several shards), y [rows].
+//   x [rows, ceil(D/4)] vec4<f32>: one shard of a data set, each row zero-padded to a multiple of 4
+//     values so every load of X is a vec4 (each shard is its own buffer, at most one storage
+//     binding; a set of several GiB is several shards), y [rows].
 //   θ, λ_next / v [D]; partials [chunks, D] (chunk = 256 consecutive rows of the whole set, the
 //     shard's first chunk is chunk0); loss_partials [chunks].
 //   γ and out are *windows*: the binding starts at an aligned offset and the shard's first element
 //     sits `gamma_shift` / `out_shift` elements in, so row t of a [T, N] policy larger than one
 //     binding can still be bound.
 // Geometry: rows — one workgroup of 256 invocations per chunk of 256 rows (ceil(rows/256)
-//   workgroups, ≤ 65535 per shard); invocation i computes row i's dots (sequential over D), then
-//   invocation j accumulates columns j, j+256, … over the chunk's rows (coalesced over j).
-//   combine — one invocation per column, workgroups of 64. reduce_loss — one workgroup of 256.
-// Variants: this is the straightforward fused version (X read twice per chunk, the second time from
-//   cache). Tuned variants (tiling X through workgroup memory for coalesced row dots, f16 storage of
-//   X, subgroup reductions) are not written yet; this one stays as the baseline.
+//   workgroups, ≤ 65535 per shard); invocation i computes row i's dots (vec4 loads along the row),
+//   then invocation k accumulates the column block 4k..4k+3 (a vec4) over the chunk's rows
+//   (coalesced over k). combine — one invocation per column, workgroups of 64. reduce_loss — one
+//   workgroup of 256.
+// Variants: v1 (scalar loads, one column per invocation) was replaced by this vec4 version, which
+//   is ~1.5× faster per step on lavapipe with the same reduction structure. Not written yet: tiling X
+//   through workgroup memory for coalesced row dots on GPUs, f16 storage of X, subgroup reductions.
 
 const WG: u32 = 256u;
 
@@ -71,15 +73,15 @@ fn bce_with_logits(z: f32, y: f32) -> f32 {
 struct RowParams {
     rows: u32,         // rows in this shard
     dim: u32,          // D
+    stride4: u32,      // vec4s per stored row: ceil(D/4) (rows are zero-padded to a multiple of 4)
     mode: u32,         // MODE_*
     chunk0: u32,       // global chunk index of the shard's first row (row of `partials`)
     gamma_shift: u32,  // element offset of the shard's first γ value inside the γ window
     out_shift: u32,    // element offset of the shard's first output inside the out window
     coef: f32,         // BACKWARD: the factor of ∂J/∂γ (−η)
-    _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read> theta: array<f32>;
 @group(0) @binding(3) var<storage, read> vecb: array<f32>;
@@ -88,6 +90,35 @@ struct RowParams {
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> loss_partials: array<f32>;
 @group(0) @binding(8) var<uniform> rp: RowParams;
+
+// θ[4k..4k+4) as a vec4, zero past D (X's padding is zero too).
+fn load4_theta(k: u32, dim: u32) -> vec4<f32> {
+    let j = 4u * k;
+    if (j + 3u < dim) {
+        return vec4<f32>(theta[j], theta[j + 1u], theta[j + 2u], theta[j + 3u]);
+    }
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 3u; q++) {
+        if (j + q < dim) {
+            v[q] = theta[j + q];
+        }
+    }
+    return v;
+}
+
+fn load4_vecb(k: u32, dim: u32) -> vec4<f32> {
+    let j = 4u * k;
+    if (j + 3u < dim) {
+        return vec4<f32>(vecb[j], vecb[j + 1u], vecb[j + 2u], vecb[j + 3u]);
+    }
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 3u; q++) {
+        if (j + q < dim) {
+            v[q] = vecb[j + q];
+        }
+    }
+    return v;
+}
 
 var<workgroup> coef_s: array<f32, WG>;
 var<workgroup> loss_s: array<f32, WG>;
@@ -101,19 +132,19 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var c = 0.0;
     var l = 0.0;
     if (r < rp.rows) {
-        let base = r * dim;
+        let base = r * rp.stride4;
         let yr = y[r];
         var z = 0.0;
         var u = 0.0;
         if (mode == MODE_BACKWARD || mode == MODE_TRAIN_DOT) {
-            for (var k = 0u; k < dim; k++) {
+            for (var k = 0u; k < rp.stride4; k++) {
                 let xv = x[base + k];
-                z += xv * theta[k];
-                u += xv * vecb[k];
+                z += dot(xv, load4_theta(k, dim));
+                u += dot(xv, load4_vecb(k, dim));
             }
         } else {
-            for (var k = 0u; k < dim; k++) {
-                z += x[base + k] * theta[k];
+            for (var k = 0u; k < rp.stride4; k++) {
+                z += dot(x[base + k], load4_theta(k, dim));
             }
         }
         switch mode {
@@ -153,12 +184,17 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let chunk = rp.chunk0 + wid.x;
     if (mode == MODE_FORWARD || mode == MODE_BACKWARD || mode == MODE_GRAD) {
         let n = min(WG, rp.rows - r0);
-        for (var j = lid; j < dim; j += WG) {
-            var acc = 0.0;
+        for (var k = lid; k < rp.stride4; k += WG) {
+            var acc = vec4<f32>(0.0);
             for (var i = 0u; i < n; i++) {
-                acc += coef_s[i] * x[(r0 + i) * dim + j];
+                acc += coef_s[i] * x[(r0 + i) * rp.stride4 + k];
             }
-            partials[chunk * dim + j] = acc;
+            let j = 4u * k;
+            for (var q = 0u; q < 4u; q++) {
+                if (j + q < dim) {
+                    partials[chunk * dim + j + q] = acc[q];
+                }
+            }
         }
     }
     if (mode == MODE_LOSS || mode == MODE_GRAD) {

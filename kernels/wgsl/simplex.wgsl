@@ -17,11 +17,14 @@
 //   check_finite — one invocation per element of a window [len]: any NaN/±Inf (exponent bits all
 //     ones; WGSL may assume floats are finite, so the test is on the bits) sets flag[0] = 1 and
 //     flag[1] = min(flag[1], index). Workgroups of 256, ceil(len/256) workgroups.
-//   project_rows — one workgroup of 256 invocations per row (≤ 65535 rows per dispatch); rows sit
+//   project_rows — one workgroup of 64 invocations per row (≤ 65535 rows per dispatch); rows sit
 //     `shift` elements into the bound window. Does nothing when flag[0] ≠ 0, so a non-finite policy
 //     is reported (Error::Numerical) and left untouched, like the CPU engine.
 // Buffers: v [rows·N] f32 (read_write), flag [2] u32 (atomic / read), params uniform.
-// Variants: this is the only one (a sort-based version would need N-sized workgroup scratch).
+// Precision: f32 sums, so τ (and every p_i) is known to about ε_f32·max|v|, like the CPU f32 path.
+// Variants: v1 ran 256 invocations per row with tree reductions (9 barriers per reduction); this
+//   one runs 64 with two-stage reductions (3 barriers), ~2× faster on lavapipe where barriers are
+//   coroutine switches. A sort-based version would need N-sized workgroup scratch.
 
 const WG: u32 = 256u;
 const MAX_PASSES: u32 = 200u;
@@ -54,36 +57,60 @@ fn check_finite(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(4) var<storage, read> pflag: array<u32, 2>;
 @group(0) @binding(5) var<uniform> pr: Params;
 
-var<workgroup> s_a: array<f32, WG>;
-var<workgroup> s_b: array<f32, WG>;
-var<workgroup> c_a: array<u32, WG>;
-var<workgroup> c_b: array<u32, WG>;
-var<workgroup> u_sa: f32;
-var<workgroup> u_sb: f32;
-var<workgroup> u_ca: u32;
-var<workgroup> u_cb: u32;
+// project_rows runs PWG = PG·PG invocations per row; reductions go PWG → PG → 1 in two fixed-order
+// sequential stages (3 barriers instead of log2(PWG) + 1 for a tree: barriers dominate on lavapipe).
+const PG: u32 = 8u;
+const PWG: u32 = 64u;
 
-// Tree reduction of the four per-invocation partials; results land in the u_* scalars.
+var<workgroup> s_a: array<f32, PWG>;
+var<workgroup> s_b: array<f32, PWG>;
+var<workgroup> c_a: array<u32, PWG>;
+var<workgroup> c_b: array<u32, PWG>;
+struct Sums {
+    sa: f32,  // Σ_{v > lo} (v − lo)
+    sb: f32,  // Σ_{v > mid} (v − mid)
+    ca: u32,  // #{v > lo}
+    cb: u32,  // #{v > mid}
+}
+var<workgroup> u_sums: Sums;
+var<workgroup> u_top: f32;
+
+// Sums the four per-invocation partials (s_a, s_b, c_a, c_b) into u_sums.
 fn reduce4(lid: u32) {
     workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (lid < h) {
-            s_a[lid] += s_a[lid + h];
-            s_b[lid] += s_b[lid + h];
-            c_a[lid] += c_a[lid + h];
-            c_b[lid] += c_b[lid + h];
+    if (lid < PG) {
+        var sa = 0.0;
+        var sb = 0.0;
+        var ca = 0u;
+        var cb = 0u;
+        for (var i = 0u; i < PG; i++) {
+            sa += s_a[lid * PG + i];
+            sb += s_b[lid * PG + i];
+            ca += c_a[lid * PG + i];
+            cb += c_b[lid * PG + i];
         }
-        workgroupBarrier();
+        s_a[lid * PG] = sa;
+        s_b[lid * PG] = sb;
+        c_a[lid * PG] = ca;
+        c_b[lid * PG] = cb;
     }
+    workgroupBarrier();
     if (lid == 0u) {
-        u_sa = s_a[0];
-        u_sb = s_b[0];
-        u_ca = c_a[0];
-        u_cb = c_b[0];
+        var sa = 0.0;
+        var sb = 0.0;
+        var ca = 0u;
+        var cb = 0u;
+        for (var i = 0u; i < PG; i++) {
+            sa += s_a[i * PG];
+            sb += s_b[i * PG];
+            ca += c_a[i * PG];
+            cb += c_b[i * PG];
+        }
+        u_sums = Sums(sa, sb, ca, cb);
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (pflag[0] != 0u || wid.x >= pr.rows) {
         return;
@@ -93,33 +120,39 @@ fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 
     // The row maximum (s_a doubles as the max scratch).
     var m = -3.4028235e38;
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lid; i < n; i += PWG) {
         m = max(m, pv[base + i]);
     }
     s_a[lid] = m;
     workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (lid < h) {
-            s_a[lid] = max(s_a[lid], s_a[lid + h]);
+    if (lid < PG) {
+        var mm = s_a[lid * PG];
+        for (var i = 1u; i < PG; i++) {
+            mm = max(mm, s_a[lid * PG + i]);
         }
-        workgroupBarrier();
+        s_a[lid * PG] = mm;
     }
+    workgroupBarrier();
     if (lid == 0u) {
-        u_sa = s_a[0];
+        var mm = s_a[0];
+        for (var i = 1u; i < PG; i++) {
+            mm = max(mm, s_a[i * PG]);
+        }
+        u_top = mm;
     }
-    let top = workgroupUniformLoad(&u_sa);
+    let top = workgroupUniformLoad(&u_top);
 
     var lo = top - 1.0;   // f(lo) ≥ 1
     var hi = top;         // f(hi) < 1 (or the interval is exhausted)
     var c_src = 0xffffffffu; // support size at the threshold lo was derived from (none yet)
     var tau = lo;
-    for (var pass = 0u; pass < MAX_PASSES; pass++) {
+    for (var it = 0u; it < MAX_PASSES; it++) {
         let mid = lo + 0.5 * (hi - lo);
         var sa = 0.0;
         var sb = 0.0;
         var ca = 0u;
         var cb = 0u;
-        for (var i = lid; i < n; i += WG) {
+        for (var i = lid; i < n; i += PWG) {
             let x = pv[base + i];
             if (x > lo) {
                 sa += x - lo;
@@ -135,10 +168,11 @@ fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         c_a[lid] = ca;
         c_b[lid] = cb;
         reduce4(lid);
-        let fa = workgroupUniformLoad(&u_sa);
-        let fb = workgroupUniformLoad(&u_sb);
-        let na = workgroupUniformLoad(&u_ca);
-        let nb = workgroupUniformLoad(&u_cb);
+        let sums = workgroupUniformLoad(&u_sums);
+        let fa = sums.sa;
+        let fb = sums.sb;
+        let na = sums.ca;
+        let nb = sums.cb;
         // Michelot's step from lo (na ≥ 1: the maximum always exceeds lo).
         let ta = lo + (fa - 1.0) / f32(max(na, 1u));
         tau = ta;
@@ -164,7 +198,7 @@ fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         c_src = new_src;
     }
 
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lid; i < n; i += PWG) {
         pv[base + i] = max(pv[base + i] - tau, 0.0);
     }
 }

@@ -67,7 +67,15 @@ struct RecipeArgs {
 
 impl RecipeArgs {
     fn recipe(&self) -> PerceptronRecipe {
-        PerceptronRecipe { dim: self.dim, n_train: self.train, n_dev: self.dev, n_test: self.test, seed: self.data_seed, train_label_noise: self.label_noise, ..PerceptronRecipe::default() }
+        PerceptronRecipe {
+            dim: self.dim,
+            n_train: self.train,
+            n_dev: self.dev,
+            n_test: self.test,
+            seed: self.data_seed,
+            train_label_noise: self.label_noise,
+            ..PerceptronRecipe::default()
+        }
     }
 }
 
@@ -77,6 +85,8 @@ enum Backend {
     Cpu,
     /// The CPU backend in f64 (reference precision; slower).
     CpuF64,
+    /// The WGSL kernels through wgpu (Vulkan/Metal/DX12, or lavapipe on a CPU), f32.
+    Wgpu,
 }
 
 #[derive(Args, Clone)]
@@ -157,7 +167,14 @@ fn main() -> Result<()> {
         Command::Data(DataCommand::Perceptron { out, recipe }) => {
             let data = PerceptronData::generate(&recipe.recipe())?;
             data.save(&out)?;
-            println!("wrote {} (D={}, train {}, dev {}, test {})", out.display(), data.dim, data.train.len(), data.dev.len(), data.test.len());
+            println!(
+                "wrote {} (D={}, train {}, dev {}, test {})",
+                out.display(),
+                data.dim,
+                data.train.len(),
+                data.dev.len(),
+                data.test.len()
+            );
         }
         Command::Search(args) => {
             search(&args.data, &args.out, &args.settings)?;
@@ -205,6 +222,10 @@ macro_rules! with_engine {
                 let mut $e = CpuPerceptron::<f64>::new($data)?;
                 $body
             }
+            Backend::Wgpu => {
+                let mut $e = learnlaw_wgpu::WgpuPerceptron::new($data)?;
+                $body
+            }
         }
     };
 }
@@ -214,7 +235,7 @@ fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()>
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
     let cfg = RunConfig {
         task: "perceptron".into(),
-        backend: format!("{:?}", settings.backend).to_lowercase(),
+        backend: settings.backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
         data: data_abs,
         data_fingerprint: run::fingerprint(data_path)?,
         init_seed: settings.init_seed,

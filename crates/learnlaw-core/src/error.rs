@@ -26,6 +26,11 @@ pub enum Error {
     #[error("backend {backend} unavailable: {reason}")]
     Unavailable { backend: String, reason: String },
 
+    /// A device that was found failed while working: a kernel that does not compile, a lost
+    /// device, a failed transfer. Unlike `Unavailable`, never a reason to skip.
+    #[error("{backend} device error: {problem}")]
+    Device { backend: String, problem: String },
+
     /// The numerics broke down (a loss or gradient became NaN/Inf).
     #[error("numerical failure: {0}")]
     Numerical(String),

@@ -379,29 +379,4 @@ mod tests {
         project_sorted(&mut e);
         assert!(threshold(&e).is_nan());
     }
-
-    /// Ad-hoc timing, best of several sweeps (no asserts):
-    /// `cargo test --release -p learnlaw-core simplex::tests::timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn timing() {
-        let (rows, len) = (2000, 4096);
-        let mut rng = Rng(9);
-        let m = 1.0 / len as f64;
-        let base: Vec<f32> = (0..rows * len).map(|_| (m + 0.5 * m * rng.normal()) as f32).collect();
-        let best = |f: &dyn Fn(&mut [f32])| {
-            (0..5)
-                .map(|_| {
-                    let mut v = base.clone();
-                    let t = std::time::Instant::now();
-                    f(&mut v);
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let per_row = |f: fn(&mut [f32])| best(&|v| v.chunks_mut(len).for_each(f)) * 1e6 / rows as f64;
-        println!("project_sorted: {:.2} µs per {len}-row (one thread)", per_row(project_sorted));
-        println!("project: {:.2} µs per {len}-row (one thread)", per_row(project));
-        println!("project_rows: {:.2} ms for {rows}×{len}", best(&|v| project_rows(v, len)) * 1e3);
-    }
 }

@@ -1,0 +1,157 @@
+//! wgpu benchmarks of the perceptron search at the paper's size (N = 4096, D = 128, T = 2000 rows
+//! for the projection), on whatever adapter wgpu picks (lavapipe on a machine without a GPU).
+//!
+//! Every timed call ends with the device idle: the forward step reads its dev loss back (as the
+//! search does), the others call `sync()` (a blocking device poll) inside the timed region. The
+//! floor is a device-to-device copy of a buffer the size of X plus the same submit-and-wait, i.e.
+//! one pass over X's bytes and one round trip; the table printed last gives each step against it.
+//! Names follow `{backend}_{op}_{dtype}`. No adapter: prints SKIPPED and exits successfully.
+//! `LEARNLAW_BENCH_EPOCH=0` skips the outer epoch (2000 forward + 2000 backward steps; ~6 s a
+//! sample on a 2-core lavapipe).
+use std::time::Duration;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
+use learnlaw::policy::Policy;
+use learnlaw::search::{Search, SearchConfig};
+use learnlaw::wgpu_backend::WgpuPerceptron;
+use learnlaw::{Engine, Error};
+
+const STEPS: usize = 2000;
+
+fn paper_data() -> PerceptronData {
+    PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe")
+}
+
+fn engine(data: &PerceptronData) -> WgpuPerceptron {
+    WgpuPerceptron::new(data).expect("wgpu engine (adapter checked in main)")
+}
+
+fn steps(c: &mut Criterion) {
+    let data = paper_data();
+    let (n, d) = (data.train.len(), data.dim);
+    let bytes = (n * d * 4) as u64;
+    let mut e = engine(&data);
+    let theta = e.upload(&init_theta(d, 10)).unwrap();
+    let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
+    let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
+    let mut grad = e.zeros(n).unwrap();
+    let lambda_next = e.upload(&vec![0.01; d]).unwrap();
+    let x_like = e.zeros(n * d).unwrap();
+    let mut x_copy = e.zeros(n * d).unwrap();
+    e.sync().unwrap();
+
+    let mut g = c.benchmark_group("wgpu_step");
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("wgpu_copy_floor_f32", |b| {
+        b.iter(|| {
+            e.copy(&x_like, &mut x_copy).unwrap();
+            e.sync().unwrap();
+        })
+    });
+    g.bench_function("wgpu_forward_step_f32", |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, true).unwrap()));
+    g.bench_function("wgpu_backward_step_f32", |b| {
+        b.iter(|| {
+            e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap();
+            e.sync().unwrap();
+        })
+    });
+    g.finish();
+
+    // Projection of a [T, N] policy after a gradient step (1/N plus noise, some entries cut to 0).
+    let mut g = c.benchmark_group("wgpu_policy");
+    g.sample_size(20);
+    let noise = |i: usize| ((i * 2654435761) % 1000) as f32 * 1e-7;
+    let raw = e.upload(&(0..STEPS * n).map(|i| 1.0 / n as f32 + noise(i) - 5e-5).collect::<Vec<f32>>()).unwrap();
+    let mut rows = e.zeros(STEPS * n).unwrap();
+    g.throughput(Throughput::Bytes((STEPS * n * 4) as u64));
+    g.bench_function("wgpu_project_simplex_rows_f32", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                e.copy(&raw, &mut rows).unwrap();
+                e.sync().unwrap();
+                let start = std::time::Instant::now();
+                e.project_simplex_rows(&mut rows, n).unwrap(); // reads the flag back: synchronous
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// LEARNLAW_BENCH_EPOCH=0 skips the outer-epoch benchmark (about a minute on lavapipe).
+fn epoch_enabled() -> bool {
+    std::env::var("LEARNLAW_BENCH_EPOCH").map_or(true, |v| v != "0")
+}
+
+fn outer_epoch(c: &mut Criterion) {
+    if !epoch_enabled() {
+        return;
+    }
+    let data = paper_data();
+    let n = data.train.len();
+    let mut e = engine(&data);
+    let cfg = SearchConfig { epochs: 1_000_000, ..SearchConfig::paper_perceptron() };
+    let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(STEPS, n).gamma, 0).unwrap();
+    let mut g = c.benchmark_group("wgpu_search");
+    g.sample_size(10).measurement_time(Duration::from_secs(30));
+    g.bench_function("wgpu_outer_epoch_f32", |b| {
+        b.iter(|| {
+            search.step(&mut e).unwrap();
+            e.sync().unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, steps, outer_epoch);
+
+/// Median time of a benchmark, from criterion's saved estimates.
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+    let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    match WgpuPerceptron::new(
+        &PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: 2, n_dev: 1, n_test: 1, ..Default::default() }).unwrap(),
+    ) {
+        Ok(e) => {
+            let info = e.adapter_info();
+            println!(
+                "wgpu adapter: {} ({:?}, {:?}, driver {} {})",
+                info.name, info.backend, info.device_type, info.driver, info.driver_info
+            );
+        }
+        Err(Error::Unavailable { reason, .. }) => {
+            println!("SKIPPED: no wgpu adapter ({reason})");
+            return;
+        }
+        Err(e) => panic!("wgpu engine: {e}"),
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let floor = median_ns("wgpu_step", "wgpu_copy_floor_f32");
+    println!("\n{:<32} {:>12} {:>14}", "benchmark", "median", "vs copy floor");
+    for (group, id) in [
+        ("wgpu_step", "wgpu_copy_floor_f32"),
+        ("wgpu_step", "wgpu_forward_step_f32"),
+        ("wgpu_step", "wgpu_backward_step_f32"),
+        ("wgpu_policy", "wgpu_project_simplex_rows_f32"),
+        ("wgpu_search", "wgpu_outer_epoch_f32"),
+    ] {
+        if id == "wgpu_outer_epoch_f32" && !epoch_enabled() {
+            continue; // not run now: criterion's file would be a stale result
+        }
+        let Some(t) = median_ns(group, id) else { continue };
+        let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
+        println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
+    }
+    if let Some(t) = median_ns("wgpu_search", "wgpu_outer_epoch_f32").filter(|_| epoch_enabled()) {
+        println!("outer epoch at the paper's size (N=4096, D=128, T=2000): {:.3} s", t / 1e9);
+    }
+}
