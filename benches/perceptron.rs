@@ -45,7 +45,7 @@ fn steps(c: &mut Criterion) {
     let mut e = CpuPerceptron::<f32>::new(&data).unwrap();
     let theta = e.upload(&init_theta(d, 10)).unwrap();
     let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
-    let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
+    let (mut next, mut lambda, mut curve) = (e.zeros(d).unwrap(), e.zeros(d).unwrap(), e.zeros(1).unwrap());
     let mut grad = e.zeros(n).unwrap();
     let lambda_next = e.upload(&vec![0.01; d]).unwrap();
 
@@ -53,7 +53,9 @@ fn steps(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(bytes));
     let (mut y, theta_host) = (vec![0.0f32; n], init_theta(d, 10));
     g.bench_function("cpu_gemv_floor_f32", |b| b.iter(|| gemv(&data.train.x, &theta_host, &mut y)));
-    g.bench_function("cpu_forward_step_f32", |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, true).unwrap()));
+    g.bench_function("cpu_forward_step_f32", |b| {
+        b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap())
+    });
     g.bench_function("cpu_backward_step_f32", |b| {
         b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
     });

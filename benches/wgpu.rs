@@ -1,20 +1,24 @@
 //! wgpu benchmarks of the perceptron search at the paper's size (N = 4096, D = 128, T = 2000 rows
 //! for the projection), on whatever adapter wgpu picks (lavapipe on a machine without a GPU).
 //!
-//! Every timed call ends with the device idle: the forward step reads its dev loss back (as the
-//! search does), the others call `sync()` (a blocking device poll) inside the timed region. The
-//! floor is a device-to-device copy of a buffer the size of X plus the same submit-and-wait, i.e.
-//! one pass over X's bytes and one round trip; the table printed last gives each step against it.
-//! Names follow `{backend}_{op}_{dtype}`. No adapter: prints SKIPPED and exits successfully.
+//! Every timed region ends with the device idle (`sync()`, a blocking device poll, inside it). The
+//! forward step runs as an unroll runs it: its dev loss goes into slot t of a device curve and
+//! nothing is read back, so steps are submitted back to back and the device is waited for once per
+//! batch of `iters` steps (the time is per step, including that one wait). The backward step and
+//! the copy floor wait after every call. The floor is a device-to-device copy of a buffer the size
+//! of X plus the same submit-and-wait, i.e. one pass over X's bytes and one round trip; the table
+//! printed last gives each step against its dtype's floor. `_f16` rows store X as f16 (f32
+//! accumulation) and run only where the adapter has SHADER_F16. Names follow
+//! `{backend}_{op}_{dtype}`. No adapter: prints SKIPPED and exits successfully.
 //! `LEARNLAW_BENCH_EPOCH=0` skips the outer epoch (2000 forward + 2000 backward steps; ~6 s a
 //! sample on a 2-core lavapipe).
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
-use learnlaw::wgpu_backend::WgpuPerceptron;
+use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
 use learnlaw::{Engine, Error};
 
 const STEPS: usize = 2000;
@@ -27,36 +31,72 @@ fn engine(data: &PerceptronData) -> WgpuPerceptron {
     WgpuPerceptron::new(data).expect("wgpu engine (adapter checked in main)")
 }
 
-fn steps(c: &mut Criterion) {
-    let data = paper_data();
+/// The engine with X stored as `storage`, or None when the adapter lacks what it needs (f16
+/// without SHADER_F16).
+fn engine_with(data: &PerceptronData, storage: Storage) -> Option<WgpuPerceptron> {
+    match WgpuPerceptron::with_options(data, &Options { storage, ..Options::default() }) {
+        Ok(e) => Some(e),
+        Err(Error::Unavailable { backend, reason }) if backend != "wgpu" => {
+            println!("SKIPPED {backend} benchmarks: {reason}");
+            None
+        }
+        Err(e) => panic!("wgpu engine: {e}"),
+    }
+}
+
+const STORAGES: [Storage; 2] = [Storage::F32, Storage::F16];
+
+/// Copy floor, forward step and backward step with X stored as `storage`.
+fn step_benches(c: &mut Criterion, data: &PerceptronData, storage: Storage) {
+    let Some(mut e) = engine_with(data, storage) else { return };
+    let dt = storage.name();
     let (n, d) = (data.train.len(), data.dim);
-    let bytes = (n * d * 4) as u64;
-    let mut e = engine(&data);
+    let bytes = (n * d * storage.bytes()) as u64;
     let theta = e.upload(&init_theta(d, 10)).unwrap();
     let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
-    let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
+    let (mut next, mut lambda, mut curve) = (e.zeros(d).unwrap(), e.zeros(d).unwrap(), e.zeros(STEPS).unwrap());
     let mut grad = e.zeros(n).unwrap();
     let lambda_next = e.upload(&vec![0.01; d]).unwrap();
-    let x_like = e.zeros(n * d).unwrap();
-    let mut x_copy = e.zeros(n * d).unwrap();
+    // A buffer of X's bytes in this storage (f32 elements: half as many for f16).
+    let x_like = e.zeros(bytes as usize / 4).unwrap();
+    let mut x_copy = e.zeros(bytes as usize / 4).unwrap();
     e.sync().unwrap();
 
     let mut g = c.benchmark_group("wgpu_step");
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("wgpu_copy_floor_f32", |b| {
+    g.bench_function(format!("wgpu_copy_floor_{dt}"), |b| {
         b.iter(|| {
             e.copy(&x_like, &mut x_copy).unwrap();
             e.sync().unwrap();
         })
     });
-    g.bench_function("wgpu_forward_step_f32", |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, true).unwrap()));
-    g.bench_function("wgpu_backward_step_f32", |b| {
+    g.bench_function(format!("wgpu_forward_step_{dt}"), |b| {
+        b.iter_custom(|iters| {
+            e.sync().unwrap();
+            let start = Instant::now();
+            for i in 0..iters {
+                e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, i as usize % STEPS))).unwrap();
+            }
+            e.sync().unwrap();
+            start.elapsed()
+        })
+    });
+    g.bench_function(format!("wgpu_backward_step_{dt}"), |b| {
         b.iter(|| {
             e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap();
             e.sync().unwrap();
         })
     });
     g.finish();
+}
+
+fn steps(c: &mut Criterion) {
+    let data = paper_data();
+    let n = data.train.len();
+    for storage in STORAGES {
+        step_benches(c, &data, storage);
+    }
+    let mut e = engine(&data);
 
     // Projection of a [T, N] policy after a gradient step (1/N plus noise, some entries cut to 0).
     let mut g = c.benchmark_group("wgpu_policy");
@@ -117,14 +157,20 @@ fn median_ns(group: &str, id: &str) -> Option<f64> {
 }
 
 fn main() {
-    match WgpuPerceptron::new(
-        &PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: 2, n_dev: 1, n_test: 1, ..Default::default() }).unwrap(),
-    ) {
+    let tiny = PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: 2, n_dev: 1, n_test: 1, ..Default::default() }).unwrap();
+    let f16;
+    match WgpuPerceptron::new(&tiny) {
         Ok(e) => {
             let info = e.adapter_info();
+            f16 = engine_with(&tiny, Storage::F16).is_some();
             println!(
-                "wgpu adapter: {} ({:?}, {:?}, driver {} {})",
-                info.name, info.backend, info.device_type, info.driver, info.driver_info
+                "wgpu adapter: {} ({:?}, {:?}, driver {} {}); f16 storage: {}",
+                info.name,
+                info.backend,
+                info.device_type,
+                info.driver,
+                info.driver_info,
+                if f16 { "yes" } else { "no (no SHADER_F16)" }
             );
         }
         Err(Error::Unavailable { reason, .. }) => {
@@ -135,19 +181,26 @@ fn main() {
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let floor = median_ns("wgpu_step", "wgpu_copy_floor_f32");
     println!("\n{:<32} {:>12} {:>14}", "benchmark", "median", "vs copy floor");
-    for (group, id) in [
-        ("wgpu_step", "wgpu_copy_floor_f32"),
-        ("wgpu_step", "wgpu_forward_step_f32"),
-        ("wgpu_step", "wgpu_backward_step_f32"),
-        ("wgpu_policy", "wgpu_project_simplex_rows_f32"),
-        ("wgpu_search", "wgpu_outer_epoch_f32"),
-    ] {
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    for dt in STORAGES.map(Storage::name) {
+        for op in ["copy_floor", "forward_step", "backward_step"] {
+            rows.push(("wgpu_step", format!("wgpu_{op}_{dt}")));
+        }
+    }
+    rows.push(("wgpu_policy", "wgpu_project_simplex_rows_f32".into()));
+    rows.push(("wgpu_search", "wgpu_outer_epoch_f32".into()));
+    for (group, id) in rows {
         if id == "wgpu_outer_epoch_f32" && !epoch_enabled() {
             continue; // not run now: criterion's file would be a stale result
         }
-        let Some(t) = median_ns(group, id) else { continue };
+        if id.ends_with("_f16") && !f16 {
+            continue; // skipped on this adapter: criterion's file would be a stale result
+        }
+        let Some(t) = median_ns(group, &id) else { continue };
+        // Each step against the copy floor of its own X bytes (the policy and epoch rows: f32).
+        let dt = if id.ends_with("_f16") { "f16" } else { "f32" };
+        let floor = median_ns("wgpu_step", &format!("wgpu_copy_floor_{dt}"));
         let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
         println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
     }

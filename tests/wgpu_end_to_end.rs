@@ -1,6 +1,7 @@
 //! End to end on the WGSL engine: a reduced perceptron search (D = 16, N = 300, dev/test 64,
 //! T = 50, 5 outer epochs) through `run::search` gives the CPU f32 engine's J trajectory within
 //! 1e-4 relative. Skips visibly without a wgpu adapter (fails instead with LEARNLAW_REQUIRE_WGPU=1).
+use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -49,7 +50,7 @@ fn wgpu_search_matches_cpu_j_trajectory() {
                 std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
                 "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
             );
-            println!("SKIPPED: no wgpu adapter ({reason})");
+            let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
             return;
         }
         Err(e) => panic!("wgpu engine: {e}"),

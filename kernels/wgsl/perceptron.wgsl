@@ -18,12 +18,13 @@
 //   5     TRAIN_DOT    out[n] = (p − y)(x_n·v)                                 (∇l_n·v, never materialised)
 //
 // A forward step is: rows(FORWARD) per train shard → combine(θ_next = θ − η Σ partials)
-//                    → rows(LOSS) per dev shard → reduce_loss (L_dev(θ), the one scalar read back).
+//                    → rows(LOSS) per dev shard → reduce_loss (L_dev(θ) into slot i of the caller's
+//                    dev-loss curve, read back once per unroll; nothing is read back per step).
 // A backward step:   rows(BACKWARD) per train shard → rows(GRAD) per dev shard
 //                    → combine(λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials). No readback.
 //
-// Buffers (all f32, row-major, storage of X in f32; accumulation in f32 like the CPU engine's f32):
-//   x [rows, ceil(D/4)] vec4<f32>: one shard of a data set, each row zero-padded to a multiple of 4
+// Buffers (all f32 except X, row-major; accumulation in f32 like the CPU engine's f32):
+//   x [rows, ceil(D/4)] vec4<xelem>: one shard of a data set, each row zero-padded to a multiple of 4
 //     values so every load of X is a vec4 (each shard is its own buffer, at most one storage
 //     binding; a set of several GiB is several shards), y [rows].
 //   θ, λ_next / v [D]; partials [chunks, D] (chunk = 256 consecutive rows of the whole set, the
@@ -38,9 +39,16 @@
 //   workgroup of 256.
 // Variants: v1 (scalar loads, one column per invocation) was replaced by this vec4 version, which
 //   is ~1.5× faster per step on lavapipe with the same reduction structure. Not written yet: tiling X
-//   through workgroup memory for coalesced row dots on GPUs, f16 storage of X, subgroup reductions.
+//   through workgroup memory for coalesced row dots on GPUs, subgroup reductions.
+// Storage of X: `xelem` below is f32 in this file. For f16 storage the engine compiles the same
+//   source with that one alias replaced by f16 and `enable f16;` prepended (needs SHADER_F16);
+//   every load of X goes through `xload`, which widens to vec4<f32>, so all arithmetic and every
+//   accumulator stay f32 and the f16 variant differs from the f32 one only in the bytes read.
 
 const WG: u32 = 256u;
+
+// The element type of X (the only one the f16 variant changes; see the header).
+alias xelem = f32;
 
 const MODE_FORWARD: u32 = 0u;
 const MODE_BACKWARD: u32 = 1u;
@@ -81,7 +89,7 @@ struct RowParams {
     coef: f32,         // BACKWARD: the factor of ∂J/∂γ (−η)
 }
 
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<xelem>>;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read> theta: array<f32>;
 @group(0) @binding(3) var<storage, read> vecb: array<f32>;
@@ -90,6 +98,11 @@ struct RowParams {
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> loss_partials: array<f32>;
 @group(0) @binding(8) var<uniform> rp: RowParams;
+
+// Element i of x (a vec4 of one row), widened to f32.
+fn xload(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i]);
+}
 
 // θ[4k..4k+4) as a vec4, zero past D (X's padding is zero too).
 fn load4_theta(k: u32, dim: u32) -> vec4<f32> {
@@ -138,13 +151,13 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var u = 0.0;
         if (mode == MODE_BACKWARD || mode == MODE_TRAIN_DOT) {
             for (var k = 0u; k < rp.stride4; k++) {
-                let xv = x[base + k];
+                let xv = xload(base + k);
                 z += dot(xv, load4_theta(k, dim));
                 u += dot(xv, load4_vecb(k, dim));
             }
         } else {
             for (var k = 0u; k < rp.stride4; k++) {
-                z += dot(x[base + k], load4_theta(k, dim));
+                z += dot(xload(base + k), load4_theta(k, dim));
             }
         }
         switch mode {
@@ -187,7 +200,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var k = lid; k < rp.stride4; k += WG) {
             var acc = vec4<f32>(0.0);
             for (var i = 0u; i < n; i++) {
-                acc += coef_s[i] * x[(r0 + i) * rp.stride4 + k];
+                acc += coef_s[i] * xload((r0 + i) * rp.stride4 + k);
             }
             let j = 4u * k;
             for (var q = 0u; q < 4u; q++) {
@@ -257,6 +270,8 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // reduce_loss: scalars[out_index] = scale · Σ_i lp[i] (strided per invocation, then a tree).
+//   `scalars` is the engine's scalar buffer (loss/loss_grad, read back) or an aligned window of a
+//   dev-loss curve with out_index the slot's offset inside it (forward step, not read back).
 struct ScalarParams {
     count: u32,
     out_index: u32,

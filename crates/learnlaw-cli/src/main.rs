@@ -87,6 +87,12 @@ enum Backend {
     CpuF64,
     /// The WGSL kernels through wgpu (Vulkan/Metal/DX12, or lavapipe on a CPU), f32.
     Wgpu,
+    /// The WGSL kernels with the inputs X stored as f16 (f32 accumulation); needs an adapter with
+    /// SHADER_F16.
+    WgpuF16,
+    /// The CUDA kernels (cudarc, NVRTC at first use) on an NVIDIA GPU, f32; needs the driver and
+    /// libnvrtc.so.13 on the library path.
+    Cuda,
 }
 
 #[derive(Args, Clone)]
@@ -224,6 +230,15 @@ macro_rules! with_engine {
             }
             Backend::Wgpu => {
                 let mut $e = learnlaw_wgpu::WgpuPerceptron::new($data)?;
+                $body
+            }
+            Backend::WgpuF16 => {
+                let opts = learnlaw_wgpu::Options { storage: learnlaw_wgpu::Storage::F16, ..Default::default() };
+                let mut $e = learnlaw_wgpu::WgpuPerceptron::with_options($data, &opts)?;
+                $body
+            }
+            Backend::Cuda => {
+                let mut $e = learnlaw_cuda::CudaPerceptron::new($data)?;
                 $body
             }
         }

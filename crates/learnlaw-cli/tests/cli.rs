@@ -1,4 +1,5 @@
 //! End-to-end tests of the `learnlaw` binary on tiny problems, in temporary directories.
+use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -154,6 +155,29 @@ fn eval_uses_the_f64_backend_recorded_in_the_run() {
     let r = run.to_str().unwrap();
     ok(&["search", "--data", &data, "--out", r, "--steps", "5", "--epochs", "1", "--backend", "cpu-f64"], tmp.path());
     ok(&["eval", r], tmp.path());
+}
+
+/// `--backend wgpu-f16` (X stored as f16) runs a search and an evaluation that reads the backend
+/// back from config.toml; where no adapter (or none with SHADER_F16) exists it is a clear
+/// "unavailable" error, not a panic, and the test says SKIPPED.
+#[test]
+fn the_wgpu_f16_backend_runs_or_is_unavailable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), "data.safetensors");
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    let args = ["search", "--data", &data, "--out", r, "--steps", "5", "--epochs", "1", "--backend", "wgpu-f16"];
+    let out = learnlaw(&args, tmp.path());
+    if !out.status.success() {
+        let err = text(&out.stderr);
+        assert!(err.contains("unavailable") && !err.contains("panicked"), "{err}");
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {err}");
+        return;
+    }
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("\"wgpu-f16\""), "{config}");
+    let stdout = ok(&["eval", r], tmp.path());
+    assert!(stdout.contains("AR test"), "{stdout}");
 }
 
 #[test]

@@ -45,7 +45,9 @@ pub trait Engine {
     fn project_simplex_rows(&mut self, v: &mut Self::Vec, row_len: usize) -> Result<()>;
 
     /// One step of γ-weighted full-batch gradient descent:
-    /// θ_next = θ − η ∇_θ Σ_n γ_{t,n} l_n(θ). Returns L_dev(θ) when `dev_loss` is set.
+    /// θ_next = θ − η ∇_θ Σ_n γ_{t,n} l_n(θ). With `dev_loss = Some((curve, i))`, L_dev(θ) is also
+    /// written to `curve[i]` on the device, so an unroll reads its whole curve back in one
+    /// transfer instead of waiting for the device every step.
     #[allow(clippy::too_many_arguments)]
     fn forward_step(
         &mut self,
@@ -54,8 +56,8 @@ pub trait Engine {
         t: usize,
         eta: f64,
         theta_next: &mut Self::Vec,
-        dev_loss: bool,
-    ) -> Result<Option<f64>>;
+        dev_loss: Option<(&mut Self::Vec, usize)>,
+    ) -> Result<()>;
 
     /// One step of the adjoint recursion, at θ = θ_t with λ_next = λ_{t+1}:
     /// - `grad_gamma[t, n]` = −η ∇l_n(θ)·λ_next (the policy gradient row t);

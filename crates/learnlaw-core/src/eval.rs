@@ -58,11 +58,10 @@ pub fn retrain<E: Engine>(
             curves.dev.push(e.loss_grad(Set::Dev, &theta, &mut g_dev)?);
             e.train_dots(&theta, &g_dev, &mut ct)?;
             acc.add(&gamma[t * n..(t + 1) * n], &e.download(&ct)?);
-            e.forward_step(&theta, &gamma_dev, t, unroll.eta, &mut next, false)?;
         } else {
-            let l = e.forward_step(&theta, &gamma_dev, t, unroll.eta, &mut next, true)?;
-            curves.dev.push(l.unwrap_or(f64::NAN));
+            curves.dev.push(e.loss(Set::Dev, &theta)?);
         }
+        e.forward_step(&theta, &gamma_dev, t, unroll.eta, &mut next, None)?;
         std::mem::swap(&mut theta, &mut next);
     }
     curves.dev.push(e.loss(Set::Dev, &theta)?);

@@ -7,7 +7,7 @@
 //! The backward pass needs every θ_t. They are kept every `every` steps and the segments between
 //! checkpoints recomputed (every = 1 keeps all; ≈√T bounds memory by ~2√T parameter copies).
 use crate::engine::{Engine, Set};
-use crate::{Error, Result};
+use crate::{Error, Real, Result};
 
 /// The inner training run: T steps of full-batch gradient descent with learning rate η.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,10 +52,12 @@ pub struct Workspace<E: Engine> {
     every: usize,
     /// θ_0, θ_every, θ_2·every, …
     checkpoints: Vec<E::Vec>,
-    /// θ_s … θ_{s+every−1} of the segment being differentiated.
+    /// θ_{s+1} … θ_{s+every−1} of the segment being differentiated (θ_s is its checkpoint).
     segment: Vec<E::Vec>,
     /// The running θ of the forward pass (and θ_T at its end).
     theta: E::Vec,
+    /// L_dev(θ_t) for t < T, written on the device and read back once per unroll.
+    dev_curve: E::Vec,
     theta_next: E::Vec,
     lambda: E::Vec,
     lambda_next: E::Vec,
@@ -74,8 +76,9 @@ impl<E: Engine> Workspace<E> {
             unroll,
             every,
             checkpoints: vecs(unroll.steps.div_ceil(every))?,
-            segment: vecs(every)?,
+            segment: vecs(every - 1)?,
             theta: engine.zeros(p)?,
+            dev_curve: engine.zeros(unroll.steps)?,
             theta_next: engine.zeros(p)?,
             lambda: engine.zeros(p)?,
             lambda_next: engine.zeros(p)?,
@@ -90,16 +93,27 @@ impl<E: Engine> Workspace<E> {
     /// ∇L_dev(θ_T)/T, the start of the adjoint recursion.
     fn run_forward(&mut self, e: &mut E, theta0: &E::Vec, gamma: &E::Vec, dev_grad_at_end: bool) -> Result<Forward> {
         let Unroll { steps, eta } = self.unroll;
-        let mut dev = Vec::with_capacity(steps + 1);
-        e.copy(theta0, &mut self.theta)?;
+        let k = self.every;
+        // Steps read from and write to the checkpoints in place, so keeping θ costs no copies;
+        // between checkpoints they alternate between two running buffers. θ_T ends in `theta`.
+        e.copy(theta0, &mut self.checkpoints[0])?;
         for t in 0..steps {
-            if t % self.every == 0 {
-                e.copy(&self.theta, &mut self.checkpoints[t / self.every])?;
+            let curve = Some((&mut self.dev_curve, t));
+            let to_checkpoint = (t + 1) % k == 0 && t + 1 < steps;
+            match (t % k == 0, to_checkpoint) {
+                (true, true) => {
+                    let (done, rest) = self.checkpoints.split_at_mut(t / k + 1);
+                    e.forward_step(&done[t / k], gamma, t, eta, &mut rest[0], curve)?
+                }
+                (true, false) => e.forward_step(&self.checkpoints[t / k], gamma, t, eta, &mut self.theta, curve)?,
+                (false, true) => e.forward_step(&self.theta, gamma, t, eta, &mut self.checkpoints[(t + 1) / k], curve)?,
+                (false, false) => {
+                    e.forward_step(&self.theta, gamma, t, eta, &mut self.theta_next, curve)?;
+                    std::mem::swap(&mut self.theta, &mut self.theta_next);
+                }
             }
-            let l = e.forward_step(&self.theta, gamma, t, eta, &mut self.theta_next, true)?;
-            dev.push(l.ok_or_else(|| Error::Numerical(format!("{} returned no dev loss", e.name())))?);
-            std::mem::swap(&mut self.theta, &mut self.theta_next);
         }
+        let mut dev: Vec<f64> = e.download(&self.dev_curve)?.iter().map(|l| l.f64()).collect();
         let last = if dev_grad_at_end {
             let l = e.loss_grad(Set::Dev, &self.theta, &mut self.lambda_next)?;
             e.scale(1.0 / steps as f64, &mut self.lambda_next)?;
@@ -129,13 +143,15 @@ impl<E: Engine> Workspace<E> {
         for seg in (0..self.checkpoints.len()).rev() {
             let start = seg * self.every;
             let len = self.every.min(steps - start);
-            e.copy(&self.checkpoints[seg], &mut self.segment[0])?;
+            // θ_start is the checkpoint; θ_{start+i} for i ≥ 1 is recomputed into segment[i − 1].
             for i in 1..len {
-                let (done, rest) = self.segment.split_at_mut(i);
-                e.forward_step(&done[i - 1], gamma, start + i - 1, eta, &mut rest[0], false)?;
+                let (done, rest) = self.segment.split_at_mut(i - 1);
+                let prev = if i == 1 { &self.checkpoints[seg] } else { &done[i - 2] };
+                e.forward_step(prev, gamma, start + i - 1, eta, &mut rest[0], None)?;
             }
             for i in (0..len).rev() {
-                e.backward_step(&self.segment[i], gamma, start + i, &self.lambda_next, eta, dev_weight, grad_gamma, &mut self.lambda)?;
+                let theta = if i == 0 { &self.checkpoints[seg] } else { &self.segment[i - 1] };
+                e.backward_step(theta, gamma, start + i, &self.lambda_next, eta, dev_weight, grad_gamma, &mut self.lambda)?;
                 std::mem::swap(&mut self.lambda, &mut self.lambda_next);
             }
         }

@@ -4,12 +4,15 @@
 //! - Kernels live in `kernels/wgsl/*.wgsl` (one family per file, each with a header giving the
 //!   math, buffer shapes and workgroup geometry) and are compiled once, in [`WgpuPerceptron::new`];
 //!   the pipelines are cached for the engine's lifetime.
-//! - Semantics match the CPU engine (`learnlaw_core::perceptron::CpuPerceptron<f32>`): f32 storage
+//! - Semantics match the CPU engine (`learnlaw_core::perceptron::CpuPerceptron<f32>`): f32 storage (by default)
 //!   and accumulation, per-chunk partial sums over the same 256-row chunks reduced in chunk order,
 //!   so results are deterministic run to run; the conformance tests check every operation against
 //!   the f64 reference.
-//! - Everything of an unrolled run stays on the device. A forward step reads back one scalar (the
-//!   dev loss, which the [`Engine`] contract returns); a backward step reads back nothing.
+//! - Everything of an unrolled run stays on the device. Neither a forward nor a backward step reads
+//!   anything back or waits for the device: the forward step's dev loss is written by the loss
+//!   reduction's last stage straight into the caller's curve buffer, which the driver downloads
+//!   once per unroll. Calls that return a host value (`loss`, `loss_grad`, `download`,
+//!   `project_simplex_rows`, which reads its non-finite flag) wait.
 //! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
 //!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
 //!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as
@@ -23,8 +26,15 @@
 //!   does not compile or a device error while the engine runs (validation, out of memory, device
 //!   lost) is `Error::Device`, which tests never treat as a skip.
 //!
-//! Not done yet: f16 storage of X on adapters with SHADER_F16 (X is f32 everywhere), subgroup
-//! reductions, and tiled row dots (see the kernel headers).
+//! - Storage of X ([`Options::storage`]): f32 (the default, name `wgpu-f32`) or f16 (`wgpu-f16`),
+//!   converted on upload with the `half` crate (round to nearest even) and read by the same WGSL
+//!   compiled with X's element type substituted (see perceptron.wgsl); accumulation is f32 in
+//!   both. f16 needs `wgpu::Features::SHADER_F16`: an adapter without it gives
+//!   `Error::Unavailable { backend: "wgpu-f16", .. }` (the f32 backend `wgpu` is still usable
+//!   there), no adapter at all gives `backend: "wgpu"`. [`Storage::round`] gives the values the
+//!   f16 kernels compute with.
+//!
+//! Not done yet: subgroup reductions and tiled row dots (see the kernel headers).
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
@@ -119,6 +129,48 @@ pub struct Options {
     /// instead of the adapter's maximum. Lowering it splits the data and windows the long
     /// vectors exactly as a multi-GiB problem would on the real limit.
     pub max_binding_bytes: Option<u64>,
+    /// The element type X (the training, dev and test inputs) is stored in on the device.
+    pub storage: Storage,
+}
+
+/// How X is stored on the device. Everything else (θ, λ, γ, labels, partial sums, losses) is f32,
+/// and all arithmetic accumulates in f32 whatever the storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// f32: exactly the host data.
+    #[default]
+    F32,
+    /// IEEE binary16 (rounded to nearest even on upload): half the bytes per pass over X, needs
+    /// an adapter with `wgpu::Features::SHADER_F16`. Values must lie within ±65504.
+    F16,
+}
+
+impl Storage {
+    /// `f32` or `f16`, as in the engine's name (`wgpu-f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
+        }
+    }
+
+    /// Bytes per stored element of X.
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
+    }
+
+    /// The value the kernels compute with for an input `v`: `v` itself for f32, `v` rounded to
+    /// the nearest f16 (ties to even) for f16. A reference computed on rounded X sees exactly the
+    /// engine's inputs.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Storage::F32 => v,
+            Storage::F16 => half::f16::from_f32(v).to_f32(),
+        }
+    }
 }
 
 /// A device-resident f32 vector: a storage buffer and its length in elements.
@@ -213,11 +265,12 @@ struct Dummies {
     p2: wgpu::Buffer,
 }
 
-/// The perceptron engine on a wgpu device, f32 throughout.
+/// The perceptron engine on a wgpu device: X in f32 or f16 ([`Storage`]), everything else f32.
 pub struct WgpuPerceptron {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    storage: Storage,
     dim: usize,
     train: DeviceSet,
     dev: DeviceSet,
@@ -256,16 +309,17 @@ fn device_error(problem: impl Into<String>) -> Error {
     Error::Device { backend: BACKEND.into(), problem: problem.into() }
 }
 
-/// Rows per shard for rows of `dim` f32 values: whole chunks, a shard within one binding, a
-/// [rows] window (plus alignment slack) within one binding, and ≤ `max_groups` workgroups.
-fn shard_rows(dim: usize, max_binding: u64, align: u64, max_groups: usize) -> Result<usize> {
-    let by_x = max_binding / (dim as u64 * 4);
+/// Rows per shard for rows of `dim` values of `elem_bytes` bytes: whole chunks, a shard within one
+/// binding, a [rows] f32 window (plus alignment slack) within one binding, and ≤ `max_groups`
+/// workgroups.
+fn shard_rows(dim: usize, elem_bytes: usize, max_binding: u64, align: u64, max_groups: usize) -> Result<usize> {
+    let by_x = max_binding / (dim * elem_bytes) as u64;
     let by_window = (max_binding.saturating_sub(align)) / 4;
     let rows = by_x.min(by_window).min((max_groups * CHUNK_ROWS) as u64) as usize;
     if rows == 0 {
         return Err(Error::bad_input(
             format!("wgpu data (D = {dim})"),
-            format!("one row of {} bytes exceeds the device's storage binding limit of {max_binding} bytes", dim * 4),
+            format!("one row of {} bytes exceeds the device's storage binding limit of {max_binding} bytes", dim * elem_bytes),
         ));
     }
     Ok(if rows >= CHUNK_ROWS { rows - rows % CHUNK_ROWS } else { rows })
@@ -300,14 +354,15 @@ impl WgpuPerceptron {
         }
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = Kernels::new(&device);
+        let kernels = Kernels::new(&device, opts.storage);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(device_error(format!("compiling the WGSL kernels on {}: {e}", info.name)));
         }
 
         let dim = data.dim;
         let stride = dim.next_multiple_of(4);
-        let rows_per_shard = shard_rows(stride, max_binding, align, max_groups)?;
+        let storage = opts.storage;
+        let rows_per_shard = shard_rows(stride, storage.bytes(), max_binding, align, max_groups)?;
         let upload_set = |name: &str, set: &Examples| -> Result<DeviceSet> {
             let mut shards = Vec::new();
             let (mut row0, mut chunk0) = (0, 0);
@@ -322,16 +377,29 @@ impl WgpuPerceptron {
                 };
                 // Rows padded with zeros to a multiple of 4 values: the kernels load X as vec4.
                 let rows_x = &set.x[row0 * dim..(row0 + rows) * dim];
-                let padded: std::borrow::Cow<[f32]> = if dim == stride {
-                    rows_x.into()
-                } else {
-                    rows_x
-                        .chunks_exact(dim)
-                        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, stride - dim)))
-                        .collect::<Vec<f32>>()
-                        .into()
+                let padded = |r: &[f32]| r.iter().copied().chain(std::iter::repeat_n(0.0, stride - dim)).collect::<Vec<f32>>();
+                let x = match storage {
+                    Storage::F32 if dim == stride => init("x", bytemuck::cast_slice(rows_x)),
+                    Storage::F32 => init("x", bytemuck::cast_slice(&rows_x.chunks_exact(dim).flat_map(padded).collect::<Vec<f32>>())),
+                    Storage::F16 => {
+                        let mut bits = Vec::with_capacity(rows * stride);
+                        for (i, &v) in rows_x.iter().enumerate() {
+                            let h = half::f16::from_f32(v);
+                            if !h.is_finite() {
+                                let (r, c) = (row0 + i / dim, i % dim);
+                                return Err(Error::bad_input(
+                                    format!("wgpu f16 storage of x_{name}"),
+                                    format!("x[{r}, {c}] = {v} is outside the f16 range (±65504); use f32 storage"),
+                                ));
+                            }
+                            bits.push(h.to_bits());
+                            if i % dim == dim - 1 {
+                                bits.extend(std::iter::repeat_n(0u16, stride - dim));
+                            }
+                        }
+                        init("x", bytemuck::cast_slice(&bits))
+                    }
                 };
-                let x = init("x", bytemuck::cast_slice(&padded));
                 let y = init("y", bytemuck::cast_slice(&set.y[row0..row0 + rows]));
                 shards.push(Shard { x, y, row0, rows, chunk0 });
                 row0 += rows;
@@ -386,6 +454,7 @@ impl WgpuPerceptron {
             device,
             queue,
             info,
+            storage: opts.storage,
             dim,
             train,
             dev,
@@ -410,6 +479,11 @@ impl WgpuPerceptron {
     /// The device's limits (as requested: the adapter's, with `Options::max_binding_bytes` applied).
     pub fn limits(&self) -> wgpu::Limits {
         self.device.limits()
+    }
+
+    /// The element type X is stored in on the device.
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     /// Bytes per storage binding the engine uses (the device limit, or `Options::max_binding_bytes`).
@@ -659,20 +733,33 @@ impl WgpuPerceptron {
         }
     }
 
-    /// scalars[0] = scale · Σ loss_partials[..count].
-    fn reduce_loss_dispatch(&self, count: usize, scale: f32) -> Dispatch {
-        let params = ScalarParams { count: count as u32, out_index: 0, scale, _pad: 0 };
+    /// target = scale · Σ loss_partials[..count], where target is `scalars[0]` or, with
+    /// `slot = Some((buf, i))`, element i of `buf` (bound through an aligned window).
+    fn reduce_loss_dispatch(&self, count: usize, scale: f32, slot: Option<(&wgpu::Buffer, usize)>) -> Dispatch {
+        let (target, out_index) = match slot {
+            Some((buf, i)) => self.window(buf, 21, i, 1),
+            None => (whole(21, &self.scalars), 0),
+        };
+        let params = ScalarParams { count: count as u32, out_index, scale, _pad: 0 };
         Dispatch {
             kernel: self.kernels.reduce_loss.clone(),
-            binds: vec![whole(20, &self.loss_partials), whole(21, &self.scalars)],
+            binds: vec![whole(20, &self.loss_partials), target],
             param_binding: 22,
             params: bytemuck::bytes_of(&params).to_vec(),
             groups: 1,
         }
     }
 
-    /// Mean loss of an evaluation set (and its gradient into `grad`), as dispatches.
-    fn mean_loss_dispatches(&self, set: &DeviceSet, theta: &WgpuVec, grad: Option<&WgpuVec>, into: &mut Vec<Dispatch>) {
+    /// Mean loss of an evaluation set (and its gradient into `grad`), as dispatches; the loss goes
+    /// to `scalars[0]`, or to element i of `slot = Some((buf, i))`.
+    fn mean_loss_dispatches(
+        &self,
+        set: &DeviceSet,
+        theta: &WgpuVec,
+        grad: Option<&WgpuVec>,
+        slot: Option<(&wgpu::Buffer, usize)>,
+        into: &mut Vec<Dispatch>,
+    ) {
         let inv = (1.0 / set.rows as f64) as f32;
         match grad {
             None => self.rows_dispatches(set, mode::LOSS, theta, None, None, None, None, Some(&self.loss_partials), 0.0, into),
@@ -692,7 +779,7 @@ impl WgpuPerceptron {
                 into.push(self.combine_dispatch(None, &self.partials_eval, set.chunks, inv, None, g));
             }
         }
-        into.push(self.reduce_loss_dispatch(set.chunks, inv));
+        into.push(self.reduce_loss_dispatch(set.chunks, inv, slot));
     }
 
     /// Elementwise kernel over [0, len) in windows: `make(window start, count, x binding, shift x,
@@ -751,13 +838,27 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions { power_preference, ..Default::default() }))
             .map_err(|e| unavailable(format!("no adapter ({e})")))?;
         let info = adapter.get_info();
+        let required_features = match opts.storage {
+            Storage::F32 => wgpu::Features::empty(),
+            Storage::F16 => wgpu::Features::SHADER_F16,
+        };
+        if !adapter.features().contains(required_features) {
+            // The backend `wgpu-f16` is unavailable; plain `wgpu` (f32 storage) is not.
+            return Err(Error::Unavailable {
+                backend: format!("{BACKEND}-{}", opts.storage.name()),
+                reason: format!(
+                    "adapter {} ({:?}) lacks wgpu::Features::SHADER_F16, needed for f16 storage of X; use f32 storage",
+                    info.name, info.backend
+                ),
+            });
+        }
         let mut limits = adapter.limits();
         if let Some(cap) = opts.max_binding_bytes {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("learnlaw"),
-            required_features: wgpu::Features::empty(),
+            required_features,
             required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -775,12 +876,26 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
     }
 }
 
+/// perceptron.wgsl for a storage type of X: the file as is for f32; for f16 the one type
+/// substitution `alias xelem = f32;` → `f16` (the kernels convert each loaded vec4 of X to f32),
+/// plus the `enable f16;` directive. One source, two pipelines' worth of WGSL.
+fn perceptron_wgsl(storage: Storage) -> std::borrow::Cow<'static, str> {
+    match storage {
+        Storage::F32 => PERCEPTRON_WGSL.into(),
+        Storage::F16 => {
+            const ALIAS: &str = "alias xelem = f32;";
+            debug_assert_eq!(PERCEPTRON_WGSL.matches(ALIAS).count(), 1, "perceptron.wgsl must declare `{ALIAS}` once");
+            format!("enable f16;\n{}", PERCEPTRON_WGSL.replacen(ALIAS, "alias xelem = f16;", 1)).into()
+        }
+    }
+}
+
 impl Kernels {
-    fn new(device: &wgpu::Device) -> Self {
+    fn new(device: &wgpu::Device, storage: Storage) -> Self {
         let module = |label: &str, src: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(src.into()) })
         };
-        let perceptron = module("perceptron.wgsl", PERCEPTRON_WGSL);
+        let perceptron = module(&format!("perceptron.wgsl ({})", storage.name()), &perceptron_wgsl(storage));
         let simplex = module("simplex.wgsl", SIMPLEX_WGSL);
         let vector = module("vector.wgsl", VECTOR_WGSL);
         use Access::*;
@@ -840,7 +955,7 @@ impl Engine for WgpuPerceptron {
     type Vec = WgpuVec;
 
     fn name(&self) -> String {
-        "wgpu-f32".into()
+        format!("{BACKEND}-{}", self.storage.name())
     }
     fn num_params(&self) -> usize {
         self.dim
@@ -986,12 +1101,17 @@ impl Engine for WgpuPerceptron {
         t: usize,
         eta: f64,
         theta_next: &mut WgpuVec,
-        dev_loss: bool,
-    ) -> Result<Option<f64>> {
+        dev_loss: Option<(&mut WgpuVec, usize)>,
+    ) -> Result<()> {
         let dim = self.dim;
         Self::check_len("theta", theta, dim)?;
         Self::check_len("theta_next", theta_next, dim)?;
         self.check_policy("policy", gamma, t)?;
+        if let Some((curve, i)) = &dev_loss {
+            if *i >= curve.len {
+                return Err(Error::shape("dev-loss curve", format!("more than {i} entries"), curve.len));
+            }
+        }
         let n = self.train.rows;
         let mut ds = Vec::new();
         self.rows_dispatches(
@@ -1007,13 +1127,11 @@ impl Engine for WgpuPerceptron {
             &mut ds,
         );
         ds.push(self.combine_dispatch(Some(theta), &self.partials_train, self.train.chunks, -(eta as f32), None, theta_next));
-        if dev_loss {
-            self.mean_loss_dispatches(&self.dev, theta, None, &mut ds);
-            Ok(Some(self.submit_and_read_scalar(ds)?))
-        } else {
-            self.submit(ds, |_| {})?;
-            Ok(None)
+        if let Some((curve, i)) = dev_loss {
+            // reduce_loss's final stage writes L_dev(θ) straight into curve[i]: no readback, no wait.
+            self.mean_loss_dispatches(&self.dev, theta, None, Some((&curve.buf, i)), &mut ds);
         }
+        self.submit(ds, |_| {})
     }
 
     fn backward_step(
@@ -1074,7 +1192,7 @@ impl Engine for WgpuPerceptron {
     fn loss(&mut self, set: Set, theta: &WgpuVec) -> Result<f64> {
         Self::check_len("theta", theta, self.dim)?;
         let mut ds = Vec::new();
-        self.mean_loss_dispatches(self.set(set), theta, None, &mut ds);
+        self.mean_loss_dispatches(self.set(set), theta, None, None, &mut ds);
         self.submit_and_read_scalar(ds)
     }
 
@@ -1082,7 +1200,7 @@ impl Engine for WgpuPerceptron {
         Self::check_len("theta", theta, self.dim)?;
         Self::check_len("grad", grad, self.dim)?;
         let mut ds = Vec::new();
-        self.mean_loss_dispatches(self.set(set), theta, Some(grad), &mut ds);
+        self.mean_loss_dispatches(self.set(set), theta, Some(grad), None, &mut ds);
         self.submit_and_read_scalar(ds)
     }
 
@@ -1120,15 +1238,53 @@ mod tests {
         }
     }
 
+    /// The f16-storage variant of perceptron.wgsl (generated from the same source) parses and
+    /// validates with the SHADER_FLOAT16 capability, really stores X as f16, and is refused
+    /// without the capability. Needs no adapter, so the f16 kernels are checked even where no
+    /// adapter has SHADER_F16 (lavapipe 22.3, the CI adapter, has it and also runs them).
+    #[test]
+    fn f16_variant_validates_with_naga() {
+        let src = perceptron_wgsl(Storage::F16);
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("f16 perceptron.wgsl: {}", e.emit_to_string(&src)));
+        let x = module.global_variables.iter().find(|(_, v)| v.name.as_deref() == Some("x")).expect("binding x").1;
+        let naga::TypeInner::Array { base, .. } = module.types[x.ty].inner else { panic!("x is not an array") };
+        assert_eq!(
+            module.types[base].inner,
+            naga::TypeInner::Vector { size: naga::VectorSize::Quad, scalar: naga::Scalar::F16 },
+            "x must be vec4<f16>"
+        );
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SHADER_FLOAT16)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("f16 perceptron.wgsl: {}", e.emit_to_string(&src)));
+        assert!(
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+                .validate(&module)
+                .is_err(),
+            "f16 kernels must need the SHADER_FLOAT16 capability"
+        );
+        assert_eq!(perceptron_wgsl(Storage::F32), PERCEPTRON_WGSL);
+    }
+
+    #[test]
+    fn f16_rounding_is_round_to_nearest_even() {
+        assert_eq!(Storage::F32.round(0.1), 0.1);
+        assert_eq!(Storage::F16.round(1.0 + 1.0 / 2048.0), 1.0); // ties (half an ulp of 2^-10) go to even
+        assert_eq!(Storage::F16.round(1.0 + 3.0 / 2048.0), 1.0 + 2.0 / 1024.0);
+        assert_eq!(Storage::F16.round(0.1), 0.099975586);
+    }
+
     #[test]
     fn shards_are_whole_chunks_within_a_binding() {
         // 128 MiB, D = 128: 262144 rows per shard, a multiple of 256.
-        assert_eq!(shard_rows(128, 128 << 20, 256, 65535).unwrap(), 262144);
+        assert_eq!(shard_rows(128, 4, 128 << 20, 256, 65535).unwrap(), 262144);
+        // f16: twice the rows per binding.
+        assert_eq!(shard_rows(128, 2, 128 << 20, 256, 65535).unwrap(), 524288);
         // D = 1: limited by the window of a [rows] vector and by the workgroup count.
-        assert_eq!(shard_rows(1, 128 << 20, 256, 65535).unwrap(), 65535 * 256);
-        assert_eq!(shard_rows(1, 4096, 256, 65535).unwrap(), 768);
+        assert_eq!(shard_rows(1, 4, 128 << 20, 256, 65535).unwrap(), 65535 * 256);
+        assert_eq!(shard_rows(1, 4, 4096, 256, 65535).unwrap(), 768);
         // Rows too long for a whole chunk: fewer rows, still ≥ 1.
-        assert_eq!(shard_rows(1000, 4096 * 10, 256, 65535).unwrap(), 10);
-        assert!(shard_rows(2000, 4096, 256, 65535).is_err());
+        assert_eq!(shard_rows(1000, 4, 4096 * 10, 256, 65535).unwrap(), 10);
+        assert!(shard_rows(2000, 4, 4096, 256, 65535).is_err());
+        assert_eq!(shard_rows(2000, 2, 4096, 256, 65535).unwrap(), 1);
     }
 }

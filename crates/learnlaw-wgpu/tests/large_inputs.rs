@@ -53,13 +53,24 @@ fn outputs<E: Engine<Real = f32>>(e: &mut E, steps: usize) -> Vec<(String, Vec<f
     out.push(("projected policy".into(), e.download(&gamma).unwrap()));
     let mut grad = e.upload(&vec![7.0; steps * n]).unwrap();
     let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
-    for t in [0, steps / 2, steps - 1] {
-        let l = e.forward_step(&theta, &gamma, t, 0.3, &mut next, true).unwrap().unwrap();
+    // The dev losses go to slots of a curve longer than one 64 KiB binding (so the slot is bound
+    // through a window), read back once at the end like an unroll does.
+    let mut curve = e.upload(&vec![7.0; 3 * steps * n]).unwrap();
+    let slot = |t: usize| (2 * t + 1) * n + 3;
+    let ts = [0, steps / 2, steps - 1];
+    for t in ts {
+        e.forward_step(&theta, &gamma, t, 0.3, &mut next, Some((&mut curve, slot(t)))).unwrap();
         out.push((format!("forward θ_next t={t}"), e.download(&next).unwrap()));
-        out.push((format!("forward dev loss t={t}"), vec![l as f32]));
         e.backward_step(&theta, &gamma, t, &lambda_next, 0.3, 0.01, &mut grad, &mut lambda).unwrap();
         out.push((format!("backward λ t={t}"), e.download(&lambda).unwrap()));
     }
+    let curve_host = e.download(&curve).unwrap();
+    out.push(("forward dev losses".into(), ts.iter().map(|&t| curve_host[slot(t)]).collect()));
+    out.push(("forward dev-loss curve (other slots untouched)".into(), curve_host));
+    assert!(
+        matches!(e.forward_step(&theta, &gamma, 0, 0.3, &mut next, Some((&mut curve, 3 * steps * n))), Err(Error::Shape { .. })),
+        "a dev-loss slot past the curve must be a shape error"
+    );
     out.push(("∂J/∂γ".into(), e.download(&grad).unwrap()));
     e.axpy(-0.5, &grad, &mut gamma).unwrap();
     e.scale(1.5, &mut gamma).unwrap();
@@ -87,7 +98,7 @@ fn split_bindings_match_unsplit_and_cpu() {
     let recipe =
         PerceptronRecipe { dim: 40, n_train: 3000, n_dev: 700, n_test: 300, train_label_noise: 0.1, seed: 5, ..Default::default() };
     let data = PerceptronData::generate(&recipe).unwrap();
-    let Some(mut small) = engine(&data, &Options { max_binding_bytes: Some(CAP) }) else { return };
+    let Some(mut small) = engine(&data, &Options { max_binding_bytes: Some(CAP), ..Options::default() }) else { return };
     assert!(small.max_binding_bytes() <= CAP);
     assert!(small.train_shards() > 1, "X must be split into shards");
     let Some(mut full) = engine(&data, &Options::default()) else { return };
@@ -112,7 +123,7 @@ fn too_long_rows_are_an_error_not_a_panic() {
     // One row of 20000 f32 (80 KB) cannot fit a 64 KiB binding.
     let recipe = PerceptronRecipe { dim: 20000, n_train: 3, n_dev: 2, n_test: 2, ..Default::default() };
     let data = PerceptronData::generate(&recipe).unwrap();
-    match WgpuPerceptron::with_options(&data, &Options { max_binding_bytes: Some(CAP) }) {
+    match WgpuPerceptron::with_options(&data, &Options { max_binding_bytes: Some(CAP), ..Options::default() }) {
         Err(Error::BadInput { .. }) => {}
         Err(Error::Unavailable { reason, .. }) => println!("SKIPPED: no wgpu adapter ({reason})"),
         Err(e) => panic!("unexpected error {e}"),

@@ -218,8 +218,8 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         t: usize,
         eta: f64,
         theta_next: &mut Vec<R>,
-        dev_loss: bool,
-    ) -> Result<Option<f64>> {
+        dev_loss: Option<(&mut Vec<R>, usize)>,
+    ) -> Result<()> {
         let (dim, n) = (self.dim, self.num_train());
         self.check_len("theta", theta, dim)?;
         self.check_len("theta_next", theta_next, dim)?;
@@ -252,7 +252,12 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         for (next, &th) in theta_next.iter_mut().zip(theta) {
             *next = th - eta * *next;
         }
-        Ok(if dev_loss { Some(self.mean_loss_grad(Set::Dev, theta, None)) } else { None })
+        if let Some((curve, i)) = dev_loss {
+            let len = curve.len();
+            *curve.get_mut(i).ok_or_else(|| Error::shape("dev-loss curve", format!("more than {i} entries"), len))? =
+                R::of(self.mean_loss_grad(Set::Dev, theta, None));
+        }
+        Ok(())
     }
 
     fn backward_step(

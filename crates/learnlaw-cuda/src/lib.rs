@@ -1,0 +1,932 @@
+//! learnlaw-cuda: the CUDA backend. [`CudaPerceptron`] is the perceptron task's [`Engine`] on an
+//! NVIDIA GPU, through cudarc (driver API + NVRTC, both loaded dynamically).
+//!
+//! - The build needs no CUDA toolkit and no GPU. [`CudaPerceptron::new`] first probes for the
+//!   driver library (libcuda) and NVRTC (libnvrtc.so.13, or .12 …) with cudarc's
+//!   `is_culib_present`, so a machine without them gets `Error::Unavailable { backend: "cuda", .. }`,
+//!   never a panic; so does a driver without a usable device. A kernel that does not compile or a
+//!   failed launch or transfer is `Error::Device`, which tests never treat as a skip.
+//! - Kernels live in `kernels/cuda/*.cu` (one family per file; each header gives the math, the
+//!   buffer shapes, the launch geometry and the variants) and are compiled by NVRTC at first use,
+//!   for the device's architecture (`compute_XY`, JIT-compiled to SASS by the driver). The PTX is
+//!   cached per process and architecture, the loaded module per engine. [`compile_ptx`] is the same
+//!   compilation, used by the CI check that compiles every file for `compute_90` and assembles it
+//!   with `ptxas -arch=sm_90` on a machine without a GPU (tests/nvrtc_compile.rs).
+//! - Semantics match the CPU engine (`learnlaw_core::perceptron::CpuPerceptron<f32>`): f32 storage
+//!   and accumulation (losses summed in f64), γ = 0 rows skipped in the forward step, partial sums
+//!   reduced in a fixed order, so results are reproducible run to run on a given GPU; the
+//!   conformance tests check every operation against the f64 reference.
+//! - One launch per step: a forward step, a backward step, `loss` and `loss_grad` are each one
+//!   kernel whose last block to finish reduces the partial sums and writes the result (θ_next, λ,
+//!   the dev loss into the caller's curve slot). Nothing is read back per step; `loss`,
+//!   `loss_grad`, `download` and `project_simplex_rows` (its non-finite flag) wait for the device.
+//! - Everything runs on one stream of the device's primary context, with cudarc's per-buffer event
+//!   tracking off (single stream: stream order is the only ordering needed).
+//! - X is stored with rows zero-padded to a multiple of 4 values (16-byte vector loads).
+//!
+//! Not done yet: bf16/f16 storage of X, CUDA graphs over a whole unroll (today: one launch per
+//! step, ~2–4 µs each at the paper's size).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg,
+};
+use learnlaw_core::data::{Examples, PerceptronData};
+use learnlaw_core::{Engine, Error, Result, Set};
+
+const BACKEND: &str = "cuda";
+/// Threads per block of every kernel (`BLOCK` in the .cu files).
+const BLOCK: u32 = 256;
+/// Warps per block of the row kernels (`WARPS` in perceptron.cu).
+const WARPS: u32 = 8;
+/// Rows each warp takes (at least) before the grid is grown: fewer blocks mean a shorter final
+/// reduction, more mean more parallelism; 8 gives 64 + 8 blocks at the paper's size.
+const ROWS_PER_WARP: usize = 8;
+/// Static shared memory of the pass kernels besides the dynamic accumulators (bytes, rounded up).
+const PASS_STATIC_SMEM: u32 = 4096;
+/// The default per-block dynamic shared memory limit without opting in.
+const SMEM_DEFAULT: u32 = 48 * 1024;
+/// Largest partial-sum volume (blocks·D floats) the last block reduces itself; above it the
+/// reduction is a second launch (`pass_finish`) with a thread per column.
+const FUSED_FINISH_MAX: usize = 1 << 17;
+
+/// One kernel file: its name, its source and the entry points the engine loads from it.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFile {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+pub const PERCEPTRON: KernelFile = KernelFile {
+    name: "perceptron.cu",
+    source: include_str!("../../../kernels/cuda/perceptron.cu"),
+    entries: &["pass_r1", "pass_r2", "pass_r4", "pass_smem", "pass_finish", "row_outputs"],
+};
+pub const SIMPLEX: KernelFile =
+    KernelFile { name: "simplex.cu", source: include_str!("../../../kernels/cuda/simplex.cu"), entries: &["check_finite", "project_rows"] };
+pub const VECTOR: KernelFile =
+    KernelFile { name: "vector.cu", source: include_str!("../../../kernels/cuda/vector.cu"), entries: &["axpy", "scale"] };
+/// Every kernel file the engine uses (the CI compile check also compiles every file in
+/// kernels/cuda, and checks that this list covers them).
+pub const KERNEL_FILES: [KernelFile; 3] = [PERCEPTRON, SIMPLEX, VECTOR];
+
+/// Is the NVRTC library (libnvrtc.so.13, or an older major cudarc also accepts) loadable?
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library's candidate names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's version (major, minor), or None when the library is missing.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_available() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; nvrtcVersion only writes the two ints.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// Is the CUDA driver library (libcuda) loadable? (Says nothing about a device.)
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library's candidate names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable { backend: BACKEND.into(), reason: reason.into() }
+}
+
+fn device_error(problem: impl Into<String>) -> Error {
+    Error::Device { backend: BACKEND.into(), problem: problem.into() }
+}
+
+/// Maps a driver error of `what` to `Error::Device`.
+fn drv(what: &'static str) -> impl Fn(DriverError) -> Error {
+    move |e| device_error(format!("{what}: {e}"))
+}
+
+/// The NVRTC options of every kernel (besides the architecture).
+const NVRTC_OPTIONS: [&str; 2] = ["--std=c++17", "-lineinfo"];
+
+/// Compiles one kernel file with NVRTC to PTX for a virtual architecture such as `compute_90`,
+/// with the options the engine uses. No NVRTC library: `Error::Unavailable`; a compile error:
+/// `Error::Device` with NVRTC's log. Results are cached per process.
+pub fn compile_ptx(file: &KernelFile, arch: &str) -> Result<String> {
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (file.name, arch.to_string());
+    if let Some(ptx) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(ptx.clone());
+    }
+    if !nvrtc_available() {
+        return Err(unavailable(
+            "NVRTC (libnvrtc.so.13) not found: add the CUDA toolkit's lib64 or the nvidia-cuda-nvrtc wheel's lib folder to LD_LIBRARY_PATH",
+        ));
+    }
+    let mut options: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    options.push(format!("--gpu-architecture={arch}"));
+    let opts = cudarc::nvrtc::CompileOptions { name: Some(file.name.into()), options, ..Default::default() };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(file.source, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
+            device_error(format!("NVRTC could not compile {} for {arch} ({nvrtc:?}):\n{}", file.name, log.to_string_lossy()))
+        }
+        other => device_error(format!("NVRTC failed on {} for {arch}: {other}", file.name)),
+    })?;
+    let src = ptx.to_src();
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, src.clone());
+    Ok(src)
+}
+
+/// The kernel-side `PassParams` (perceptron.cu): pointers are device addresses (0 = null).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct PassParams {
+    x0: u64,
+    y0: u64,
+    gamma0: u64,
+    out0: u64,
+    x1: u64,
+    y1: u64,
+    theta: u64,
+    vec: u64,
+    base: u64,
+    out_vec: u64,
+    out_scalar: u64,
+    partials: u64,
+    loss_partials: u64,
+    counter: u64,
+    rows0: u32,
+    rows1: u32,
+    blocks0: u32,
+    blocks1: u32,
+    dim: u32,
+    stride4: u32,
+    mode0: u32,
+    mode1: u32,
+    warps: u32,
+    fused_finish: u32,
+    coef: f32,
+    a0: f32,
+    a1: f32,
+    s1: f32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's struct (checked against the PTX's
+// parameter size by tests/nvrtc_compile.rs).
+unsafe impl DeviceRepr for PassParams {}
+
+/// Size in bytes of the pass kernels' by-value parameter (what the PTX must declare).
+pub const PASS_PARAMS_BYTES: usize = std::mem::size_of::<PassParams>();
+
+/// `mode*` of `PassParams`.
+mod mode {
+    pub const NONE: u32 = 0;
+    pub const FORWARD: u32 = 1;
+    pub const BACKWARD: u32 = 2;
+    pub const LOSS: u32 = 3;
+    pub const GRAD: u32 = 4;
+}
+
+/// A device-resident f32 vector: one allocation (at least one element) and its length.
+#[derive(Debug)]
+pub struct CudaVec {
+    buf: CudaSlice<f32>,
+    len: usize,
+}
+
+impl CudaVec {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The underlying cudarc allocation (may be longer than `len()` when `len()` is 0).
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        &self.buf
+    }
+}
+
+/// Settings of [`CudaPerceptron::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Device ordinal (default 0).
+    pub device: usize,
+    /// Force the shared-memory variant of the row kernels (`pass_smem`) whatever D is, to test it
+    /// on small problems.
+    pub force_smem_variant: bool,
+    /// Force the separate `pass_finish` launch (otherwise used only when blocks·D is large), to
+    /// test it on small problems.
+    pub force_separate_finish: bool,
+}
+
+/// A data set on the device: X with rows padded to `stride4` float4s, y.
+struct DeviceSet {
+    x: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    rows: usize,
+}
+
+/// The loaded perceptron module and its launch plan.
+struct PassKernels {
+    _module: Arc<CudaModule>,
+    pass: CudaFunction,
+    finish: CudaFunction,
+    row_outputs: CudaFunction,
+    /// Dynamic shared memory of `pass` (bytes) and the warps per block that take rows.
+    smem: u32,
+    warps: u32,
+    /// Blocks of `pass` resident on the whole device at once.
+    resident: usize,
+    /// Partial sums [max blocks, stride4·4] f32, their losses [max blocks] f64, the retirement counter.
+    partials: CudaSlice<f32>,
+    loss_partials: CudaSlice<f64>,
+    counter: CudaSlice<u32>,
+    /// The scalar `loss`/`loss_grad` write and read back.
+    scalar: CudaSlice<f32>,
+}
+
+struct SimplexKernels {
+    _module: Arc<CudaModule>,
+    check_finite: CudaFunction,
+    project_rows: CudaFunction,
+    /// [2] u64: non-finite flag, first bad index.
+    flag: CudaSlice<u64>,
+}
+
+struct VectorKernels {
+    _module: Arc<CudaModule>,
+    axpy: CudaFunction,
+    scale: CudaFunction,
+}
+
+/// The perceptron engine on a CUDA device (f32).
+pub struct CudaPerceptron {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    device_name: String,
+    /// `compute_XY` for NVRTC.
+    arch: String,
+    sms: usize,
+    smem_optin: u32,
+    opts: Options,
+    dim: usize,
+    stride4: usize,
+    train: DeviceSet,
+    dev: DeviceSet,
+    test: DeviceSet,
+    pass: Option<PassKernels>,
+    simplex: Option<SimplexKernels>,
+    vector: Option<VectorKernels>,
+}
+
+/// Driver errors that mean "no usable CUDA device here" rather than a failure of one.
+fn is_unavailable(e: &DriverError) -> bool {
+    use CUresult::*;
+    matches!(
+        e.0,
+        CUDA_ERROR_NO_DEVICE
+            | CUDA_ERROR_INVALID_DEVICE
+            | CUDA_ERROR_NOT_INITIALIZED
+            | CUDA_ERROR_DEINITIALIZED
+            | CUDA_ERROR_STUB_LIBRARY
+            | CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+            | CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE
+            | CUDA_ERROR_DEVICE_UNAVAILABLE
+            | CUDA_ERROR_SYSTEM_NOT_READY
+            | CUDA_ERROR_NOT_SUPPORTED
+            | CUDA_ERROR_OPERATING_SYSTEM
+    )
+}
+
+/// Opens the device's primary context: `Error::Unavailable` when there is no driver, no NVRTC or
+/// no usable device (a driver too old for cudarc's bindings panics inside cudarc: caught).
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    if !driver_available() {
+        return Err(unavailable("no CUDA driver library (libcuda.so) found"));
+    }
+    if !nvrtc_available() {
+        return Err(unavailable(
+            "NVRTC (libnvrtc.so.13) not found: add the CUDA toolkit's lib64 or the nvidia-cuda-nvrtc wheel's lib folder to LD_LIBRARY_PATH",
+        ));
+    }
+    match std::panic::catch_unwind(|| CudaContext::new(ordinal)) {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) if is_unavailable(&e) => Err(unavailable(format!("no usable CUDA device {ordinal}: {e}"))),
+        Ok(Err(e)) => Err(device_error(format!("creating a context on device {ordinal}: {e}"))),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(unavailable(format!("the CUDA driver could not be used: {}", msg.unwrap_or_else(|| "panic in cudarc".into()))))
+        }
+    }
+}
+
+impl CudaPerceptron {
+    /// The engine on device 0. No driver, NVRTC or device: `Error::Unavailable`.
+    pub fn new(data: &PerceptronData) -> Result<Self> {
+        Self::with_options(data, &Options::default())
+    }
+
+    pub fn with_options(data: &PerceptronData, opts: &Options) -> Result<Self> {
+        data.validate()?;
+        let ctx = open_context(opts.device)?;
+        // SAFETY: the engine uses one stream for everything, so stream order is the only ordering
+        // needed and frees are stream-ordered (cuMemFreeAsync) after every use.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+        let (major, minor) = ctx.compute_capability().map_err(drv("querying the compute capability"))?;
+        let device_name = ctx.name().map_err(drv("querying the device name"))?;
+        let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(drv("querying the SM count"))?;
+        let smem_optin = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(drv("querying the shared memory limit"))?;
+        let dim = data.dim;
+        let stride4 = dim.div_ceil(4);
+        let upload_set = |set: &Examples| -> Result<DeviceSet> {
+            let rows = set.len();
+            let stride = 4 * stride4;
+            let mut x = stream.alloc_zeros::<f32>((rows * stride).max(1)).map_err(drv("allocating X"))?;
+            if stride == dim {
+                if rows > 0 {
+                    stream.memcpy_htod(&set.x, &mut x.slice_mut(..rows * dim)).map_err(drv("uploading X"))?;
+                }
+            } else {
+                // Pad rows to `stride` values in pieces of ~16 MiB, so no full padded host copy.
+                let per = ((16 << 20) / (4 * stride)).max(1);
+                let mut host = Vec::with_capacity(per * stride);
+                let mut r0 = 0;
+                while r0 < rows {
+                    let r1 = (r0 + per).min(rows);
+                    host.clear();
+                    for row in set.x[r0 * dim..r1 * dim].chunks_exact(dim) {
+                        host.extend_from_slice(row);
+                        host.resize(host.len() + stride - dim, 0.0);
+                    }
+                    stream.memcpy_htod(&host, &mut x.slice_mut(r0 * stride..r1 * stride)).map_err(drv("uploading X"))?;
+                    stream.synchronize().map_err(drv("uploading X"))?; // `host` is reused
+                    r0 = r1;
+                }
+            }
+            let mut y = stream.alloc_zeros::<f32>(rows.max(1)).map_err(drv("allocating y"))?;
+            if rows > 0 {
+                stream.memcpy_htod(&set.y, &mut y.slice_mut(..rows)).map_err(drv("uploading y"))?;
+            }
+            Ok(DeviceSet { x, y, rows })
+        };
+        let (train, dev, test) = (upload_set(&data.train)?, upload_set(&data.dev)?, upload_set(&data.test)?);
+        stream.synchronize().map_err(drv("uploading the data"))?;
+        Ok(CudaPerceptron {
+            ctx,
+            stream,
+            device_name,
+            arch: format!("compute_{major}{minor}"),
+            sms: sms.max(1) as usize,
+            smem_optin: smem_optin.max(0) as u32,
+            opts: opts.clone(),
+            dim,
+            stride4,
+            train,
+            dev,
+            test,
+            pass: None,
+            simplex: None,
+            vector: None,
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H200".
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// The NVRTC architecture the kernels are compiled for, e.g. `compute_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Blocks until every queued operation of the engine has finished (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronising"))
+    }
+
+    /// The pass kernel variant in use (`pass_r1`, …, `pass_smem`), after the first step.
+    pub fn pass_variant(&mut self) -> Result<&'static str> {
+        self.ensure_pass()?;
+        Ok(self.variant_name())
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self.stride4 {
+            _ if self.opts.force_smem_variant => "pass_smem",
+            0..=32 => "pass_r1",
+            33..=64 => "pass_r2",
+            65..=128 => "pass_r4",
+            _ => "pass_smem",
+        }
+    }
+
+    fn load_module(&self, file: &KernelFile) -> Result<Arc<CudaModule>> {
+        let ptx = compile_ptx(file, &self.arch)?;
+        self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
+            device_error(format!(
+                "loading {} ({}) on {}: {e} (a PTX newer than the driver? NVRTC and driver majors must match)",
+                file.name, self.arch, self.device_name
+            ))
+        })
+    }
+
+    fn function(module: &Arc<CudaModule>, name: &str) -> Result<CudaFunction> {
+        module.load_function(name).map_err(|e| device_error(format!("kernel {name}: {e}")))
+    }
+
+    /// Blocks for a segment of `rows` rows.
+    fn blocks_for(rows: usize, warps: u32, resident: usize) -> usize {
+        rows.div_ceil(warps as usize * ROWS_PER_WARP).clamp(1, resident.max(1))
+    }
+
+    /// Compiles and loads perceptron.cu (first use), and plans the pass kernel's launches.
+    fn ensure_pass(&mut self) -> Result<()> {
+        if self.pass.is_some() {
+            return Ok(());
+        }
+        let module = self.load_module(&PERCEPTRON)?;
+        let variant = self.variant_name();
+        let pass = Self::function(&module, variant)?;
+        let finish = Self::function(&module, "pass_finish")?;
+        let row_outputs = Self::function(&module, "row_outputs")?;
+        let row_bytes = (self.stride4 * 16) as u32;
+        let warps = if variant == "pass_smem" {
+            let avail = self.smem_optin.max(SMEM_DEFAULT).saturating_sub(PASS_STATIC_SMEM);
+            let w = (avail / row_bytes.max(1)).min(WARPS);
+            if w == 0 {
+                return Err(Error::bad_input(
+                    format!("cuda data (D = {})", self.dim),
+                    format!(
+                        "one row accumulator ({row_bytes} bytes) exceeds the shared memory a block can have on {} ({} bytes)",
+                        self.device_name, self.smem_optin
+                    ),
+                ));
+            }
+            w
+        } else {
+            WARPS
+        };
+        let smem = warps * row_bytes;
+        // Static + dynamic shared memory above 48 KiB needs the opt-in; setting it is always valid.
+        pass.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(drv("opting in to more shared memory"))?;
+        let per_sm = pass.occupancy_max_active_blocks_per_multiprocessor(BLOCK, smem as usize, None).map_err(drv("occupancy"))?;
+        if per_sm == 0 {
+            return Err(device_error(format!("{variant} cannot run with {smem} bytes of shared memory on {}", self.device_name)));
+        }
+        let resident = per_sm as usize * self.sms;
+        let max_blocks = Self::blocks_for(self.train.rows, warps, resident)
+            + Self::blocks_for(self.dev.rows, warps, resident).max(Self::blocks_for(self.test.rows, warps, resident));
+        let s = &self.stream;
+        let partials = s.alloc_zeros::<f32>(max_blocks * self.stride4 * 4).map_err(drv("allocating partial sums"))?;
+        let loss_partials = s.alloc_zeros::<f64>(max_blocks).map_err(drv("allocating partial sums"))?;
+        let counter = s.alloc_zeros::<u32>(1).map_err(drv("allocating the counter"))?;
+        let scalar = s.alloc_zeros::<f32>(1).map_err(drv("allocating a scalar"))?;
+        self.pass = Some(PassKernels {
+            _module: module,
+            pass,
+            finish,
+            row_outputs,
+            smem,
+            warps,
+            resident,
+            partials,
+            loss_partials,
+            counter,
+            scalar,
+        });
+        Ok(())
+    }
+
+    fn ensure_simplex(&mut self) -> Result<()> {
+        if self.simplex.is_none() {
+            let module = self.load_module(&SIMPLEX)?;
+            let flag = self.stream.alloc_zeros::<u64>(2).map_err(drv("allocating the flag"))?;
+            self.simplex = Some(SimplexKernels {
+                check_finite: Self::function(&module, "check_finite")?,
+                project_rows: Self::function(&module, "project_rows")?,
+                _module: module,
+                flag,
+            });
+        }
+        Ok(())
+    }
+
+    fn ensure_vector(&mut self) -> Result<()> {
+        if self.vector.is_none() {
+            let module = self.load_module(&VECTOR)?;
+            self.vector =
+                Some(VectorKernels { axpy: Self::function(&module, "axpy")?, scale: Self::function(&module, "scale")?, _module: module });
+        }
+        Ok(())
+    }
+
+    fn set(&self, set: Set) -> &DeviceSet {
+        match set {
+            Set::Dev => &self.dev,
+            Set::Test => &self.test,
+        }
+    }
+
+    fn check_len(what: &str, v: &CudaVec, len: usize) -> Result<()> {
+        if v.len == len {
+            Ok(())
+        } else {
+            Err(Error::shape(what, len, v.len))
+        }
+    }
+
+    fn check_policy(&self, gamma: &CudaVec, t: usize) -> Result<()> {
+        let n = self.train.rows;
+        if (t + 1) * n <= gamma.len {
+            Ok(())
+        } else {
+            Err(Error::shape("policy", format!("at least {} rows of {n}", t + 1), gamma.len))
+        }
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    fn ptr_mut<T>(&self, s: &mut CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr_mut(&self.stream);
+        p
+    }
+
+    /// Fills the parts of `PassParams` that depend on the engine and the segments, and launches.
+    /// `seg0`: a training-set mode; `seg1`: an evaluation set and its mode.
+    fn launch_pass(&self, mut p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<()> {
+        let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
+        let (blocks0, rows0) =
+            if seg0 == mode::NONE { (0, 0) } else { (Self::blocks_for(self.train.rows, k.warps, k.resident), self.train.rows) };
+        p.mode0 = seg0;
+        p.rows0 = rows0 as u32;
+        p.blocks0 = blocks0 as u32;
+        p.x0 = self.ptr(&self.train.x);
+        p.y0 = self.ptr(&self.train.y);
+        if let Some((set, m)) = seg1 {
+            let s = self.set(set);
+            p.mode1 = m;
+            p.rows1 = s.rows as u32;
+            p.blocks1 = Self::blocks_for(s.rows, k.warps, k.resident) as u32;
+            p.x1 = self.ptr(&s.x);
+            p.y1 = self.ptr(&s.y);
+            p.s1 = 1.0 / s.rows as f32;
+        }
+        p.dim = self.dim as u32;
+        p.stride4 = self.stride4 as u32;
+        p.warps = k.warps;
+        p.partials = self.ptr(&k.partials);
+        p.loss_partials = self.ptr(&k.loss_partials);
+        p.counter = self.ptr(&k.counter);
+        let blocks = p.blocks0 + p.blocks1;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let fused = blocks as usize * self.dim <= FUSED_FINISH_MAX && !self.opts.force_separate_finish;
+        p.fused_finish = fused as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: k.smem };
+        let mut b = self.stream.launch_builder(&k.pass);
+        b.arg(&p);
+        // SAFETY: `p` matches the kernel's PassParams; every pointer is a live allocation of the
+        // engine or of the caller's vectors (lengths checked by the callers), used in stream order.
+        unsafe { b.launch(cfg) }.map_err(drv("launching the perceptron pass"))?;
+        if !fused {
+            let grid = self.dim.div_ceil(BLOCK as usize).max(1) as u32;
+            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            let mut b = self.stream.launch_builder(&k.finish);
+            b.arg(&p);
+            // SAFETY: as above; pass_finish reads the partials the pass just wrote (stream order).
+            unsafe { b.launch(cfg) }.map_err(drv("launching pass_finish"))?;
+        }
+        Ok(())
+    }
+
+    /// One launch of `row_outputs` over the training set (mode 0: losses, 1: dots with `v`).
+    fn launch_row_outputs(&self, theta: &CudaVec, v: Option<&CudaVec>, out: &mut CudaVec, m: u32) -> Result<()> {
+        let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
+        let rows = self.train.rows;
+        let grid = rows.div_ceil(WARPS as usize).clamp(1, self.sms * 8) as u32;
+        let (rows_u, dim_u, st_u) = (rows as u32, self.dim as u32, self.stride4 as u32);
+        let v_buf = v.unwrap_or(theta);
+        let mut b = self.stream.launch_builder(&k.row_outputs);
+        b.arg(&self.train.x).arg(&self.train.y).arg(&theta.buf).arg(&v_buf.buf).arg(&mut out.buf);
+        b.arg(&rows_u).arg(&dim_u).arg(&st_u).arg(&m);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: argument list matches row_outputs; lengths checked by the callers.
+        unsafe { b.launch(cfg) }.map_err(drv("launching row_outputs"))?;
+        Ok(())
+    }
+
+    /// The device address of the scalar `loss`/`loss_grad` write (0 before the kernels load).
+    fn scalar_ptr(&self) -> u64 {
+        self.pass.as_ref().map_or(0, |k| self.ptr(&k.scalar))
+    }
+
+    /// Reads back the scalar `loss`/`loss_grad` wrote (waits for the device).
+    fn read_scalar(&self) -> Result<f64> {
+        let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
+        let mut host = [0f32; 1];
+        self.stream.memcpy_dtoh(&k.scalar, &mut host).map_err(drv("reading a loss back"))?;
+        self.stream.synchronize().map_err(drv("reading a loss back"))?;
+        Ok(host[0] as f64)
+    }
+
+    fn grid_for_elems(&self, elems: usize) -> u32 {
+        elems.div_ceil(BLOCK as usize).clamp(1, self.sms * 8) as u32
+    }
+}
+
+impl Drop for CudaPerceptron {
+    /// Waits for queued work before the modules and buffers go (frees are stream-ordered, module
+    /// unloads are not).
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+    }
+}
+
+impl Engine for CudaPerceptron {
+    type Real = f32;
+    type Vec = CudaVec;
+
+    fn name(&self) -> String {
+        format!("{BACKEND}-f32")
+    }
+    fn num_params(&self) -> usize {
+        self.dim
+    }
+    fn num_train(&self) -> usize {
+        self.train.rows
+    }
+
+    fn zeros(&mut self, len: usize) -> Result<CudaVec> {
+        let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(drv("allocating a vector"))?;
+        Ok(CudaVec { buf, len })
+    }
+
+    fn upload(&mut self, host: &[f32]) -> Result<CudaVec> {
+        let mut v = self.zeros(host.len())?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut v.buf.slice_mut(..host.len())).map_err(drv("uploading a vector"))?;
+        }
+        Ok(v)
+    }
+
+    fn download(&mut self, v: &CudaVec) -> Result<Vec<f32>> {
+        if v.len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0f32; v.len];
+        self.stream.memcpy_dtoh(&v.buf.slice(..v.len), &mut out).map_err(drv("downloading a vector"))?;
+        self.stream.synchronize().map_err(drv("downloading a vector"))?;
+        Ok(out)
+    }
+
+    fn copy(&mut self, src: &CudaVec, dst: &mut CudaVec) -> Result<()> {
+        Self::check_len("copy destination", dst, src.len)?;
+        if src.len == 0 {
+            return Ok(());
+        }
+        self.stream.memcpy_dtod(&src.buf.slice(..src.len), &mut dst.buf.slice_mut(..src.len)).map_err(drv("copying a vector"))
+    }
+
+    fn scale(&mut self, a: f64, x: &mut CudaVec) -> Result<()> {
+        if x.len == 0 {
+            return Ok(());
+        }
+        self.ensure_vector()?;
+        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
+        let (n, a) = (x.len as u64, a as f32);
+        let grid = self.grid_for_elems(x.len.div_ceil(4));
+        let mut b = self.stream.launch_builder(&k.scale);
+        b.arg(&mut x.buf).arg(&n).arg(&a);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `scale(float*, u64, float)`; n ≤ the allocation's length.
+        unsafe { b.launch(cfg) }.map_err(drv("launching scale"))?;
+        Ok(())
+    }
+
+    fn axpy(&mut self, a: f64, x: &CudaVec, y: &mut CudaVec) -> Result<()> {
+        Self::check_len("axpy y", y, x.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        self.ensure_vector()?;
+        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
+        let (n, a) = (x.len as u64, a as f32);
+        let grid = self.grid_for_elems(x.len.div_ceil(4));
+        let mut b = self.stream.launch_builder(&k.axpy);
+        b.arg(&x.buf).arg(&mut y.buf).arg(&n).arg(&a);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `axpy(const float*, float*, u64, float)`; both hold n elements.
+        unsafe { b.launch(cfg) }.map_err(drv("launching axpy"))?;
+        Ok(())
+    }
+
+    fn project_simplex_rows(&mut self, v: &mut CudaVec, row_len: usize) -> Result<()> {
+        if row_len == 0 || !v.len.is_multiple_of(row_len) {
+            return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len));
+        }
+        if v.len == 0 {
+            return Ok(());
+        }
+        self.ensure_simplex()?;
+        let grid_check = self.grid_for_elems(v.len);
+        let rows = v.len / row_len;
+        let grid_rows = rows.clamp(1, self.sms * 16) as u32;
+        let k = self.simplex.as_mut().ok_or_else(|| device_error("simplex kernels not loaded"))?;
+        self.stream.memcpy_htod(&[0u64, u64::MAX], &mut k.flag).map_err(drv("resetting the simplex flag"))?;
+        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
+        let (len, n, rows_u) = (v.len as u64, row_len as u64, rows as u64);
+        let mut b = self.stream.launch_builder(&k.check_finite);
+        b.arg(&v.buf).arg(&len).arg(&k.flag);
+        let cfg = LaunchConfig { grid_dim: (grid_check, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches check_finite(const float*, u64, u64*); len ≤ the allocation.
+        unsafe { b.launch(cfg) }.map_err(drv("launching check_finite"))?;
+        let mut b = self.stream.launch_builder(&k.project_rows);
+        b.arg(&mut v.buf).arg(&n).arg(&rows_u).arg(&k.flag);
+        let cfg = LaunchConfig { grid_dim: (grid_rows, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches project_rows(float*, u64, u64, const u64*); rows·n = len.
+        unsafe { b.launch(cfg) }.map_err(drv("launching project_rows"))?;
+        let mut flag = [0u64; 2];
+        self.stream.memcpy_dtoh(&k.flag, &mut flag).map_err(drv("reading the simplex flag"))?;
+        self.stream.synchronize().map_err(drv("projecting the policy"))?;
+        if flag[0] != 0 {
+            let i = flag[1] as usize;
+            return Err(Error::Numerical(format!(
+                "non-finite policy value at row {}, example {} (outer lr too large?)",
+                i / row_len,
+                i % row_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn forward_step(
+        &mut self,
+        theta: &CudaVec,
+        gamma: &CudaVec,
+        t: usize,
+        eta: f64,
+        theta_next: &mut CudaVec,
+        dev_loss: Option<(&mut CudaVec, usize)>,
+    ) -> Result<()> {
+        Self::check_len("theta", theta, self.dim)?;
+        Self::check_len("theta_next", theta_next, self.dim)?;
+        self.check_policy(gamma, t)?;
+        if let Some((curve, i)) = &dev_loss {
+            if *i >= curve.len {
+                return Err(Error::shape("dev-loss curve", format!("more than {i} entries"), curve.len));
+            }
+        }
+        self.ensure_pass()?;
+        let n = self.train.rows as u64;
+        let mut p = PassParams {
+            gamma0: self.ptr(&gamma.buf) + 4 * t as u64 * n,
+            theta: self.ptr(&theta.buf),
+            base: self.ptr(&theta.buf),
+            out_vec: self.ptr_mut(&mut theta_next.buf),
+            a0: -(eta as f32),
+            ..Default::default()
+        };
+        let seg1 = match dev_loss {
+            Some((curve, i)) => {
+                p.out_scalar = self.ptr_mut(&mut curve.buf) + 4 * i as u64;
+                Some((Set::Dev, mode::LOSS))
+            }
+            None => None,
+        };
+        self.launch_pass(p, mode::FORWARD, seg1)
+    }
+
+    fn backward_step(
+        &mut self,
+        theta: &CudaVec,
+        gamma: &CudaVec,
+        t: usize,
+        lambda_next: &CudaVec,
+        eta: f64,
+        dev_weight: f64,
+        grad_gamma: &mut CudaVec,
+        lambda: &mut CudaVec,
+    ) -> Result<()> {
+        Self::check_len("theta", theta, self.dim)?;
+        Self::check_len("lambda_next", lambda_next, self.dim)?;
+        Self::check_len("lambda", lambda, self.dim)?;
+        self.check_policy(gamma, t)?;
+        Self::check_len("grad_gamma", grad_gamma, gamma.len)?;
+        self.ensure_pass()?;
+        let n = self.train.rows as u64;
+        let p = PassParams {
+            gamma0: self.ptr(&gamma.buf) + 4 * t as u64 * n,
+            out0: self.ptr_mut(&mut grad_gamma.buf) + 4 * t as u64 * n,
+            theta: self.ptr(&theta.buf),
+            vec: self.ptr(&lambda_next.buf),
+            base: self.ptr(&lambda_next.buf),
+            out_vec: self.ptr_mut(&mut lambda.buf),
+            coef: -(eta as f32),
+            a0: -(eta as f32),
+            a1: (dev_weight / self.dev.rows as f64) as f32,
+            ..Default::default()
+        };
+        self.launch_pass(p, mode::BACKWARD, Some((Set::Dev, mode::GRAD)))
+    }
+
+    fn loss(&mut self, set: Set, theta: &CudaVec) -> Result<f64> {
+        Self::check_len("theta", theta, self.dim)?;
+        self.ensure_pass()?;
+        let p = PassParams { theta: self.ptr(&theta.buf), out_scalar: self.scalar_ptr(), ..Default::default() };
+        self.launch_pass(p, mode::NONE, Some((set, mode::LOSS)))?;
+        self.read_scalar()
+    }
+
+    fn loss_grad(&mut self, set: Set, theta: &CudaVec, grad: &mut CudaVec) -> Result<f64> {
+        Self::check_len("theta", theta, self.dim)?;
+        Self::check_len("grad", grad, self.dim)?;
+        self.ensure_pass()?;
+        let p = PassParams {
+            theta: self.ptr(&theta.buf),
+            out_vec: self.ptr_mut(&mut grad.buf),
+            out_scalar: self.scalar_ptr(),
+            a1: 1.0 / self.set(set).rows as f32,
+            ..Default::default()
+        };
+        self.launch_pass(p, mode::NONE, Some((set, mode::GRAD)))?;
+        self.read_scalar()
+    }
+
+    fn train_losses(&mut self, theta: &CudaVec, out: &mut CudaVec) -> Result<()> {
+        Self::check_len("theta", theta, self.dim)?;
+        Self::check_len("losses", out, self.train.rows)?;
+        self.ensure_pass()?;
+        self.launch_row_outputs(theta, None, out, 0)
+    }
+
+    fn train_dots(&mut self, theta: &CudaVec, v: &CudaVec, out: &mut CudaVec) -> Result<()> {
+        Self::check_len("theta", theta, self.dim)?;
+        Self::check_len("v", v, self.dim)?;
+        Self::check_len("dots", out, self.train.rows)?;
+        self.ensure_pass()?;
+        self.launch_row_outputs(theta, Some(v), out, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_params_layout_matches_the_kernel_struct() {
+        // 14 pointers, 10 u32, 4 f32.
+        assert_eq!(PASS_PARAMS_BYTES, 168);
+        assert_eq!(std::mem::align_of::<PassParams>(), 8);
+    }
+
+    #[test]
+    fn every_kernel_file_declares_its_entries() {
+        for f in KERNEL_FILES {
+            for e in f.entries {
+                assert!(f.source.contains(&format!("void __launch_bounds__(BLOCK) {e}(")), "{}: no kernel {e}", f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_grow_with_rows_up_to_the_resident_count() {
+        assert_eq!(CudaPerceptron::blocks_for(1, 8, 264), 1);
+        assert_eq!(CudaPerceptron::blocks_for(4096, 8, 264), 64);
+        assert_eq!(CudaPerceptron::blocks_for(512, 8, 264), 8);
+        assert_eq!(CudaPerceptron::blocks_for(1 << 20, 8, 264), 264);
+        assert_eq!(CudaPerceptron::blocks_for(0, 8, 264), 1);
+    }
+
+    /// Without a driver the engine is an error value, not a panic (on a GPU machine: an engine).
+    #[test]
+    fn no_driver_is_unavailable_not_a_panic() {
+        let data = learnlaw_core::data::PerceptronData::generate(&learnlaw_core::data::PerceptronRecipe {
+            dim: 3,
+            n_train: 5,
+            n_dev: 2,
+            n_test: 2,
+            ..Default::default()
+        })
+        .expect("data");
+        match CudaPerceptron::new(&data) {
+            Ok(e) => assert_eq!(e.name(), "cuda-f32"),
+            Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, "cuda"),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! CUDA engine checks beyond the shared conformance tests (tests/conformance.rs): the kernel
+//! variant chosen per D, the large-problem paths at sizes where they run by default (D > 512 with
+//! many blocks, several finish modes), run-to-run reproducibility, and projection edge cases.
+//! They need a GPU: without one they print SKIPPED, with `LEARNLAW_REQUIRE_CUDA=1` they fail.
+use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
+use learnlaw_core::perceptron::reference;
+use learnlaw_core::{simplex, Engine, Error, Set};
+use learnlaw_cuda::{CudaPerceptron, Options};
+use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
+
+fn data(dim: usize, n: usize, k: usize, seed: u64) -> PerceptronData {
+    PerceptronData::generate(&PerceptronRecipe { dim, n_train: n, n_dev: k, n_test: k, seed, ..Default::default() }).expect("data")
+}
+
+fn engine(data: &PerceptronData, opts: &Options) -> Option<CudaPerceptron> {
+    match CudaPerceptron::with_options(data, opts) {
+        Ok(e) => Some(e),
+        Err(Error::Unavailable { reason, .. }) => {
+            if std::env::var("LEARNLAW_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("LEARNLAW_REQUIRE_CUDA=1 but no CUDA device: {reason}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED: no CUDA driver ({reason})");
+            None
+        }
+        Err(e) => panic!("cuda engine: {e}"),
+    }
+}
+
+/// |got − want| ≤ atol + rtol·|want| everywhere (NaN fails), else a message with the worst index.
+fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let excess = if err.is_nan() { f64::INFINITY } else { err - (atol + rtol * w.abs()) };
+        if excess > 0.0 && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!("{what}: index {i}: got {}, want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    }
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+fn theta_of(dim: usize, scale: f64) -> Vec<f64> {
+    (0..dim).map(|i| scale * (((i * 7919) % 1000) as f64 / 1000.0 - 0.5)).collect()
+}
+
+#[test]
+fn variant_follows_the_dimension() {
+    for (dim, want) in
+        [(1, "pass_r1"), (128, "pass_r1"), (129, "pass_r2"), (256, "pass_r2"), (300, "pass_r4"), (512, "pass_r4"), (513, "pass_smem")]
+    {
+        let d = data(dim, 20, 5, 1);
+        let Some(mut e) = engine(&d, &Options::default()) else { return };
+        assert_eq!(e.pass_variant().unwrap(), want, "D = {dim}");
+    }
+}
+
+/// Forward and backward steps and the dev gradient at D = 1000 (pass_smem by default) with enough
+/// rows for many blocks, with the finish fused into the pass and as its own launch.
+#[test]
+fn large_dimension_steps_match_the_reference() {
+    let (dim, n, k) = (1000, 3000, 700);
+    let d = data(dim, n, k, 5);
+    for separate in [false, true] {
+        let Some(mut e) = engine(&d, &Options { force_separate_finish: separate, ..Default::default() }) else { return };
+        let theta = theta_of(dim, 0.05);
+        let lambda_next = theta_of(dim, 1.0).iter().rev().copied().collect::<Vec<_>>();
+        let gamma: Vec<f64> = (0..2 * n).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 / n as f64 }).collect();
+        let theta_d = e.upload(&f32s(&theta)).unwrap();
+        let gamma_d = e.upload(&f32s(&gamma)).unwrap();
+        let lambda_next_d = e.upload(&f32s(&lambda_next)).unwrap();
+        let (eta, w) = (0.3, 0.01);
+        let what = |s: &str| format!("{s} (D = {dim}, N = {n}, separate finish: {separate})");
+        let (atol, rtol) = (2e-5, 2e-4); // f32 sums over 1000-value rows and 3000 rows
+
+        let mut next = e.upload(&vec![f32::NAN; dim]).unwrap();
+        let mut curve = e.upload(&[7.0; 3]).unwrap();
+        e.forward_step(&theta_d, &gamma_d, 1, eta, &mut next, Some((&mut curve, 2))).unwrap();
+        let g = reference::weighted_grad(&d.train, &gamma[n..], &theta);
+        let want: Vec<f64> = theta.iter().zip(&g).map(|(t, g)| t - eta * g).collect();
+        assert_close(&what("θ_next"), &e.download(&next).unwrap(), &want, atol, rtol);
+        assert_close(&what("dev loss"), &e.download(&curve).unwrap(), &[7.0, 7.0, reference::mean_loss(&d.dev, &theta)], atol, rtol);
+
+        let mut grad = e.upload(&vec![f32::NAN; 2 * n]).unwrap();
+        let mut lambda = e.upload(&vec![f32::NAN; dim]).unwrap();
+        e.backward_step(&theta_d, &gamma_d, 0, &lambda_next_d, eta, w, &mut grad, &mut lambda).unwrap();
+        let grad_h = e.download(&grad).unwrap();
+        let want_row: Vec<f64> = reference::example_dots(&d.train, &theta, &lambda_next).iter().map(|v| -eta * v).collect();
+        assert_close(&what("∂J/∂γ row 0"), &grad_h[..n], &want_row, atol, rtol);
+        assert!(grad_h[n..].iter().all(|v| v.is_nan()), "{}", what("row 1 must be left alone"));
+        let hvp = reference::weighted_hvp(&d.train, &gamma[..n], &theta, &lambda_next);
+        let g_dev = reference::mean_grad(&d.dev, &theta);
+        let want: Vec<f64> = (0..dim).map(|i| w * g_dev[i] + lambda_next[i] - eta * hvp[i]).collect();
+        assert_close(&what("λ"), &e.download(&lambda).unwrap(), &want, atol, rtol);
+
+        let mut gd = e.upload(&vec![f32::NAN; dim]).unwrap();
+        let l = e.loss_grad(Set::Test, &theta_d, &mut gd).unwrap();
+        assert_close(&what("test loss"), &[l as f32], &[reference::mean_loss(&d.test, &theta)], atol, rtol);
+        assert_close(&what("test gradient"), &e.download(&gd).unwrap(), &reference::mean_grad(&d.test, &theta), atol, rtol);
+    }
+}
+
+/// The same step twice gives the same bits (fixed reduction order).
+#[test]
+fn steps_are_reproducible() {
+    for dim in [128, 700] {
+        let d = data(dim, 5000, 600, 9);
+        let Some(mut e) = engine(&d, &Options::default()) else { return };
+        let n = d.train.len();
+        let theta = e.upload(&f32s(&theta_of(dim, 0.1))).unwrap();
+        let gamma = e.upload(&vec![1.0 / n as f32; n]).unwrap();
+        let lambda_next = e.upload(&f32s(&theta_of(dim, 0.5))).unwrap();
+        let run = |e: &mut CudaPerceptron| {
+            let (mut next, mut lambda, mut grad) = (e.zeros(dim).unwrap(), e.zeros(dim).unwrap(), e.zeros(n).unwrap());
+            let mut curve = e.zeros(1).unwrap();
+            e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
+            e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 0.5, &mut grad, &mut lambda).unwrap();
+            [next, lambda, grad, curve].map(|v| e.download(&v).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+        };
+        let (a, b) = (run(&mut e), run(&mut e));
+        assert!(a == b, "D = {dim}: two identical steps differ");
+    }
+}
+
+#[test]
+fn projection_edge_cases_match_the_sorted_reference() {
+    let d = data(4, 10, 3, 2);
+    let Some(mut e) = engine(&d, &Options::default()) else { return };
+    let noisy = |n: usize, off: f64| -> Vec<f64> { (0..n).map(|i| off + ((i * 2654435761) % 1000) as f64 * 1e-6).collect() };
+    let cases: Vec<(&str, Vec<f64>, usize)> = vec![
+        ("one element", vec![3.5], 1),
+        ("all equal", vec![0.25; 8], 8),
+        ("one dominant", [vec![10.0], vec![0.0; 99]].concat(), 100),
+        ("offset 1000", noisy(500, 1000.0), 500),
+        ("negative", noisy(64, -3.0), 64),
+        ("wide row, 200k", noisy(200_000, 1.0 / 200_000.0), 200_000),
+        ("many rows", noisy(300 * 37, 0.02), 37),
+    ];
+    for (what, v, row_len) in cases {
+        let mut got = e.upload(&f32s(&v)).unwrap();
+        e.project_simplex_rows(&mut got, row_len).unwrap();
+        let mut want: Vec<f64> = f32s(&v).iter().map(|&x| x as f64).collect();
+        want.chunks_mut(row_len).for_each(simplex::project_sorted);
+        assert_close(&format!("projection: {what}"), &e.download(&got).unwrap(), &want, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn non_finite_policy_is_an_error_and_left_untouched() {
+    let d = data(4, 10, 3, 2);
+    let Some(mut e) = engine(&d, &Options::default()) else { return };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut v: Vec<f32> = (0..5 * 16).map(|i| i as f32 * 0.01).collect();
+        v[2 * 16 + 3] = bad;
+        v[4 * 16 + 1] = bad;
+        let mut d_v = e.upload(&v).unwrap();
+        match e.project_simplex_rows(&mut d_v, 16) {
+            Err(Error::Numerical(msg)) => assert!(msg.contains("row 2, example 3"), "{msg}"),
+            other => panic!("{bad}: expected a numerical error, got {other:?}"),
+        }
+        let after = e.download(&d_v).unwrap();
+        assert!(after.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits()), "{bad}: the policy was modified");
+    }
+}
