@@ -15,6 +15,9 @@ use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
 use learnlaw::{simplex, Engine};
 use rayon::prelude::*;
 
+mod common;
+use common::median_ns;
+
 const STEPS: usize = 2000;
 
 fn paper_data() -> PerceptronData {
@@ -97,14 +100,6 @@ fn outer_epoch(c: &mut Criterion) {
 }
 
 criterion_group!(benches, steps, outer_epoch);
-
-/// Median time of a benchmark, from criterion's saved estimates.
-fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
-    let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
-}
 
 fn main() {
     benches();

@@ -193,10 +193,14 @@ fn main() -> Result<()> {
                 Some(path) => path,
                 None => {
                     let path = out.join("data.safetensors");
+                    let generated = PerceptronData::generate(&recipe.recipe())?;
                     if !path.exists() {
                         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-                        PerceptronData::generate(&recipe.recipe())?.save(&path)?;
+                        generated.save(&path)?;
                         println!("generated the paper's perceptron data into {}", path.display());
+                    } else if load_data(&path)? != generated {
+                        // A resumed run must not silently ignore changed data options.
+                        bail!("{} holds data from other data options; use another --out", path.display());
                     }
                     path
                 }

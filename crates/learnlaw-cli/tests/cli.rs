@@ -270,3 +270,31 @@ fn invalid_settings_are_rejected() {
     let err = fails(&["data", "perceptron", "--out", "x.safetensors", "--dim", "0"], tmp.path());
     assert!(err.contains("dim"), "{err}");
 }
+
+#[test]
+fn reproduce_into_a_run_with_other_data_options_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let base = [
+        "reproduce",
+        "perceptron",
+        "--out",
+        o,
+        "--dim",
+        "4",
+        "--train",
+        "16",
+        "--dev",
+        "8",
+        "--test",
+        "8",
+        "--steps",
+        "5",
+        "--epochs",
+        "1",
+    ];
+    ok(&base, tmp.path());
+    let err = fails(&[&base[..], &["--label-noise", "0.1"]].concat(), tmp.path());
+    assert!(err.contains("other data options"), "{err}");
+}

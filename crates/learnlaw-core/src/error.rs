@@ -54,4 +54,12 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+    /// A policy update produced a non-finite value at flat index `index` of a [T, row_len] policy.
+    pub fn non_finite_policy(index: usize, row_len: usize) -> Self {
+        Error::Numerical(format!(
+            "non-finite policy value at row {}, example {} (outer lr too large?)",
+            index / row_len.max(1),
+            index % row_len.max(1)
+        ))
+    }
 }

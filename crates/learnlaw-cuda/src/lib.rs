@@ -765,11 +765,7 @@ impl Engine for CudaPerceptron {
         self.stream.synchronize().map_err(drv("projecting the policy"))?;
         if flag[0] != 0 {
             let i = flag[1] as usize;
-            return Err(Error::Numerical(format!(
-                "non-finite policy value at row {}, example {} (outer lr too large?)",
-                i / row_len,
-                i % row_len
-            )));
+            return Err(Error::non_finite_policy(i, row_len));
         }
         Ok(())
     }

@@ -1085,11 +1085,7 @@ impl Engine for WgpuPerceptron {
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         if words[0] != 0 {
             let i = words[1] as usize;
-            return Err(Error::Numerical(format!(
-                "non-finite policy value at row {}, example {} (outer lr too large?)",
-                i / row_len,
-                i % row_len
-            )));
+            return Err(Error::non_finite_policy(i, row_len));
         }
         Ok(())
     }

@@ -200,12 +200,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
             return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
         }
         if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "policy value {:?} at row {}, example {} (outer lr too large?)",
-                v[i],
-                i / row_len,
-                i % row_len
-            )));
+            return Err(Error::non_finite_policy(i, row_len));
         }
         simplex::project_rows(v, row_len);
         Ok(())
