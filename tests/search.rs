@@ -37,7 +37,16 @@ fn problem(dir: &Path) -> Problem {
 }
 
 fn search_config(epochs: usize, outer_lr: f64) -> SearchConfig {
-    SearchConfig { steps: STEPS, eta: ETA, epochs, outer_lr, optimizer: OuterOptimizer::Sgd, checkpoint_every: None }
+    SearchConfig {
+        steps: STEPS,
+        eta: ETA,
+        epochs,
+        outer_lr,
+        optimizer: OuterOptimizer::Sgd,
+        checkpoint_every: None,
+        holdout: None,
+        reg_l2: None,
+    }
 }
 
 fn run_config(p: &Problem, backend: &str, search: SearchConfig) -> RunConfig {

@@ -30,6 +30,8 @@ fn run_config(path: &Path, backend: &str) -> RunConfig {
             outer_lr: OUTER_LR,
             optimizer: OuterOptimizer::Sgd,
             checkpoint_every: None,
+            holdout: None,
+            reg_l2: None,
         },
     }
 }

@@ -106,9 +106,21 @@ struct SearchSettings {
     /// Outer epochs E.
     #[arg(long, default_value_t = 500)]
     epochs: usize,
-    /// Outer learning rate on J = (1/T) Σ L_dev (the official code's; the paper's ε equals lr/T).
-    #[arg(long, default_value_t = 0.001)]
-    outer_lr: f64,
+    /// Outer learning rate, decayed linearly to 0 over the epochs. SGD: on J = (1/T) Σ L_dev (the
+    /// official code's; the paper's ε equals lr/T), default 0.001. exp-grad: on the normalised
+    /// gradient g/max|g|, default 1. adam: in units of 1/N per entry, default 0.1.
+    #[arg(long)]
+    outer_lr: Option<f64>,
+    /// The outer optimiser (sgd: the paper's).
+    #[arg(long, value_enum, default_value_t = Optimizer::Sgd)]
+    optimizer: Optimizer,
+    /// Hold out this fraction of the desired set (its last ⌈F·K⌉ examples) from the search and
+    /// keep the policy of lowest held-out J in best_policy.safetensors (early stopping).
+    #[arg(long)]
+    holdout: Option<f64>,
+    /// Pull toward the constant policy: adds STRENGTH·‖γ − 1/N‖² to the objective.
+    #[arg(long, value_names = ["KIND", "STRENGTH"], num_args = 2)]
+    reg: Option<Vec<String>>,
     /// Keep θ every k inner steps and recompute in between (default: keep all when they fit).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -119,16 +131,42 @@ struct SearchSettings {
     backend: Backend,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Optimizer {
+    /// SGD then projection onto the simplex (the paper's).
+    Sgd,
+    /// Exponentiated gradient (mirror descent on the simplex).
+    ExpGrad,
+    /// Adam then projection onto the simplex.
+    Adam,
+}
+
 impl SearchSettings {
-    fn search_config(&self) -> SearchConfig {
-        SearchConfig {
+    fn search_config(&self) -> Result<SearchConfig> {
+        let optimizer = match self.optimizer {
+            Optimizer::Sgd => OuterOptimizer::Sgd,
+            Optimizer::ExpGrad => OuterOptimizer::ExpGrad,
+            Optimizer::Adam => OuterOptimizer::Adam,
+        };
+        let reg_l2 = match self.reg.as_deref() {
+            None => None,
+            Some([kind, strength]) if kind.eq_ignore_ascii_case("l2") => {
+                Some(strength.parse::<f64>().with_context(|| format!("--reg L2 strength {strength:?}"))?)
+            }
+            Some(other) => bail!("--reg {other:?}: expected `--reg L2 STRENGTH`"),
+        };
+        let cfg = SearchConfig {
             steps: self.steps,
             eta: self.eta,
             epochs: self.epochs,
-            outer_lr: self.outer_lr,
-            optimizer: OuterOptimizer::Sgd,
+            outer_lr: self.outer_lr.unwrap_or(optimizer.default_lr()),
+            optimizer,
             checkpoint_every: self.checkpoint_every,
-        }
+            holdout: self.holdout,
+            reg_l2,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
@@ -220,33 +258,34 @@ fn theta0(data: &PerceptronData, seed: u64) -> Vec<f32> {
     data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed))
 }
 
-/// Runs `$body` with `$e` bound to the chosen backend's engine for `$data`.
+/// Runs `$body` with `$e` bound to the chosen backend's engine for `$data` (and, in the second
+/// form, `$h` to `Some` engine of the same backend for `$held`, an `Option<&PerceptronData>`).
 macro_rules! with_engine {
     ($backend:expr, $data:expr, |$e:ident| $body:expr) => {
+        with_engine!($backend, $data, None::<&PerceptronData>, |$e, _held| $body)
+    };
+    ($backend:expr, $data:expr, $held:expr, |$e:ident, $h:ident| $body:expr) => {
         match $backend {
-            Backend::Cpu => {
-                let mut $e = CpuPerceptron::<f32>::new($data)?;
-                $body
-            }
-            Backend::CpuF64 => {
-                let mut $e = CpuPerceptron::<f64>::new($data)?;
-                $body
-            }
-            Backend::Wgpu => {
-                let mut $e = learnlaw_wgpu::WgpuPerceptron::new($data)?;
-                $body
-            }
+            Backend::Cpu => with_engine!(@arm $data, $held, |d| CpuPerceptron::<f32>::new(d), |$e, $h| $body),
+            Backend::CpuF64 => with_engine!(@arm $data, $held, |d| CpuPerceptron::<f64>::new(d), |$e, $h| $body),
+            Backend::Wgpu => with_engine!(@arm $data, $held, |d| learnlaw_wgpu::WgpuPerceptron::new(d), |$e, $h| $body),
             Backend::WgpuF16 => {
                 let opts = learnlaw_wgpu::Options { storage: learnlaw_wgpu::Storage::F16, ..Default::default() };
-                let mut $e = learnlaw_wgpu::WgpuPerceptron::with_options($data, &opts)?;
-                $body
+                with_engine!(@arm $data, $held, |d| learnlaw_wgpu::WgpuPerceptron::with_options(d, &opts), |$e, $h| $body)
             }
-            Backend::Cuda => {
-                let mut $e = learnlaw_cuda::CudaPerceptron::new($data)?;
-                $body
-            }
+            Backend::Cuda => with_engine!(@arm $data, $held, |d| learnlaw_cuda::CudaPerceptron::new(d), |$e, $h| $body),
         }
     };
+    (@arm $data:expr, $held:expr, |$d:ident| $make:expr, |$e:ident, $h:ident| $body:expr) => {{
+        let make = |$d: &PerceptronData| $make;
+        let mut $e = make($data)?;
+        #[allow(unused_mut)]
+        let mut $h = match $held {
+            Some(d) => Some(make(d)?),
+            None => None,
+        };
+        $body
+    }};
 }
 
 fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()> {
@@ -258,15 +297,23 @@ fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()>
         data: data_abs,
         data_fingerprint: run::fingerprint(data_path)?,
         init_seed: settings.init_seed,
-        search: settings.search_config(),
+        search: settings.search_config()?,
     };
     let dir = RunDir::new(out);
     let theta0 = theta0(&data, settings.init_seed);
+    let (search_data, heldout_data) = match cfg.search.holdout {
+        Some(f) => {
+            let (s, h) = data.split_dev(f)?;
+            println!("holding out {} of the {} dev examples", h.dev.len(), data.dev.len());
+            (s, Some(h))
+        }
+        None => (data, None),
+    };
     let bar = ProgressBar::new(cfg.search.epochs as u64);
     bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed} < {eta})")?.progress_chars("=> "));
-    let history = with_engine!(settings.backend, &data, |e| {
+    let history = with_engine!(settings.backend, &search_data, heldout_data.as_ref(), |e, heldout| {
         bar.set_prefix(format!("search on {}", e.name()));
-        run::search(&mut e, &dir, &cfg, &theta0, |ev| {
+        run::search_with_holdout(&mut e, heldout.as_mut(), &dir, &cfg, &theta0, |ev| {
             bar.set_position(ev.epoch as u64);
             if let (Some(first), Some(j)) = (ev.history.j.first(), ev.history.j.last()) {
                 bar.set_message(format!("J {first:.5} → {j:.5}"));
@@ -284,6 +331,15 @@ fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()>
         history.seconds_per_epoch(),
         dir.policy_path().display()
     );
+    if let Some(best) = history.best_epoch() {
+        println!(
+            "held-out J {:.6} → {:.6} (best {:.6} at epoch {best}, in {})",
+            history.heldout_j[0],
+            history.heldout_j[history.heldout_j.len() - 1],
+            history.heldout_j[best],
+            dir.best_policy_path().display()
+        );
+    }
     Ok(())
 }
 
@@ -301,6 +357,20 @@ fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
     let theta0 = theta0(&data, cfg.init_seed);
     let ev = with_engine!(backend, &data, |e| run::evaluate(&mut e, &dir, &theta0)?);
     print_evaluation(&ev, cfg.search.steps);
+    let summary = dir.read_summary()?;
+    if let Some(best) = summary.best_epoch {
+        let hj = &summary.heldout_j;
+        println!(
+            "held-out J {:.6} (epoch 0) → {:.6} (epoch {}), best {:.6} at epoch {best}",
+            hj[0],
+            hj[hj.len() - 1],
+            hj.len() - 1,
+            hj[best]
+        );
+    }
+    if let Some(epoch) = summary.evaluated_epoch {
+        println!("evaluated the policy of epoch {epoch}{}", if summary.best_epoch.is_some() { " (best by held-out J)" } else { "" });
+    }
     Ok(ev)
 }
 

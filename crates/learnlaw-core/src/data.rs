@@ -113,6 +113,21 @@ impl PerceptronRecipe {
 }
 
 impl PerceptronData {
+    /// Splits the desired set for a search with a held-out part: returns (the data with the first
+    /// K − ⌈F·K⌉ dev examples, the data with the last ⌈F·K⌉ as its dev set). Both parts must be
+    /// non-empty. Train, test and θ0 are shared.
+    pub fn split_dev(&self, fraction: f64) -> Result<(PerceptronData, PerceptronData)> {
+        let k = self.dev.len();
+        let held = (fraction * k as f64).ceil() as usize;
+        if !(fraction > 0.0 && fraction < 1.0) || held == 0 || held >= k {
+            return Err(Error::config("holdout", fraction, format!("must leave both parts of the {k} dev examples non-empty")));
+        }
+        let cut = k - held;
+        let part = |lo: usize, hi: usize| Examples { x: self.dev.x[lo * self.dim..hi * self.dim].to_vec(), y: self.dev.y[lo..hi].to_vec() };
+        let with_dev = |dev: Examples| PerceptronData { dev, ..self.clone() };
+        Ok((with_dev(part(0, cut)), with_dev(part(cut, k))))
+    }
+
     /// Draws the teacher, then train, dev and test inputs (in that order) from one ChaCha8 stream
     /// seeded with `recipe.seed`; y = 1 if w·x > 0 else 0. θ0 is left `None`.
     pub fn generate(recipe: &PerceptronRecipe) -> Result<Self> {

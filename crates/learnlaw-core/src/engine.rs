@@ -7,7 +7,7 @@
 //!
 //! Conventions: θ is a vector of `num_params()` reals; a policy γ is `[T, N]` row-major with
 //! N = `num_train()`, and step t uses row t. Host-side scalars are f64 whatever the engine stores.
-use crate::{Real, Result};
+use crate::{Error, Real, Result};
 
 /// An evaluation set of the task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,4 +84,34 @@ pub trait Engine {
     /// Per-example gradient dots ∇l_n(θ)·v, written to `out` (length N), without materialising
     /// per-example gradients. With v = ∇L_dev(θ) these are the contributions CT_n.
     fn train_dots(&mut self, theta: &Self::Vec, v: &Self::Vec, out: &mut Self::Vec) -> Result<()>;
+
+    /// Largest |x_i| of a vector (0 for an empty one). The default goes through the host.
+    fn max_abs(&mut self, x: &Self::Vec) -> Result<f64> {
+        Ok(self.download(x)?.iter().fold(0.0f64, |m, v| m.max(v.f64().abs())))
+    }
+
+    /// One exponentiated-gradient (mirror-descent) step on every row of `gamma` (rows of length
+    /// `row_len`, each on the simplex): γ_t ← γ_t ⊙ exp(−step·g_t) / Σ_n γ_{t,n} exp(−step·g_{t,n}).
+    /// Rows stay on the simplex without a projection. The default goes through the host.
+    fn exp_grad_rows(&mut self, gamma: &mut Self::Vec, grad: &Self::Vec, step: f64, row_len: usize) -> Result<()> {
+        let mut g = self.download(gamma)?;
+        let d = self.download(grad)?;
+        if g.len() != d.len() || row_len == 0 || g.len() % row_len != 0 {
+            return Err(Error::shape("exp_grad_rows", g.len(), d.len()));
+        }
+        for (row, drow) in g.chunks_mut(row_len).zip(d.chunks(row_len)) {
+            // Subtracting the row's smallest gradient keeps every exponent ≤ 0 (no overflow).
+            let min = drow.iter().fold(f64::INFINITY, |m, v| m.min(v.f64()));
+            let w: Vec<f64> = row.iter().zip(drow).map(|(x, v)| x.f64() * (-step * (v.f64() - min)).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            if !(sum.is_finite() && sum > 0.0) {
+                return Err(Error::Numerical(format!("exponentiated-gradient row sum {sum}")));
+            }
+            for (x, w) in row.iter_mut().zip(&w) {
+                *x = Self::Real::of(w / sum);
+            }
+        }
+        *gamma = self.upload(&g)?;
+        Ok(())
+    }
 }

@@ -6,6 +6,9 @@
 //! RUN_DIR/policy.safetensors   γ [T, N] after the last completed epoch + the J history (metadata)
 //! RUN_DIR/summary.json         J and CR per epoch, seconds per epoch, AR, Learning-Law statistics
 //! RUN_DIR/curves.csv           dev and test loss per step, constant vs optimised policy
+//! RUN_DIR/best_policy.safetensors  with a held-out part of the desired set (`holdout`): the
+//!                              policy of lowest held-out J so far (metadata: its epoch and J);
+//!                              `evaluate` then evaluates it (early stopping)
 //! ```
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -19,6 +22,7 @@ use crate::eval::{self, Curves, LawStats};
 use crate::policy::Policy;
 use crate::search::{compression_ratio, Search, SearchConfig};
 use crate::tensor_file::write_atomic;
+use crate::unroll::Workspace;
 use crate::{Error, Real, Result};
 
 /// Everything that determines a search's result; a resumed search must match it exactly.
@@ -44,6 +48,9 @@ pub struct History {
     pub cr: Vec<f64>,
     /// Wall-clock seconds of each completed outer epoch.
     pub seconds: Vec<f64>,
+    /// With a held-out desired part: J of γ_e on it (like `j`, epoch 0 = the constant policy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heldout_j: Vec<f64>,
 }
 
 impl History {
@@ -54,6 +61,20 @@ impl History {
     pub fn seconds_per_epoch(&self) -> f64 {
         self.seconds.iter().sum::<f64>() / self.seconds.len().max(1) as f64
     }
+    /// The epoch of lowest held-out J (the first of equals), if there is a held-out part.
+    pub fn best_epoch(&self) -> Option<usize> {
+        best_index(&self.heldout_j)
+    }
+}
+
+fn best_index(v: &[f64]) -> Option<usize> {
+    v.iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f64)>, (i, &j)| match best {
+            Some((_, b)) if b <= j => best,
+            _ => Some((i, j)),
+        })
+        .map(|(i, _)| i)
 }
 
 /// The numbers of one evaluated policy against the constant policy.
@@ -87,6 +108,20 @@ pub struct Summary {
     pub seconds_per_epoch: f64,
     /// Test-set acceleration ratio (copied from `evaluation` for the quick look).
     pub ar: Option<f64>,
+    /// Desired-set (whole dev set) and test-set acceleration ratios (copied from `evaluation`).
+    #[serde(default)]
+    pub ar_dev: Option<f64>,
+    #[serde(default)]
+    pub ar_test: Option<f64>,
+    /// J on the held-out part of the desired set per epoch (empty without `holdout`).
+    #[serde(default)]
+    pub heldout_j: Vec<f64>,
+    /// The epoch of lowest held-out J: the policy in best_policy.safetensors.
+    #[serde(default)]
+    pub best_epoch: Option<usize>,
+    /// The epoch of the policy `evaluation` describes (the best one with `holdout`, else the last).
+    #[serde(default)]
+    pub evaluated_epoch: Option<usize>,
     pub evaluation: Option<Evaluation>,
 }
 
@@ -95,6 +130,7 @@ pub struct RunDir {
 }
 
 const HISTORY_KEY: &str = "history";
+const BEST_EPOCH_KEY: &str = "epoch";
 
 impl RunDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -105,6 +141,9 @@ impl RunDir {
     }
     pub fn policy_path(&self) -> PathBuf {
         self.root.join("policy.safetensors")
+    }
+    pub fn best_policy_path(&self) -> PathBuf {
+        self.root.join("best_policy.safetensors")
     }
     pub fn summary_path(&self) -> PathBuf {
         self.root.join("summary.json")
@@ -139,6 +178,23 @@ impl RunDir {
     fn write_policy(&self, policy: &Policy, history: &History) -> Result<()> {
         let json = serde_json::to_string(history).map_err(|e| Error::format(self.policy_path(), e))?;
         policy.save(&self.policy_path(), HashMap::from([(HISTORY_KEY.to_string(), json)]))
+    }
+
+    /// The best policy by held-out J and its epoch, if the search had a held-out part.
+    pub fn read_best_policy(&self) -> Result<Option<(Policy, usize)>> {
+        let path = self.best_policy_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (policy, meta) = Policy::load(&path)?;
+        let epoch =
+            meta.get(BEST_EPOCH_KEY).and_then(|e| e.parse().ok()).ok_or_else(|| Error::format(&path, "no best epoch in the metadata"))?;
+        Ok(Some((policy, epoch)))
+    }
+
+    fn write_best_policy(&self, policy: &Policy, epoch: usize, heldout_j: f64) -> Result<()> {
+        let meta = HashMap::from([(BEST_EPOCH_KEY.to_string(), epoch.to_string()), ("heldout_j".to_string(), heldout_j.to_string())]);
+        policy.save(&self.best_policy_path(), meta)
     }
 
     pub fn read_summary(&self) -> Result<Summary> {
@@ -191,9 +247,52 @@ pub fn search<E: Engine>(
     dir: &RunDir,
     cfg: &RunConfig,
     theta0: &[f32],
+    on_epoch: impl FnMut(&EpochEvent) -> ControlFlow<()>,
+) -> Result<History> {
+    search_with_holdout(e, None, dir, cfg, theta0, on_epoch)
+}
+
+/// J on a held-out desired set: an engine whose dev set is the held-out part, and its buffers.
+struct HeldOut<'a, E: Engine> {
+    e: &'a mut E,
+    ws: Workspace<E>,
+    theta0: E::Vec,
+}
+
+impl<'a, E: Engine> HeldOut<'a, E> {
+    fn new(e: &'a mut E, cfg: &SearchConfig, theta0: &[f32]) -> Result<Self> {
+        // A forward pass only needs its running θ; √T checkpoints keep the unused buffers small.
+        let every = (cfg.steps as f64).sqrt().ceil() as usize;
+        let ws = Workspace::new(e, cfg.unroll(), every)?;
+        let theta0 = e.upload(&to_real(theta0))?;
+        Ok(HeldOut { e, ws, theta0 })
+    }
+    fn j(&mut self, gamma: &[E::Real]) -> Result<f64> {
+        let gamma = self.e.upload(gamma)?;
+        Ok(self.ws.forward(self.e, &self.theta0, &gamma)?.j)
+    }
+}
+
+/// Like `search`; with `heldout` (an engine of the same train set whose dev set is the held-out
+/// part of the desired set, see `PerceptronData::split_dev`), also records each policy's J on the
+/// held-out part and keeps the best one in best_policy.safetensors (early stopping). `e`'s dev set
+/// is then the search part.
+pub fn search_with_holdout<E: Engine>(
+    e: &mut E,
+    heldout: Option<&mut E>,
+    dir: &RunDir,
+    cfg: &RunConfig,
+    theta0: &[f32],
     mut on_epoch: impl FnMut(&EpochEvent) -> ControlFlow<()>,
 ) -> Result<History> {
     cfg.search.validate()?;
+    if heldout.is_some() != cfg.search.holdout.is_some() {
+        return Err(Error::config(
+            "holdout",
+            format!("{:?}", cfg.search.holdout),
+            "a held-out engine is needed exactly when holdout is set",
+        ));
+    }
     std::fs::create_dir_all(&dir.root).map_err(|err| Error::io(&dir.root, err))?;
     let n = e.num_train();
     let (policy, mut history) = match dir.read_policy()? {
@@ -226,7 +325,28 @@ pub fn search<E: Engine>(
         return Ok(history);
     }
     let mut search = Search::new(e, &cfg.search, &to_real(theta0), &to_real(&policy.gamma), done)?;
+    let mut heldout = heldout.map(|h| HeldOut::new(h, &cfg.search, theta0)).transpose()?;
+    if let Some(h) = &heldout {
+        if h.e.num_train() != n {
+            return Err(Error::shape("held-out engine examples", n, h.e.num_train()));
+        }
+    }
+    history.heldout_j.truncate(history.epochs_done());
+    // Held-out J of the current policy γ_e; saves it as the best when it beats all before.
+    let track_best = |search: &Search<E>, e: &mut E, history: &mut History, h: &mut HeldOut<E>| -> Result<()> {
+        let epoch = history.heldout_j.len();
+        let gamma = search.policy(e)?;
+        let j = h.j(&gamma)?;
+        if history.heldout_j.iter().all(|&b| j < b) {
+            dir.write_best_policy(&Policy { steps: cfg.search.steps, examples: n, gamma: to_f32(&gamma) }, epoch, j)?;
+        }
+        history.heldout_j.push(j);
+        Ok(())
+    };
     while search.epoch() < epochs {
+        if let Some(h) = heldout.as_mut() {
+            track_best(&search, e, &mut history, h)?;
+        }
         let start = Instant::now();
         let fwd = search.step(e)?;
         history.j.push(fwd.j);
@@ -237,6 +357,9 @@ pub fn search<E: Engine>(
         if on_epoch(&EpochEvent { epoch: search.epoch(), epochs, history: &history }).is_break() {
             return Ok(history);
         }
+    }
+    if let Some(h) = heldout.as_mut() {
+        track_best(&search, e, &mut history, h)?;
     }
     let fwd = search.evaluate(e)?;
     history.j.push(fwd.j);
@@ -252,21 +375,39 @@ pub fn search<E: Engine>(
     summary.j = history.j.clone();
     summary.cr = history.cr.clone();
     summary.seconds_per_epoch = history.seconds_per_epoch();
+    summary.heldout_j = history.heldout_j.clone();
+    summary.best_epoch = history.best_epoch();
     dir.write_summary(&summary)?;
     Ok(history)
 }
 
 fn describe(cfg: &RunConfig) -> String {
     let s = &cfg.search;
-    format!("{} on {} with T={} η={} E={} lr={}", cfg.task, cfg.data.display(), s.steps, s.eta, s.epochs, s.outer_lr)
+    format!(
+        "{} on {} with T={} η={} E={} lr={} {:?} holdout {:?} reg {:?}",
+        cfg.task,
+        cfg.data.display(),
+        s.steps,
+        s.eta,
+        s.epochs,
+        s.outer_lr,
+        s.optimizer,
+        s.holdout,
+        s.reg_l2
+    )
 }
 
-/// Retrains with the saved policy and with the constant policy, writes curves.csv and the
-/// evaluation into summary.json, and returns it.
+/// Retrains with the saved policy (the best one by held-out J when the search had a held-out part)
+/// and with the constant policy on the whole data of the run (all of the desired set), writes
+/// curves.csv and the evaluation into summary.json, and returns it.
 pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Evaluation> {
     let cfg = dir.read_config()?;
     let (policy, history) =
         dir.read_policy()?.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
+    let (policy, evaluated_epoch) = match dir.read_best_policy()? {
+        Some((best, epoch)) if cfg.search.holdout.is_some() => (best, epoch),
+        _ => (policy, history.j.len().saturating_sub(1)),
+    };
     if policy.examples != e.num_train() {
         return Err(Error::shape("policy examples", e.num_train(), policy.examples));
     }
@@ -302,6 +443,11 @@ pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Ev
         ..Summary::default()
     });
     summary.ar = evaluation.ar;
+    summary.ar_test = evaluation.ar;
+    summary.ar_dev = evaluation.ar_dev;
+    summary.heldout_j = history.heldout_j.clone();
+    summary.best_epoch = history.best_epoch();
+    summary.evaluated_epoch = Some(evaluated_epoch);
     summary.evaluation = Some(evaluation.clone());
     dir.write_summary(&summary)?;
     Ok(evaluation)

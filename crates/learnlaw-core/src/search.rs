@@ -3,11 +3,23 @@
 //! The paper's method, kept exactly as the reproduction default: one full-gradient SGD step on all
 //! γ per outer epoch with the learning rate decayed linearly from `outer_lr` to 0 over the epochs
 //! (lr_e = outer_lr·(E−e)/E), then the exact Euclidean projection of every row onto the simplex.
+//!
+//! Beside it (same linear decay of lr_e, step sizes normalised so one lr works across sizes):
+//! - `ExpGrad`: exponentiated gradient (mirror descent on the simplex),
+//!   γ_t ← γ_t ⊙ exp(−lr_e·g_t / max|g|) / Σ — rows stay on the simplex, no projection;
+//! - `Adam`: Adam moments (β = 0.9, 0.999, bias-corrected), step (lr_e/N)·m̂/(√v̂ + ε) with
+//!   ε = 1e-8·max√v̂ (scale-free), then the projection.
+//!
+//! The optional L2 pull toward the constant policy, reg·‖γ − 1/N‖², is applied as its exact
+//! proximal step after the optimiser's step, γ ← (γ + κ/N)/(1 + κ) with κ = 2·reg·lr_e: for SGD
+//! this is the implicit form of adding 2·reg·(γ − 1/N) to ∂J/∂γ (the explicit form diverges once
+//! 2·reg·lr_e > 2), and for every optimiser a huge reg keeps γ at the constant policy. A convex
+//! combination of two points of the simplex stays on it, so no further projection is needed.
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::unroll::{Forward, Unroll, Workspace};
-use crate::{Error, Result};
+use crate::{Error, Real, Result};
 
 /// How the policy is updated from ∂J/∂γ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +27,21 @@ use crate::{Error, Result};
 pub enum OuterOptimizer {
     /// The paper's: SGD, linear decay to 0, then projection onto the simplex.
     Sgd,
+    /// Exponentiated gradient (mirror descent on the simplex), step lr_e / max|∂J/∂γ|.
+    ExpGrad,
+    /// Adam moments, step lr_e/N per entry, then projection onto the simplex.
+    Adam,
+}
+
+impl OuterOptimizer {
+    /// A reasonable outer learning rate for the optimiser (SGD: the paper's).
+    pub fn default_lr(self) -> f64 {
+        match self {
+            OuterOptimizer::Sgd => 0.001,
+            OuterOptimizer::ExpGrad => 1.0,
+            OuterOptimizer::Adam => 0.1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +58,13 @@ pub struct SearchConfig {
     pub optimizer: OuterOptimizer,
     /// Keep θ every k inner steps and recompute between (None: keep all when they fit in 2 GiB).
     pub checkpoint_every: Option<usize>,
+    /// Fraction of the desired set held out from the search (the last ⌈F·K⌉ examples) to pick
+    /// the best policy by held-out J (early stopping). None: search on the whole desired set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+    /// Strength of the L2 pull reg·‖γ − 1/N‖² toward the constant policy (None: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reg_l2: Option<f64>,
 }
 
 /// Memory the θ history may take before the unroll switches to √T checkpointing.
@@ -39,7 +73,16 @@ const THETA_HISTORY_BUDGET: usize = 2 << 30;
 impl SearchConfig {
     /// The official perceptron script: T = 2000, η = 0.1, 500 epochs at outer lr 0.001.
     pub fn paper_perceptron() -> Self {
-        SearchConfig { steps: 2000, eta: 0.1, epochs: 500, outer_lr: 0.001, optimizer: OuterOptimizer::Sgd, checkpoint_every: None }
+        SearchConfig {
+            steps: 2000,
+            eta: 0.1,
+            epochs: 500,
+            outer_lr: 0.001,
+            optimizer: OuterOptimizer::Sgd,
+            checkpoint_every: None,
+            holdout: None,
+            reg_l2: None,
+        }
     }
 
     pub fn unroll(&self) -> Unroll {
@@ -51,17 +94,25 @@ impl SearchConfig {
         if !(self.outer_lr.is_finite() && self.outer_lr >= 0.0) {
             return Err(Error::config("outer_lr", self.outer_lr, "must be a finite number ≥ 0"));
         }
+        if let Some(f) = self.holdout {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::config("holdout", f, "must be a fraction strictly between 0 and 1"));
+            }
+        }
+        if let Some(r) = self.reg_l2 {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(Error::config("reg_l2", r, "must be a finite number ≥ 0"));
+            }
+        }
         if self.checkpoint_every == Some(0) {
             return Err(Error::config("checkpoint_every", 0, "must be at least 1"));
         }
         Ok(())
     }
 
-    /// The outer learning rate of epoch e (0-based).
+    /// The outer learning rate of epoch e (0-based): linear decay to 0, for every optimiser.
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        match self.optimizer {
-            OuterOptimizer::Sgd => self.outer_lr * (self.epochs.saturating_sub(epoch)) as f64 / self.epochs.max(1) as f64,
-        }
+        self.outer_lr * (self.epochs.saturating_sub(epoch)) as f64 / self.epochs.max(1) as f64
     }
 }
 
@@ -73,6 +124,11 @@ pub struct Search<E: Engine> {
     gamma: E::Vec,
     grad: E::Vec,
     epoch: usize,
+    /// Adam's first and second moments (host; allocated on the first Adam step).
+    adam: Option<(Vec<f64>, Vec<f64>)>,
+    adam_steps: u32,
+    /// The constant policy 1/N, [T, N] (only with reg_l2).
+    constant: Option<E::Vec>,
 }
 
 impl<E: Engine> Search<E> {
@@ -96,6 +152,12 @@ impl<E: Engine> Search<E> {
             gamma: e.upload(gamma)?,
             grad: e.zeros(gamma.len())?,
             epoch,
+            adam: None,
+            adam_steps: 0,
+            constant: match cfg.reg_l2 {
+                Some(_) => Some(e.upload(&vec![E::Real::of(1.0 / n as f64); gamma.len()])?),
+                None => None,
+            },
         })
     }
 
@@ -104,13 +166,68 @@ impl<E: Engine> Search<E> {
         self.epoch
     }
 
-    /// One outer epoch: J(γ_e) and ∂J/∂γ, then γ_{e+1} = Π(γ_e − lr_e ∂J/∂γ). Returns γ_e's forward.
+    /// One outer epoch: J(γ_e) and ∂J/∂γ, then γ_{e+1} by the configured optimiser (SGD:
+    /// Π(γ_e − lr_e ∂J/∂γ)). Returns γ_e's forward.
     pub fn step(&mut self, e: &mut E) -> Result<Forward> {
         let fwd = self.ws.gradient(e, &self.theta0, &self.gamma, &mut self.grad)?;
-        e.axpy(-self.cfg.lr_at(self.epoch), &self.grad, &mut self.gamma)?;
-        e.project_simplex_rows(&mut self.gamma, e.num_train())?;
+        let lr = self.cfg.lr_at(self.epoch);
+        let n = e.num_train();
+        match self.cfg.optimizer {
+            OuterOptimizer::Sgd => {
+                e.axpy(-lr, &self.grad, &mut self.gamma)?;
+                e.project_simplex_rows(&mut self.gamma, n)?;
+            }
+            OuterOptimizer::ExpGrad => {
+                let scale = e.max_abs(&self.grad)?;
+                if !scale.is_finite() {
+                    return Err(Error::Numerical(format!("policy gradient max |g| = {scale}")));
+                }
+                if scale > 0.0 {
+                    e.exp_grad_rows(&mut self.gamma, &self.grad, lr / scale, n)?;
+                }
+            }
+            OuterOptimizer::Adam => {
+                let delta = self.adam_delta(e, lr, n)?;
+                let delta = e.upload(&delta)?;
+                e.axpy(-1.0, &delta, &mut self.gamma)?;
+                e.project_simplex_rows(&mut self.gamma, n)?;
+            }
+        }
+        if let (Some(reg), Some(constant)) = (self.cfg.reg_l2, &self.constant) {
+            let kappa = 2.0 * reg * lr;
+            if kappa > 0.0 {
+                e.scale(1.0 / (1.0 + kappa), &mut self.gamma)?;
+                e.axpy(kappa / (1.0 + kappa), constant, &mut self.gamma)?;
+            }
+        }
         self.epoch += 1;
         Ok(fwd)
+    }
+
+    /// Adam's step (lr/N)·m̂/(√v̂ + ε) from the current gradient, updating the moments.
+    fn adam_delta(&mut self, e: &mut E, lr: f64, n: usize) -> Result<Vec<E::Real>> {
+        const B1: f64 = 0.9;
+        const B2: f64 = 0.999;
+        let g = e.download(&self.grad)?;
+        let (m, v) = self.adam.get_or_insert_with(|| (vec![0.0; g.len()], vec![0.0; g.len()]));
+        // Moments restart on resume (they are not saved): a resumed Adam search is not
+        // bit-identical to an uninterrupted one.
+        for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(&g) {
+            let g = g.f64();
+            *m = B1 * *m + (1.0 - B1) * g;
+            *v = B2 * *v + (1.0 - B2) * g * g;
+        }
+        self.adam_steps += 1;
+        let t = self.adam_steps as i32;
+        let (c1, c2) = (1.0 - B1.powi(t), 1.0 - B2.powi(t));
+        let vmax = v.iter().fold(0.0f64, |a, &b| a.max(b)) / c2;
+        let eps = 1e-8 * vmax.sqrt() + f64::MIN_POSITIVE;
+        let step = lr / n as f64;
+        let delta: Vec<E::Real> = m.iter().zip(v.iter()).map(|(m, v)| E::Real::of(step * (m / c1) / ((v / c2).sqrt() + eps))).collect();
+        if delta.iter().any(|d| !d.f64().is_finite()) {
+            return Err(Error::Numerical("non-finite Adam step".into()));
+        }
+        Ok(delta)
     }
 
     /// J and the dev curve of the current policy.
