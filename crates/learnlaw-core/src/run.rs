@@ -367,18 +367,25 @@ pub fn search_with_holdout<E: Engine>(
     let gamma = to_f32(&search.policy(e)?);
     dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
     let mut summary = dir.read_summary().unwrap_or_default();
-    summary.task = cfg.task.clone();
-    summary.backend = cfg.backend.clone();
-    summary.steps = cfg.search.steps;
-    summary.epochs = epochs;
-    summary.epochs_done = history.epochs_done();
-    summary.j = history.j.clone();
-    summary.cr = history.cr.clone();
-    summary.seconds_per_epoch = history.seconds_per_epoch();
-    summary.heldout_j = history.heldout_j.clone();
-    summary.best_epoch = history.best_epoch();
+    summary.set_search(cfg, &history);
     dir.write_summary(&summary)?;
     Ok(history)
+}
+
+impl Summary {
+    /// The search's part of the summary, from the run's config and the policy file's history.
+    fn set_search(&mut self, cfg: &RunConfig, history: &History) {
+        self.task = cfg.task.clone();
+        self.backend = cfg.backend.clone();
+        self.steps = cfg.search.steps;
+        self.epochs = cfg.search.epochs;
+        self.epochs_done = history.epochs_done();
+        self.j = history.j.clone();
+        self.cr = history.cr.clone();
+        self.seconds_per_epoch = history.seconds_per_epoch();
+        self.heldout_j = history.heldout_j.clone();
+        self.best_epoch = history.best_epoch();
+    }
 }
 
 fn describe(cfg: &RunConfig) -> String {
@@ -431,22 +438,11 @@ pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Ev
         law_policy: law_p.unwrap_or_default(),
     };
     dir.write_curves(&c, &p)?;
-    let mut summary = dir.read_summary().unwrap_or_else(|_| Summary {
-        task: cfg.task.clone(),
-        backend: cfg.backend.clone(),
-        steps: cfg.search.steps,
-        epochs: cfg.search.epochs,
-        epochs_done: history.epochs_done(),
-        j: history.j.clone(),
-        cr: history.cr.clone(),
-        seconds_per_epoch: history.seconds_per_epoch(),
-        ..Summary::default()
-    });
+    let mut summary = dir.read_summary().unwrap_or_default();
+    summary.set_search(&cfg, &history);
     summary.ar = evaluation.ar;
     summary.ar_test = evaluation.ar;
     summary.ar_dev = evaluation.ar_dev;
-    summary.heldout_j = history.heldout_j.clone();
-    summary.best_epoch = history.best_epoch();
     summary.evaluated_epoch = Some(evaluated_epoch);
     summary.evaluation = Some(evaluation.clone());
     dir.write_summary(&summary)?;
