@@ -19,6 +19,15 @@ pub enum Set {
     Test,
 }
 
+/// FLOPs of one inner step of the unrolled run and of its adjoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepFlops {
+    /// `forward_step`: the γ-weighted gradient, the update and L_dev(θ_t).
+    pub forward: f64,
+    /// `backward_step`: N per-example dots, the HVP and ∇L_dev(θ_t).
+    pub backward: f64,
+}
+
 pub trait Engine {
     /// The element type of the engine's vectors.
     type Real: Real;
@@ -31,6 +40,13 @@ pub trait Engine {
     fn num_params(&self) -> usize;
     /// Number of training examples N (length of one policy row).
     fn num_train(&self) -> usize;
+    /// |V|, the number of output classes: 2 for the perceptron, the vocabulary for a language
+    /// model. The compression ratio is CR = log2|V| / mean L_dev.
+    fn num_classes(&self) -> usize;
+    /// Analytic floating-point operations of one `forward_step` and one `backward_step` (a
+    /// multiply-add counts 2), for AUC-per-FLOP accounting. The count is the algorithm's, the same
+    /// on every backend of a task.
+    fn step_flops(&self) -> StepFlops;
 
     fn zeros(&mut self, len: usize) -> Result<Self::Vec>;
     fn upload(&mut self, host: &[Self::Real]) -> Result<Self::Vec>;

@@ -19,6 +19,6 @@ pub mod simplex;
 mod tensor_file;
 pub mod unroll;
 
-pub use engine::{Engine, Set};
+pub use engine::{Engine, Set, StepFlops};
 pub use error::{Error, Result};
 pub use real::Real;

@@ -343,6 +343,7 @@ pub fn search_with_holdout<E: Engine>(
         history.heldout_j.push(j);
         Ok(())
     };
+    let classes = e.num_classes();
     while search.epoch() < epochs {
         if let Some(h) = heldout.as_mut() {
             track_best(&search, e, &mut history, h)?;
@@ -350,7 +351,7 @@ pub fn search_with_holdout<E: Engine>(
         let start = Instant::now();
         let fwd = search.step(e)?;
         history.j.push(fwd.j);
-        history.cr.push(compression_ratio(&fwd.dev, 2));
+        history.cr.push(compression_ratio(&fwd.dev, classes));
         history.seconds.push(start.elapsed().as_secs_f64());
         let gamma = to_f32(&search.policy(e)?);
         dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
@@ -363,7 +364,7 @@ pub fn search_with_holdout<E: Engine>(
     }
     let fwd = search.evaluate(e)?;
     history.j.push(fwd.j);
-    history.cr.push(compression_ratio(&fwd.dev, 2));
+    history.cr.push(compression_ratio(&fwd.dev, classes));
     let gamma = to_f32(&search.policy(e)?);
     dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
     let mut summary = dir.read_summary().unwrap_or_default();

@@ -35,7 +35,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 use learnlaw_core::data::{Examples, PerceptronData};
-use learnlaw_core::{Engine, Error, Result, Set};
+use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 
 const BACKEND: &str = "cuda";
 /// Threads per block of every kernel (`BLOCK` in the .cu files).
@@ -669,6 +669,12 @@ impl Engine for CudaPerceptron {
     }
     fn num_train(&self) -> usize {
         self.train.rows
+    }
+    fn num_classes(&self) -> usize {
+        2
+    }
+    fn step_flops(&self) -> StepFlops {
+        learnlaw_core::perceptron::step_flops(self.num_train(), self.dev.rows, self.dim)
     }
 
     fn zeros(&mut self, len: usize) -> Result<CudaVec> {

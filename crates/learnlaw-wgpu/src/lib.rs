@@ -39,7 +39,7 @@ use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use learnlaw_core::data::{Examples, PerceptronData};
-use learnlaw_core::{Engine, Error, Result, Set};
+use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 use wgpu::util::DeviceExt;
 
 const BACKEND: &str = "wgpu";
@@ -962,6 +962,12 @@ impl Engine for WgpuPerceptron {
     }
     fn num_train(&self) -> usize {
         self.train.rows
+    }
+    fn num_classes(&self) -> usize {
+        2
+    }
+    fn step_flops(&self) -> StepFlops {
+        learnlaw_core::perceptron::step_flops(self.num_train(), self.dev.rows, self.dim)
     }
 
     fn zeros(&mut self, len: usize) -> Result<WgpuVec> {

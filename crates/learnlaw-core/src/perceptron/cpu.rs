@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
 use crate::data::{Examples, PerceptronData};
-use crate::engine::{Engine, Set};
+use crate::engine::{Engine, Set, StepFlops};
+use crate::perceptron;
 use crate::{simplex, Error, Real, Result};
 
 /// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
@@ -168,6 +169,12 @@ impl<R: Real> Engine for CpuPerceptron<R> {
     }
     fn num_train(&self) -> usize {
         self.train.rows()
+    }
+    fn num_classes(&self) -> usize {
+        2
+    }
+    fn step_flops(&self) -> StepFlops {
+        perceptron::step_flops(self.num_train(), self.dev.rows(), self.dim)
     }
 
     fn zeros(&mut self, len: usize) -> Result<Vec<R>> {
