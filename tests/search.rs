@@ -56,6 +56,7 @@ fn run_config(p: &Problem, backend: &str, search: SearchConfig) -> RunConfig {
         data: p.path.clone(),
         data_fingerprint: run::fingerprint(&p.path).unwrap(),
         init_seed: 10,
+        model: None,
         search,
     }
 }

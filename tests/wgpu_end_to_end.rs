@@ -23,6 +23,7 @@ fn run_config(path: &Path, backend: &str) -> RunConfig {
         data: path.to_path_buf(),
         data_fingerprint: run::fingerprint(path).unwrap(),
         init_seed: 10,
+        model: None,
         search: SearchConfig {
             steps: 50,
             eta: 0.3,

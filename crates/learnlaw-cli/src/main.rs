@@ -1,15 +1,21 @@
 //! `learnlaw`: generate data, search for a near-optimal learning policy, evaluate it.
+mod report;
+mod task;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use learnlaw_core::data::{init_theta, PerceptronData, PerceptronRecipe};
+use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::CpuPerceptron;
 use learnlaw_core::run::{self, Evaluation, RunConfig, RunDir};
 use learnlaw_core::search::{OuterOptimizer, SearchConfig};
+use learnlaw_core::text::TokenData;
+use learnlaw_core::transformer::CpuTransformer;
 use learnlaw_core::Engine;
+use task::{with_engine, ModelArgs, Task, TaskKind, TextArgs};
 
 #[derive(Parser)]
 #[command(name = "learnlaw", version, about = "Near-optimal learning policies (the Learning Law) by differentiating through training")]
@@ -27,6 +33,9 @@ enum Command {
     Search(SearchArgs),
     /// Retrain with the run's policy and the constant policy; report AR, AUC and the Learning Law.
     Eval(EvalArgs),
+    /// Figures (SVG, PNG) and report.md for an evaluated run: J and CR per epoch, loss curves with
+    /// scaling-law fits, SIM, zero-weight shares, weights of well-learned examples, the policy.
+    Report(report::ReportArgs),
     /// Data, search and evaluation with the paper's settings in one go.
     #[command(subcommand)]
     Reproduce(ReproduceCommand),
@@ -40,6 +49,17 @@ enum DataCommand {
         out: PathBuf,
         #[command(flatten)]
         recipe: RecipeArgs,
+    },
+    /// Token sequences for the Transformer task (safetensors) and their BPE tokenizer (OUT with
+    /// the extension .tokenizer.json): generated TinyStories-like stories, or a corpus.
+    Text {
+        #[arg(long)]
+        out: PathBuf,
+        /// The paper's sizes (16384 / 512 / 512 sequences, context 64, vocabulary 5000).
+        #[arg(long)]
+        paper: bool,
+        #[command(flatten)]
+        text: TextArgs,
     },
 }
 
@@ -97,15 +117,15 @@ enum Backend {
 
 #[derive(Args, Clone)]
 struct SearchSettings {
-    /// Inner training steps T.
-    #[arg(long, default_value_t = 2000)]
-    steps: usize,
-    /// Inner learning rate η.
-    #[arg(long, default_value_t = 0.1)]
-    eta: f64,
-    /// Outer epochs E.
-    #[arg(long, default_value_t = 500)]
-    epochs: usize,
+    /// Inner training steps T (default: perceptron 2000, the paper's; transformer 200).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Inner learning rate η (default: perceptron 0.1, the paper's; transformer 0.5).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Outer epochs E (default: perceptron 500, the paper's; transformer 4).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Outer learning rate, decayed linearly to 0 over the epochs. SGD: on J = (1/T) Σ L_dev (the
     /// official code's; the paper's ε equals lr/T), default 0.001. exp-grad: on the normalised
     /// gradient g/max|g|, default 1. adam: in units of 1/N per entry, default 0.1.
@@ -142,7 +162,8 @@ enum Optimizer {
 }
 
 impl SearchSettings {
-    fn search_config(&self) -> Result<SearchConfig> {
+    fn search_config(&self, task: TaskKind) -> Result<SearchConfig> {
+        let (steps, eta, epochs) = task.default_unroll();
         let optimizer = match self.optimizer {
             Optimizer::Sgd => OuterOptimizer::Sgd,
             Optimizer::ExpGrad => OuterOptimizer::ExpGrad,
@@ -156,9 +177,9 @@ impl SearchSettings {
             Some(other) => bail!("--reg {other:?}: expected `--reg L2 STRENGTH`"),
         };
         let cfg = SearchConfig {
-            steps: self.steps,
-            eta: self.eta,
-            epochs: self.epochs,
+            steps: self.steps.unwrap_or(steps),
+            eta: self.eta.unwrap_or(eta),
+            epochs: self.epochs.unwrap_or(epochs),
             outer_lr: self.outer_lr.unwrap_or(optimizer.default_lr()),
             optimizer,
             checkpoint_every: self.checkpoint_every,
@@ -172,9 +193,14 @@ impl SearchSettings {
 
 #[derive(Args)]
 struct SearchArgs {
-    /// Data file (safetensors: x_train, y_train, x_dev, y_dev, x_test, y_test, optional theta0).
+    /// Data file: perceptron (safetensors: x_train, y_train, x_dev, y_dev, x_test, y_test,
+    /// optional theta0) or transformer (safetensors: train, dev, test token ids [n, context+1]).
     #[arg(long)]
     data: PathBuf,
+    #[arg(long, value_enum, default_value_t = TaskKind::Perceptron)]
+    task: TaskKind,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Run directory.
     #[arg(long)]
     out: PathBuf,
@@ -204,12 +230,43 @@ enum ReproduceCommand {
         #[command(flatten)]
         settings: SearchSettings,
     },
+    /// The Transformer LM experiment (paper §5) on TinyStories-like stories with the paper's
+    /// training noise; by default scaled to finish in minutes on a laptop CPU (hidden 64, 2
+    /// layers, 4 heads, context 32, N = 512, T = 200, 4 outer epochs); `--paper` for the paper's
+    /// sizes (hidden 128, 8 heads, context 64, N = 16384, T = 4000, 20 epochs at outer lr 0.4).
+    Transformer {
+        #[arg(long, default_value = "runs/transformer")]
+        out: PathBuf,
+        /// Use this token data file instead of generating RUN_DIR/data.safetensors.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The paper's sizes: data (16384 / 512 / 512 sequences, context 64, vocabulary 5000),
+        /// model (hidden 128, 8 heads, 2 layers) and search (T = 4000, η = 0.1, 20 epochs at
+        /// outer lr 0.4); explicit --steps/--eta/--epochs/--outer-lr still apply.
+        #[arg(long)]
+        paper: bool,
+        #[command(flatten)]
+        text: TextArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        settings: SearchSettings,
+    },
+}
+
+/// Creates the folder a file is to be written into.
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Data(DataCommand::Perceptron { out, recipe }) => {
             let data = PerceptronData::generate(&recipe.recipe())?;
+            create_parent(&out)?;
             data.save(&out)?;
             println!(
                 "wrote {} (D={}, train {}, dev {}, test {})",
@@ -220,99 +277,118 @@ fn main() -> Result<()> {
                 data.test.len()
             );
         }
+        Command::Data(DataCommand::Text { out, paper, text }) => {
+            let (data, bpe) = text.build(paper)?;
+            create_parent(&out)?;
+            data.save(&out)?;
+            let tokenizer = out.with_extension("tokenizer.json");
+            bpe.save(&tokenizer)?;
+            println!(
+                "wrote {} (vocabulary {}, context {}, train {}, dev {}, test {}) and {}",
+                out.display(),
+                data.vocab_size,
+                data.seq_len - 1,
+                data.n_train(),
+                data.n_dev(),
+                data.n_test(),
+                tokenizer.display()
+            );
+        }
         Command::Search(args) => {
-            search(&args.data, &args.out, &args.settings)?;
+            search(args.task, &args.data, &args.out, &args.settings, Some(&args.model))?;
         }
         Command::Eval(args) => {
             evaluate(&args.run_dir, args.backend)?;
+        }
+        Command::Report(args) => {
+            report::run(&args)?;
         }
         Command::Reproduce(ReproduceCommand::Perceptron { out, data, recipe, settings }) => {
             let data = match data {
                 Some(path) => path,
                 None => {
-                    let path = out.join("data.safetensors");
                     let generated = PerceptronData::generate(&recipe.recipe())?;
-                    if !path.exists() {
-                        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-                        generated.save(&path)?;
-                        println!("generated the paper's perceptron data into {}", path.display());
-                    } else if load_data(&path)? != generated {
-                        // A resumed run must not silently ignore changed data options.
-                        bail!("{} holds data from other data options; use another --out", path.display());
-                    }
-                    path
+                    generated_data(
+                        &out,
+                        "the paper's perceptron data",
+                        &generated,
+                        |d, p| Ok(d.save(p)?),
+                        |p| Ok(PerceptronData::load(p)?),
+                    )?
                 }
             };
-            search(&data, &out, &settings)?;
+            search(TaskKind::Perceptron, &data, &out, &settings, None)?;
+            evaluate(&out, Some(settings.backend))?;
+        }
+        Command::Reproduce(ReproduceCommand::Transformer { out, data, paper, text, mut model, mut settings }) => {
+            if paper {
+                model = ModelArgs { hidden: 128, heads: 8, ..model };
+                settings.steps = settings.steps.or(Some(4000));
+                settings.eta = settings.eta.or(Some(0.1));
+                settings.epochs = settings.epochs.or(Some(20));
+                settings.outer_lr = settings.outer_lr.or(Some(0.4));
+            }
+            let data = match data {
+                Some(path) => path,
+                None => {
+                    let (generated, bpe) = text.build(paper)?;
+                    let save = |d: &TokenData, p: &Path| -> Result<()> {
+                        d.save(p)?;
+                        Ok(bpe.save(&out.join("tokenizer.json"))?)
+                    };
+                    generated_data(&out, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
+                }
+            };
+            search(TaskKind::Transformer, &data, &out, &settings, Some(&model))?;
             evaluate(&out, Some(settings.backend))?;
         }
     }
     Ok(())
 }
 
-fn load_data(path: &Path) -> Result<PerceptronData> {
-    PerceptronData::load(path).with_context(|| format!("loading data from {}", path.display()))
+/// RUN_DIR/data.safetensors, saved from `generated` the first time; a resumed run must not
+/// silently ignore changed data options, so later calls check the file still holds `generated`.
+fn generated_data<D: PartialEq>(
+    out: &Path,
+    what: &str,
+    generated: &D,
+    save: impl FnOnce(&D, &Path) -> Result<()>,
+    load: impl FnOnce(&Path) -> Result<D>,
+) -> Result<PathBuf> {
+    let path = out.join("data.safetensors");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if !path.exists() {
+        save(generated, &path)?;
+        println!("generated {what} into {}", path.display());
+    } else if load(&path).with_context(|| format!("loading {}", path.display()))? != *generated {
+        bail!("{} holds data from other data options; use another --out", path.display());
+    }
+    Ok(path)
 }
 
-fn theta0(data: &PerceptronData, seed: u64) -> Vec<f32> {
-    data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed))
-}
-
-/// Runs `$body` with `$e` bound to the chosen backend's engine for `$data` (and, in the second
-/// form, `$h` to `Some` engine of the same backend for `$held`, an `Option<&PerceptronData>`).
-macro_rules! with_engine {
-    ($backend:expr, $data:expr, |$e:ident| $body:expr) => {
-        with_engine!($backend, $data, None::<&PerceptronData>, |$e, _held| $body)
-    };
-    ($backend:expr, $data:expr, $held:expr, |$e:ident, $h:ident| $body:expr) => {
-        match $backend {
-            Backend::Cpu => with_engine!(@arm $data, $held, |d| CpuPerceptron::<f32>::new(d), |$e, $h| $body),
-            Backend::CpuF64 => with_engine!(@arm $data, $held, |d| CpuPerceptron::<f64>::new(d), |$e, $h| $body),
-            Backend::Wgpu => with_engine!(@arm $data, $held, |d| learnlaw_wgpu::WgpuPerceptron::new(d), |$e, $h| $body),
-            Backend::WgpuF16 => {
-                let opts = learnlaw_wgpu::Options { storage: learnlaw_wgpu::Storage::F16, ..Default::default() };
-                with_engine!(@arm $data, $held, |d| learnlaw_wgpu::WgpuPerceptron::with_options(d, &opts), |$e, $h| $body)
-            }
-            Backend::Cuda => with_engine!(@arm $data, $held, |d| learnlaw_cuda::CudaPerceptron::new(d), |$e, $h| $body),
-        }
-    };
-    (@arm $data:expr, $held:expr, |$d:ident| $make:expr, |$e:ident, $h:ident| $body:expr) => {{
-        let make = |$d: &PerceptronData| $make;
-        let mut $e = make($data)?;
-        #[allow(unused_mut)]
-        let mut $h = match $held {
-            Some(d) => Some(make(d)?),
-            None => None,
-        };
-        $body
-    }};
-}
-
-fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()> {
-    let data = load_data(data_path)?;
+fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<()> {
+    let mut task = Task::for_search(kind, data_path, model)?;
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
     let cfg = RunConfig {
-        task: "perceptron".into(),
+        task: kind.name().into(),
         backend: settings.backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
         data: data_abs,
         data_fingerprint: run::fingerprint(data_path)?,
         init_seed: settings.init_seed,
-        search: settings.search_config()?,
+        model: task.model().cloned(),
+        search: settings.search_config(kind)?,
     };
     let dir = RunDir::new(out);
-    let theta0 = theta0(&data, settings.init_seed);
-    let (search_data, heldout_data) = match cfg.search.holdout {
-        Some(f) => {
-            let (s, h) = data.split_dev(f)?;
-            println!("holding out {} of the {} dev examples", h.dev.len(), data.dev.len());
-            (s, Some(h))
-        }
-        None => (data, None),
-    };
+    let theta0 = task.theta0(settings.init_seed);
+    if let Some(f) = cfg.search.holdout {
+        let (held, all) = task.hold_out(f)?;
+        println!("holding out {held} of the {all} dev examples");
+    }
     let bar = ProgressBar::new(cfg.search.epochs as u64);
     bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed} < {eta})")?.progress_chars("=> "));
-    let history = with_engine!(settings.backend, &search_data, heldout_data.as_ref(), |e, heldout| {
-        bar.set_prefix(format!("search on {}", e.name()));
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    let history = with_engine!(settings.backend, &task, |e, heldout| {
+        bar.set_prefix(format!("{} search on {}", kind.name(), e.name()));
         run::search_with_holdout(&mut e, heldout.as_mut(), &dir, &cfg, &theta0, |ev| {
             bar.set_position(ev.epoch as u64);
             if let (Some(first), Some(j)) = (ev.history.j.first(), ev.history.j.last()) {
@@ -346,7 +422,8 @@ fn search(data_path: &Path, out: &Path, settings: &SearchSettings) -> Result<()>
 fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
     let dir = RunDir::new(run_dir);
     let cfg = dir.read_config().with_context(|| format!("{} is not a run directory", run_dir.display()))?;
-    let data = load_data(&cfg.data)?;
+    let kind = TaskKind::parse(&cfg.task)?;
+    let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
     if run::fingerprint(&cfg.data)? != cfg.data_fingerprint {
         bail!("{} changed since the search ran (fingerprint mismatch)", cfg.data.display());
     }
@@ -354,8 +431,9 @@ fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
         Some(b) => b,
         None => Backend::from_str(&cfg.backend, true).map_err(|e| anyhow::anyhow!("run config backend: {e}"))?,
     };
-    let theta0 = theta0(&data, cfg.init_seed);
-    let ev = with_engine!(backend, &data, |e| run::evaluate(&mut e, &dir, &theta0)?);
+    let theta0 = task.theta0(cfg.init_seed);
+    println!("retraining with the constant and the searched policy ({} steps each) …", cfg.search.steps);
+    let ev = with_engine!(backend, &task, |e, _held| run::evaluate(&mut e, &dir, &theta0)?);
     print_evaluation(&ev, cfg.search.steps);
     let summary = dir.read_summary()?;
     if let Some(best) = summary.best_epoch {

@@ -3,13 +3,20 @@
 //!
 //! - `engine`: the one trait every backend implements (fused forward and adjoint steps).
 //! - `perceptron`: the perceptron task — its math, the plain f64 reference and the CPU engine.
+//! - `transformer`: the Transformer LM task — its forward/backward/tangent math and CPU engine.
 //! - `unroll`: J(γ) and ∂J/∂γ through the whole training run (adjoint with HVPs, checkpointing).
 //! - `search`: the outer optimisation of the policy; `eval`: AR, CR, CT, SIM; `run`: run directories.
 //! - `data`, `policy`, `simplex`: data sets and their generator, policies, simplex projection.
+//! - `text`: the Transformer task's token data — BPE tokenizer, story generator, corpus reading, noise.
+//! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
+//! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
+pub mod analysis;
 pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod host;
+pub mod linalg;
 pub mod perceptron;
 pub mod policy;
 pub mod real;
@@ -17,6 +24,8 @@ pub mod run;
 pub mod search;
 pub mod simplex;
 mod tensor_file;
+pub mod text;
+pub mod transformer;
 pub mod unroll;
 
 pub use engine::{Engine, Set, StepFlops};

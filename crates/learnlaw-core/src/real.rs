@@ -7,6 +7,23 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum
     fn f64(self) -> f64;
     /// eˣ without a library call, so loops over it vectorise (f32); f64 keeps the exact `exp`.
     fn exp_inline(self) -> Self;
+    /// C ← α·A·B + β·C on strided matrices (A [m, k], B [k, n], C [m, n]): matrixmultiply's
+    /// sgemm / dgemm. Use the checked wrapper `linalg::gemm`.
+    ///
+    /// # Safety
+    /// The pointers and strides must describe matrices inside live allocations, and C must not
+    /// overlap A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: (*const Self, isize, isize),
+        b: (*const Self, isize, isize),
+        beta: Self,
+        c: (*mut Self, isize, isize),
+    );
 }
 
 impl Real for f32 {
@@ -32,6 +49,18 @@ impl Real for f32 {
             + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
         p * f32::from_bits(((k as i32 + 127) as u32) << 23)
     }
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: (*const f32, isize, isize),
+        b: (*const f32, isize, isize),
+        beta: f32,
+        c: (*mut f32, isize, isize),
+    ) {
+        matrixmultiply::sgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
+    }
 }
 
 impl Real for f64 {
@@ -46,6 +75,18 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_inline(self) -> Self {
         self.exp()
+    }
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: (*const f64, isize, isize),
+        b: (*const f64, isize, isize),
+        beta: f64,
+        c: (*mut f64, isize, isize),
+    ) {
+        matrixmultiply::dgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
     }
 }
 

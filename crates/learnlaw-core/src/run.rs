@@ -22,6 +22,7 @@ use crate::eval::{self, Curves, LawStats};
 use crate::policy::Policy;
 use crate::search::{compression_ratio, Search, SearchConfig};
 use crate::tensor_file::write_atomic;
+use crate::transformer::TransformerConfig;
 use crate::unroll::Workspace;
 use crate::{Error, Real, Result};
 
@@ -37,6 +38,9 @@ pub struct RunConfig {
     pub data_fingerprint: String,
     /// Seed of θ_0 when the data file has no `theta0`.
     pub init_seed: u64,
+    /// The Transformer task's model (None for the perceptron, whose model is fixed by the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<TransformerConfig>,
     pub search: SearchConfig,
 }
 

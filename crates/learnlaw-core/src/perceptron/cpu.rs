@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use super::{bce_with_logits, sigmoid};
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
+use crate::host::{self, dot};
 use crate::perceptron;
-use crate::{simplex, Error, Real, Result};
+use crate::{Error, Real, Result};
 
 /// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
 const CHUNK_ROWS: usize = 256;
@@ -60,14 +61,6 @@ impl<R: Real> CpuPerceptron<R> {
         })
     }
 
-    fn check_len(&self, what: &str, v: &[R], len: usize) -> Result<()> {
-        if v.len() == len {
-            Ok(())
-        } else {
-            Err(Error::shape(what, len, v.len()))
-        }
-    }
-
     /// Σ over chunks of `partials`, in chunk order, into `out`.
     fn reduce_partials(partials: &[R], dim: usize, chunks: usize, out: &mut [R]) {
         out.fill(R::zero());
@@ -111,21 +104,6 @@ impl<R: Real> CpuPerceptron<R> {
         }
         losses.iter().sum::<f64>() / n
     }
-}
-
-/// a·b with 16 independent accumulators so the loop vectorises without fast-math.
-#[inline(always)]
-fn dot<R: Real>(a: &[R], b: &[R]) -> R {
-    let (a16, at) = a.as_chunks::<16>();
-    let (b16, bt) = b[..a.len()].as_chunks::<16>();
-    let mut acc = [R::zero(); 16];
-    for (x, y) in a16.iter().zip(b16) {
-        for i in 0..16 {
-            acc[i] = acc[i] + x[i] * y[i];
-        }
-    }
-    let tail: R = at.iter().zip(bt).map(|(&x, &y)| x * y).sum();
-    acc.iter().copied().sum::<R>() + tail
 }
 
 /// Both a·b and a·c in one pass over a.
@@ -187,30 +165,17 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         Ok(v.clone())
     }
     fn copy(&mut self, src: &Vec<R>, dst: &mut Vec<R>) -> Result<()> {
-        self.check_len("copy destination", dst, src.len())?;
-        dst.copy_from_slice(src);
-        Ok(())
+        host::copy(src, dst)
     }
     fn scale(&mut self, a: f64, x: &mut Vec<R>) -> Result<()> {
-        let a = R::of(a);
-        x.par_chunks_mut(1 << 16).for_each(|x| x.iter_mut().for_each(|v| *v = *v * a));
+        host::scale(a, x);
         Ok(())
     }
     fn axpy(&mut self, a: f64, x: &Vec<R>, y: &mut Vec<R>) -> Result<()> {
-        self.check_len("axpy y", y, x.len())?;
-        let a = R::of(a);
-        y.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16)).for_each(|(y, x)| axpy(a, x, y));
-        Ok(())
+        host::axpy(a, x, y)
     }
     fn project_simplex_rows(&mut self, v: &mut Vec<R>, row_len: usize) -> Result<()> {
-        if row_len == 0 || !v.len().is_multiple_of(row_len) {
-            return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
-        }
-        if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
-            return Err(Error::non_finite_policy(i, row_len));
-        }
-        simplex::project_rows(v, row_len);
-        Ok(())
+        host::project_simplex_rows(v, row_len)
     }
 
     fn forward_step(
@@ -223,8 +188,8 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         dev_loss: Option<(&mut Vec<R>, usize)>,
     ) -> Result<()> {
         let (dim, n) = (self.dim, self.num_train());
-        self.check_len("theta", theta, dim)?;
-        self.check_len("theta_next", theta_next, dim)?;
+        host::check_len("theta", theta, dim)?;
+        host::check_len("theta_next", theta_next, dim)?;
         let gamma_t = policy_row(gamma, t, n)?;
         let chunks = n.div_ceil(CHUNK_ROWS);
         let train = &self.train;
@@ -274,11 +239,11 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         lambda: &mut Vec<R>,
     ) -> Result<()> {
         let (dim, n) = (self.dim, self.num_train());
-        self.check_len("theta", theta, dim)?;
-        self.check_len("lambda_next", lambda_next, dim)?;
-        self.check_len("lambda", lambda, dim)?;
+        host::check_len("theta", theta, dim)?;
+        host::check_len("lambda_next", lambda_next, dim)?;
+        host::check_len("lambda", lambda, dim)?;
         let gamma_t = policy_row(gamma, t, n)?;
-        self.check_len("grad_gamma", grad_gamma, gamma.len())?;
+        host::check_len("grad_gamma", grad_gamma, gamma.len())?;
         let grad_t = &mut grad_gamma[t * n..(t + 1) * n];
         let chunks = n.div_ceil(CHUNK_ROWS);
         let neg_eta = R::of(-eta);
@@ -319,18 +284,18 @@ impl<R: Real> Engine for CpuPerceptron<R> {
     }
 
     fn loss(&mut self, set: Set, theta: &Vec<R>) -> Result<f64> {
-        self.check_len("theta", theta, self.dim)?;
+        host::check_len("theta", theta, self.dim)?;
         Ok(self.mean_loss_grad(set, theta, None))
     }
     fn loss_grad(&mut self, set: Set, theta: &Vec<R>, grad: &mut Vec<R>) -> Result<f64> {
-        self.check_len("theta", theta, self.dim)?;
-        self.check_len("grad", grad, self.dim)?;
+        host::check_len("theta", theta, self.dim)?;
+        host::check_len("grad", grad, self.dim)?;
         Ok(self.mean_loss_grad(set, theta, Some(grad)))
     }
     fn train_losses(&mut self, theta: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
         let dim = self.dim;
-        self.check_len("theta", theta, dim)?;
-        self.check_len("losses", out, self.num_train())?;
+        host::check_len("theta", theta, dim)?;
+        host::check_len("losses", out, self.num_train())?;
         let m = &self.train;
         out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
             for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
@@ -341,9 +306,9 @@ impl<R: Real> Engine for CpuPerceptron<R> {
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
         let dim = self.dim;
-        self.check_len("theta", theta, dim)?;
-        self.check_len("v", v, dim)?;
-        self.check_len("dots", out, self.num_train())?;
+        host::check_len("theta", theta, dim)?;
+        host::check_len("v", v, dim)?;
+        host::check_len("dots", out, self.num_train())?;
         let m = &self.train;
         out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
             for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {

@@ -1,0 +1,86 @@
+//! CPU benchmarks of the Transformer task at the scaled default (`reproduce transformer`: hidden
+//! 64, 2 layers, 4 heads, context 32, N = 1024 training sequences).
+//!
+//! The ceiling is a GEMM rate measured in the same run: the FFN's first product over every
+//! training token ([tokens, hidden]·[hidden, 4·hidden]) in the engine's chunks, on all cores. Each
+//! step's analytic FLOPs (`transformer::step_flops`) over its time, divided by that rate, says
+//! how matmul-bound the step is. Names follow `{backend}_{op}_{dtype}`; the table prints last.
+use std::time::Duration;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use learnlaw::linalg::{gemm, Mat, MatMut};
+use learnlaw::policy::Policy;
+use learnlaw::text::{TextRecipe, TokenData};
+use learnlaw::transformer::{init_params, CpuTransformer, TransformerConfig};
+use learnlaw::Engine;
+use rayon::prelude::*;
+
+mod common;
+use common::median_ns;
+
+fn setup() -> (TransformerConfig, TokenData) {
+    let recipe = TextRecipe::default();
+    let (data, _) = TokenData::generate(&recipe).expect("default text recipe");
+    (TransformerConfig::small(data.vocab_size, data.seq_len - 1), data)
+}
+
+fn steps(c: &mut Criterion) {
+    let (cfg, data) = setup();
+    let n = data.n_train();
+    let tokens = n * (data.seq_len - 1);
+    let mut e = CpuTransformer::<f32>::new(&cfg, &data).unwrap();
+    let theta = init_params(&cfg, 10);
+    let gamma = Policy::constant(1, n).gamma;
+    let p = theta.len();
+    let (mut next, mut lambda, mut curve, mut grad, mut dots) = (vec![0.0; p], vec![0.0; p], vec![0.0; 1], vec![0.0; n], vec![0.0; n]);
+    let v: Vec<f32> = (0..p).map(|i| ((i as f32) * 0.618).sin() * 1e-2).collect();
+
+    let mut g = c.benchmark_group("transformer");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(tokens as u64));
+    // The ceiling: the same chunked [rows, H]·[H, F] products the engine runs, on all cores.
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let rows = 1024;
+    let chunks = tokens.div_ceil(rows);
+    let a: Vec<f32> = (0..rows * h).map(|i| (i as f32 * 0.1).cos()).collect();
+    let w: Vec<f32> = (0..h * f).map(|i| (i as f32 * 0.3).sin()).collect();
+    let mut outs = vec![vec![0.0f32; rows * f]; rayon::current_num_threads()];
+    g.bench_function("cpu_gemm_f32", |b| {
+        b.iter(|| {
+            outs.par_iter_mut().enumerate().for_each(|(t, out)| {
+                for _ in (t..chunks).step_by(rayon::current_num_threads()) {
+                    gemm(1.0, Mat::new(&a, rows, h), Mat::new(&w, h, f), 0.0, MatMut::new(out, rows, f));
+                }
+            })
+        })
+    });
+    g.bench_function("cpu_forward_step_f32", |b| {
+        b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap())
+    });
+    g.bench_function("cpu_backward_step_f32", |b| {
+        b.iter(|| e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap())
+    });
+    g.bench_function("cpu_train_dots_f32", |b| b.iter(|| e.train_dots(&theta, &v, &mut dots).unwrap()));
+    g.finish();
+
+    let gemm_flops = 2.0 * (chunks * rows * h * f) as f64;
+    let flops = e.step_flops();
+    let fwd = cfg.forward_flops(tokens, data.seq_len - 1);
+    let Some(gemm_ns) = median_ns("transformer", "cpu_gemm_f32") else { return };
+    let rate = gemm_flops / gemm_ns;
+    println!("\nTransformer {} params, {n} sequences × {} tokens; GEMM ceiling {rate:.1} GFLOP/s", p, data.seq_len - 1);
+    println!("{:<24} {:>10} {:>12} {:>10} {:>8}", "case", "ms", "tokens/s", "GFLOP/s", "of GEMM");
+    for (id, fl) in [("cpu_forward_step_f32", flops.forward), ("cpu_backward_step_f32", flops.backward), ("cpu_train_dots_f32", 3.0 * fwd)]
+    {
+        if let Some(ns) = median_ns("transformer", id) {
+            let gf = fl / ns;
+            println!("{id:<24} {:>10.1} {:>12.0} {:>10.1} {:>7.0}%", ns / 1e6, tokens as f64 / (ns * 1e-9), gf, 100.0 * gf / rate);
+        }
+    }
+}
+
+criterion_group!(benches, steps);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

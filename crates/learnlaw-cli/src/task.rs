@@ -1,0 +1,256 @@
+//! The tasks the CLI runs (perceptron, Transformer LM): their data files, model settings, θ_0 and
+//! the engine for each backend.
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use learnlaw_core::data::{init_theta, PerceptronData};
+use learnlaw_core::text::{TextRecipe, TokenData};
+use learnlaw_core::transformer::{init_params, AttentionScale, TransformerConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TaskKind {
+    /// Linear classification (paper §4); data from `learnlaw data perceptron`.
+    Perceptron,
+    /// A small Transformer language model (paper §5); data from `learnlaw data text`.
+    Transformer,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Perceptron => "perceptron",
+            TaskKind::Transformer => "transformer",
+        }
+    }
+    pub fn parse(name: &str) -> Result<Self> {
+        TaskKind::from_str(name, true).map_err(|e| anyhow::anyhow!("task {name:?}: {e}"))
+    }
+    /// Inner steps T, inner learning rate η and outer epochs when not given: the paper's for the
+    /// perceptron; for the Transformer, a scaled run that takes minutes on a 2-core CPU.
+    pub fn default_unroll(self) -> (usize, f64, usize) {
+        match self {
+            TaskKind::Perceptron => (2000, 0.1, 500),
+            TaskKind::Transformer => (200, 0.5, 4),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Scale {
+    /// 1/√hidden, as the official code (and so the paper's numbers).
+    Hidden,
+    /// 1/√head_dim, the usual Transformer choice.
+    HeadDim,
+}
+
+/// The Transformer's sizes (its vocabulary and context come from the data).
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Transformer hidden width.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Transformer attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Transformer FFN width (default 4 × hidden).
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    /// How attention scores are scaled.
+    #[arg(long, value_enum, default_value_t = Scale::Hidden)]
+    pub attention_scale: Scale,
+}
+
+impl ModelArgs {
+    pub fn config(&self, data: &TokenData) -> TransformerConfig {
+        TransformerConfig {
+            vocab_size: data.vocab_size,
+            hidden: self.hidden,
+            heads: self.heads,
+            layers: self.layers,
+            context: data.seq_len - 1,
+            ffn: self.ffn.unwrap_or(4 * self.hidden),
+            attention_scale: match self.attention_scale {
+                Scale::Hidden => AttentionScale::Hidden,
+                Scale::HeadDim => AttentionScale::HeadDim,
+            },
+        }
+    }
+}
+
+/// The text data recipe (the paper's training noise included); unset sizes take the defaults.
+#[derive(Args, Clone, Debug)]
+pub struct TextArgs {
+    /// Training sequences N (default 512).
+    #[arg(long)]
+    pub train: Option<usize>,
+    /// Desired-set (dev) sequences K (default 128).
+    #[arg(long)]
+    pub dev: Option<usize>,
+    /// Test sequences (default 256).
+    #[arg(long)]
+    pub test: Option<usize>,
+    /// Context length: tokens per sequence are this + 1 (default 32).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// BPE vocabulary size, UNK and PAD included (default 512).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Seed of the generated stories and of the noise.
+    #[arg(long, default_value_t = 20)]
+    pub data_seed: u64,
+    /// Fraction of training sequences perturbed (the paper: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    pub noise_fraction: f64,
+    /// Operations per perturbed sequence (the paper: 20).
+    #[arg(long, default_value_t = 20)]
+    pub noise_ops: usize,
+    /// Use this corpus (plain text, one story per line, or JSONL with a `text` field) instead of
+    /// generated stories: its last dev + test stories become the dev and test sets.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
+}
+
+impl TextArgs {
+    /// The recipe, on top of `base` (the scaled default or the paper's sizes).
+    pub fn recipe(&self, paper: bool) -> TextRecipe {
+        let base = if paper { TextRecipe::paper() } else { TextRecipe { n_train: 512, n_dev: 128, n_test: 256, ..TextRecipe::default() } };
+        TextRecipe {
+            n_train: self.train.unwrap_or(base.n_train),
+            n_dev: self.dev.unwrap_or(base.n_dev),
+            n_test: self.test.unwrap_or(base.n_test),
+            seq_len: self.context.map_or(base.seq_len, |c| c + 1),
+            vocab_size: self.vocab.unwrap_or(base.vocab_size),
+            seed: self.data_seed,
+            noise_fraction: self.noise_fraction,
+            noise_ops: self.noise_ops,
+        }
+    }
+
+    /// Token data and its tokenizer, from the corpus or from generated stories.
+    pub fn build(&self, paper: bool) -> Result<(TokenData, learnlaw_core::text::Bpe)> {
+        let recipe = self.recipe(paper);
+        match &self.corpus {
+            None => Ok(TokenData::generate(&recipe)?),
+            Some(path) => {
+                let texts = learnlaw_core::text::read_corpus(path).with_context(|| format!("reading {}", path.display()))?;
+                let held = recipe.n_dev + recipe.n_test;
+                if texts.len() <= held {
+                    bail!("{} has {} stories; dev + test alone need {held}", path.display(), texts.len());
+                }
+                let (train, rest) = texts.split_at(texts.len() - held);
+                let (dev, test) = rest.split_at(recipe.n_dev);
+                Ok(TokenData::from_texts(train, dev, test, &recipe)?)
+            }
+        }
+    }
+}
+
+/// A task's data, split for the search (with the held-out part of the desired set, if any).
+pub enum Task {
+    Perceptron { data: PerceptronData, held: Option<PerceptronData> },
+    Transformer { model: TransformerConfig, data: TokenData, held: Option<TokenData> },
+}
+
+impl Task {
+    /// The task of a new search: a Transformer's model takes its vocabulary and context from the data.
+    pub fn for_search(kind: TaskKind, path: &Path, model: Option<&ModelArgs>) -> Result<Task> {
+        match (kind, model) {
+            (TaskKind::Perceptron, _) => Task::load(kind, path, None),
+            (TaskKind::Transformer, None) => bail!("a Transformer search needs its model settings"),
+            (TaskKind::Transformer, Some(model)) => {
+                let data = TokenData::load(path).with_context(|| format!("loading transformer data from {}", path.display()))?;
+                let model = model.config(&data);
+                model.validate()?;
+                Ok(Task::Transformer { model, data, held: None })
+            }
+        }
+    }
+
+    pub fn model(&self) -> Option<&TransformerConfig> {
+        match self {
+            Task::Perceptron { .. } => None,
+            Task::Transformer { model, .. } => Some(model),
+        }
+    }
+
+    pub fn load(kind: TaskKind, path: &Path, model: Option<&TransformerConfig>) -> Result<Task> {
+        let ctx = || format!("loading {} data from {}", kind.name(), path.display());
+        Ok(match kind {
+            TaskKind::Perceptron => Task::Perceptron { data: PerceptronData::load(path).with_context(ctx)?, held: None },
+            TaskKind::Transformer => {
+                let data = TokenData::load(path).with_context(ctx)?;
+                let model = model.cloned().context("a Transformer run needs its model settings")?;
+                model.validate()?;
+                Task::Transformer { model, data, held: None }
+            }
+        })
+    }
+
+    /// Holds out the last ⌈F·K⌉ desired examples from the search; returns (held-out, all) sizes.
+    pub fn hold_out(&mut self, fraction: f64) -> Result<(usize, usize)> {
+        Ok(match self {
+            Task::Perceptron { data, held } => {
+                let all = data.dev.len();
+                let (s, h) = data.split_dev(fraction)?;
+                *data = s;
+                let n = h.dev.len();
+                *held = Some(h);
+                (n, all)
+            }
+            Task::Transformer { data, held, .. } => {
+                let all = data.n_dev();
+                let (s, h) = data.split_dev(fraction)?;
+                *data = s;
+                let n = h.n_dev();
+                *held = Some(h);
+                (n, all)
+            }
+        })
+    }
+
+    pub fn theta0(&self, seed: u64) -> Vec<f32> {
+        match self {
+            Task::Perceptron { data, .. } => data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed)),
+            Task::Transformer { model, .. } => init_params(model, seed),
+        }
+    }
+}
+
+/// Runs `$body` with `$e` bound to the chosen backend's engine for the task's data and `$h` to
+/// `Some` engine of the same kind for its held-out part (if any).
+macro_rules! with_engine {
+    ($backend:expr, $task:expr, |$e:ident, $h:ident| $body:expr) => {
+        match $task {
+            Task::Perceptron { data, held } => match $backend {
+                Backend::Cpu => with_engine!(@arm data, held, |d| CpuPerceptron::<f32>::new(d), |$e, $h| $body),
+                Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuPerceptron::<f64>::new(d), |$e, $h| $body),
+                Backend::Wgpu => with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuPerceptron::new(d), |$e, $h| $body),
+                Backend::WgpuF16 => {
+                    let opts = learnlaw_wgpu::Options { storage: learnlaw_wgpu::Storage::F16, ..Default::default() };
+                    with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuPerceptron::with_options(d, &opts), |$e, $h| $body)
+                }
+                Backend::Cuda => with_engine!(@arm data, held, |d| learnlaw_cuda::CudaPerceptron::new(d), |$e, $h| $body),
+            },
+            Task::Transformer { model, data, held } => match $backend {
+                Backend::Cpu => with_engine!(@arm data, held, |d| CpuTransformer::<f32>::new(model, d), |$e, $h| $body),
+                Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuTransformer::<f64>::new(model, d), |$e, $h| $body),
+                other => anyhow::bail!("the Transformer task runs on the cpu and cpu-f64 backends so far, not {other:?}"),
+            },
+        }
+    };
+    (@arm $data:expr, $held:expr, |$d:ident| $make:expr, |$e:ident, $h:ident| $body:expr) => {{
+        let make = |$d| $make;
+        let mut $e = make(&*$data)?;
+        #[allow(unused_mut)]
+        let mut $h = match $held.as_ref() {
+            Some(d) => Some(make(d)?),
+            None => None,
+        };
+        $body
+    }};
+}
+pub(crate) use with_engine;

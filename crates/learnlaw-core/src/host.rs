@@ -1,0 +1,89 @@
+//! Vector operations on host memory, shared by the CPU engines (their `Engine::Vec` is `Vec<R>`),
+//! and the vectorisable reductions their loops use.
+use rayon::prelude::*;
+
+use crate::{simplex, Error, Real, Result};
+
+/// Block size for parallel elementwise loops: large enough that a task outweighs its scheduling.
+const BLOCK: usize = 1 << 16;
+
+/// a·b with 16 independent accumulators so the loop vectorises without fast-math.
+#[inline(always)]
+pub fn dot<R: Real>(a: &[R], b: &[R]) -> R {
+    let (a16, at) = a.as_chunks::<16>();
+    let (b16, bt) = b[..a.len()].as_chunks::<16>();
+    let mut acc = [R::zero(); 16];
+    for (x, y) in a16.iter().zip(b16) {
+        for i in 0..16 {
+            acc[i] = acc[i] + x[i] * y[i];
+        }
+    }
+    let tail: R = at.iter().zip(bt).map(|(&x, &y)| x * y).sum();
+    acc.iter().copied().sum::<R>() + tail
+}
+
+/// Σ a, with 16 independent accumulators (vectorises).
+#[inline(always)]
+pub fn sum<R: Real>(a: &[R]) -> R {
+    let (a16, at) = a.as_chunks::<16>();
+    let mut acc = [R::zero(); 16];
+    for x in a16 {
+        for i in 0..16 {
+            acc[i] = acc[i] + x[i];
+        }
+    }
+    acc.iter().copied().sum::<R>() + at.iter().copied().sum::<R>()
+}
+
+/// max a (−∞ for an empty slice), with 16 independent lanes (vectorises).
+#[inline(always)]
+pub fn max<R: Real>(a: &[R]) -> R {
+    let (a16, at) = a.as_chunks::<16>();
+    let mut acc = [R::neg_infinity(); 16];
+    for x in a16 {
+        for i in 0..16 {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    acc.iter().chain(at).copied().fold(R::neg_infinity(), R::max)
+}
+
+pub fn check_len<R>(what: &str, v: &[R], len: usize) -> Result<()> {
+    if v.len() == len {
+        Ok(())
+    } else {
+        Err(Error::shape(what, len, v.len()))
+    }
+}
+
+pub fn copy<R: Real>(src: &[R], dst: &mut [R]) -> Result<()> {
+    check_len("copy destination", dst, src.len())?;
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
+/// x ← a·x.
+pub fn scale<R: Real>(a: f64, x: &mut [R]) {
+    let a = R::of(a);
+    x.par_chunks_mut(BLOCK).for_each(|x| x.iter_mut().for_each(|v| *v = *v * a));
+}
+
+/// y ← y + a·x.
+pub fn axpy<R: Real>(a: f64, x: &[R], y: &mut [R]) -> Result<()> {
+    check_len("axpy y", y, x.len())?;
+    let a = R::of(a);
+    y.par_chunks_mut(BLOCK).zip(x.par_chunks(BLOCK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x));
+    Ok(())
+}
+
+/// Projects every row of `v` onto the simplex; a non-finite entry is an error, not a garbage policy.
+pub fn project_simplex_rows<R: Real>(v: &mut [R], row_len: usize) -> Result<()> {
+    if row_len == 0 || !v.len().is_multiple_of(row_len) {
+        return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
+    }
+    if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
+        return Err(Error::non_finite_policy(i, row_len));
+    }
+    simplex::project_rows(v, row_len);
+    Ok(())
+}
