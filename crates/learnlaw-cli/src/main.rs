@@ -127,8 +127,9 @@ struct SearchSettings {
     #[arg(long)]
     epochs: Option<usize>,
     /// Outer learning rate, decayed linearly to 0 over the epochs. SGD: on J = (1/T) Σ L_dev (the
-    /// official code's; the paper's ε equals lr/T), default 0.001. exp-grad: on the normalised
-    /// gradient g/max|g|, default 1. adam: in units of 1/N per entry, default 0.1.
+    /// official code's; the paper's ε equals lr/T), default 0.001 for the perceptron and 0.4 for
+    /// the transformer (the official scripts'). exp-grad: on the normalised gradient g/max|g|,
+    /// default 1. adam: in units of 1/N per entry, default 0.1.
     #[arg(long)]
     outer_lr: Option<f64>,
     /// The outer optimiser (sgd: the paper's).
@@ -180,7 +181,7 @@ impl SearchSettings {
             steps: self.steps.unwrap_or(steps),
             eta: self.eta.unwrap_or(eta),
             epochs: self.epochs.unwrap_or(epochs),
-            outer_lr: self.outer_lr.unwrap_or(optimizer.default_lr()),
+            outer_lr: self.outer_lr.unwrap_or(task.default_outer_lr(optimizer)),
             optimizer,
             checkpoint_every: self.checkpoint_every,
             holdout: self.holdout,
@@ -242,7 +243,7 @@ enum ReproduceCommand {
         data: Option<PathBuf>,
         /// The paper's sizes: data (16384 / 512 / 512 sequences, context 64, vocabulary 5000),
         /// model (hidden 128, 8 heads, 2 layers) and search (T = 4000, η = 0.1, 20 epochs at
-        /// outer lr 0.4); explicit --steps/--eta/--epochs/--outer-lr still apply.
+        /// outer lr 0.4); explicit --steps/--eta/--epochs still apply.
         #[arg(long)]
         paper: bool,
         #[command(flatten)]
@@ -326,7 +327,6 @@ fn main() -> Result<()> {
                 settings.steps = settings.steps.or(Some(4000));
                 settings.eta = settings.eta.or(Some(0.1));
                 settings.epochs = settings.epochs.or(Some(20));
-                settings.outer_lr = settings.outer_lr.or(Some(0.4));
             }
             let data = match data {
                 Some(path) => path,

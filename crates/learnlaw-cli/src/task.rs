@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use learnlaw_core::data::{init_theta, PerceptronData};
+use learnlaw_core::search::OuterOptimizer;
 use learnlaw_core::text::{TextRecipe, TokenData};
 use learnlaw_core::transformer::{init_params, AttentionScale, TransformerConfig};
 
@@ -32,6 +33,14 @@ impl TaskKind {
         match self {
             TaskKind::Perceptron => (2000, 0.1, 500),
             TaskKind::Transformer => (200, 0.5, 4),
+        }
+    }
+    /// The outer learning rate when not given: for SGD the official scripts' per task (0.001 for
+    /// the perceptron, 0.4 for the Transformer); the other optimisers' steps are scale-free.
+    pub fn default_outer_lr(self, optimizer: OuterOptimizer) -> f64 {
+        match (self, optimizer) {
+            (TaskKind::Transformer, OuterOptimizer::Sgd) => 0.4,
+            _ => optimizer.default_lr(),
         }
     }
 }

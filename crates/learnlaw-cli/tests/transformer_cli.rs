@@ -1,0 +1,103 @@
+//! End-to-end test of the Transformer commands on a tiny model: `data text`, `reproduce
+//! transformer` (search + evaluation, then a second call that resumes nothing), and clear errors
+//! for data of the wrong task or a backend the task lacks.
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn learnlaw(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_learnlaw"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .current_dir(cwd)
+        .output()
+        .expect("the learnlaw binary runs")
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = learnlaw(args, cwd);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "learnlaw {args:?} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = learnlaw(args, cwd);
+    assert!(!out.status.success(), "learnlaw {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const TINY: [&str; 18] = [
+    "--train",
+    "24",
+    "--dev",
+    "8",
+    "--test",
+    "8",
+    "--context",
+    "8",
+    "--vocab",
+    "60",
+    "--hidden",
+    "8",
+    "--heads",
+    "2",
+    "--layers",
+    "1",
+    "--steps",
+    "10",
+];
+
+#[test]
+fn reproduce_transformer_searches_evaluates_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["reproduce", "transformer", "--out", "run", "--epochs", "2", "--optimizer", "exp-grad"];
+    args.extend(TINY);
+    let out = ok(&args, tmp.path());
+    assert!(out.contains("AR test"), "{out}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["task"], "transformer");
+    let j: Vec<f64> = summary["j"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(j.len(), 3, "{j:?}");
+    assert!(j[2] < j[0], "J decreases: {j:?}");
+    assert!(tmp.path().join("run/tokenizer.json").exists());
+    let config = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
+    assert!(config.contains("[model]") && config.contains("hidden = 8"), "{config}");
+    // The same command again finds the search done and only re-evaluates.
+    let again = ok(&args, tmp.path());
+    assert!(again.contains("search done"), "{again}");
+    // Changed data options on the same run directory are refused, not silently ignored.
+    let err = fails(&[&args[..], &["--data-seed", "21"]].concat(), tmp.path());
+    assert!(err.contains("other data options"), "{err}");
+}
+
+#[test]
+fn wrong_data_and_missing_backends_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&["data", "perceptron", "--out", "p/data.safetensors", "--dim", "4", "--train", "8", "--dev", "4", "--test", "4"], tmp.path());
+    let err = fails(&["search", "--task", "transformer", "--data", "p/data.safetensors", "--out", "r"], tmp.path());
+    assert!(err.contains("loading transformer data"), "{err}");
+    let mut args = vec!["data", "text", "--out", "t/tokens.safetensors"];
+    args.extend(&TINY[..10]);
+    let out = ok(&args, tmp.path());
+    assert!(out.contains("tokenizer.json"), "{out}");
+    let err = fails(
+        &[
+            "search",
+            "--task",
+            "transformer",
+            "--data",
+            "t/tokens.safetensors",
+            "--out",
+            "r",
+            "--backend",
+            "wgpu",
+            "--hidden",
+            "8",
+            "--heads",
+            "2",
+        ],
+        tmp.path(),
+    );
+    assert!(err.contains("cpu and cpu-f64"), "{err}");
+}
