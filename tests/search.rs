@@ -120,6 +120,18 @@ fn j_decreases_over_outer_epochs() {
     let mut s = Search::new(&mut e2, &search_config(epochs, OUTER_LR), &theta0, &gamma, 0).unwrap();
     assert_eq!(s.evaluate(&mut e2).unwrap().j.to_bits(), h.j[0].to_bits());
 
+    // AR_dev per epoch: γ_0 against itself, every later γ_e from its own retrained dev curve.
+    assert_eq!(h.ar_dev.len(), epochs + 1);
+    assert_eq!(h.final_dev.len(), epochs + 1);
+    let unroll = search_config(epochs, OUTER_LR).unroll();
+    let (constant, _) = learnlaw::eval::retrain(&mut e2, &theta0, &gamma, unroll, false).unwrap();
+    assert_eq!(h.final_dev[0].to_bits(), constant.dev[STEPS].to_bits());
+    assert_eq!(h.ar_dev[0], acceleration_ratio(&constant.dev, constant.dev[STEPS]));
+    let reached = h.epochs_to_ar_dev(&[1.0, 1e9]);
+    assert_eq!(reached[0].epoch, Some(0), "the constant policy reaches its own final loss");
+    assert_eq!(reached[1].epoch, None);
+    assert!(h.ar_dev[epochs].unwrap() > 1.0, "{:?}", h.ar_dev);
+
     // The saved policy is the final one and lies on the simplex.
     let (policy, saved) = RunDir::new(tmp.path().join("run")).read_policy().unwrap().unwrap();
     assert_same_history(&saved, &h, "saved history");

@@ -392,7 +392,11 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
         run::search_with_holdout(&mut e, heldout.as_mut(), &dir, &cfg, &theta0, |ev| {
             bar.set_position(ev.epoch as u64);
             if let (Some(first), Some(j)) = (ev.history.j.first(), ev.history.j.last()) {
-                bar.set_message(format!("J {first:.5} → {j:.5}"));
+                let ar = match ev.history.ar_dev.last() {
+                    Some(Some(a)) => format!(", AR dev {a:.2}×"),
+                    _ => String::new(),
+                };
+                bar.set_message(format!("J {first:.5} → {j:.5}{ar}"));
             }
             ControlFlow::Continue(())
         })?
@@ -445,6 +449,14 @@ fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
             hj.len() - 1,
             hj[best]
         );
+    }
+    if !summary.epochs_to_ar_dev.is_empty() {
+        let reached: Vec<String> = summary
+            .epochs_to_ar_dev
+            .iter()
+            .map(|t| format!("{}× {}", t.ar, t.epoch.map_or("never".to_string(), |e| format!("at epoch {e}"))))
+            .collect();
+        println!("AR on the search's desired set reached {}", reached.join(", "));
     }
     if let Some(epoch) = summary.evaluated_epoch {
         println!("evaluated the policy of epoch {epoch}{}", if summary.best_epoch.is_some() { " (best by held-out J)" } else { "" });

@@ -55,6 +55,13 @@ pub struct History {
     /// With a held-out desired part: J of γ_e on it (like `j`, epoch 0 = the constant policy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heldout_j: Vec<f64>,
+    /// AR of γ_e on the search's desired set against the constant policy γ_0 (like `j`): free,
+    /// since every epoch's forward pass yields γ_e's desired-loss curve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ar_dev: Vec<Option<f64>>,
+    /// L_dev(θ_T) of γ_e (like `j`); entry 0 is the target AR_dev measures against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub final_dev: Vec<f64>,
 }
 
 impl History {
@@ -69,7 +76,36 @@ impl History {
     pub fn best_epoch(&self) -> Option<usize> {
         best_index(&self.heldout_j)
     }
+
+    /// Records J, CR and AR_dev of the policy whose unroll `fwd` is.
+    fn record(&mut self, fwd: &crate::unroll::Forward, classes: usize) {
+        // A history saved before AR tracking existed has no target: leave it untracked.
+        let tracked = self.final_dev.len() == self.j.len();
+        self.j.push(fwd.j);
+        self.cr.push(compression_ratio(&fwd.dev, classes));
+        if tracked {
+            let last = fwd.dev.last().copied().unwrap_or(f64::NAN);
+            let target = self.final_dev.first().copied().unwrap_or(last);
+            self.final_dev.push(last);
+            self.ar_dev.push(eval::acceleration_ratio(&fwd.dev, target));
+        }
+    }
+
+    /// For each AR target, the first outer epoch whose policy reaches it on the desired set.
+    pub fn epochs_to_ar_dev(&self, targets: &[f64]) -> Vec<EpochsTo> {
+        targets.iter().map(|&ar| EpochsTo { ar, epoch: self.ar_dev.iter().position(|a| a.is_some_and(|a| a >= ar)) }).collect()
+    }
 }
+
+/// The first outer epoch whose policy reaches an acceleration ratio (None: none did).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochsTo {
+    pub ar: f64,
+    pub epoch: Option<usize>,
+}
+
+/// The AR targets `summary.json` reports epochs-to for (5.5: the paper's perceptron number).
+pub const AR_TARGETS: [f64; 5] = [1.5, 2.0, 3.0, 5.0, 5.5];
 
 fn best_index(v: &[f64]) -> Option<usize> {
     v.iter()
@@ -126,6 +162,12 @@ pub struct Summary {
     /// The epoch of the policy `evaluation` describes (the best one with `holdout`, else the last).
     #[serde(default)]
     pub evaluated_epoch: Option<usize>,
+    /// AR of each epoch's policy on the search's desired set (like `j`).
+    #[serde(default)]
+    pub ar_dev_by_epoch: Vec<Option<f64>>,
+    /// The first outer epoch reaching each AR on the search's desired set.
+    #[serde(default)]
+    pub epochs_to_ar_dev: Vec<EpochsTo>,
     pub evaluation: Option<Evaluation>,
 }
 
@@ -354,8 +396,7 @@ pub fn search_with_holdout<E: Engine>(
         }
         let start = Instant::now();
         let fwd = search.step(e)?;
-        history.j.push(fwd.j);
-        history.cr.push(compression_ratio(&fwd.dev, classes));
+        history.record(&fwd, classes);
         history.seconds.push(start.elapsed().as_secs_f64());
         let gamma = to_f32(&search.policy(e)?);
         dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
@@ -367,8 +408,7 @@ pub fn search_with_holdout<E: Engine>(
         track_best(&search, e, &mut history, h)?;
     }
     let fwd = search.evaluate(e)?;
-    history.j.push(fwd.j);
-    history.cr.push(compression_ratio(&fwd.dev, classes));
+    history.record(&fwd, classes);
     let gamma = to_f32(&search.policy(e)?);
     dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
     let mut summary = dir.read_summary().unwrap_or_default();
@@ -390,6 +430,8 @@ impl Summary {
         self.seconds_per_epoch = history.seconds_per_epoch();
         self.heldout_j = history.heldout_j.clone();
         self.best_epoch = history.best_epoch();
+        self.ar_dev_by_epoch = history.ar_dev.clone();
+        self.epochs_to_ar_dev = history.epochs_to_ar_dev(&AR_TARGETS);
     }
 }
 
