@@ -1,30 +1,10 @@
 //! End-to-end test of `learnlaw report` on a tiny run: the figures exist as valid SVG and PNG,
 //! report.md links them, analysis.json holds the fits; a run that was not evaluated is refused.
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use common::{learnlaw, ok};
 
 const FIGURES: [&str; 6] = ["search", "loss_curves", "sim", "zero_share", "well_learned_cdf", "policy_heatmap"];
-
-fn learnlaw(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_learnlaw"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .current_dir(cwd)
-        .output()
-        .expect("the learnlaw binary runs")
-}
-
-fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = learnlaw(args, cwd);
-    assert!(
-        out.status.success(),
-        "learnlaw {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Width and height from a PNG's signature and IHDR chunk.
 fn png_size(bytes: &[u8]) -> (u32, u32) {

@@ -1,31 +1,9 @@
 //! End-to-end test of the Transformer commands on a tiny model: `data text`, `reproduce
 //! transformer` (search + evaluation, then a second call that resumes nothing), and clear errors
 //! for data of the wrong task or a backend the task lacks.
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn learnlaw(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_learnlaw"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .current_dir(cwd)
-        .output()
-        .expect("the learnlaw binary runs")
-}
-
-fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = learnlaw(args, cwd);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "learnlaw {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
-
-fn fails(args: &[&str], cwd: &Path) -> String {
-    let out = learnlaw(args, cwd);
-    assert!(!out.status.success(), "learnlaw {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{fails, ok};
 
 const TINY: [&str; 18] = [
     "--train",

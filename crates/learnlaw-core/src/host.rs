@@ -87,3 +87,32 @@ pub fn project_simplex_rows<R: Real>(v: &mut [R], row_len: usize) -> Result<()> 
     simplex::project_rows(v, row_len);
     Ok(())
 }
+
+/// The `Engine` vector methods of an engine whose vectors are host `Vec<R>`s (the CPU engines).
+macro_rules! host_vector_methods {
+    () => {
+        fn zeros(&mut self, len: usize) -> Result<Vec<R>> {
+            Ok(vec![R::zero(); len])
+        }
+        fn upload(&mut self, host: &[R]) -> Result<Vec<R>> {
+            Ok(host.to_vec())
+        }
+        fn download(&mut self, v: &Vec<R>) -> Result<Vec<R>> {
+            Ok(v.clone())
+        }
+        fn copy(&mut self, src: &Vec<R>, dst: &mut Vec<R>) -> Result<()> {
+            $crate::host::copy(src, dst)
+        }
+        fn scale(&mut self, a: f64, x: &mut Vec<R>) -> Result<()> {
+            $crate::host::scale(a, x);
+            Ok(())
+        }
+        fn axpy(&mut self, a: f64, x: &Vec<R>, y: &mut Vec<R>) -> Result<()> {
+            $crate::host::axpy(a, x, y)
+        }
+        fn project_simplex_rows(&mut self, v: &mut Vec<R>, row_len: usize) -> Result<()> {
+            $crate::host::project_simplex_rows(v, row_len)
+        }
+    };
+}
+pub(crate) use host_vector_methods;

@@ -209,28 +209,7 @@ impl<R: Real> Engine for CpuTransformer<R> {
         step_flops(&self.cfg, self.num_train() * l, self.seqs(&self.dev) * l, l)
     }
 
-    fn zeros(&mut self, len: usize) -> Result<Vec<R>> {
-        Ok(vec![R::zero(); len])
-    }
-    fn upload(&mut self, host: &[R]) -> Result<Vec<R>> {
-        Ok(host.to_vec())
-    }
-    fn download(&mut self, v: &Vec<R>) -> Result<Vec<R>> {
-        Ok(v.clone())
-    }
-    fn copy(&mut self, src: &Vec<R>, dst: &mut Vec<R>) -> Result<()> {
-        host::copy(src, dst)
-    }
-    fn scale(&mut self, a: f64, x: &mut Vec<R>) -> Result<()> {
-        host::scale(a, x);
-        Ok(())
-    }
-    fn axpy(&mut self, a: f64, x: &Vec<R>, y: &mut Vec<R>) -> Result<()> {
-        host::axpy(a, x, y)
-    }
-    fn project_simplex_rows(&mut self, v: &mut Vec<R>, row_len: usize) -> Result<()> {
-        host::project_simplex_rows(v, row_len)
-    }
+    host::host_vector_methods!();
 
     fn forward_step(
         &mut self,
