@@ -436,8 +436,15 @@ fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
         None => Backend::from_str(&cfg.backend, true).map_err(|e| anyhow::anyhow!("run config backend: {e}"))?,
     };
     let theta0 = task.theta0(cfg.init_seed);
-    println!("retraining with the constant and the searched policy ({} steps each) …", cfg.search.steps);
-    let ev = with_engine!(backend, &task, |e, _held| run::evaluate(&mut e, &dir, &theta0)?);
+    let bar = ProgressBar::new(2 * cfg.search.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "retraining with the constant, then the searched policy [{bar:30}] {pos}/{len} steps ({elapsed} < {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let ev = with_engine!(backend, &task, |e, _held| run::evaluate_with_progress(&mut e, &dir, &theta0, &mut || bar.inc(1))?);
+    bar.finish_and_clear();
     print_evaluation(&ev, cfg.search.steps);
     let summary = dir.read_summary()?;
     if let Some(best) = summary.best_epoch {

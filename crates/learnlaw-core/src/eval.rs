@@ -100,6 +100,18 @@ pub fn retrain<E: Engine>(
     unroll: Unroll,
     law: bool,
 ) -> Result<(Curves, Option<LawStats>)> {
+    retrain_with_progress(e, theta0, gamma, unroll, law, &mut || {})
+}
+
+/// `retrain`, calling `step_done` after every inner step (for progress display).
+pub fn retrain_with_progress<E: Engine>(
+    e: &mut E,
+    theta0: &[E::Real],
+    gamma: &[E::Real],
+    unroll: Unroll,
+    law: bool,
+    step_done: &mut dyn FnMut(),
+) -> Result<(Curves, Option<LawStats>)> {
     unroll.validate()?;
     let (p, n) = (e.num_params(), e.num_train());
     let gamma_dev = e.upload(gamma)?;
@@ -120,6 +132,7 @@ pub fn retrain<E: Engine>(
         }
         e.forward_step(&theta, &gamma_dev, t, unroll.eta, &mut next, None)?;
         std::mem::swap(&mut theta, &mut next);
+        step_done();
     }
     curves.dev.push(e.loss(Set::Dev, &theta)?);
     curves.test.push(e.loss(Set::Test, &theta)?);

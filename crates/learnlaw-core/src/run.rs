@@ -455,6 +455,11 @@ fn describe(cfg: &RunConfig) -> String {
 /// and with the constant policy on the whole data of the run (all of the desired set), writes
 /// curves.csv and the evaluation into summary.json, and returns it.
 pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Evaluation> {
+    evaluate_with_progress(e, dir, theta0, &mut || {})
+}
+
+/// `evaluate`, calling `step_done` after each of the 2·T retraining steps (constant policy first).
+pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32], step_done: &mut dyn FnMut()) -> Result<Evaluation> {
     let cfg = dir.read_config()?;
     let (policy, history) =
         dir.read_policy()?.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
@@ -468,8 +473,8 @@ pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Ev
     let unroll = cfg.search.unroll();
     let theta0 = to_real(theta0);
     let constant = Policy::constant(policy.steps, policy.examples);
-    let (c, law_c) = eval::retrain(e, &theta0, &to_real(&constant.gamma), unroll, true)?;
-    let (p, law_p) = eval::retrain(e, &theta0, &to_real(&policy.gamma), unroll, true)?;
+    let (c, law_c) = eval::retrain_with_progress(e, &theta0, &to_real(&constant.gamma), unroll, true, step_done)?;
+    let (p, law_p) = eval::retrain_with_progress(e, &theta0, &to_real(&policy.gamma), unroll, true, step_done)?;
     let area = |v: &[f64]| v.iter().sum::<f64>() / unroll.steps as f64;
     let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     let evaluation = Evaluation {
