@@ -79,3 +79,40 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
     );
     assert!(err.contains("cpu and cpu-f64"), "{err}");
 }
+
+/// A user corpus (one story per line) instead of generated stories: its last dev + test stories
+/// become the dev and test sets; too small a corpus is a clear error.
+#[test]
+fn data_text_reads_a_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stories: Vec<String> =
+        (0..40).map(|i| format!("Once upon a time, a cat named Tom{} found a red ball. He was happy.", i % 7)).collect();
+    std::fs::write(tmp.path().join("stories.txt"), stories.join("\n")).unwrap();
+    let out = ok(
+        &[
+            "data",
+            "text",
+            "--out",
+            "c.safetensors",
+            "--corpus",
+            "stories.txt",
+            "--train",
+            "30",
+            "--dev",
+            "5",
+            "--test",
+            "5",
+            "--context",
+            "8",
+            "--vocab",
+            "80",
+        ],
+        tmp.path(),
+    );
+    assert!(out.contains("train 30, dev 5, test 5"), "{out}");
+    let err = fails(
+        &["data", "text", "--out", "d.safetensors", "--corpus", "stories.txt", "--train", "30", "--dev", "20", "--test", "20"],
+        tmp.path(),
+    );
+    assert!(err.contains("dev + test alone need 40"), "{err}");
+}
