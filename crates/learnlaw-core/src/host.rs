@@ -56,6 +56,18 @@ pub fn check_len<R>(what: &str, v: &[R], len: usize) -> Result<()> {
     }
 }
 
+/// Row t of a [T, N] policy.
+pub fn policy_row<R>(gamma: &[R], t: usize, n: usize) -> Result<&[R]> {
+    gamma.get(t * n..(t + 1) * n).ok_or_else(|| Error::shape("policy", format!("at least {} rows of {n}", t + 1), gamma.len()))
+}
+
+/// curve[i] ← value: a forward step's dev loss written into the unroll's curve.
+pub fn set_curve_entry<R: Real>(curve: &mut [R], i: usize, value: f64) -> Result<()> {
+    let len = curve.len();
+    *curve.get_mut(i).ok_or_else(|| Error::shape("dev-loss curve", format!("more than {i} entries"), len))? = R::of(value);
+    Ok(())
+}
+
 pub fn copy<R: Real>(src: &[R], dst: &mut [R]) -> Result<()> {
     check_len("copy destination", dst, src.len())?;
     dst.copy_from_slice(src);

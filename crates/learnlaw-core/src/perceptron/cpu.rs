@@ -11,7 +11,7 @@ use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::host::{self, dot};
 use crate::perceptron;
-use crate::{Error, Real, Result};
+use crate::{Real, Result};
 
 /// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
 const CHUNK_ROWS: usize = 256;
@@ -169,7 +169,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         let (dim, n) = (self.dim, self.num_train());
         host::check_len("theta", theta, dim)?;
         host::check_len("theta_next", theta_next, dim)?;
-        let gamma_t = policy_row(gamma, t, n)?;
+        let gamma_t = host::policy_row(gamma, t, n)?;
         let chunks = n.div_ceil(CHUNK_ROWS);
         let train = &self.train;
         self.partials[..chunks * dim]
@@ -199,9 +199,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
             *next = th - eta * *next;
         }
         if let Some((curve, i)) = dev_loss {
-            let len = curve.len();
-            *curve.get_mut(i).ok_or_else(|| Error::shape("dev-loss curve", format!("more than {i} entries"), len))? =
-                R::of(self.mean_loss_grad(Set::Dev, theta, None));
+            host::set_curve_entry(curve, i, self.mean_loss_grad(Set::Dev, theta, None))?;
         }
         Ok(())
     }
@@ -221,7 +219,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("theta", theta, dim)?;
         host::check_len("lambda_next", lambda_next, dim)?;
         host::check_len("lambda", lambda, dim)?;
-        let gamma_t = policy_row(gamma, t, n)?;
+        let gamma_t = host::policy_row(gamma, t, n)?;
         host::check_len("grad_gamma", grad_gamma, gamma.len())?;
         let grad_t = &mut grad_gamma[t * n..(t + 1) * n];
         let chunks = n.div_ceil(CHUNK_ROWS);
@@ -297,9 +295,4 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         });
         Ok(())
     }
-}
-
-/// Row t of a [T, N] policy.
-fn policy_row<R>(gamma: &[R], t: usize, n: usize) -> Result<&[R]> {
-    gamma.get(t * n..(t + 1) * n).ok_or_else(|| Error::shape("policy", format!("at least {} rows of {n}", t + 1), gamma.len()))
 }

@@ -144,23 +144,25 @@ impl<R: Real> CpuTransformer<R> {
             Some(w) => (0..b).partition(|&i| w[i] != R::zero()),
             None => (Vec::new(), (0..b).collect()),
         };
+        let active_weights: Vec<R> = weights.map_or_else(Vec::new, |w| active.iter().map(|&i| w[i]).collect());
         let gather = |ids: &[usize]| -> Vec<u32> { ids.iter().flat_map(|&i| rows[i * len..(i + 1) * len].iter().copied()).collect() };
-        let mut out = vec![0.0; b];
         let dots = matches!(pass, Pass::Dots { .. } | Pass::DotsHvp { .. });
+        let mut out = vec![0.0; b];
+        let mut record = |ids: &[usize], tape: &Tape<R>| {
+            let vals = if dots { tape.dots() } else { tape.losses() };
+            ids.iter().zip(vals).for_each(|(&i, &v)| out[i] = v);
+        };
         if !active.is_empty() {
             model.forward(&gather(&active), len, tape);
-            let w: Vec<R> = active.iter().map(|&i| weights.expect("active sequences have weights")[i]).collect();
             match pass {
-                Pass::Grad { .. } => model.backward(tape, &w, Some(acc), None),
-                _ => model.backward(tape, &w, None, Some(acc)),
+                Pass::Grad { .. } => model.backward(tape, &active_weights, Some(acc), None),
+                _ => model.backward(tape, &active_weights, None, Some(acc)),
             }
-            let vals = if dots { tape.dots() } else { tape.losses() };
-            active.iter().zip(vals).for_each(|(&i, &v)| out[i] = v);
+            record(&active, tape);
         }
         if !idle.is_empty() && (dots || !matches!(pass, Pass::Grad { .. })) {
             model.forward(&gather(&idle), len, tape);
-            let vals = if dots { tape.dots() } else { tape.losses() };
-            idle.iter().zip(vals).for_each(|(&i, &v)| out[i] = v);
+            record(&idle, tape);
         }
         out
     }
@@ -223,9 +225,9 @@ impl<R: Real> Engine for CpuTransformer<R> {
         let (p, n) = (self.layout.len, self.num_train());
         host::check_len("theta", theta, p)?;
         host::check_len("theta_next", theta_next, p)?;
-        let row = gamma.get(t * n..(t + 1) * n).ok_or_else(|| Error::shape("gamma rows", t + 1, gamma.len() / n.max(1)))?;
+        let row = host::policy_row(gamma, t, n)?;
         if let Some((curve, i)) = dev_loss {
-            curve[i] = R::of(self.mean_loss(Set::Dev, theta, None));
+            host::set_curve_entry(curve, i, self.mean_loss(Set::Dev, theta, None))?;
         }
         self.run(theta, &self.train, Pass::Grad { weights: row }, Some(theta_next));
         // θ_next holds the gradient; turn it into θ − η·gradient.
@@ -250,7 +252,7 @@ impl<R: Real> Engine for CpuTransformer<R> {
             host::check_len(what, v, p)?;
         }
         host::check_len("grad_gamma", grad_gamma, gamma.len())?;
-        let row = gamma.get(t * n..(t + 1) * n).ok_or_else(|| Error::shape("gamma rows", t + 1, gamma.len() / n.max(1)))?;
+        let row = host::policy_row(gamma, t, n)?;
         // λ ← H λ_next (Σ_n γ_n ∇²l_n), with the dots ∇l_n·λ_next from the same tangent pass.
         let dots = self.run(theta, &self.train, Pass::DotsHvp { v: lambda_next, weights: row }, Some(lambda));
         for (g, d) in grad_gamma[t * n..(t + 1) * n].iter_mut().zip(&dots) {
