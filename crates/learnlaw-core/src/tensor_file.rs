@@ -56,12 +56,15 @@ pub fn metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// The values of a little-endian tensor buffer, N bytes each, decoded by `f` (e.g. `i32::from_le_bytes`).
+pub fn le<'a, const N: usize, T>(b: &'a [u8], f: impl Fn([u8; N]) -> T + 'a) -> impl Iterator<Item = T> + 'a {
+    let (chunks, _) = b.as_chunks::<N>();
+    chunks.iter().map(move |&c| f(c))
+}
+
 /// Converts a tensor of one of the `allowed` dtypes to f32 (integer labels keep their value, so a
 /// bad label is reported as read).
 pub fn to_f32(name: &str, t: &TensorView, allowed: &[Dtype]) -> Result<Vec<f32>> {
-    fn le<'a, const N: usize, T>(b: &'a [u8], f: impl Fn([u8; N]) -> T + 'a) -> impl Iterator<Item = T> + 'a {
-        b.chunks_exact(N).map(move |c| f(c.try_into().expect("chunk of N bytes")))
-    }
     let b = t.data();
     Ok(match t.dtype() {
         dt if !allowed.contains(&dt) => {

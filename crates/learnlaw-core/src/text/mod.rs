@@ -299,8 +299,8 @@ impl TokenData {
 fn token_ids(name: &str, t: &TensorView, seq_len: usize) -> Result<Vec<u32>> {
     let b = t.data();
     let values: Vec<i64> = match t.dtype() {
-        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
-        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        Dtype::I32 => tensor_file::le(b, |c| i32::from_le_bytes(c) as i64).collect(),
+        Dtype::I64 => tensor_file::le(b, i64::from_le_bytes).collect(),
         dt => return Err(Error::bad_input(name, format!("unsupported dtype {dt:?}; expected I32 or I64"))),
     };
     values
