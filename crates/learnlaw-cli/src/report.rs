@@ -180,6 +180,13 @@ fn caption_style() -> TextStyle<'static> {
     (FONT, 24).into_font().style(FontStyle::Bold).into()
 }
 
+/// A chart of one figure panel: its caption, and the margins and label areas all panels share.
+fn figure_chart<'a, 'b, DB: DrawingBackend>(area: &'a DrawingArea<DB, Shift>, caption: impl AsRef<str>) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(caption, caption_style()).margin(20).x_label_area_size(55).y_label_area_size(85);
+    builder
+}
+
 fn line_legend(color: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(width))
 }
@@ -319,12 +326,7 @@ fn draw_search<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Summary) -
 
     let (lo, hi) = span(s.j.iter().chain(&s.heldout_j).copied(), 0.08);
     let y_ticks = linear_ticks(lo, hi);
-    let mut chart = ChartBuilder::on(&left)
-        .caption("J per outer epoch", caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
-        .build_cartesian_2d(x.clone(), lo..hi)?;
+    let mut chart = figure_chart(&left, "J per outer epoch").build_cartesian_2d(x.clone(), lo..hi)?;
     chart
         .configure_mesh()
         .x_desc("outer epoch (0 = constant policy)")
@@ -357,12 +359,7 @@ fn draw_search<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Summary) -
 
     let (lo, hi) = span(s.cr.iter().copied(), 0.08);
     let y_ticks = linear_ticks(lo, hi);
-    let mut chart = ChartBuilder::on(&right)
-        .caption("Compression ratio per outer epoch", caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
-        .build_cartesian_2d(x, lo..hi)?;
+    let mut chart = figure_chart(&right, "Compression ratio per outer epoch").build_cartesian_2d(x, lo..hi)?;
     chart
         .configure_mesh()
         .x_desc("outer epoch (0 = constant policy)")
@@ -396,15 +393,10 @@ fn draw_losses<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &learnlaw_c
         // Room below the curves for the legend (lower left, where falling curves never are).
         let lo = lo / (hi / lo).powf(0.45);
         let ar_text = ar.map_or("not reached".to_string(), |r| format!("{r:.2}×"));
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{title} (measured AR {ar_text})"), caption_style())
-            .margin(20)
-            .x_label_area_size(55)
-            .y_label_area_size(85)
-            .build_cartesian_2d(
-                (1f64..steps.max(2) as f64).log_scale().with_key_points(log_ticks(1.0, steps.max(2) as f64).0),
-                (lo..hi).log_scale().with_key_points(log_ticks(lo, hi).0).with_light_points(log_ticks(lo, hi).1),
-            )?;
+        let mut chart = figure_chart(area, format!("{title} (measured AR {ar_text})")).build_cartesian_2d(
+            (1f64..steps.max(2) as f64).log_scale().with_key_points(log_ticks(1.0, steps.max(2) as f64).0),
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi).0).with_light_points(log_ticks(lo, hi).1),
+        )?;
         chart
             .configure_mesh()
             .x_desc("inner step t (log)")
@@ -497,12 +489,7 @@ fn draw_sim<DB: DrawingBackend>(
     let x = DevAxis::new(&[&pc, &pp]);
     let (lo, hi) = span(pc.iter().chain(&pp).map(|p| p.1), 0.06);
     let y_ticks = linear_ticks(lo, hi);
-    let mut chart = ChartBuilder::on(root)
-        .caption("SIM_t against the desired loss", caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
-        .build_cartesian_2d(x.coord(), lo..hi)?;
+    let mut chart = figure_chart(root, "SIM_t against the desired loss").build_cartesian_2d(x.coord(), lo..hi)?;
     chart
         .configure_mesh()
         .x_desc("desired loss L_dev(θ_t) (log, decreasing → training proceeds left to right)")
@@ -542,12 +529,8 @@ fn draw_zero_share<DB: DrawingBackend>(
         dev_points.push(&fallback);
     }
     let x = DevAxis::new(&dev_points);
-    let mut chart = ChartBuilder::on(root)
-        .caption("Share of CT ≤ 0 examples with zero weight, per step", caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
-        .build_cartesian_2d(x.coord(), -2f64..102f64)?;
+    let mut chart =
+        figure_chart(root, "Share of CT ≤ 0 examples with zero weight, per step").build_cartesian_2d(x.coord(), -2f64..102f64)?;
     chart
         .configure_mesh()
         .x_desc("desired loss L_dev(θ_t) (log, decreasing → training proceeds left to right)")
@@ -571,11 +554,7 @@ fn draw_zero_share<DB: DrawingBackend>(
 
 fn draw_well_learned<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, lc: &LawStats, lp: &LawStats) -> Draw<DB> {
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("CDF of γ / max γ over examples with training loss < {WELL_LEARNED_LOSS:.0e}"), caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
+    let mut chart = figure_chart(root, format!("CDF of γ / max γ over examples with training loss < {WELL_LEARNED_LOSS:.0e}"))
         .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)?;
     chart
         .configure_mesh()
@@ -613,12 +592,7 @@ fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, h: &Heatmap, 
         Some(e) => format!("Policy γ·N of epoch {e} (examples sorted by total weight)"),
         None => "Policy γ·N (examples sorted by total weight)".to_string(),
     };
-    let mut chart = ChartBuilder::on(&main)
-        .caption(title, caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(85)
-        .build_cartesian_2d(0f64..steps as f64, -(n as f64)..0f64)?;
+    let mut chart = figure_chart(&main, title).build_cartesian_2d(0f64..steps as f64, -(n as f64)..0f64)?;
     // y = −rank, so the heaviest example (rank 0) is at the top.
     chart
         .configure_mesh()
