@@ -4,18 +4,21 @@
 //!
 //! Every timed sample is `iters` calls followed by one device synchronisation (the steps are
 //! asynchronous launches, as in a real unroll); the projection reads its flag back, so each call
-//! waits. The ceiling is a device-to-device copy of a buffer the size of X, measured in the same
-//! run: GB/s counts the bytes of X read once by a step (the bytes the math needs; θ, γ and the
-//! partial sums are noise next to X at the large size) and read + written by the copy. The table
-//! printed last gives each step's GB/s and its ratio to the copy's. Names follow
-//! `{backend}_{op}_{dtype}`. No CUDA device: prints SKIPPED and exits successfully, unless
-//! `LEARNLAW_REQUIRE_CUDA=1`. `LEARNLAW_BENCH_EPOCH=0` skips the outer-epoch benchmark.
+//! waits. The ceiling is a device-to-device copy of an f32 buffer the size of X, measured in the
+//! same run: GB/s counts the bytes of X read once by a step (the bytes the math needs; θ, γ and
+//! the partial sums are noise next to X at the large size; X in bf16 is half the bytes of f32)
+//! and read + written by the copy. The table printed last gives each step's GB/s and its ratio to
+//! the copy's. Names follow `{backend}_{op}_{dtype}` (dtype: X's storage). The outer epoch at the
+//! paper's size runs with its unrolls replayed as CUDA graphs (the default) and launched step by
+//! step (`_direct`); the table gives their ratio. No CUDA device: prints SKIPPED and exits
+//! successfully, unless `LEARNLAW_REQUIRE_CUDA=1`. `LEARNLAW_BENCH_EPOCH=0` skips the outer
+//! epochs.
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use learnlaw::cuda_backend::CudaPerceptron;
+use learnlaw::cuda_backend::{CudaPerceptron, Options, Storage};
 use learnlaw::data::{init_theta, Examples, PerceptronData, PerceptronRecipe};
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
@@ -64,39 +67,39 @@ fn time_calls(e: &mut CudaPerceptron, iters: u64, name: &str, bytes: f64, mut ca
     d
 }
 
-fn bench_size(c: &mut Criterion, label: &str, data: &PerceptronData, proj_rows: usize) {
+fn engine(data: &PerceptronData, storage: Storage, direct_launches: bool) -> CudaPerceptron {
+    CudaPerceptron::with_options(data, &Options { storage, direct_launches, ..Default::default() })
+        .expect("cuda engine (device checked in main)")
+}
+
+/// The forward and backward step of an engine storing X in `storage`.
+fn step_benches(c: &mut Criterion, label: &str, data: &PerceptronData, storage: Storage) {
     let (n, d) = (data.train.len(), data.dim);
-    let mut e = CudaPerceptron::new(data).expect("cuda engine (device checked in main)");
-    let x_bytes = (n * d * 4) as f64;
+    let mut e = engine(data, storage, false);
+    let x_bytes = (n * d * storage.bytes()) as f64;
     let theta = e.upload(&init_theta(d, 10)).unwrap();
     let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
     let (mut next, mut lambda) = (e.zeros(d).unwrap(), e.zeros(d).unwrap());
     let mut grad = e.zeros(n).unwrap();
     let mut curve = e.zeros(4).unwrap();
     let lambda_next = e.upload(&vec![0.01; d]).unwrap();
-    let x_like = e.zeros(n * d).unwrap();
-    let mut x_copy = e.zeros(n * d).unwrap();
     // First use compiles the kernels (NVRTC) and picks the variant; keep it out of the timing.
     e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
     let variant = e.pass_variant().unwrap();
-    println!("cuda {label}: {} ({}), N = {n}, D = {d}, K = {}, {variant}", e.device_name(), e.arch(), data.dev.len());
+    let dt = storage.name();
+    println!("cuda {label}: {} ({}), N = {n}, D = {d}, K = {}, X in {dt}, {variant}", e.device_name(), e.arch(), data.dev.len());
 
-    let mut g = c.benchmark_group(format!("cuda_{label}"));
+    let mut g = c.benchmark_group(format!("cuda_{label}_{dt}"));
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    g.throughput(Throughput::Bytes(2 * (n * d * 4) as u64));
-    let id = format!("cuda_copy_floor_f32/{label}");
-    g.bench_function("cuda_copy_floor_f32", |b| {
-        b.iter_custom(|iters| time_calls(&mut e, iters, &id, 2.0 * x_bytes, |e| e.copy(&x_like, &mut x_copy).unwrap()))
-    });
-    g.throughput(Throughput::Bytes((n * d * 4) as u64));
-    let id = format!("cuda_forward_step_f32/{label}");
-    g.bench_function("cuda_forward_step_f32", |b| {
+    g.throughput(Throughput::Bytes(x_bytes as u64));
+    let id = format!("cuda_forward_step_{dt}/{label}");
+    g.bench_function(format!("cuda_forward_step_{dt}"), |b| {
         b.iter_custom(|iters| {
             time_calls(&mut e, iters, &id, x_bytes, |e| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 1))).unwrap())
         })
     });
-    let id = format!("cuda_backward_step_f32/{label}");
-    g.bench_function("cuda_backward_step_f32", |b| {
+    let id = format!("cuda_backward_step_{dt}/{label}");
+    g.bench_function(format!("cuda_backward_step_{dt}"), |b| {
         b.iter_custom(|iters| {
             time_calls(&mut e, iters, &id, x_bytes, |e| {
                 e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap()
@@ -104,7 +107,27 @@ fn bench_size(c: &mut Criterion, label: &str, data: &PerceptronData, proj_rows: 
         })
     });
     g.finish();
-    drop((x_like, x_copy));
+}
+
+fn bench_size(c: &mut Criterion, label: &str, data: &PerceptronData, proj_rows: usize) {
+    let (n, d) = (data.train.len(), data.dim);
+    let mut e = engine(data, Storage::F32, false);
+    let x_bytes = (n * d * 4) as f64;
+    {
+        let x_like = e.zeros(n * d).unwrap();
+        let mut x_copy = e.zeros(n * d).unwrap();
+        let mut g = c.benchmark_group(format!("cuda_{label}"));
+        g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        g.throughput(Throughput::Bytes(2 * (n * d * 4) as u64));
+        let id = format!("cuda_copy_floor_f32/{label}");
+        g.bench_function("cuda_copy_floor_f32", |b| {
+            b.iter_custom(|iters| time_calls(&mut e, iters, &id, 2.0 * x_bytes, |e| e.copy(&x_like, &mut x_copy).unwrap()))
+        });
+        g.finish();
+    }
+    for storage in [Storage::F32, Storage::Bf16] {
+        step_benches(c, label, data, storage);
+    }
 
     // Projection of a [rows, N] policy after a gradient step (1/N plus noise, some entries cut to 0).
     let mut g = c.benchmark_group(format!("cuda_{label}_policy"));
@@ -138,22 +161,26 @@ fn outer_epoch(c: &mut Criterion) {
     }
     let data = PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe");
     let n = data.train.len();
-    let mut e = CudaPerceptron::new(&data).expect("cuda engine");
-    let cfg = SearchConfig { epochs: 1_000_000, ..SearchConfig::paper_perceptron() };
-    let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(STEPS, n).gamma, 0).unwrap();
     let mut g = c.benchmark_group("cuda_search");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    g.bench_function("cuda_outer_epoch_f32", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                search.step(&mut e).unwrap(); // reads J back: synchronous
-            }
-            let d = start.elapsed();
-            record("cuda_outer_epoch_f32/paper", 0.0, d.as_secs_f64() / iters as f64);
-            d
-        })
-    });
+    for direct_launches in [false, true] {
+        let mut e = engine(&data, Storage::F32, direct_launches);
+        let cfg = SearchConfig { epochs: 1_000_000, ..SearchConfig::paper_perceptron() };
+        let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(STEPS, n).gamma, 0).unwrap();
+        let name = if direct_launches { "cuda_outer_epoch_direct_f32" } else { "cuda_outer_epoch_f32" };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    search.step(&mut e).unwrap(); // reads J back: synchronous
+                }
+                let d = start.elapsed();
+                record(&format!("{name}/paper"), 0.0, d.as_secs_f64() / iters as f64);
+                d
+            })
+        });
+        println!("{name}: {:?}", e.graph_stats());
+    }
     g.finish();
 }
 
@@ -179,6 +206,10 @@ fn print_table() {
             let time = if s >= 1e-3 { format!("{:.3} ms", s * 1e3) } else { format!("{:.2} µs", s * 1e6) };
             let gbs = if *bytes > 0.0 { format!("{gbs:.0}") } else { "-".into() };
             println!("{name:<44} {time:>12} {gbs:>10} {ratio:>9}");
+        }
+        let epoch = |name: &str| t.get(&format!("{name}/paper")).map(|(v, _)| median(v));
+        if let (Some(graphs), Some(direct)) = (epoch("cuda_outer_epoch_f32"), epoch("cuda_outer_epoch_direct_f32")) {
+            println!("outer epoch with CUDA graphs: {:.2}× faster than step-by-step launches", direct / graphs);
         }
     });
 }

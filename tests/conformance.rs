@@ -217,13 +217,17 @@ fn wgpu(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
 /// passes even with LEARNLAW_REQUIRE_WGPU=1, since f16 shaders are optional hardware. Lavapipe
 /// (Mesa 22.3, the CI adapter) has SHADER_F16, so in CI these tests execute.
 fn wgpu_f16(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
-    let storage = Storage::F16;
+    round_inputs(data, Storage::F16);
+    let e = wgpu_with(data, &Options { storage: Storage::F16, ..Options::default() })?;
+    assert_eq!(e.name(), "wgpu-f16");
+    Some(e)
+}
+
+/// Rounds X of every set to the values a `storage` engine computes with (see `wgpu_f16`).
+fn round_inputs(data: &mut PerceptronData, storage: Storage) {
     for set in [&mut data.train, &mut data.dev, &mut data.test] {
         set.x.iter_mut().for_each(|v| *v = storage.round(*v));
     }
-    let e = wgpu_with(data, &Options { storage, ..Options::default() })?;
-    assert_eq!(e.name(), "wgpu-f16");
-    Some(e)
 }
 
 fn wgpu_with(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptron> {
@@ -261,6 +265,15 @@ fn cuda_smem(data: &mut PerceptronData) -> Option<learnlaw::cuda_backend::CudaPe
     cuda_with(data, &opts)
 }
 
+/// The CUDA engine with X stored in 16 bits, checked like `wgpu_f16` (reference on rounded X, f32
+/// tolerance); the smem path too, since it loads X in a different loop.
+fn cuda_16bit(data: &mut PerceptronData, storage: Storage, force_smem_variant: bool) -> Option<learnlaw::cuda_backend::CudaPerceptron> {
+    round_inputs(data, storage);
+    let e = cuda_with(data, &learnlaw::cuda_backend::Options { storage, force_smem_variant, ..Default::default() })?;
+    assert_eq!(e.name(), format!("cuda-{}", storage.name()));
+    Some(e)
+}
+
 fn cuda_with(data: &PerceptronData, opts: &learnlaw::cuda_backend::Options) -> Option<learnlaw::cuda_backend::CudaPerceptron> {
     match learnlaw::cuda_backend::CudaPerceptron::with_options(data, opts) {
         Ok(e) => Some(e),
@@ -277,3 +290,6 @@ fn cuda_with(data: &PerceptronData, opts: &learnlaw::cuda_backend::Options) -> O
 
 conformance_tests!(cuda_f32, cuda);
 conformance_tests!(cuda_f32_smem, cuda_smem);
+conformance_tests!(cuda_bf16, |d| cuda_16bit(d, Storage::Bf16, false));
+conformance_tests!(cuda_bf16_smem, |d| cuda_16bit(d, Storage::Bf16, true));
+conformance_tests!(cuda_f16, |d| cuda_16bit(d, Storage::F16, false));

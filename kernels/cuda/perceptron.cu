@@ -30,14 +30,17 @@
 // So the launch count per step is 1 at the paper's size (forward, backward, loss, loss_grad;
 // row_outputs 1), 2 for large problems (where a step takes milliseconds, so the launch is noise),
 // and nothing is read back per step: the dev loss goes straight into the caller's curve slot.
+// The engine replays a whole pass of the unroll (T such launches) as one CUDA graph (lib.rs).
 // The reduction order is fixed (rows → warps by a fixed grid stride, warps in order, blocks in
 // order), so results are bit-for-bit reproducible run to run on a given GPU (the block count
 // depends on the SM count; the CPU engine's 256-row chunks are not reproduced bit for bit, only to
 // the f32 tolerance).
 //
 // Buffers (row-major; accumulation in f32 like the CPU f32 engine, losses summed in f64):
-//   x [rows, stride4] float4: a data set, each row zero-padded to a multiple of 4 values, so every
-//     load of X is a 16-byte vector load; y [rows] f32; θ, λ_next, v, base, out_vec [D] f32 (whole
+//   x [rows, stride4] xvec: a data set, each row zero-padded to a multiple of 4 values, so every
+//     load of X is one vector load of 4 values: a float4 (16 bytes) for f32 storage, a uint2
+//     (8 bytes) of 4 f16 or bf16 for 16-bit storage (X_STORAGE below), widened to f32 on load;
+//     y [rows] f32; θ, λ_next, v, base, out_vec [D] f32 (whole
 //     allocations, so 16-byte aligned); γ row t and out row t: [rows] f32 at an element offset;
 //   partials [blocks0 + blocks1, stride4] float4; loss_partials [blocks0 + blocks1] f64;
 //   counter: one u32, 0 between launches (the last block resets it).
@@ -59,11 +62,44 @@
 //     registers (R float4 per lane); shared memory only for the block's final reduction.
 //     The paper's D = 128 is pass_r1: one float4 per lane per row. (R = 8 would need ~160
 //     registers a thread, one block per SM: pass_smem is used above D = 512 instead.)
-//   Not yet: bf16 storage of X, CUDA graphs over a whole unroll, TMA/cp.async double buffering.
+//   16-bit X (X_STORAGE 1/2): the same kernels reading half the bytes; the widening is exact, so
+//     results equal the f32 kernels' on X rounded to f16/bf16 (what the conformance tests check).
+//   Not yet: TMA/cp.async double buffering.
 
 #define WARP 32
 #define WARPS 8
 #define BLOCK (WARP * WARPS)
+
+// The storage of X, an NVRTC -D option (one module per storage): 0 f32, 1 f16, 2 bf16.
+#ifndef X_STORAGE
+#define X_STORAGE 0
+#endif
+
+#if X_STORAGE == 0
+typedef float4 xvec;
+__device__ __forceinline__ float4 load_x(const xvec* p) { return __ldg(p); }
+#else
+typedef uint2 xvec;  // 4 16-bit values, element 0 in the low half of .x (little-endian)
+#if X_STORAGE == 1
+__device__ __forceinline__ float widen(unsigned int h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+}
+__device__ __forceinline__ float lo(unsigned int w) { return widen(w & 0xffffu); }
+__device__ __forceinline__ float hi(unsigned int w) { return widen(w >> 16); }
+#elif X_STORAGE == 2
+// bf16 is the top half of an f32: widening is a shift.
+__device__ __forceinline__ float lo(unsigned int w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
+#else
+#error "X_STORAGE must be 0 (f32), 1 (f16) or 2 (bf16)"
+#endif
+__device__ __forceinline__ float4 load_x(const xvec* p) {
+    const uint2 v = __ldg(p);
+    return make_float4(lo(v.x), hi(v.x), lo(v.y), hi(v.y));
+}
+#endif
 
 #define MODE_NONE 0u
 #define MODE_FORWARD 1u
@@ -73,11 +109,11 @@
 
 // Mirrors `PassParams` in crates/learnlaw-cuda/src/lib.rs (#[repr(C)]; pointers are 8 bytes).
 struct PassParams {
-    const float4* x0;        // segment 0 (training set): [rows0, stride4]
+    const xvec* x0;          // segment 0 (training set): [rows0, stride4]
     const float* y0;         // [rows0]
     const float* gamma0;     // row t of γ: [rows0]
     float* out0;             // BACKWARD: row t of ∂J/∂γ: [rows0]
-    const float4* x1;        // segment 1 (an evaluation set): [rows1, stride4]
+    const xvec* x1;          // segment 1 (an evaluation set): [rows1, stride4]
     const float* y1;         // [rows1]
     const float* theta;      // [dim]
     const float* vec;        // BACKWARD: λ_next [dim]
@@ -140,7 +176,7 @@ __device__ __forceinline__ float4 load4(const float* v, unsigned int k, unsigned
 
 // What one block works on.
 struct Segment {
-    const float4* x;
+    const xvec* x;
     const float* y;
     unsigned int rows, blocks, block, mode;
 };
@@ -291,13 +327,13 @@ __device__ __forceinline__ void pass_reg(const PassParams& p) {
             float g = 1.0f;
             if (sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD) g = p.gamma0[r];
             if (sg.mode == MODE_FORWARD && g == 0.0f) continue;
-            const float4* xr = sg.x + r * st4;
+            const xvec* xr = sg.x + r * st4;
             float4 xv[R];
             float z = 0.0f, u = 0.0f;
 #pragma unroll
             for (int i = 0; i < R; i++) {
                 unsigned int k = lane + WARP * i;
-                xv[i] = k < st4 ? __ldg(xr + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                xv[i] = k < st4 ? load_x(xr + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 z += dot4(xv[i], th[i]);
                 if (two) u += dot4(xv[i], lv[i]);
             }
@@ -334,11 +370,11 @@ __device__ __forceinline__ void pass_shared(const PassParams& p) {
             float g = 1.0f;
             if (sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD) g = p.gamma0[r];
             if (sg.mode == MODE_FORWARD && g == 0.0f) continue;
-            const float4* xr = sg.x + r * st4;
+            const xvec* xr = sg.x + r * st4;
             float z = 0.0f, u = 0.0f;
 #pragma unroll 8
             for (unsigned int k = lane; k < st4; k += WARP) {
-                float4 xv = __ldg(xr + k);
+                float4 xv = load_x(xr + k);
                 z += dot4(xv, load4(p.theta, k, p.dim));
                 if (two) u += dot4(xv, load4(p.vec, k, p.dim));
             }
@@ -350,7 +386,7 @@ __device__ __forceinline__ void pass_shared(const PassParams& p) {
 #pragma unroll 4
                 for (unsigned int k = lane; k < st4; k += WARP) {
                     float4 a = acc[k];
-                    fma4(a, c, __ldg(xr + k));
+                    fma4(a, c, load_x(xr + k));
                     acc[k] = a;
                 }
             }
@@ -377,17 +413,17 @@ extern "C" __global__ void __launch_bounds__(BLOCK) pass_finish(const PassParams
 }
 
 // Per-example outputs, a warp per row (grid-stride): mode 0 out[n] = l_n, mode 1 out[n] = (p − y)(x_n·v).
-extern "C" __global__ void __launch_bounds__(BLOCK) row_outputs(const float4* __restrict__ x, const float* __restrict__ y,
+extern "C" __global__ void __launch_bounds__(BLOCK) row_outputs(const xvec* __restrict__ x, const float* __restrict__ y,
                                                                 const float* __restrict__ theta, const float* __restrict__ v,
                                                                 float* __restrict__ out, unsigned int rows, unsigned int dim,
                                                                 unsigned int stride4, unsigned int mode) {
     const unsigned int lane = threadIdx.x & (WARP - 1);
     const size_t warps = (size_t)gridDim.x * WARPS;
     for (size_t r = (size_t)blockIdx.x * WARPS + threadIdx.x / WARP; r < rows; r += warps) {
-        const float4* xr = x + r * stride4;
+        const xvec* xr = x + r * stride4;
         float z = 0.0f, u = 0.0f;
         for (unsigned int k = lane; k < stride4; k += WARP) {
-            float4 xv = __ldg(xr + k);
+            float4 xv = load_x(xr + k);
             z += dot4(xv, load4(theta, k, dim));
             if (mode == 1u) u += dot4(xv, load4(v, k, dim));
         }

@@ -113,6 +113,22 @@ enum Backend {
     /// The CUDA kernels (cudarc, NVRTC at first use) on an NVIDIA GPU, f32; needs the driver and
     /// libnvrtc.so.13 on the library path.
     Cuda,
+    /// The CUDA kernels with X stored as bf16 (f32 accumulation): half the bytes per pass.
+    CudaBf16,
+    /// The CUDA kernels with X stored as f16 (f32 accumulation; |x| ≤ 65504).
+    CudaF16,
+}
+
+impl Backend {
+    /// The storage of X on a GPU backend's device.
+    fn x_storage(self) -> learnlaw_core::Storage {
+        use learnlaw_core::Storage;
+        match self {
+            Backend::WgpuF16 | Backend::CudaF16 => Storage::F16,
+            Backend::CudaBf16 => Storage::Bf16,
+            Backend::Cpu | Backend::CpuF64 | Backend::Wgpu | Backend::Cuda => Storage::F32,
+        }
+    }
 }
 
 #[derive(Args, Clone)]

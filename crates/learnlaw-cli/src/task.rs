@@ -237,12 +237,14 @@ macro_rules! with_engine {
             Task::Perceptron { data, held } => match $backend {
                 Backend::Cpu => with_engine!(@arm data, held, |d| CpuPerceptron::<f32>::new(d), |$e, $h| $body),
                 Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuPerceptron::<f64>::new(d), |$e, $h| $body),
-                Backend::Wgpu => with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuPerceptron::new(d), |$e, $h| $body),
-                Backend::WgpuF16 => {
-                    let opts = learnlaw_wgpu::Options { storage: learnlaw_wgpu::Storage::F16, ..Default::default() };
+                Backend::Wgpu | Backend::WgpuF16 => {
+                    let opts = learnlaw_wgpu::Options { storage: $backend.x_storage(), ..Default::default() };
                     with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuPerceptron::with_options(d, &opts), |$e, $h| $body)
                 }
-                Backend::Cuda => with_engine!(@arm data, held, |d| learnlaw_cuda::CudaPerceptron::new(d), |$e, $h| $body),
+                Backend::Cuda | Backend::CudaBf16 | Backend::CudaF16 => {
+                    let opts = learnlaw_cuda::Options { storage: $backend.x_storage(), ..Default::default() };
+                    with_engine!(@arm data, held, |d| learnlaw_cuda::CudaPerceptron::with_options(d, &opts), |$e, $h| $body)
+                }
             },
             Task::Transformer { model, data, held } => match $backend {
                 Backend::Cpu => with_engine!(@arm data, held, |d| CpuTransformer::<f32>::new(model, d), |$e, $h| $body),

@@ -91,6 +91,18 @@ pub trait Engine {
         lambda: &mut Self::Vec,
     ) -> Result<()>;
 
+    /// Runs `steps`, a sequence of `forward_step`/`backward_step` calls that the caller repeats
+    /// (one pass of an unroll), letting the engine submit them together: the CUDA engine replays
+    /// a sequence it has seen before as one CUDA graph. The results are the same as calling the
+    /// steps directly (the default). Contract: every vector a step uses must outlive this call,
+    /// since the engine may launch the recorded steps only at its end.
+    fn run_steps<T>(&mut self, steps: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>
+    where
+        Self: Sized,
+    {
+        steps(self)
+    }
+
     /// Mean loss on an evaluation set.
     fn loss(&mut self, set: Set, theta: &Self::Vec) -> Result<f64>;
     /// Mean loss on an evaluation set, and its gradient written to `grad`.
@@ -127,7 +139,8 @@ pub trait Engine {
                 *x = Self::Real::of(w / sum);
             }
         }
-        *gamma = self.upload(&g)?;
-        Ok(())
+        // Into the same buffer, so a recorded step sequence that reads γ stays valid.
+        let updated = self.upload(&g)?;
+        self.copy(&updated, gamma)
     }
 }

@@ -8,6 +8,7 @@
 //! - `search`: the outer optimisation of the policy; `eval`: AR, CR, CT, SIM; `run`: run directories.
 //! - `data`, `policy`, `simplex`: data sets and their generator, policies, simplex projection.
 //! - `text`: the Transformer task's token data — BPE tokenizer, story generator, corpus reading, noise.
+//! - `storage`: how a GPU backend stores X (f32, f16, bf16).
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
 //! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
 pub mod analysis;
@@ -23,6 +24,7 @@ pub mod real;
 pub mod run;
 pub mod search;
 pub mod simplex;
+pub mod storage;
 mod tensor_file;
 pub mod text;
 pub mod transformer;
@@ -31,3 +33,4 @@ pub mod unroll;
 pub use engine::{Engine, Set, StepFlops};
 pub use error::{Error, Result};
 pub use real::Real;
+pub use storage::Storage;

@@ -97,22 +97,25 @@ impl<E: Engine> Workspace<E> {
         // Steps read from and write to the checkpoints in place, so keeping θ costs no copies;
         // between checkpoints they alternate between two running buffers. θ_T ends in `theta`.
         e.copy(theta0, &mut self.checkpoints[0])?;
-        for t in 0..steps {
-            let curve = Some((&mut self.dev_curve, t));
-            let to_checkpoint = (t + 1) % k == 0 && t + 1 < steps;
-            match (t % k == 0, to_checkpoint) {
-                (true, true) => {
-                    let (done, rest) = self.checkpoints.split_at_mut(t / k + 1);
-                    e.forward_step(&done[t / k], gamma, t, eta, &mut rest[0], curve)?
-                }
-                (true, false) => e.forward_step(&self.checkpoints[t / k], gamma, t, eta, &mut self.theta, curve)?,
-                (false, true) => e.forward_step(&self.theta, gamma, t, eta, &mut self.checkpoints[(t + 1) / k], curve)?,
-                (false, false) => {
-                    e.forward_step(&self.theta, gamma, t, eta, &mut self.theta_next, curve)?;
-                    std::mem::swap(&mut self.theta, &mut self.theta_next);
+        e.run_steps(|e| {
+            for t in 0..steps {
+                let curve = Some((&mut self.dev_curve, t));
+                let to_checkpoint = (t + 1) % k == 0 && t + 1 < steps;
+                match (t % k == 0, to_checkpoint) {
+                    (true, true) => {
+                        let (done, rest) = self.checkpoints.split_at_mut(t / k + 1);
+                        e.forward_step(&done[t / k], gamma, t, eta, &mut rest[0], curve)?
+                    }
+                    (true, false) => e.forward_step(&self.checkpoints[t / k], gamma, t, eta, &mut self.theta, curve)?,
+                    (false, true) => e.forward_step(&self.theta, gamma, t, eta, &mut self.checkpoints[(t + 1) / k], curve)?,
+                    (false, false) => {
+                        e.forward_step(&self.theta, gamma, t, eta, &mut self.theta_next, curve)?;
+                        std::mem::swap(&mut self.theta, &mut self.theta_next);
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         let mut dev: Vec<f64> = e.download(&self.dev_curve)?.iter().map(|l| l.f64()).collect();
         let last = if dev_grad_at_end {
             let l = e.loss_grad(Set::Dev, &self.theta, &mut self.lambda_next)?;
@@ -140,21 +143,24 @@ impl<E: Engine> Workspace<E> {
         let fwd = self.run_forward(e, theta0, gamma, true)?;
         let Unroll { steps, eta } = self.unroll;
         let dev_weight = 1.0 / steps as f64;
-        for seg in (0..self.checkpoints.len()).rev() {
-            let start = seg * self.every;
-            let len = self.every.min(steps - start);
-            // θ_start is the checkpoint; θ_{start+i} for i ≥ 1 is recomputed into segment[i − 1].
-            for i in 1..len {
-                let (done, rest) = self.segment.split_at_mut(i - 1);
-                let prev = if i == 1 { &self.checkpoints[seg] } else { &done[i - 2] };
-                e.forward_step(prev, gamma, start + i - 1, eta, &mut rest[0], None)?;
+        e.run_steps(|e| {
+            for seg in (0..self.checkpoints.len()).rev() {
+                let start = seg * self.every;
+                let len = self.every.min(steps - start);
+                // θ_start is the checkpoint; θ_{start+i} for i ≥ 1 is recomputed into segment[i − 1].
+                for i in 1..len {
+                    let (done, rest) = self.segment.split_at_mut(i - 1);
+                    let prev = if i == 1 { &self.checkpoints[seg] } else { &done[i - 2] };
+                    e.forward_step(prev, gamma, start + i - 1, eta, &mut rest[0], None)?;
+                }
+                for i in (0..len).rev() {
+                    let theta = if i == 0 { &self.checkpoints[seg] } else { &self.segment[i - 1] };
+                    e.backward_step(theta, gamma, start + i, &self.lambda_next, eta, dev_weight, grad_gamma, &mut self.lambda)?;
+                    std::mem::swap(&mut self.lambda, &mut self.lambda_next);
+                }
             }
-            for i in (0..len).rev() {
-                let theta = if i == 0 { &self.checkpoints[seg] } else { &self.segment[i - 1] };
-                e.backward_step(theta, gamma, start + i, &self.lambda_next, eta, dev_weight, grad_gamma, &mut self.lambda)?;
-                std::mem::swap(&mut self.lambda, &mut self.lambda_next);
-            }
-        }
+            Ok(())
+        })?;
         Ok(fwd)
     }
 

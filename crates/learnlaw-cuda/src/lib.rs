@@ -20,21 +20,30 @@
 //!   kernel whose last block to finish reduces the partial sums and writes the result (θ_next, λ,
 //!   the dev loss into the caller's curve slot). Nothing is read back per step; `loss`,
 //!   `loss_grad`, `download` and `project_simplex_rows` (its non-finite flag) wait for the device.
+//! - CUDA graphs: at the paper's size a step is a few µs of device work, about what launching it
+//!   costs, so the unroll's passes go through `Engine::run_steps`: the engine records the steps,
+//!   and a sequence it has seen before (same kernels, pointers and scalars, compared as bytes) is
+//!   captured once into a CUDA graph and then replayed as one launch per pass. An outer epoch of
+//!   the search repeats the same two sequences (the policy is updated in place), so from the third
+//!   epoch on its 2T launches are two graph launches. [`Options::direct_launches`] turns this off;
+//!   [`CudaPerceptron::graph_stats`] counts what happened.
+//! - Storage of X ([`Options::storage`]): f32 (`cuda-f32`), bf16 (`cuda-bf16`) or f16
+//!   (`cuda-f16`), converted on upload by [`Storage::encode_rows`] (nearest, ties to even); the same
+//!   kernels compiled with `X_STORAGE` widen each 4-value load to f32, so arithmetic is the f32
+//!   engine's on rounded X ([`Storage::round`]) and a pass reads half the bytes.
 //! - Everything runs on one stream of the device's primary context, with cudarc's per-buffer event
 //!   tracking off (single stream: stream order is the only ordering needed).
-//! - X is stored with rows zero-padded to a multiple of 4 values (16-byte vector loads).
-//!
-//! Not done yet: bf16/f16 storage of X, CUDA graphs over a whole unroll (today: one launch per
-//! step, ~2–4 µs each at the paper's size).
+//! - X is stored with rows zero-padded to a multiple of 4 values (16- or 8-byte vector loads).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use learnlaw_core::data::{Examples, PerceptronData};
+pub use learnlaw_core::Storage;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 
 const BACKEND: &str = "cuda";
@@ -52,24 +61,41 @@ const SMEM_DEFAULT: u32 = 48 * 1024;
 /// Largest partial-sum volume (blocks·D floats) the last block reduces itself; above it the
 /// reduction is a second launch (`pass_finish`) with a thread per column.
 const FUSED_FINISH_MAX: usize = 1 << 17;
+/// Recorded step sequences shorter than this are launched directly (a graph would not pay).
+const GRAPH_MIN_STEPS: usize = 8;
+/// CUDA graphs kept per engine (an unroll has a few distinct sequences: the forward pass, the
+/// adjoint pass, each in one or two buffer parities), and sequences remembered as seen once.
+const GRAPH_CACHE: usize = 8;
+const SEEN_CACHE: usize = 32;
 
-/// One kernel file: its name, its source and the entry points the engine loads from it.
+/// One kernel file: its name, its source, the entry points the engine loads from it and the
+/// storages of X it is compiled for (one module each, through the `X_STORAGE` define).
 #[derive(Clone, Copy, Debug)]
 pub struct KernelFile {
     pub name: &'static str,
     pub source: &'static str,
     pub entries: &'static [&'static str],
+    pub storages: &'static [Storage],
 }
 
 pub const PERCEPTRON: KernelFile = KernelFile {
     name: "perceptron.cu",
     source: include_str!("../../../kernels/cuda/perceptron.cu"),
     entries: &["pass_r1", "pass_r2", "pass_r4", "pass_smem", "pass_finish", "row_outputs"],
+    storages: &Storage::ALL,
 };
-pub const SIMPLEX: KernelFile =
-    KernelFile { name: "simplex.cu", source: include_str!("../../../kernels/cuda/simplex.cu"), entries: &["check_finite", "project_rows"] };
-pub const VECTOR: KernelFile =
-    KernelFile { name: "vector.cu", source: include_str!("../../../kernels/cuda/vector.cu"), entries: &["axpy", "scale"] };
+pub const SIMPLEX: KernelFile = KernelFile {
+    name: "simplex.cu",
+    source: include_str!("../../../kernels/cuda/simplex.cu"),
+    entries: &["check_finite", "project_rows"],
+    storages: &[Storage::F32],
+};
+pub const VECTOR: KernelFile = KernelFile {
+    name: "vector.cu",
+    source: include_str!("../../../kernels/cuda/vector.cu"),
+    entries: &["axpy", "scale"],
+    storages: &[Storage::F32],
+};
 /// Every kernel file the engine uses (the CI compile check also compiles every file in
 /// kernels/cuda, and checks that this list covers them).
 pub const KERNEL_FILES: [KernelFile; 3] = [PERCEPTRON, SIMPLEX, VECTOR];
@@ -113,13 +139,28 @@ fn drv(what: &'static str) -> impl Fn(DriverError) -> Error {
 /// The NVRTC options of every kernel (besides the architecture).
 const NVRTC_OPTIONS: [&str; 2] = ["--std=c++17", "-lineinfo"];
 
+/// `X_STORAGE` of perceptron.cu.
+fn storage_define(storage: Storage) -> &'static str {
+    match storage {
+        Storage::F32 => "-DX_STORAGE=0",
+        Storage::F16 => "-DX_STORAGE=1",
+        Storage::Bf16 => "-DX_STORAGE=2",
+    }
+}
+
 /// Compiles one kernel file with NVRTC to PTX for a virtual architecture such as `compute_90`,
-/// with the options the engine uses. No NVRTC library: `Error::Unavailable`; a compile error:
-/// `Error::Device` with NVRTC's log. Results are cached per process.
-pub fn compile_ptx(file: &KernelFile, arch: &str) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
+/// with the options the engine uses and X in `storage` (one of `file.storages`). No NVRTC
+/// library: `Error::Unavailable`; a compile error: `Error::Device` with NVRTC's log. Results are
+/// cached per process.
+pub fn compile_ptx(file: &KernelFile, arch: &str, storage: Storage) -> Result<String> {
+    /// PTX by (file, architecture, storage).
+    type Cache = Mutex<HashMap<(&'static str, String, Storage), String>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (file.name, arch.to_string());
+    if !file.storages.contains(&storage) {
+        return Err(device_error(format!("{} is not compiled for {} storage of X", file.name, storage.name())));
+    }
+    let key = (file.name, arch.to_string(), storage);
     if let Some(ptx) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(ptx.clone());
     }
@@ -130,6 +171,7 @@ pub fn compile_ptx(file: &KernelFile, arch: &str) -> Result<String> {
     }
     let mut options: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
     options.push(format!("--gpu-architecture={arch}"));
+    options.push(storage_define(storage).into());
     let opts = cudarc::nvrtc::CompileOptions { name: Some(file.name.into()), options, ..Default::default() };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(file.source, opts).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
@@ -144,7 +186,7 @@ pub fn compile_ptx(file: &KernelFile, arch: &str) -> Result<String> {
 
 /// The kernel-side `PassParams` (perceptron.cu): pointers are device addresses (0 = null).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct PassParams {
     x0: u64,
     y0: u64,
@@ -182,6 +224,48 @@ unsafe impl DeviceRepr for PassParams {}
 
 /// Size in bytes of the pass kernels' by-value parameter (what the PTX must declare).
 pub const PASS_PARAMS_BYTES: usize = std::mem::size_of::<PassParams>();
+
+/// One engine step as launched: the pass kernel over `blocks` blocks with `params`, then
+/// `pass_finish` unless `fused`. A recorded step sequence is a list of these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct PassLaunch {
+    params: PassParams,
+    blocks: u32,
+    fused: u32,
+}
+
+/// CUDA graphs of step sequences recorded by `run_steps`, keyed by their exact launches (every
+/// pointer and scalar, compared as bytes): replaying a graph issues exactly the launches it
+/// replaces, so results are bit-identical to launching them one by one.
+#[derive(Default)]
+struct GraphCache {
+    /// Most recently used first.
+    graphs: Vec<(Vec<PassLaunch>, CudaGraph)>,
+    /// Hashes of sequences launched directly once: a sequence is captured when it comes again.
+    seen: Vec<u64>,
+    stats: GraphStats,
+}
+
+/// What happened to the step sequences `run_steps` recorded (for benchmarks and diagnosis).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Sequences replayed from a cached graph (the capture launches included).
+    pub replays: u64,
+    /// Graphs captured and instantiated.
+    pub captures: u64,
+    /// Sequences launched step by step (first sightings, short ones, `direct_launches`).
+    pub direct: u64,
+    /// Captures the driver refused; those sequences were launched step by step instead.
+    pub capture_failures: u64,
+}
+
+fn sequence_hash(launches: &[PassLaunch]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytemuck::cast_slice::<PassLaunch, u8>(launches).hash(&mut h);
+    h.finish()
+}
 
 /// `mode*` of `PassParams`.
 mod mode {
@@ -223,11 +307,17 @@ pub struct Options {
     /// Force the separate `pass_finish` launch (otherwise used only when blocks·D is large), to
     /// test it on small problems.
     pub force_separate_finish: bool,
+    /// The element type X is stored in on the device (arithmetic stays f32).
+    pub storage: Storage,
+    /// Launch every step of `run_steps` directly instead of replaying repeated step sequences
+    /// as CUDA graphs (same results; for comparison and diagnosis).
+    pub direct_launches: bool,
 }
 
-/// A data set on the device: X with rows padded to `stride4` float4s, y.
+/// A data set on the device: X (in the engine's storage) with rows padded to `stride4` groups of
+/// 4 values, y.
 struct DeviceSet {
-    x: CudaSlice<f32>,
+    x: CudaSlice<u8>,
     y: CudaSlice<f32>,
     rows: usize,
 }
@@ -280,6 +370,10 @@ pub struct CudaPerceptron {
     train: DeviceSet,
     dev: DeviceSet,
     test: DeviceSet,
+    /// Steps recorded inside `run_steps`, launched at its end (None: steps launch at once).
+    recording: Option<Vec<PassLaunch>>,
+    /// Declared before the kernels: graphs are destroyed before the modules they launch.
+    graphs: GraphCache,
     pass: Option<PassKernels>,
     simplex: Option<SimplexKernels>,
     vector: Option<VectorKernels>,
@@ -347,30 +441,20 @@ impl CudaPerceptron {
             .map_err(drv("querying the shared memory limit"))?;
         let dim = data.dim;
         let stride4 = dim.div_ceil(4);
-        let upload_set = |set: &Examples| -> Result<DeviceSet> {
+        let storage = opts.storage;
+        let upload_set = |name: &str, set: &Examples| -> Result<DeviceSet> {
             let rows = set.len();
-            let stride = 4 * stride4;
-            let mut x = stream.alloc_zeros::<f32>((rows * stride).max(1)).map_err(drv("allocating X"))?;
-            if stride == dim {
-                if rows > 0 {
-                    stream.memcpy_htod(&set.x, &mut x.slice_mut(..rows * dim)).map_err(drv("uploading X"))?;
-                }
-            } else {
-                // Pad rows to `stride` values in pieces of ~16 MiB, so no full padded host copy.
-                let per = ((16 << 20) / (4 * stride)).max(1);
-                let mut host = Vec::with_capacity(per * stride);
-                let mut r0 = 0;
-                while r0 < rows {
-                    let r1 = (r0 + per).min(rows);
-                    host.clear();
-                    for row in set.x[r0 * dim..r1 * dim].chunks_exact(dim) {
-                        host.extend_from_slice(row);
-                        host.resize(host.len() + stride - dim, 0.0);
-                    }
-                    stream.memcpy_htod(&host, &mut x.slice_mut(r0 * stride..r1 * stride)).map_err(drv("uploading X"))?;
-                    stream.synchronize().map_err(drv("uploading X"))?; // `host` is reused
-                    r0 = r1;
-                }
+            let row_bytes = 4 * stride4 * storage.bytes();
+            let mut x = stream.alloc_zeros::<u8>((rows * row_bytes).max(1)).map_err(drv("allocating X"))?;
+            // Encode (pad, convert) in pieces of ~16 MiB, so no full padded host copy.
+            let per = ((16 << 20) / row_bytes).max(1);
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + per).min(rows);
+                let host = storage.encode_rows(&format!("cuda x_{name}"), &set.x[r0 * dim..r1 * dim], dim, 4 * stride4, r0)?;
+                stream.memcpy_htod(&host, &mut x.slice_mut(r0 * row_bytes..r1 * row_bytes)).map_err(drv("uploading X"))?;
+                stream.synchronize().map_err(drv("uploading X"))?; // `host` is dropped
+                r0 = r1;
             }
             let mut y = stream.alloc_zeros::<f32>(rows.max(1)).map_err(drv("allocating y"))?;
             if rows > 0 {
@@ -378,7 +462,7 @@ impl CudaPerceptron {
             }
             Ok(DeviceSet { x, y, rows })
         };
-        let (train, dev, test) = (upload_set(&data.train)?, upload_set(&data.dev)?, upload_set(&data.test)?);
+        let (train, dev, test) = (upload_set("train", &data.train)?, upload_set("dev", &data.dev)?, upload_set("test", &data.test)?);
         stream.synchronize().map_err(drv("uploading the data"))?;
         Ok(CudaPerceptron {
             ctx,
@@ -393,6 +477,8 @@ impl CudaPerceptron {
             train,
             dev,
             test,
+            recording: None,
+            graphs: GraphCache::default(),
             pass: None,
             simplex: None,
             vector: None,
@@ -410,8 +496,14 @@ impl CudaPerceptron {
     }
 
     /// Blocks until every queued operation of the engine has finished (for timing).
-    pub fn synchronize(&self) -> Result<()> {
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.flush_recorded()?;
         self.stream.synchronize().map_err(drv("synchronising"))
+    }
+
+    /// How the step sequences of `run_steps` were launched so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.stats
     }
 
     /// The pass kernel variant in use (`pass_r1`, …, `pass_smem`), after the first step.
@@ -430,8 +522,11 @@ impl CudaPerceptron {
         }
     }
 
+    /// Loads a kernel file compiled for the engine's storage of X (`Storage::F32` for files that
+    /// do not read X).
     fn load_module(&self, file: &KernelFile) -> Result<Arc<CudaModule>> {
-        let ptx = compile_ptx(file, &self.arch)?;
+        let storage = if file.storages.contains(&self.opts.storage) { self.opts.storage } else { Storage::F32 };
+        let ptx = compile_ptx(file, &self.arch, storage)?;
         self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
             device_error(format!(
                 "loading {} ({}) on {}: {e} (a PTX newer than the driver? NVRTC and driver majors must match)",
@@ -565,9 +660,10 @@ impl CudaPerceptron {
         p
     }
 
-    /// Fills the parts of `PassParams` that depend on the engine and the segments, and launches.
-    /// `seg0`: a training-set mode; `seg1`: an evaluation set and its mode.
-    fn launch_pass(&self, mut p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<()> {
+    /// Fills the parts of `PassParams` that depend on the engine and the segments: the launch of
+    /// one step (None: nothing to do). `seg0`: a training-set mode; `seg1`: an evaluation set
+    /// and its mode.
+    fn plan_pass(&self, mut p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<Option<PassLaunch>> {
         let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
         let (blocks0, rows0) =
             if seg0 == mode::NONE { (0, 0) } else { (Self::blocks_for(self.train.rows, k.warps, k.resident), self.train.rows) };
@@ -593,29 +689,115 @@ impl CudaPerceptron {
         p.counter = self.ptr(&k.counter);
         let blocks = p.blocks0 + p.blocks1;
         if blocks == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let fused = blocks as usize * self.dim <= FUSED_FINISH_MAX && !self.opts.force_separate_finish;
         p.fused_finish = fused as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: k.smem };
+        Ok(Some(PassLaunch { params: p, blocks, fused: fused as u32 }))
+    }
+
+    /// Launches one planned step on the stream.
+    fn issue(&self, l: &PassLaunch) -> Result<()> {
+        let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
+        let cfg = LaunchConfig { grid_dim: (l.blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: k.smem };
         let mut b = self.stream.launch_builder(&k.pass);
-        b.arg(&p);
-        // SAFETY: `p` matches the kernel's PassParams; every pointer is a live allocation of the
-        // engine or of the caller's vectors (lengths checked by the callers), used in stream order.
+        b.arg(&l.params);
+        // SAFETY: `params` matches the kernel's PassParams; every pointer is a live allocation of
+        // the engine or of the caller's vectors (lengths checked by the callers; `run_steps`'s
+        // contract keeps recorded ones alive until they launch), used in stream order.
         unsafe { b.launch(cfg) }.map_err(drv("launching the perceptron pass"))?;
-        if !fused {
+        if l.fused == 0 {
             let grid = self.dim.div_ceil(BLOCK as usize).max(1) as u32;
             let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
             let mut b = self.stream.launch_builder(&k.finish);
-            b.arg(&p);
+            b.arg(&l.params);
             // SAFETY: as above; pass_finish reads the partials the pass just wrote (stream order).
             unsafe { b.launch(cfg) }.map_err(drv("launching pass_finish"))?;
         }
         Ok(())
     }
 
+    /// Launches one step now (loss, loss_grad), after anything recorded.
+    fn launch_pass(&mut self, p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<()> {
+        self.flush_recorded()?;
+        match self.plan_pass(p, seg0, seg1)? {
+            Some(l) => self.issue(&l),
+            None => Ok(()),
+        }
+    }
+
+    /// A forward or backward step: recorded inside `run_steps`, else launched now.
+    fn submit_step(&mut self, p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<()> {
+        let Some(l) = self.plan_pass(p, seg0, seg1)? else { return Ok(()) };
+        match &mut self.recording {
+            Some(steps) => {
+                steps.push(l);
+                Ok(())
+            }
+            None => self.issue(&l),
+        }
+    }
+
+    /// Launches the steps recorded so far one by one (another engine call came inside
+    /// `run_steps`: it must see their results), and goes on recording.
+    fn flush_recorded(&mut self) -> Result<()> {
+        match self.recording.as_mut().map(std::mem::take) {
+            Some(steps) if !steps.is_empty() => steps.iter().try_for_each(|l| self.issue(l)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Launches a recorded step sequence: from a cached graph when the same sequence was captured
+    /// before; captured into a graph (then launched) when it was seen once before; else directly.
+    fn replay(&mut self, steps: Vec<PassLaunch>) -> Result<()> {
+        let direct = |e: &mut Self, steps: &[PassLaunch]| {
+            e.graphs.stats.direct += 1;
+            steps.iter().try_for_each(|l| e.issue(l))
+        };
+        if steps.len() < GRAPH_MIN_STEPS {
+            return direct(self, &steps);
+        }
+        let bytes = bytemuck::cast_slice::<PassLaunch, u8>(&steps);
+        if let Some(i) = self.graphs.graphs.iter().position(|(k, _)| bytemuck::cast_slice::<PassLaunch, u8>(k) == bytes) {
+            let entry = self.graphs.graphs.remove(i);
+            entry.1.launch().map_err(drv("launching a CUDA graph"))?;
+            self.graphs.graphs.insert(0, entry);
+            self.graphs.stats.replays += 1;
+            return Ok(());
+        }
+        let hash = sequence_hash(&steps);
+        if !self.graphs.seen.contains(&hash) {
+            self.graphs.seen.insert(0, hash);
+            self.graphs.seen.truncate(SEEN_CACHE);
+            return direct(self, &steps);
+        }
+        // Seen before: capture the launches (recorded, not executed) into a graph and launch it.
+        self.stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("starting a stream capture"))?;
+        let issued = steps.iter().try_for_each(|l| self.issue(l));
+        let captured = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        match (issued, captured) {
+            (Ok(()), Ok(Some(graph))) => {
+                graph.launch().map_err(drv("launching a CUDA graph"))?;
+                self.graphs.stats.captures += 1;
+                self.graphs.stats.replays += 1;
+                self.graphs.graphs.insert(0, (steps, graph));
+                self.graphs.graphs.truncate(GRAPH_CACHE);
+                Ok(())
+            }
+            // The driver would not capture or instantiate (nothing ran): launch step by step.
+            _ => {
+                self.graphs.stats.capture_failures += 1;
+                self.graphs.seen.retain(|&h| h != hash);
+                direct(self, &steps)
+            }
+        }
+    }
+
     /// One launch of `row_outputs` over the training set (mode 0: losses, 1: dots with `v`).
-    fn launch_row_outputs(&self, theta: &CudaVec, v: Option<&CudaVec>, out: &mut CudaVec, m: u32) -> Result<()> {
+    fn launch_row_outputs(&mut self, theta: &CudaVec, v: Option<&CudaVec>, out: &mut CudaVec, m: u32) -> Result<()> {
+        self.flush_recorded()?;
         let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
         let rows = self.train.rows;
         let grid = rows.div_ceil(WARPS as usize).clamp(1, self.sms * 8) as u32;
@@ -650,8 +832,8 @@ impl CudaPerceptron {
 }
 
 impl Drop for CudaPerceptron {
-    /// Waits for queued work before the modules and buffers go (frees are stream-ordered, module
-    /// unloads are not).
+    /// Waits for queued work before the graphs, modules and buffers go (frees are stream-ordered,
+    /// graph destruction and module unloads are not).
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
     }
@@ -662,7 +844,7 @@ impl Engine for CudaPerceptron {
     type Vec = CudaVec;
 
     fn name(&self) -> String {
-        format!("{BACKEND}-f32")
+        format!("{BACKEND}-{}", self.opts.storage.name())
     }
     fn num_params(&self) -> usize {
         self.dim
@@ -678,6 +860,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn zeros(&mut self, len: usize) -> Result<CudaVec> {
+        self.flush_recorded()?;
         let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(drv("allocating a vector"))?;
         Ok(CudaVec { buf, len })
     }
@@ -691,6 +874,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn download(&mut self, v: &CudaVec) -> Result<Vec<f32>> {
+        self.flush_recorded()?;
         if v.len == 0 {
             return Ok(Vec::new());
         }
@@ -701,6 +885,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn copy(&mut self, src: &CudaVec, dst: &mut CudaVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("copy destination", dst, src.len)?;
         if src.len == 0 {
             return Ok(());
@@ -709,6 +894,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn scale(&mut self, a: f64, x: &mut CudaVec) -> Result<()> {
+        self.flush_recorded()?;
         if x.len == 0 {
             return Ok(());
         }
@@ -725,6 +911,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn axpy(&mut self, a: f64, x: &CudaVec, y: &mut CudaVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("axpy y", y, x.len)?;
         if x.len == 0 {
             return Ok(());
@@ -742,6 +929,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn project_simplex_rows(&mut self, v: &mut CudaVec, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
         if row_len == 0 || !v.len.is_multiple_of(row_len) {
             return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len));
         }
@@ -810,7 +998,7 @@ impl Engine for CudaPerceptron {
             }
             None => None,
         };
-        self.launch_pass(p, mode::FORWARD, seg1)
+        self.submit_step(p, mode::FORWARD, seg1)
     }
 
     fn backward_step(
@@ -843,7 +1031,26 @@ impl Engine for CudaPerceptron {
             a1: (dev_weight / self.dev.rows as f64) as f32,
             ..Default::default()
         };
-        self.launch_pass(p, mode::BACKWARD, Some((Set::Dev, mode::GRAD)))
+        self.submit_step(p, mode::BACKWARD, Some((Set::Dev, mode::GRAD)))
+    }
+
+    /// Records the steps and launches them at the end: a sequence seen before as one CUDA graph
+    /// (see `replay`). Nested calls join the outer sequence. A failing step launches what was
+    /// recorded before it, as direct calls would have.
+    fn run_steps<T>(&mut self, steps: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.opts.direct_launches || self.recording.is_some() {
+            return steps(self);
+        }
+        self.recording = Some(Vec::new());
+        let out = steps(self);
+        let recorded = self.recording.take().unwrap_or_default();
+        match out {
+            Ok(v) => self.replay(recorded).map(|()| v),
+            Err(e) => {
+                recorded.iter().try_for_each(|l| self.issue(l))?;
+                Err(e)
+            }
+        }
     }
 
     fn loss(&mut self, set: Set, theta: &CudaVec) -> Result<f64> {

@@ -168,3 +168,48 @@ fn non_finite_policy_is_an_error_and_left_untouched() {
         assert!(after.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits()), "{bad}: the policy was modified");
     }
 }
+
+/// Unrolls through `run_steps` (recorded, then replayed as CUDA graphs from the second sighting
+/// of a step sequence) give the same bits as the same unrolls launched step by step, while the
+/// policy changes between them in place (a graph keeps pointers, not values). With checkpoints
+/// every 5 steps the adjoint pass also recomputes segments and the forward buffers alternate.
+#[test]
+fn graph_replays_are_bit_identical_to_direct_launches() {
+    use learnlaw_core::unroll::{Unroll, Workspace};
+    let (dim, n, steps) = (128, 4096, 24);
+    let d = data(dim, n, 512, 11);
+    for every in [1, 5] {
+        let mut runs = Vec::new();
+        for direct_launches in [true, false] {
+            let Some(mut e) = engine(&d, &Options { direct_launches, ..Default::default() }) else { return };
+            let unroll = Unroll { steps, eta: 0.1 };
+            let mut ws = Workspace::new(&mut e, unroll, every).unwrap();
+            let theta0 = e.upload(&f32s(&theta_of(dim, 0.1))).unwrap();
+            let mut gamma = e.upload(&vec![1.0 / n as f32; steps * n]).unwrap();
+            let mut grad = e.zeros(steps * n).unwrap();
+            let mut out = Vec::new();
+            for call in 0..4 {
+                let fwd = ws.gradient(&mut e, &theta0, &gamma, &mut grad).unwrap();
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                out.push((fwd.j.to_bits(), bits(e.download(&grad).unwrap()), bits(e.download(ws.lambda0()).unwrap())));
+                e.axpy(-0.5 / (call + 1) as f64, &grad, &mut gamma).unwrap();
+                e.project_simplex_rows(&mut gamma, n).unwrap();
+            }
+            let stats = e.graph_stats();
+            assert_eq!(stats.capture_failures, 0, "every = {every}: {stats:?}");
+            if direct_launches {
+                assert_eq!((stats.replays, stats.captures), (0, 0), "{stats:?}");
+            } else {
+                assert!(stats.captures >= 2 && stats.replays >= 4, "every = {every}: graphs were not used: {stats:?}");
+            }
+            if every == 1 && !direct_launches {
+                // Forward and adjoint sequences: direct on the first call, captured on the second.
+                assert_eq!(stats, learnlaw_cuda::GraphStats { replays: 6, captures: 2, direct: 2, capture_failures: 0 });
+            }
+            runs.push(out);
+        }
+        for (call, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            assert!(a == b, "every = {every}, call {call}: graph replay differs from direct launches");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The CUDA kernels' compile check, which needs no GPU and no driver: every `kernels/cuda/*.cu` is
-//! compiled by NVRTC (through cudarc, with the engine's own options) to PTX for `compute_90`, and
+//! compiled by NVRTC (through cudarc, with the engine's own options; perceptron.cu once per storage
+//! of X: f32, f16, bf16) to PTX for `compute_90`, and
 //! the PTX is assembled by `ptxas -arch=sm_90` (the H200's architecture). A kernel that does not
 //! compile or assemble fails the test.
 //!
@@ -74,30 +75,31 @@ fn every_kernel_compiles_with_nvrtc_and_assembles_for_sm_90() {
     let (major, minor) = nvrtc_version().expect("NVRTC version");
     println!("NVRTC {major}.{minor}, {}", ptxas.display());
     let tmp = tempfile::tempdir().expect("temp dir");
-    for f in KERNEL_FILES {
-        let ptx = compile_ptx(&f, ARCH_PTX).unwrap_or_else(|e| panic!("{e}"));
+    for (f, storage) in KERNEL_FILES.iter().flat_map(|f| f.storages.iter().map(move |s| (f, *s))) {
+        let ptx = compile_ptx(f, ARCH_PTX, storage).unwrap_or_else(|e| panic!("{e}"));
         for entry in f.entries {
-            assert!(ptx.contains(&format!(".entry {entry}(")), "{}: no entry {entry} in the PTX", f.name);
+            assert!(ptx.contains(&format!(".entry {entry}(")), "{} ({storage:?}): no entry {entry} in the PTX", f.name);
             if entry.starts_with("pass_") {
                 // The by-value PassParams must have the size the Rust side passes.
                 let decl = format!("{entry}_param_0[{PASS_PARAMS_BYTES}]");
                 assert!(ptx.contains(&decl), "{}: {entry}'s parameter is not {PASS_PARAMS_BYTES} bytes", f.name);
             }
         }
-        let ptx_path = tmp.path().join(f.name.replace(".cu", ".ptx"));
+        let stem = format!("{}-{}", f.name.trim_end_matches(".cu"), storage.name());
+        let ptx_path = tmp.path().join(format!("{stem}.ptx"));
         std::fs::write(&ptx_path, &ptx).expect("write PTX");
         let out = Command::new(&ptxas)
             .arg(format!("-arch={ARCH_SASS}"))
             .arg("-v")
             .arg("-o")
-            .arg(tmp.path().join(f.name.replace(".cu", ".cubin")))
+            .arg(tmp.path().join(format!("{stem}.cubin")))
             .arg(&ptx_path)
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
         let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "ptxas -arch={ARCH_SASS} failed on {} ({}):\n{log}", f.name, out.status);
+        assert!(out.status.success(), "ptxas -arch={ARCH_SASS} failed on {} ({storage:?}, {}):\n{log}", f.name, out.status);
         // Registers, shared memory and spills per kernel, for the log.
-        println!("{}: PTX {} bytes, assembled for {ARCH_SASS}", f.name, ptx.len());
+        println!("{} (X in {}): PTX {} bytes, assembled for {ARCH_SASS}", f.name, storage.name(), ptx.len());
         for line in log.lines().filter(|l| l.contains("Compiling entry") || l.contains("Used") || l.contains("spill")) {
             println!("  {}", line.trim_start_matches("ptxas info    : "));
         }

@@ -27,7 +27,7 @@
 //!   lost) is `Error::Device`, which tests never treat as a skip.
 //!
 //! - Storage of X ([`Options::storage`]): f32 (the default, name `wgpu-f32`) or f16 (`wgpu-f16`),
-//!   converted on upload with the `half` crate (round to nearest even) and read by the same WGSL
+//!   converted on upload by [`Storage::encode_rows`] (round to nearest even) and read by the same WGSL
 //!   compiled with X's element type substituted (see perceptron.wgsl); accumulation is f32 in
 //!   both. f16 needs `wgpu::Features::SHADER_F16`: an adapter without it gives
 //!   `Error::Unavailable { backend: "wgpu-f16", .. }` (the f32 backend `wgpu` is still usable
@@ -39,6 +39,7 @@ use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use learnlaw_core::data::{Examples, PerceptronData};
+pub use learnlaw_core::Storage;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 use wgpu::util::DeviceExt;
 
@@ -131,46 +132,6 @@ pub struct Options {
     pub max_binding_bytes: Option<u64>,
     /// The element type X (the training, dev and test inputs) is stored in on the device.
     pub storage: Storage,
-}
-
-/// How X is stored on the device. Everything else (θ, λ, γ, labels, partial sums, losses) is f32,
-/// and all arithmetic accumulates in f32 whatever the storage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Storage {
-    /// f32: exactly the host data.
-    #[default]
-    F32,
-    /// IEEE binary16 (rounded to nearest even on upload): half the bytes per pass over X, needs
-    /// an adapter with `wgpu::Features::SHADER_F16`. Values must lie within ±65504.
-    F16,
-}
-
-impl Storage {
-    /// `f32` or `f16`, as in the engine's name (`wgpu-f16`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Storage::F32 => "f32",
-            Storage::F16 => "f16",
-        }
-    }
-
-    /// Bytes per stored element of X.
-    pub fn bytes(self) -> usize {
-        match self {
-            Storage::F32 => 4,
-            Storage::F16 => 2,
-        }
-    }
-
-    /// The value the kernels compute with for an input `v`: `v` itself for f32, `v` rounded to
-    /// the nearest f16 (ties to even) for f16. A reference computed on rounded X sees exactly the
-    /// engine's inputs.
-    pub fn round(self, v: f32) -> f32 {
-        match self {
-            Storage::F32 => v,
-            Storage::F16 => half::f16::from_f32(v).to_f32(),
-        }
-    }
 }
 
 /// A device-resident f32 vector: a storage buffer and its length in elements.
@@ -377,29 +338,7 @@ impl WgpuPerceptron {
                 };
                 // Rows padded with zeros to a multiple of 4 values: the kernels load X as vec4.
                 let rows_x = &set.x[row0 * dim..(row0 + rows) * dim];
-                let padded = |r: &[f32]| r.iter().copied().chain(std::iter::repeat_n(0.0, stride - dim)).collect::<Vec<f32>>();
-                let x = match storage {
-                    Storage::F32 if dim == stride => init("x", bytemuck::cast_slice(rows_x)),
-                    Storage::F32 => init("x", bytemuck::cast_slice(&rows_x.chunks_exact(dim).flat_map(padded).collect::<Vec<f32>>())),
-                    Storage::F16 => {
-                        let mut bits = Vec::with_capacity(rows * stride);
-                        for (i, &v) in rows_x.iter().enumerate() {
-                            let h = half::f16::from_f32(v);
-                            if !h.is_finite() {
-                                let (r, c) = (row0 + i / dim, i % dim);
-                                return Err(Error::bad_input(
-                                    format!("wgpu f16 storage of x_{name}"),
-                                    format!("x[{r}, {c}] = {v} is outside the f16 range (±65504); use f32 storage"),
-                                ));
-                            }
-                            bits.push(h.to_bits());
-                            if i % dim == dim - 1 {
-                                bits.extend(std::iter::repeat_n(0u16, stride - dim));
-                            }
-                        }
-                        init("x", bytemuck::cast_slice(&bits))
-                    }
-                };
+                let x = init("x", &storage.encode_rows(&format!("wgpu x_{name}"), rows_x, dim, stride, row0)?);
                 let y = init("y", bytemuck::cast_slice(&set.y[row0..row0 + rows]));
                 shards.push(Shard { x, y, row0, rows, chunk0 });
                 row0 += rows;
@@ -841,6 +780,9 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
         let required_features = match opts.storage {
             Storage::F32 => wgpu::Features::empty(),
             Storage::F16 => wgpu::Features::SHADER_F16,
+            Storage::Bf16 => {
+                return Err(Error::config("storage", "bf16", "WGSL has no bf16 type: the wgpu backend stores X as f32 or f16"))
+            }
         };
         if !adapter.features().contains(required_features) {
             // The backend `wgpu-f16` is unavailable; plain `wgpu` (f32 storage) is not.
@@ -881,7 +823,7 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
 /// plus the `enable f16;` directive. One source, two pipelines' worth of WGSL.
 fn perceptron_wgsl(storage: Storage) -> std::borrow::Cow<'static, str> {
     match storage {
-        Storage::F32 => PERCEPTRON_WGSL.into(),
+        Storage::F32 | Storage::Bf16 => PERCEPTRON_WGSL.into(),
         Storage::F16 => {
             const ALIAS: &str = "alias xelem = f32;";
             debug_assert_eq!(PERCEPTRON_WGSL.matches(ALIAS).count(), 1, "perceptron.wgsl must declare `{ALIAS}` once");
@@ -1265,14 +1207,6 @@ mod tests {
             "f16 kernels must need the SHADER_FLOAT16 capability"
         );
         assert_eq!(perceptron_wgsl(Storage::F32), PERCEPTRON_WGSL);
-    }
-
-    #[test]
-    fn f16_rounding_is_round_to_nearest_even() {
-        assert_eq!(Storage::F32.round(0.1), 0.1);
-        assert_eq!(Storage::F16.round(1.0 + 1.0 / 2048.0), 1.0); // ties (half an ulp of 2^-10) go to even
-        assert_eq!(Storage::F16.round(1.0 + 3.0 / 2048.0), 1.0 + 2.0 / 1024.0);
-        assert_eq!(Storage::F16.round(0.1), 0.099975586);
     }
 
     #[test]
