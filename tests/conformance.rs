@@ -161,6 +161,42 @@ pub fn vector_ops_and_projection<E: Engine>(make: Make<E>) {
     });
 }
 
+/// The outer optimisers' device work: max |g| (exp-grad's normaliser; NaN ignored) and the
+/// exponentiated-gradient step on every row, against the formula in f64; a non-finite gradient
+/// row is a numerical error that leaves γ untouched.
+pub fn outer_updates<E: Engine>(make: Make<E>) {
+    for_each_problem(make, |e, data, rng| {
+        let (n, rows, step) = (data.train.len(), 3, 0.7);
+        let gamma = random_policy(rng, rows, n);
+        let grad = uniform(rng, rows * n, -2.0, 2.0);
+        let tol = Tol::of::<E::Real>();
+        let (gamma_r, grad_r) = (to_f64(&from_f64::<E::Real>(&gamma)), to_f64(&from_f64::<E::Real>(&grad)));
+        let grad_d = e.upload(&from_f64(&grad)).unwrap();
+        let want_max = grad_r.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert_close("max_abs", &[e.max_abs(&grad_d).unwrap()], &[want_max], Tol { atol: 0.0, rtol: 0.0 });
+        let mut gamma_d = e.upload(&from_f64(&gamma)).unwrap();
+        e.exp_grad_rows(&mut gamma_d, &grad_d, step, n).unwrap();
+        let mut want = Vec::with_capacity(rows * n);
+        for (row, g) in gamma_r.chunks(n).zip(grad_r.chunks(n)) {
+            let min = g.iter().fold(f64::INFINITY, |m, v| m.min(*v));
+            let w: Vec<f64> = row.iter().zip(g).map(|(x, v)| x * (-step * (v - min)).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            want.extend(w.iter().map(|w| w / sum));
+        }
+        assert_close(&format!("exp_grad_rows (N={n})"), &down(e, &gamma_d), &want, tol);
+
+        let mut bad = grad.clone();
+        bad[n + n / 2] = f64::NAN;
+        let bad_d = e.upload(&from_f64(&bad)).unwrap();
+        assert_close("max_abs ignores NaN", &[e.max_abs(&bad_d).unwrap()], &[want_max], Tol { atol: 0.0, rtol: 0.0 });
+        let before = down(e, &gamma_d);
+        let err = e.exp_grad_rows(&mut gamma_d, &bad_d, step, n);
+        assert!(matches!(err, Err(learnlaw::Error::Numerical(_))), "a NaN gradient must be a numerical error: {err:?}");
+        let after = down(e, &gamma_d);
+        assert!(before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "a failed step must leave γ untouched");
+    });
+}
+
 /// Instantiates every conformance check for one backend.
 macro_rules! conformance_tests {
     ($backend:ident, $make:expr) => {
@@ -185,6 +221,10 @@ macro_rules! conformance_tests {
             #[test]
             fn vector_ops_and_projection() {
                 super::vector_ops_and_projection($make);
+            }
+            #[test]
+            fn outer_updates() {
+                super::outer_updates($make);
             }
         }
     };

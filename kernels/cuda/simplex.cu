@@ -25,11 +25,23 @@
 // Buffers: v [rows·N] f32 (in place), flag [2] u64.
 // Variants: v1 (this) scans the row ~2 + passes times from global memory (L2-resident for the
 //   paper's N = 4096). Not yet: caching the row in shared memory for N ≤ 48K, a sort-based variant.
+//
+// The exponentiated-gradient (mirror-descent) step keeps rows on Δ without a projection (CPU
+// reference: the default `Engine::exp_grad_rows`, in f64):
+//   γ_{r,i} ← γ_{r,i} e^{−s (g_{r,i} − m_r)} / Σ_j γ_{r,j} e^{−s (g_{r,j} − m_r)},  m_r = min_j g_{r,j}
+// (subtracting m_r keeps every exponent ≤ 0: no overflow). Weights and sums in f64, rounded once.
+//   exp_grad_sums — one block per row (grid-stride): m_r (NaN ignored, like the reference's
+//     f64::min) and the sum into stats[2r], stats[2r + 1]; a sum that is not a positive finite
+//     number sets flag[0] = 1, flag[1] = min(flag[1], r).
+//   exp_grad_apply — same geometry; nothing when flag[0] ≠ 0 (γ is left untouched and the engine
+//     reports Error::Numerical), else the update.
+// Buffers: γ [rows·N] f32 (in place), g [rows·N] f32, stats [2·rows] f64, flag [2] u64.
 
 #define WARP 32
 #define WARPS 8
 #define BLOCK (WARP * WARPS)
 #define MAX_PASSES 200
+#define INF_D __longlong_as_double(0x7ff0000000000000LL)
 
 extern "C" __global__ void __launch_bounds__(BLOCK) check_finite(const float* __restrict__ v, unsigned long long len,
                                                                  unsigned long long* flag) {
@@ -146,5 +158,58 @@ extern "C" __global__ void __launch_bounds__(BLOCK) project_rows(float* __restri
 
         for (unsigned long long i = threadIdx.x; i < n; i += BLOCK) x[i] = (float)fmax((double)x[i] - tau, 0.0);
         __syncthreads();
+    }
+}
+
+// Block-wide minimum (NaN ignored) or sum of one double; every thread returns the same bits.
+__device__ double block_reduce_d(double v, bool is_min, double* sh) {
+    const unsigned int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) {
+        double o = __shfl_xor_sync(0xffffffffu, v, m);
+        v = is_min ? fmin(v, o) : v + o;
+    }
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    double r = sh[0];
+#pragma unroll
+    for (int w = 1; w < WARPS; w++) r = is_min ? fmin(r, sh[w]) : r + sh[w];
+    __syncthreads();  // sh is reused by the next call
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) exp_grad_sums(const float* __restrict__ gamma, const float* __restrict__ g,
+                                                                  double step, unsigned long long n, unsigned long long rows,
+                                                                  double* __restrict__ stats, unsigned long long* flag) {
+    __shared__ double sh[WARPS];
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float *x = gamma + row * n, *d = g + row * n;
+        double m = INF_D;
+        for (unsigned long long i = threadIdx.x; i < n; i += BLOCK) m = fmin(m, (double)d[i]);
+        m = block_reduce_d(m, true, sh);
+        double s = 0.0;
+        for (unsigned long long i = threadIdx.x; i < n; i += BLOCK) s += (double)x[i] * exp(-step * ((double)d[i] - m));
+        s = block_reduce_d(s, false, sh);
+        if (threadIdx.x == 0) {
+            stats[2 * row] = m;
+            stats[2 * row + 1] = s;
+            if (!(s > 0.0 && s < INF_D)) {
+                atomicOr(flag, 1ull);
+                atomicMin(flag + 1, row);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) exp_grad_apply(float* __restrict__ gamma, const float* __restrict__ g,
+                                                                   double step, unsigned long long n, unsigned long long rows,
+                                                                   const double* __restrict__ stats,
+                                                                   const unsigned long long* __restrict__ flag) {
+    if (flag[0] != 0ull) return;
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        float *x = gamma + row * n;
+        const float* d = g + row * n;
+        const double m = stats[2 * row], s = stats[2 * row + 1];
+        for (unsigned long long i = threadIdx.x; i < n; i += BLOCK) x[i] = (float)((double)x[i] * exp(-step * ((double)d[i] - m)) / s);
     }
 }

@@ -1,8 +1,11 @@
 // vector.cu — elementwise updates of device vectors (crate learnlaw-cuda; the WGSL twin is
 // kernels/wgsl/vector.wgsl).
 //
-// Math:  axpy   y_i ← y_i + a·x_i      (the outer gradient step on γ [T, N], among others)
-//        scale  x_i ← a·x_i
+// Math:  axpy     y_i ← y_i + a·x_i      (the outer gradient step on γ [T, N], among others)
+//        scale    x_i ← a·x_i
+//        max_abs  out ← max_i |x_i|, NaN ignored (the exp-grad step's normaliser max |∂J/∂γ|).
+//          For non-negative floats the bit patterns order like the values, so each warp's maximum
+//          goes into out (a u32, 0 before the launch) with an integer atomicMax on its bits.
 // (copy is cuMemcpyDtoDAsync and zeros cuMemsetD8Async, both on the engine's stream.)
 // Buffers: x, y [n] f32, whole allocations (256-byte aligned), so the bulk is processed as float4
 //   (16-byte loads and stores) and the n mod 4 tail element by element.
@@ -44,4 +47,16 @@ extern "C" __global__ void __launch_bounds__(BLOCK) scale(float* __restrict__ x,
     for (unsigned long long i = 4 * n4 + (unsigned long long)blockIdx.x * BLOCK + threadIdx.x; i < n; i += stride) {
         x[i] *= a;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) max_abs(const float* __restrict__ x, unsigned long long n,
+                                                            unsigned int* out) {
+    float m = 0.0f;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * BLOCK + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * BLOCK) {
+        m = fmaxf(m, fabsf(x[i]));  // fmaxf(m, NaN) = m
+    }
+#pragma unroll
+    for (int k = 16; k > 0; k >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, k));
+    if ((threadIdx.x & 31u) == 0 && m > 0.0f) atomicMax(out, __float_as_uint(m));
 }

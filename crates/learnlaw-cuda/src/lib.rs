@@ -19,7 +19,9 @@
 //! - One launch per step: a forward step, a backward step, `loss` and `loss_grad` are each one
 //!   kernel whose last block to finish reduces the partial sums and writes the result (θ_next, λ,
 //!   the dev loss into the caller's curve slot). Nothing is read back per step; `loss`,
-//!   `loss_grad`, `download` and `project_simplex_rows` (its non-finite flag) wait for the device.
+//!   `loss_grad`, `download`, `max_abs` and the policy updates `project_simplex_rows` and
+//!   `exp_grad_rows` (their non-finite flag) wait for the device. The SGD and exp-grad outer
+//!   updates run on the device, so γ stays there (Adam's moments are still kept on the host).
 //! - CUDA graphs: at the paper's size a step is a few µs of device work, about what launching it
 //!   costs, so the unroll's passes go through `Engine::run_steps`: the engine records the steps,
 //!   and a sequence it has seen before (same kernels, pointers and scalars, compared as bytes) is
@@ -87,13 +89,13 @@ pub const PERCEPTRON: KernelFile = KernelFile {
 pub const SIMPLEX: KernelFile = KernelFile {
     name: "simplex.cu",
     source: include_str!("../../../kernels/cuda/simplex.cu"),
-    entries: &["check_finite", "project_rows"],
+    entries: &["check_finite", "project_rows", "exp_grad_sums", "exp_grad_apply"],
     storages: &[Storage::F32],
 };
 pub const VECTOR: KernelFile = KernelFile {
     name: "vector.cu",
     source: include_str!("../../../kernels/cuda/vector.cu"),
-    entries: &["axpy", "scale"],
+    entries: &["axpy", "scale", "max_abs"],
     storages: &[Storage::F32],
 };
 /// Every kernel file the engine uses (the CI compile check also compiles every file in
@@ -345,6 +347,8 @@ struct SimplexKernels {
     _module: Arc<CudaModule>,
     check_finite: CudaFunction,
     project_rows: CudaFunction,
+    exp_grad_sums: CudaFunction,
+    exp_grad_apply: CudaFunction,
     /// [2] u64: non-finite flag, first bad index.
     flag: CudaSlice<u64>,
 }
@@ -353,6 +357,9 @@ struct VectorKernels {
     _module: Arc<CudaModule>,
     axpy: CudaFunction,
     scale: CudaFunction,
+    max_abs: CudaFunction,
+    /// max_abs's result: the bits of an f32.
+    max_bits: CudaSlice<u32>,
 }
 
 /// The perceptron engine on a CUDA device (f32).
@@ -610,6 +617,8 @@ impl CudaPerceptron {
             self.simplex = Some(SimplexKernels {
                 check_finite: Self::function(&module, "check_finite")?,
                 project_rows: Self::function(&module, "project_rows")?,
+                exp_grad_sums: Self::function(&module, "exp_grad_sums")?,
+                exp_grad_apply: Self::function(&module, "exp_grad_apply")?,
                 _module: module,
                 flag,
             });
@@ -620,8 +629,14 @@ impl CudaPerceptron {
     fn ensure_vector(&mut self) -> Result<()> {
         if self.vector.is_none() {
             let module = self.load_module(&VECTOR)?;
-            self.vector =
-                Some(VectorKernels { axpy: Self::function(&module, "axpy")?, scale: Self::function(&module, "scale")?, _module: module });
+            let max_bits = self.stream.alloc_zeros::<u32>(1).map_err(drv("allocating a scalar"))?;
+            self.vector = Some(VectorKernels {
+                axpy: Self::function(&module, "axpy")?,
+                scale: Self::function(&module, "scale")?,
+                max_abs: Self::function(&module, "max_abs")?,
+                max_bits,
+                _module: module,
+            });
         }
         Ok(())
     }
@@ -826,6 +841,21 @@ impl CudaPerceptron {
         Ok(host[0] as f64)
     }
 
+    /// Clears the simplex kernels' flag: [0, u64::MAX] (nothing flagged, no index yet).
+    fn reset_flag(&mut self) -> Result<()> {
+        let k = self.simplex.as_mut().ok_or_else(|| device_error("simplex kernels not loaded"))?;
+        self.stream.memcpy_htod(&[0u64, u64::MAX], &mut k.flag).map_err(drv("resetting the policy flag"))
+    }
+
+    /// Waits for the device and reads the flag back: the first flagged index, if any.
+    fn read_flag(&self) -> Result<Option<u64>> {
+        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
+        let mut flag = [0u64; 2];
+        self.stream.memcpy_dtoh(&k.flag, &mut flag).map_err(drv("reading the policy flag"))?;
+        self.stream.synchronize().map_err(drv("updating the policy"))?;
+        Ok((flag[0] != 0).then_some(flag[1]))
+    }
+
     fn grid_for_elems(&self, elems: usize) -> u32 {
         elems.div_ceil(BLOCK as usize).clamp(1, self.sms * 8) as u32
     }
@@ -940,8 +970,7 @@ impl Engine for CudaPerceptron {
         let grid_check = self.grid_for_elems(v.len);
         let rows = v.len / row_len;
         let grid_rows = rows.clamp(1, self.sms * 16) as u32;
-        let k = self.simplex.as_mut().ok_or_else(|| device_error("simplex kernels not loaded"))?;
-        self.stream.memcpy_htod(&[0u64, u64::MAX], &mut k.flag).map_err(drv("resetting the simplex flag"))?;
+        self.reset_flag()?;
         let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
         let (len, n, rows_u) = (v.len as u64, row_len as u64, rows as u64);
         let mut b = self.stream.launch_builder(&k.check_finite);
@@ -954,14 +983,64 @@ impl Engine for CudaPerceptron {
         let cfg = LaunchConfig { grid_dim: (grid_rows, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches project_rows(float*, u64, u64, const u64*); rows·n = len.
         unsafe { b.launch(cfg) }.map_err(drv("launching project_rows"))?;
-        let mut flag = [0u64; 2];
-        self.stream.memcpy_dtoh(&k.flag, &mut flag).map_err(drv("reading the simplex flag"))?;
-        self.stream.synchronize().map_err(drv("projecting the policy"))?;
-        if flag[0] != 0 {
-            let i = flag[1] as usize;
-            return Err(Error::non_finite_policy(i, row_len));
+        match self.read_flag()? {
+            Some(i) => Err(Error::non_finite_policy(i as usize, row_len)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn max_abs(&mut self, x: &CudaVec) -> Result<f64> {
+        self.flush_recorded()?;
+        if x.len == 0 {
+            return Ok(0.0);
+        }
+        self.ensure_vector()?;
+        let grid = self.grid_for_elems(x.len);
+        let k = self.vector.as_mut().ok_or_else(|| device_error("vector kernels not loaded"))?;
+        self.stream.memcpy_htod(&[0u32], &mut k.max_bits).map_err(drv("resetting max_abs"))?;
+        let n = x.len as u64;
+        let mut b = self.stream.launch_builder(&k.max_abs);
+        b.arg(&x.buf).arg(&n).arg(&mut k.max_bits);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches max_abs(const float*, u64, u32*); n ≤ the allocation.
+        unsafe { b.launch(cfg) }.map_err(drv("launching max_abs"))?;
+        let mut bits = [0u32];
+        self.stream.memcpy_dtoh(&k.max_bits, &mut bits).map_err(drv("reading max_abs"))?;
+        self.stream.synchronize().map_err(drv("reading max_abs"))?;
+        Ok(f32::from_bits(bits[0]) as f64)
+    }
+
+    fn exp_grad_rows(&mut self, gamma: &mut CudaVec, grad: &CudaVec, step: f64, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
+        if gamma.len != grad.len || row_len == 0 || !gamma.len.is_multiple_of(row_len) {
+            return Err(Error::shape("exp_grad_rows", gamma.len, grad.len));
+        }
+        if gamma.len == 0 {
+            return Ok(());
+        }
+        self.ensure_simplex()?;
+        let rows = gamma.len / row_len;
+        let grid = rows.clamp(1, self.sms * 16) as u32;
+        let mut stats = self.stream.alloc_zeros::<f64>(2 * rows).map_err(drv("allocating row sums"))?;
+        self.reset_flag()?;
+        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
+        let (n, rows_u) = (row_len as u64, rows as u64);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(&k.exp_grad_sums);
+        b.arg(&gamma.buf).arg(&grad.buf).arg(&step).arg(&n).arg(&rows_u).arg(&mut stats).arg(&k.flag);
+        // SAFETY: matches exp_grad_sums(const float*, const float*, double, u64, u64, double*, u64*);
+        // γ and g hold rows·n values, stats 2·rows.
+        unsafe { b.launch(cfg) }.map_err(drv("launching exp_grad_sums"))?;
+        let mut b = self.stream.launch_builder(&k.exp_grad_apply);
+        b.arg(&mut gamma.buf).arg(&grad.buf).arg(&step).arg(&n).arg(&rows_u).arg(&stats).arg(&k.flag);
+        // SAFETY: matches exp_grad_apply(float*, const float*, double, u64, u64, const double*, const u64*).
+        unsafe { b.launch(cfg) }.map_err(drv("launching exp_grad_apply"))?;
+        match self.read_flag()? {
+            Some(row) => Err(Error::Numerical(format!(
+                "exponentiated-gradient row {row}: Σ γ·exp(−step·g) is not a positive finite number (non-finite ∂J/∂γ?)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn forward_step(
