@@ -36,6 +36,8 @@
 //! - Everything runs on one stream of the device's primary context, with cudarc's per-buffer event
 //!   tracking off (single stream: stream order is the only ordering needed).
 //! - X is stored with rows zero-padded to a multiple of 4 values (16- or 8-byte vector loads).
+mod graphs;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -47,6 +49,9 @@ use cudarc::driver::{
 use learnlaw_core::data::{Examples, PerceptronData};
 pub use learnlaw_core::Storage;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
+
+pub use graphs::GraphStats;
+use graphs::{GraphCache, Plan};
 
 const BACKEND: &str = "cuda";
 /// Threads per block of every kernel (`BLOCK` in the .cu files).
@@ -63,12 +68,6 @@ const SMEM_DEFAULT: u32 = 48 * 1024;
 /// Largest partial-sum volume (blocks·D floats) the last block reduces itself; above it the
 /// reduction is a second launch (`pass_finish`) with a thread per column.
 const FUSED_FINISH_MAX: usize = 1 << 17;
-/// Recorded step sequences shorter than this are launched directly (a graph would not pay).
-const GRAPH_MIN_STEPS: usize = 8;
-/// CUDA graphs kept per engine (an unroll has a few distinct sequences: the forward pass, the
-/// adjoint pass, each in one or two buffer parities), and sequences remembered as seen once.
-const GRAPH_CACHE: usize = 8;
-const SEEN_CACHE: usize = 32;
 
 /// One kernel file: its name, its source, the entry points the engine loads from it and the
 /// storages of X it is compiled for (one module each, through the `X_STORAGE` define).
@@ -237,38 +236,6 @@ struct PassLaunch {
     fused: u32,
 }
 
-/// CUDA graphs of step sequences recorded by `run_steps`, keyed by their exact launches (every
-/// pointer and scalar, compared as bytes): replaying a graph issues exactly the launches it
-/// replaces, so results are bit-identical to launching them one by one.
-#[derive(Default)]
-struct GraphCache {
-    /// Most recently used first.
-    graphs: Vec<(Vec<PassLaunch>, CudaGraph)>,
-    /// Hashes of sequences launched directly once: a sequence is captured when it comes again.
-    seen: Vec<u64>,
-    stats: GraphStats,
-}
-
-/// What happened to the step sequences `run_steps` recorded (for benchmarks and diagnosis).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GraphStats {
-    /// Sequences replayed from a cached graph (the capture launches included).
-    pub replays: u64,
-    /// Graphs captured and instantiated.
-    pub captures: u64,
-    /// Sequences launched step by step (first sightings, short ones, `direct_launches`).
-    pub direct: u64,
-    /// Captures the driver refused; those sequences were launched step by step instead.
-    pub capture_failures: u64,
-}
-
-fn sequence_hash(launches: &[PassLaunch]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytemuck::cast_slice::<PassLaunch, u8>(launches).hash(&mut h);
-    h.finish()
-}
-
 /// `mode*` of `PassParams`.
 mod mode {
     pub const NONE: u32 = 0;
@@ -380,7 +347,7 @@ pub struct CudaPerceptron {
     /// Steps recorded inside `run_steps`, launched at its end (None: steps launch at once).
     recording: Option<Vec<PassLaunch>>,
     /// Declared before the kernels: graphs are destroyed before the modules they launch.
-    graphs: GraphCache,
+    graphs: GraphCache<CudaGraph>,
     pass: Option<PassKernels>,
     simplex: Option<SimplexKernels>,
     vector: Option<VectorKernels>,
@@ -765,47 +732,32 @@ impl CudaPerceptron {
     /// Launches a recorded step sequence: from a cached graph when the same sequence was captured
     /// before; captured into a graph (then launched) when it was seen once before; else directly.
     fn replay(&mut self, steps: Vec<PassLaunch>) -> Result<()> {
-        let direct = |e: &mut Self, steps: &[PassLaunch]| {
-            e.graphs.stats.direct += 1;
-            steps.iter().try_for_each(|l| e.issue(l))
-        };
-        if steps.len() < GRAPH_MIN_STEPS {
-            return direct(self, &steps);
-        }
-        let bytes = bytemuck::cast_slice::<PassLaunch, u8>(&steps);
-        if let Some(i) = self.graphs.graphs.iter().position(|(k, _)| bytemuck::cast_slice::<PassLaunch, u8>(k) == bytes) {
-            let entry = self.graphs.graphs.remove(i);
-            entry.1.launch().map_err(drv("launching a CUDA graph"))?;
-            self.graphs.graphs.insert(0, entry);
-            self.graphs.stats.replays += 1;
-            return Ok(());
-        }
-        let hash = sequence_hash(&steps);
-        if !self.graphs.seen.contains(&hash) {
-            self.graphs.seen.insert(0, hash);
-            self.graphs.seen.truncate(SEEN_CACHE);
-            return direct(self, &steps);
-        }
-        // Seen before: capture the launches (recorded, not executed) into a graph and launch it.
-        self.stream
-            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(drv("starting a stream capture"))?;
-        let issued = steps.iter().try_for_each(|l| self.issue(l));
-        let captured = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
-        match (issued, captured) {
-            (Ok(()), Ok(Some(graph))) => {
-                graph.launch().map_err(drv("launching a CUDA graph"))?;
-                self.graphs.stats.captures += 1;
-                self.graphs.stats.replays += 1;
-                self.graphs.graphs.insert(0, (steps, graph));
-                self.graphs.graphs.truncate(GRAPH_CACHE);
-                Ok(())
+        let key = bytemuck::cast_slice::<PassLaunch, u8>(&steps);
+        match self.graphs.plan(steps.len(), key) {
+            Plan::Direct => steps.iter().try_for_each(|l| self.issue(l)),
+            Plan::Replay => {
+                let graph = self.graphs.front().ok_or_else(|| device_error("no cached CUDA graph to replay"))?;
+                graph.launch().map_err(drv("launching a CUDA graph"))
             }
-            // The driver would not capture or instantiate (nothing ran): launch step by step.
-            _ => {
-                self.graphs.stats.capture_failures += 1;
-                self.graphs.seen.retain(|&h| h != hash);
-                direct(self, &steps)
+            Plan::Capture => {
+                // The launches are recorded into the graph, not executed.
+                self.stream
+                    .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .map_err(drv("starting a stream capture"))?;
+                let issued = steps.iter().try_for_each(|l| self.issue(l));
+                let captured = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+                match (issued, captured) {
+                    (Ok(()), Ok(Some(graph))) => {
+                        graph.launch().map_err(drv("launching a CUDA graph"))?;
+                        self.graphs.insert(key.to_vec(), graph);
+                        Ok(())
+                    }
+                    // The driver would not capture or instantiate (nothing ran): step by step.
+                    _ => {
+                        self.graphs.capture_failed(key);
+                        steps.iter().try_for_each(|l| self.issue(l))
+                    }
+                }
             }
         }
     }
@@ -1180,6 +1132,8 @@ mod tests {
         // 14 pointers, 10 u32, 4 f32.
         assert_eq!(PASS_PARAMS_BYTES, 168);
         assert_eq!(std::mem::align_of::<PassParams>(), 8);
+        // Recorded launches are compared as bytes: no padding (Pod checks it), 168 + 2 u32.
+        assert_eq!(std::mem::size_of::<PassLaunch>(), 176);
     }
 
     #[test]
