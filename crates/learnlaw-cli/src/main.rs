@@ -4,6 +4,7 @@ mod task;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -279,7 +280,28 @@ fn create_parent(path: &Path) -> Result<()> {
     }
 }
 
+/// Set while a search runs: the first Ctrl-C then stops it after the current outer epoch, with
+/// the policy saved (the same command resumes it); otherwise, or at a second Ctrl-C, it exits.
+static SEARCHING: AtomicBool = AtomicBool::new(false);
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The exit status of a process ended by Ctrl-C (128 + SIGINT).
+const INTERRUPTED: i32 = 130;
+
+fn handle_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if SEARCHING.load(Ordering::SeqCst) && !STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping after this outer epoch, with the policy saved (Ctrl-C again to quit at once)");
+        } else {
+            std::process::exit(INTERRUPTED);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: no Ctrl-C handler ({e}): an interrupted search loses the epochs since its last save");
+    }
+}
+
 fn main() -> Result<()> {
+    handle_ctrl_c();
     match Cli::parse().command {
         Command::Data(DataCommand::Perceptron { out, recipe }) => {
             let data = PerceptronData::generate(&recipe.recipe())?;
@@ -403,6 +425,7 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
     let bar = ProgressBar::new(cfg.search.epochs as u64);
     bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed} < {eta})")?.progress_chars("=> "));
     bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    SEARCHING.store(true, Ordering::SeqCst);
     let history = with_engine!(settings.backend, &task, |e, heldout| {
         bar.set_prefix(format!("{} search on {}", kind.name(), e.name()));
         run::search_with_holdout(&mut e, heldout.as_mut(), &dir, &cfg, &theta0, |ev| {
@@ -414,10 +437,24 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
                 };
                 bar.set_message(format!("J {first:.5} → {j:.5}{ar}"));
             }
-            ControlFlow::Continue(())
+            if STOP_REQUESTED.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })?
     });
+    SEARCHING.store(false, Ordering::SeqCst);
     bar.finish();
+    if history.j.len() <= cfg.search.epochs {
+        println!(
+            "stopped after outer epoch {} of {}; the policy is saved in {}: run the same command to resume",
+            history.epochs_done(),
+            cfg.search.epochs,
+            dir.policy_path().display()
+        );
+        std::process::exit(INTERRUPTED);
+    }
     let (first, last) = (history.j[0], history.j[history.j.len() - 1]);
     println!(
         "search done: J {first:.6} → {last:.6} ({:+.2}%), CR {:.3} → {:.3}, {:.3} s per outer epoch; policy in {}",

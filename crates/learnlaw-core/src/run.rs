@@ -1,9 +1,11 @@
-//! A run directory: the resolved configuration, the policy (saved after every outer epoch, so a
-//! killed search resumes where it stopped), the curves and the summary.
+//! A run directory: the resolved configuration, the policy (saved as the search goes, so a
+//! stopped or killed search resumes where it was saved), the curves and the summary.
 //!
 //! ```text
 //! RUN_DIR/config.toml          what was run (task, backend, data file + fingerprint, settings)
-//! RUN_DIR/policy.safetensors   γ [T, N] after the last completed epoch + the J history (metadata)
+//! RUN_DIR/policy.safetensors   γ [T, N] after the last saved epoch + the J history (metadata);
+//!                              saved after an epoch when SAVE_INTERVAL has passed since the last
+//!                              save, when the caller stops the search, and at the end
 //! RUN_DIR/summary.json         J and CR per epoch, seconds per epoch, AR, Learning-Law statistics
 //! RUN_DIR/curves.csv           dev and test loss per step, constant vs optimised policy
 //! RUN_DIR/best_policy.safetensors  with a held-out part of the desired set (`holdout`): the
@@ -13,7 +15,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -284,10 +286,14 @@ pub struct EpochEvent<'a> {
     pub history: &'a History,
 }
 
-/// Runs (or resumes) the policy search of `cfg` in `dir`, saving the policy after every epoch.
-/// Returns the history: J for the constant policy, every epoch's policy and, once all epochs are
-/// done, the final one. `on_epoch` runs after each saved epoch; `Break` stops the search there
-/// (as a kill would), and the same call later resumes it.
+/// How often a running search saves its policy. Writing γ (33 MB at the paper's size) every
+/// epoch would cost more than a GPU epoch; a kill loses at most this much work, a stop nothing.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Runs (or resumes) the policy search of `cfg` in `dir`, saving the policy as it goes (see
+/// `SAVE_INTERVAL`). Returns the history: J for the constant policy, every epoch's policy and,
+/// once all epochs are done, the final one. `on_epoch` runs after each epoch; `Break` saves and
+/// stops the search there, and the same call later resumes it.
 pub fn search<E: Engine>(
     e: &mut E,
     dir: &RunDir,
@@ -390,17 +396,34 @@ pub fn search_with_holdout<E: Engine>(
         Ok(())
     };
     let classes = e.num_classes();
+    let save = |search: &Search<E>, e: &mut E, history: &History| -> Result<()> {
+        let gamma = to_f32(&search.policy(e)?);
+        dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, history)
+    };
+    let (mut saved_at, mut saved_epochs) = (Instant::now(), done);
     while search.epoch() < epochs {
         if let Some(h) = heldout.as_mut() {
             track_best(&search, e, &mut history, h)?;
         }
         let start = Instant::now();
-        let fwd = search.step(e)?;
+        let fwd = match search.step(e) {
+            Ok(fwd) => fwd,
+            Err(err) => {
+                // A failed epoch leaves γ as the last one recorded: keep the epochs since the save.
+                if history.epochs_done() > saved_epochs {
+                    save(&search, e, &history)?;
+                }
+                return Err(err);
+            }
+        };
         history.record(&fwd, classes);
         history.seconds.push(start.elapsed().as_secs_f64());
-        let gamma = to_f32(&search.policy(e)?);
-        dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
-        if on_epoch(&EpochEvent { epoch: search.epoch(), epochs, history: &history }).is_break() {
+        let stop = on_epoch(&EpochEvent { epoch: search.epoch(), epochs, history: &history }).is_break();
+        if stop || saved_at.elapsed() >= SAVE_INTERVAL {
+            save(&search, e, &history)?;
+            (saved_at, saved_epochs) = (Instant::now(), history.epochs_done());
+        }
+        if stop {
             return Ok(history);
         }
     }
@@ -409,8 +432,7 @@ pub fn search_with_holdout<E: Engine>(
     }
     let fwd = search.evaluate(e)?;
     history.record(&fwd, classes);
-    let gamma = to_f32(&search.policy(e)?);
-    dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, &history)?;
+    save(&search, e, &history)?;
     let mut summary = dir.read_summary().unwrap_or_default();
     summary.set_search(cfg, &history);
     dir.write_summary(&summary)?;
