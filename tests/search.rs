@@ -188,6 +188,24 @@ fn resume_after_break_is_bit_identical_f32() {
     assert_eq!(pa, pb);
 }
 
+/// Adam's moments are saved with the policy, so an interrupted Adam search resumes exactly too.
+#[test]
+fn adam_resume_after_break_is_bit_identical_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let search = SearchConfig { optimizer: OuterOptimizer::Adam, ..search_config(5, OuterOptimizer::Adam.default_lr()) };
+    let cfg = run_config(&p, "cpu", search);
+    let (a, b) = (RunDir::new(tmp.path().join("a")), RunDir::new(tmp.path().join("b")));
+    let whole = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &a, &cfg, &p.theta0).unwrap();
+    let resumed = interrupted(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &b, &cfg, &p.theta0, 2);
+    assert_eq!(bits(&whole.j), bits(&resumed.j));
+    assert_eq!(a.read_policy().unwrap().unwrap().0, b.read_policy().unwrap().unwrap().0);
+    let state = a.read_adam_state().unwrap().expect("Adam state saved with the policy");
+    assert_eq!(state.steps, 5);
+    assert_eq!(state, b.read_adam_state().unwrap().unwrap());
+    assert!(RunDir::new(tmp.path().join("none")).read_adam_state().unwrap().is_none());
+}
+
 #[test]
 fn break_after_the_last_epoch_then_resume_adds_only_the_final_j() {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 //! `y_test` [M], optional `theta0` [D]. [`PerceptronData::save`] writes F32; [`PerceptronData::load`]
 //! also accepts F64 inputs and F64/I64/I32/U8/BOOL labels (e.g. tensors exported from PyTorch).
 use crate::error::{Error, Result};
-use crate::tensor_file::{self, to_f32, F32Tensor};
+use crate::tensor_file::{self, to_f32, Tensor, Values};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -262,13 +262,13 @@ impl PerceptronData {
         let names: Vec<[String; 2]> = SETS.iter().map(|set| [format!("x_{set}"), format!("y_{set}")]).collect();
         let mut tensors = Vec::new();
         for ([xn, yn], ex) in names.iter().zip(self.sets()) {
-            tensors.push(F32Tensor { name: xn, shape: vec![ex.len(), self.dim], values: &ex.x });
-            tensors.push(F32Tensor { name: yn, shape: vec![ex.len()], values: &ex.y });
+            tensors.push(Tensor { name: xn, shape: vec![ex.len(), self.dim], values: Values::F32(&ex.x) });
+            tensors.push(Tensor { name: yn, shape: vec![ex.len()], values: Values::F32(&ex.y) });
         }
         if let Some(t) = &self.theta0 {
-            tensors.push(F32Tensor { name: "theta0", shape: vec![self.dim], values: t });
+            tensors.push(Tensor { name: "theta0", shape: vec![self.dim], values: Values::F32(t) });
         }
-        tensor_file::write_f32(path, &tensors, None)
+        tensor_file::write(path, &tensors, None)
     }
 
     fn sets(&self) -> [&Examples; 3] {

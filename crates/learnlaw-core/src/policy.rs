@@ -5,7 +5,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::tensor_file::{self, F32Tensor};
+use crate::tensor_file::{self, Tensor, Values};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,8 +48,13 @@ impl Policy {
     }
 
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-        let t = F32Tensor { name: "gamma", shape: vec![self.steps, self.examples], values: &self.gamma };
-        tensor_file::write_f32(path, &[t], Some(metadata))
+        self.save_with(path, metadata, Vec::new())
+    }
+
+    /// `save`, with more tensors in the same file (written atomically together).
+    pub(crate) fn save_with<'a>(&'a self, path: &Path, metadata: HashMap<String, String>, mut extra: Vec<Tensor<'a>>) -> Result<()> {
+        extra.insert(0, Tensor { name: "gamma", shape: vec![self.steps, self.examples], values: Values::F32(&self.gamma) });
+        tensor_file::write(path, &extra, Some(metadata))
     }
 
     /// Loads and validates a policy file, with its metadata.

@@ -5,7 +5,9 @@
 //! RUN_DIR/config.toml          what was run (task, backend, data file + fingerprint, settings)
 //! RUN_DIR/policy.safetensors   γ [T, N] after the last saved epoch + the J history (metadata);
 //!                              saved after an epoch when SAVE_INTERVAL has passed since the last
-//!                              save, when the caller stops the search, and at the end
+//!                              save, when the caller stops the search, and at the end; with the
+//!                              Adam optimiser also its moments (`adam_m`, `adam_v` [T, N] f64,
+//!                              metadata `adam_steps`), so a resumed search continues exactly
 //! RUN_DIR/summary.json         J and CR per epoch, seconds per epoch, AR, Learning-Law statistics
 //! RUN_DIR/curves.csv           dev and test loss per step, constant vs optimised policy
 //! RUN_DIR/best_policy.safetensors  with a held-out part of the desired set (`holdout`): the
@@ -22,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::eval::{self, Curves, LawStats};
 use crate::policy::Policy;
-use crate::search::{compression_ratio, Search, SearchConfig};
-use crate::tensor_file::write_atomic;
+use crate::search::{compression_ratio, AdamState, Search, SearchConfig};
+use crate::tensor_file::{self, write_atomic, Tensor, Values};
 use crate::transformer::TransformerConfig;
 use crate::unroll::Workspace;
 use crate::{Error, Real, Result};
@@ -178,6 +180,7 @@ pub struct RunDir {
 }
 
 const HISTORY_KEY: &str = "history";
+const ADAM_STEPS_KEY: &str = "adam_steps";
 const BEST_EPOCH_KEY: &str = "epoch";
 
 impl RunDir {
@@ -223,9 +226,34 @@ impl RunDir {
         Ok(Some((policy, history)))
     }
 
-    fn write_policy(&self, policy: &Policy, history: &History) -> Result<()> {
+    fn write_policy(&self, policy: &Policy, history: &History, adam: Option<&AdamState>) -> Result<()> {
         let json = serde_json::to_string(history).map_err(|e| Error::format(self.policy_path(), e))?;
-        policy.save(&self.policy_path(), HashMap::from([(HISTORY_KEY.to_string(), json)]))
+        let mut meta = HashMap::from([(HISTORY_KEY.to_string(), json)]);
+        let mut extra = Vec::new();
+        if let Some(a) = adam {
+            meta.insert(ADAM_STEPS_KEY.to_string(), a.steps.to_string());
+            let shape = vec![policy.steps, policy.examples];
+            extra.push(Tensor { name: "adam_m", shape: shape.clone(), values: Values::F64(&a.m) });
+            extra.push(Tensor { name: "adam_v", shape, values: Values::F64(&a.v) });
+        }
+        policy.save_with(&self.policy_path(), meta, extra)
+    }
+
+    /// The Adam state saved with the policy, if any.
+    pub fn read_adam_state(&self) -> Result<Option<AdamState>> {
+        let path = self.policy_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = tensor_file::read(&path)?;
+        let Some(steps) = tensor_file::metadata(&path, &bytes)?.get(ADAM_STEPS_KEY).cloned() else { return Ok(None) };
+        let steps = steps.parse().map_err(|e| Error::format(&path, format!("adam_steps {steps:?}: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&path, e))?;
+        let moment = |name: &str| -> Result<Vec<f64>> {
+            let t = st.tensor(name).map_err(|_| Error::format(&path, format!("adam_steps is set but tensor `{name}` is missing")))?;
+            tensor_file::to_f64(name, &t)
+        };
+        Ok(Some(AdamState { m: moment("adam_m")?, v: moment("adam_v")?, steps }))
     }
 
     /// The best policy by held-out J and its epoch, if the search had a held-out part.
@@ -378,6 +406,9 @@ pub fn search_with_holdout<E: Engine>(
         return Ok(history);
     }
     let mut search = Search::new(e, &cfg.search, &to_real(theta0), &to_real(&policy.gamma), done)?;
+    if let Some(state) = dir.read_adam_state()? {
+        search.resume_adam(state)?;
+    }
     let mut heldout = heldout.map(|h| HeldOut::new(h, &cfg.search, theta0)).transpose()?;
     if let Some(h) = &heldout {
         if h.e.num_train() != n {
@@ -399,7 +430,7 @@ pub fn search_with_holdout<E: Engine>(
     let classes = e.num_classes();
     let save = |search: &Search<E>, e: &mut E, history: &History| -> Result<()> {
         let gamma = to_f32(&search.policy(e)?);
-        dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, history)
+        dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, history, search.adam_state())
     };
     let (mut saved_at, mut saved_epochs) = (Instant::now(), done);
     while search.epoch() < epochs {

@@ -116,6 +116,14 @@ impl SearchConfig {
     }
 }
 
+/// Adam's state: first and second moments ([T, N], like γ) and the steps taken (bias correction).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState {
+    pub m: Vec<f64>,
+    pub v: Vec<f64>,
+    pub steps: u32,
+}
+
 /// A policy search in progress: the device-resident policy, its gradient and the unroll buffers.
 pub struct Search<E: Engine> {
     cfg: SearchConfig,
@@ -123,10 +131,11 @@ pub struct Search<E: Engine> {
     theta0: E::Vec,
     gamma: E::Vec,
     grad: E::Vec,
+    /// N, the length of a policy row.
+    examples: usize,
     epoch: usize,
-    /// Adam's first and second moments (host; allocated on the first Adam step).
-    adam: Option<(Vec<f64>, Vec<f64>)>,
-    adam_steps: u32,
+    /// Adam's state (host; from the first Adam step, or restored by `resume_adam`).
+    adam: Option<AdamState>,
     /// The constant policy 1/N, [T, N] (only with reg_l2).
     constant: Option<E::Vec>,
 }
@@ -151,14 +160,29 @@ impl<E: Engine> Search<E> {
             theta0: e.upload(theta0)?,
             gamma: e.upload(gamma)?,
             grad: e.zeros(gamma.len())?,
+            examples: n,
             epoch,
             adam: None,
-            adam_steps: 0,
             constant: match cfg.reg_l2 {
                 Some(_) => Some(e.upload(&vec![E::Real::of(1.0 / n as f64); gamma.len()])?),
                 None => None,
             },
         })
+    }
+
+    /// Adam's state after the epochs so far (None before the first Adam step).
+    pub fn adam_state(&self) -> Option<&AdamState> {
+        self.adam.as_ref()
+    }
+
+    /// Restores Adam's state saved with the policy, so a resumed search continues exactly.
+    pub fn resume_adam(&mut self, state: AdamState) -> Result<()> {
+        let len = self.cfg.steps * self.examples;
+        if state.m.len() != len || state.v.len() != len {
+            return Err(Error::shape("Adam moments", len, format!("{} and {}", state.m.len(), state.v.len())));
+        }
+        self.adam = Some(state);
+        Ok(())
     }
 
     /// Outer epochs completed so far.
@@ -209,16 +233,15 @@ impl<E: Engine> Search<E> {
         const B1: f64 = 0.9;
         const B2: f64 = 0.999;
         let g = e.download(&self.grad)?;
-        let (m, v) = self.adam.get_or_insert_with(|| (vec![0.0; g.len()], vec![0.0; g.len()]));
-        // Moments restart on resume (they are not saved): a resumed Adam search is not
-        // bit-identical to an uninterrupted one.
+        let AdamState { m, v, steps } =
+            self.adam.get_or_insert_with(|| AdamState { m: vec![0.0; g.len()], v: vec![0.0; g.len()], steps: 0 });
         for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(&g) {
             let g = g.f64();
             *m = B1 * *m + (1.0 - B1) * g;
             *v = B2 * *v + (1.0 - B2) * g * g;
         }
-        self.adam_steps += 1;
-        let t = self.adam_steps as i32;
+        *steps += 1;
+        let t = *steps as i32;
         let (c1, c2) = (1.0 - B1.powi(t), 1.0 - B2.powi(t));
         let vmax = v.iter().fold(0.0f64, |a, &b| a.max(b)) / c2;
         let eps = 1e-8 * vmax.sqrt() + f64::MIN_POSITIVE;

@@ -1,5 +1,5 @@
-//! Small safetensors helpers shared by the data and policy files: atomic writes of f32 tensors,
-//! and reads that turn every failure into an error naming the file or the tensor.
+//! Small safetensors helpers shared by the data and policy files: atomic writes of f32 and f64
+//! tensors, and reads that turn every failure into an error naming the file or the tensor.
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,20 +9,32 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::{Error, Result};
 
-/// An f32 tensor to write: name, shape, values.
-pub struct F32Tensor<'a> {
-    pub name: &'a str,
-    pub shape: Vec<usize>,
-    pub values: &'a [f32],
+/// The values of a tensor to write.
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
 }
 
-/// Serialises the tensors (F32, little-endian) and writes them with [`write_atomic`].
-pub fn write_f32(path: &Path, tensors: &[F32Tensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+/// A tensor to write: name, shape, values.
+pub struct Tensor<'a> {
+    pub name: &'a str,
+    pub shape: Vec<usize>,
+    pub values: Values<'a>,
+}
+
+/// Serialises the tensors (little-endian) and writes them with [`write_atomic`].
+pub fn write(path: &Path, tensors: &[Tensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let encoded: Vec<(Dtype, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| match t.values {
+            Values::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Values::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        })
+        .collect();
     let views = tensors
         .iter()
-        .zip(&bytes)
-        .map(|(t, b)| TensorView::new(Dtype::F32, t.shape.clone(), b).map(|v| (t.name, v)))
+        .zip(&encoded)
+        .map(|(t, (dtype, b))| TensorView::new(*dtype, t.shape.clone(), b).map(|v| (t.name, v)))
         .collect::<Result<Vec<_>, _>>()
         .and_then(|v| safetensors::serialize(v, metadata))
         .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
@@ -60,6 +72,14 @@ pub fn metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
 pub fn le<'a, const N: usize, T>(b: &'a [u8], f: impl Fn([u8; N]) -> T + 'a) -> impl Iterator<Item = T> + 'a {
     let (chunks, _) = b.as_chunks::<N>();
     chunks.iter().map(move |&c| f(c))
+}
+
+/// The values of an F64 tensor, exactly (any other dtype is an error naming the tensor).
+pub fn to_f64(name: &str, t: &TensorView) -> Result<Vec<f64>> {
+    match t.dtype() {
+        Dtype::F64 => Ok(le(t.data(), f64::from_le_bytes).collect()),
+        dt => Err(Error::bad_input(name, format!("unsupported dtype {dt:?}; expected F64"))),
+    }
 }
 
 /// Converts a tensor of one of the `allowed` dtypes to f32 (integer labels keep their value, so a
