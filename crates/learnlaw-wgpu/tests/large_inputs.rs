@@ -130,3 +130,15 @@ fn too_long_rows_are_an_error_not_a_panic() {
         Ok(_) => panic!("a row larger than a binding must be refused"),
     }
 }
+
+#[test]
+fn bf16_storage_is_a_config_error() {
+    let recipe = PerceptronRecipe { dim: 4, n_train: 3, n_dev: 2, n_test: 2, ..Default::default() };
+    let data = PerceptronData::generate(&recipe).unwrap();
+    match WgpuPerceptron::with_options(&data, &Options { storage: learnlaw_wgpu::Storage::Bf16, ..Options::default() }) {
+        Err(Error::Config { name, problem, .. }) => assert!(name == "storage" && problem.contains("bf16"), "{problem}"),
+        Err(Error::Unavailable { reason, .. }) => println!("SKIPPED: no wgpu adapter ({reason})"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("WGSL has no bf16: the engine must refuse it"),
+    }
+}
