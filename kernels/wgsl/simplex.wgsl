@@ -25,6 +25,20 @@
 // Variants: v1 ran 256 invocations per row with tree reductions (9 barriers per reduction); this
 //   one runs 64 with two-stage reductions (3 barriers), ~2× faster on lavapipe where barriers are
 //   coroutine switches. A sort-based version would need N-sized workgroup scratch.
+//
+// The exponentiated-gradient (mirror-descent) step keeps rows on Δ without a projection (CPU
+// reference: the default `Engine::exp_grad_rows`, in f64; the CUDA twin is in simplex.cu):
+//   γ_{r,i} ← γ_{r,i} e^{−a (g_{r,i} − m_r)} / Σ_j γ_{r,j} e^{−a (g_{r,j} − m_r)},  m_r = min_j g_{r,j}
+// (subtracting m_r keeps every exponent ≤ 0). The engine first runs check_finite on g (a
+// non-finite gradient sets flag[0] = 1 and its index), then:
+//   exp_grad_sums — one workgroup of 64 per row (rows sit `shift`/`shift_g` elements into the
+//     bound windows of γ and g; row r of the dispatch is row row0 + r of the policy): m_r and the
+//     f32 sum (two-stage fixed-order reduction) into stats[2(row0 + r)], stats[2(row0 + r) + 1];
+//     a sum that is not a positive finite number sets flag[0] = 2 and flag[1] = min(flag[1], row).
+//     Does nothing when g was flagged.
+//   exp_grad_apply — same geometry; nothing when flag[0] ≠ 0 (γ left untouched: Error::Numerical),
+//     else the update.
+// Buffers: γ [rows·N] f32, g [rows·N] f32, stats [2·T] f32, flag [2] u32, params uniform.
 
 const WG: u32 = 256u;
 const MAX_PASSES: u32 = 200u;
@@ -200,5 +214,99 @@ fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 
     for (var i = lid; i < n; i += PWG) {
         pv[base + i] = max(pv[base + i] - tau, 0.0);
+    }
+}
+
+struct ExpGradParams {
+    len: u32,     // N (row length)
+    rows: u32,    // rows in this dispatch
+    shift: u32,   // element offset of the first row inside γ's window
+    shift_g: u32, // the same inside g's window
+    row0: u32,    // policy row of the dispatch's first row
+    a: f32,       // the step
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(6) var<storage, read> eg_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> eg_g: array<f32>;
+@group(0) @binding(8) var<storage, read_write> eg_stats: array<f32>;
+@group(0) @binding(9) var<storage, read_write> eg_flag: array<atomic<u32>, 2>;
+@group(0) @binding(10) var<uniform> egp: ExpGradParams;
+
+// The two-stage fixed-order reduction of s_a (PWG values) by min or sum, for every invocation.
+fn reduce_s_a(lid: u32, is_min: bool) -> f32 {
+    workgroupBarrier();
+    if (lid < PG) {
+        var r = s_a[lid * PG];
+        for (var i = 1u; i < PG; i++) {
+            let x = s_a[lid * PG + i];
+            r = select(r + x, min(r, x), is_min);
+        }
+        s_a[lid * PG] = r;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var r = s_a[0];
+        for (var i = 1u; i < PG; i++) {
+            let x = s_a[i * PG];
+            r = select(r + x, min(r, x), is_min);
+        }
+        u_top = r;
+    }
+    return workgroupUniformLoad(&u_top);
+}
+
+@compute @workgroup_size(64)
+fn exp_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (atomicLoad(&eg_flag[0]) != 0u || wid.x >= egp.rows) {
+        return;
+    }
+    let n = egp.len;
+    let base = egp.shift + wid.x * n;
+    let base_g = egp.shift_g + wid.x * n;
+    var m = 3.4028235e38;
+    for (var i = lid; i < n; i += PWG) {
+        m = min(m, eg_g[base_g + i]);
+    }
+    s_a[lid] = m;
+    m = reduce_s_a(lid, true);
+    var sum = 0.0;
+    for (var i = lid; i < n; i += PWG) {
+        sum += eg_gamma[base + i] * exp(-egp.a * (eg_g[base_g + i] - m));
+    }
+    s_a[lid] = sum;
+    sum = reduce_s_a(lid, false);
+    if (lid == 0u) {
+        let row = egp.row0 + wid.x;
+        eg_stats[2u * row] = m;
+        eg_stats[2u * row + 1u] = sum;
+        // WGSL may assume floats are finite: test the bits.
+        if (!(sum > 0.0) || (bitcast<u32>(sum) & 0x7f800000u) == 0x7f800000u) {
+            atomicMax(&eg_flag[0], 2u);
+            atomicMin(&eg_flag[1], row);
+        }
+    }
+}
+
+@group(0) @binding(11) var<storage, read_write> ea_gamma: array<f32>;
+@group(0) @binding(12) var<storage, read> ea_g: array<f32>;
+@group(0) @binding(13) var<storage, read> ea_stats: array<f32>;
+@group(0) @binding(14) var<storage, read> ea_flag: array<u32, 2>;
+@group(0) @binding(15) var<uniform> eap: ExpGradParams;
+
+@compute @workgroup_size(64)
+fn exp_grad_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (ea_flag[0] != 0u || wid.x >= eap.rows) {
+        return;
+    }
+    let n = eap.len;
+    let base = eap.shift + wid.x * n;
+    let base_g = eap.shift_g + wid.x * n;
+    let row = eap.row0 + wid.x;
+    let m = ea_stats[2u * row];
+    let sum = ea_stats[2u * row + 1u];
+    for (var i = lid; i < n; i += PWG) {
+        ea_gamma[base + i] = ea_gamma[base + i] * exp(-eap.a * (ea_g[base_g + i] - m)) / sum;
     }
 }

@@ -1,7 +1,11 @@
 // vector.wgsl — elementwise vector updates on device buffers (crate learnlaw-wgpu).
 //
-// Math:  axpy   y_i ← y_i + a·x_i      (the outer gradient step on γ, among others)
-//        scale  x_i ← a·x_i
+// Math:  axpy     y_i ← y_i + a·x_i      (the outer gradient step on γ, among others)
+//        scale    x_i ← a·x_i
+//        max_abs  out ← max_i |x_i|, NaN ignored (exp-grad's normaliser max |∂J/∂γ|): for
+//          non-negative floats the bit patterns order like the values, so each workgroup's
+//          maximum (a tree over its 256 invocations) goes into out[0] (a u32, 0 before the first
+//          dispatch) by an integer atomicMax on its bits.
 // (copy is a plain copy_buffer_to_buffer on the queue; zeros are freshly created buffers, which
 // wgpu zero-initialises.)
 // Buffers: x, y [len] f32, bound as windows: element i of the call is element `shift_x + i` /
@@ -37,5 +41,33 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < sp.len) {
         sx[sp.shift_x + i] = sp.a * sx[sp.shift_x + i];
+    }
+}
+
+@group(0) @binding(5) var<storage, read> mx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> mout: array<atomic<u32>, 2>;
+@group(0) @binding(7) var<uniform> mp: Params;
+
+var<workgroup> s_max: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn max_abs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var bits = 0u;
+    if (gid.x < mp.len) {
+        // |x| as bits; WGSL may assume floats are finite, so NaN is recognised (and skipped) by them.
+        bits = bitcast<u32>(mx[mp.shift_x + gid.x]) & 0x7fffffffu;
+        if (bits > 0x7f800000u) {
+            bits = 0u;
+        }
+    }
+    s_max[lid] = bits;
+    for (var half = 128u; half > 0u; half >>= 1u) {
+        workgroupBarrier();
+        if (lid < half) {
+            s_max[lid] = max(s_max[lid], s_max[lid + half]);
+        }
+    }
+    if (lid == 0u && s_max[0] > 0u) {
+        atomicMax(&mout[0], s_max[0]);
     }
 }

@@ -11,8 +11,9 @@
 //! - Everything of an unrolled run stays on the device. Neither a forward nor a backward step reads
 //!   anything back or waits for the device: the forward step's dev loss is written by the loss
 //!   reduction's last stage straight into the caller's curve buffer, which the driver downloads
-//!   once per unroll. Calls that return a host value (`loss`, `loss_grad`, `download`,
-//!   `project_simplex_rows`, which reads its non-finite flag) wait.
+//!   once per unroll. Calls that return a host value (`loss`, `loss_grad`, `download`, `max_abs`,
+//!   and the policy updates `project_simplex_rows` and `exp_grad_rows`, which read a non-finite
+//!   flag) wait. The SGD and exp-grad outer updates run on the device.
 //! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
 //!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
 //!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as
@@ -123,6 +124,18 @@ struct SimplexParams {
     base_index: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ExpGradParams {
+    len: u32,
+    rows: u32,
+    shift: u32,
+    shift_g: u32,
+    row0: u32,
+    a: f32,
+    _pad: [u32; 2],
+}
+
 /// Settings of [`WgpuPerceptron::with_options`].
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -181,8 +194,11 @@ struct Kernels {
     reduce_loss: Kernel,
     check_finite: Kernel,
     project_rows: Kernel,
+    exp_grad_sums: Kernel,
+    exp_grad_apply: Kernel,
     axpy: Kernel,
     scale: Kernel,
+    max_abs: Kernel,
 }
 
 #[derive(Clone, Copy)]
@@ -487,6 +503,49 @@ impl WgpuPerceptron {
         let offset = start_b / self.align * self.align;
         let size = (start_b - offset + count.max(1) as u64 * 4).min(buf.size() - offset);
         (Bind { binding, buf: buf.clone(), offset, size: Some(size) }, ((start_b - offset) / 4) as u32)
+    }
+
+    /// Rows of `row_len` f32 per window of a row kernel (one workgroup per row).
+    fn rows_per_window(&self, row_len: usize) -> Result<usize> {
+        let rows_per = (((self.max_binding - self.align) / (row_len as u64 * 4)) as usize).min(self.max_groups);
+        if rows_per == 0 {
+            return Err(Error::bad_input(
+                "wgpu policy",
+                format!("a row of {row_len} f32 exceeds one storage binding ({} bytes)", self.max_binding),
+            ));
+        }
+        Ok(rows_per)
+    }
+
+    /// check_finite over every window of `v`: a non-finite value sets flag[0] = 1 and flag[1] to
+    /// the smallest such index.
+    fn check_finite_dispatches(&self, v: &WgpuVec) -> Vec<Dispatch> {
+        let per = self.elems_per_window();
+        let mut ds = Vec::new();
+        let mut start = 0;
+        while start < v.len {
+            let count = per.min(v.len - start);
+            let (b, shift) = self.window(&v.buf, 0, start, count);
+            let params = SimplexParams { len: count as u32, rows: 0, shift, base_index: start.min(u32::MAX as usize) as u32 };
+            ds.push(Dispatch {
+                kernel: self.kernels.check_finite.clone(),
+                binds: vec![b, whole(1, &self.flag)],
+                param_binding: 2,
+                params: bytemuck::bytes_of(&params).to_vec(),
+                groups: count.div_ceil(WG) as u32,
+            });
+            start += count;
+        }
+        ds
+    }
+
+    /// Submits `dispatches`, then waits and reads the two flag words back.
+    fn submit_and_read_flag(&mut self, dispatches: Vec<Dispatch>) -> Result<[u32; 2]> {
+        let (flag, staging) = (self.flag.clone(), self.flag_staging.clone());
+        self.submit(dispatches, |enc| enc.copy_buffer_to_buffer(&flag, 0, &staging, 0, 8))?;
+        let bytes = self.read_staging(&staging, 8)?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        Ok([words[0], words[1]])
     }
 
     /// Elements per window of an elementwise kernel.
@@ -886,8 +945,11 @@ impl Kernels {
             reduce_loss: kernel(&perceptron, "reduce_loss", &[(20, Read), (21, ReadWrite), (22, Uniform)]),
             check_finite: kernel(&simplex, "check_finite", &[(0, Read), (1, ReadWrite), (2, Uniform)]),
             project_rows: kernel(&simplex, "project_rows", &[(3, ReadWrite), (4, Read), (5, Uniform)]),
+            exp_grad_sums: kernel(&simplex, "exp_grad_sums", &[(6, Read), (7, Read), (8, ReadWrite), (9, ReadWrite), (10, Uniform)]),
+            exp_grad_apply: kernel(&simplex, "exp_grad_apply", &[(11, ReadWrite), (12, Read), (13, Read), (14, Read), (15, Uniform)]),
             axpy: kernel(&vector, "axpy", &[(0, Read), (1, ReadWrite), (2, Uniform)]),
             scale: kernel(&vector, "scale", &[(3, ReadWrite), (4, Uniform)]),
+            max_abs: kernel(&vector, "max_abs", &[(5, Read), (6, ReadWrite), (7, Uniform)]),
         }
     }
 }
@@ -985,32 +1047,10 @@ impl Engine for WgpuPerceptron {
         if v.len == 0 {
             return Ok(());
         }
-        let row_bytes = row_len as u64 * 4;
-        let rows_per = (((self.max_binding - self.align) / row_bytes) as usize).min(self.max_groups);
-        if rows_per == 0 {
-            return Err(Error::bad_input(
-                "wgpu policy",
-                format!("a row of {row_len} f32 exceeds one storage binding ({} bytes)", self.max_binding),
-            ));
-        }
+        let rows_per = self.rows_per_window(row_len)?;
         self.queue.write_buffer(&self.flag, 0, bytemuck::cast_slice(&[0u32, u32::MAX]));
-        let mut ds = Vec::new();
         // Pass 1: any non-finite value anywhere sets the flag.
-        let per = self.elems_per_window();
-        let mut start = 0;
-        while start < v.len {
-            let count = per.min(v.len - start);
-            let (b, shift) = self.window(&v.buf, 0, start, count);
-            let params = SimplexParams { len: count as u32, rows: 0, shift, base_index: start.min(u32::MAX as usize) as u32 };
-            ds.push(Dispatch {
-                kernel: self.kernels.check_finite.clone(),
-                binds: vec![b, whole(1, &self.flag)],
-                param_binding: 2,
-                params: bytemuck::bytes_of(&params).to_vec(),
-                groups: count.div_ceil(WG) as u32,
-            });
-            start += count;
-        }
+        let mut ds = self.check_finite_dispatches(v);
         // Pass 2: one workgroup per row, skipped entirely when the flag is set.
         let rows = v.len / row_len;
         let mut r0 = 0;
@@ -1027,15 +1067,76 @@ impl Engine for WgpuPerceptron {
             });
             r0 += count;
         }
-        let (flag, staging) = (self.flag.clone(), self.flag_staging.clone());
-        self.submit(ds, |enc| enc.copy_buffer_to_buffer(&flag, 0, &staging, 0, 8))?;
-        let bytes = self.read_staging(&staging, 8)?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
-        if words[0] != 0 {
-            let i = words[1] as usize;
-            return Err(Error::non_finite_policy(i, row_len));
+        match self.submit_and_read_flag(ds)? {
+            [0, _] => Ok(()),
+            [_, i] => Err(Error::non_finite_policy(i as usize, row_len)),
         }
-        Ok(())
+    }
+
+    fn max_abs(&mut self, x: &WgpuVec) -> Result<f64> {
+        if x.len == 0 {
+            return Ok(0.0);
+        }
+        self.queue.write_buffer(&self.flag, 0, bytemuck::cast_slice(&[0u32, 0]));
+        let mut ds = self.vector_dispatches(&self.kernels.max_abs, (&x.buf, 5), None, x.len, 0.0, 7);
+        ds.iter_mut().for_each(|d| d.binds.push(whole(6, &self.flag)));
+        let [bits, _] = self.submit_and_read_flag(ds)?;
+        Ok(f32::from_bits(bits) as f64)
+    }
+
+    fn exp_grad_rows(&mut self, gamma: &mut WgpuVec, grad: &WgpuVec, step: f64, row_len: usize) -> Result<()> {
+        if gamma.len != grad.len || row_len == 0 || !gamma.len.is_multiple_of(row_len) {
+            return Err(Error::shape("exp_grad_rows", gamma.len, grad.len));
+        }
+        if gamma.len == 0 {
+            return Ok(());
+        }
+        let rows = gamma.len / row_len;
+        let rows_per = self.rows_per_window(row_len)?;
+        let stats = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("exp_grad_stats"),
+            size: (rows * 8) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&self.flag, 0, bytemuck::cast_slice(&[0u32, u32::MAX]));
+        let mut ds = self.check_finite_dispatches(grad);
+        for (kernel, binds) in [(&self.kernels.exp_grad_sums, [6, 7, 8, 9, 10]), (&self.kernels.exp_grad_apply, [11, 12, 13, 14, 15])] {
+            let mut r0 = 0;
+            while r0 < rows {
+                let count = rows_per.min(rows - r0);
+                let (bg, shift) = self.window(&gamma.buf, binds[0], r0 * row_len, count * row_len);
+                let (bd, shift_g) = self.window(&grad.buf, binds[1], r0 * row_len, count * row_len);
+                let params = ExpGradParams {
+                    len: row_len as u32,
+                    rows: count as u32,
+                    shift,
+                    shift_g,
+                    row0: r0 as u32,
+                    a: step as f32,
+                    _pad: [0; 2],
+                };
+                ds.push(Dispatch {
+                    kernel: kernel.clone(),
+                    binds: vec![bg, bd, whole(binds[2], &stats), whole(binds[3], &self.flag)],
+                    param_binding: binds[4],
+                    params: bytemuck::bytes_of(&params).to_vec(),
+                    groups: count as u32,
+                });
+                r0 += count;
+            }
+        }
+        match self.submit_and_read_flag(ds)? {
+            [0, _] => Ok(()),
+            [1, i] => Err(Error::Numerical(format!(
+                "non-finite policy gradient at row {}, example {}",
+                i as usize / row_len,
+                i as usize % row_len
+            ))),
+            [_, row] => {
+                Err(Error::Numerical(format!("exponentiated-gradient row {row}: Σ γ·exp(−step·g) is not a positive finite number")))
+            }
+        }
     }
 
     fn forward_step(

@@ -1,8 +1,9 @@
 //! The large-input path: with a storage binding capped at 64 KiB (the device is created with that
 //! limit, so wgpu validates every binding against it) the training matrix is split into many
-//! shards and the policy, ∂J/∂γ and long vectors are bound through aligned windows. Every
-//! operation must give bit-for-bit the unsplit engine's results (the chunking of the sums is the
-//! same), and match the CPU f32 engine. This is how a multi-GiB X runs on lavapipe's 128 MiB limit.
+//! shards and the policy, ∂J/∂γ and long vectors are bound through aligned windows (the exp-grad
+//! step and max |g| included). Every operation must give bit-for-bit the unsplit engine's results
+//! (the chunking of the sums is the same), and match the CPU f32 engine. This is how a multi-GiB
+//! X runs on lavapipe's 128 MiB limit.
 //! Skips visibly without an adapter (fails with LEARNLAW_REQUIRE_WGPU=1).
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::CpuPerceptron;
@@ -78,6 +79,12 @@ fn outputs<E: Engine<Real = f32>>(e: &mut E, steps: usize) -> Vec<(String, Vec<f
     let mut copy = e.zeros(steps * n).unwrap();
     e.copy(&gamma, &mut copy).unwrap();
     out.push(("copy".into(), e.download(&copy).unwrap()));
+    // The exp-grad step on the (projected) policy, with the policy gradient as its direction.
+    let mut policy = e.upload(&out[0].1.clone()).unwrap();
+    let scale = e.max_abs(&grad).unwrap();
+    out.push(("max |∂J/∂γ|".into(), vec![scale as f32]));
+    e.exp_grad_rows(&mut policy, &grad, 2.0 / scale, n).unwrap();
+    out.push(("exp-grad step".into(), e.download(&policy).unwrap()));
     let mut g = e.zeros(d).unwrap();
     for set in [Set::Dev, Set::Test] {
         let l = e.loss_grad(set, &theta, &mut g).unwrap();
