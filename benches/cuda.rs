@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use learnlaw::cuda_backend::{CudaPerceptron, Options, Storage};
+use learnlaw::cuda_backend::{CudaPerceptron, CudaVec, Options, Storage};
+use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::data::{init_theta, Examples, PerceptronData, PerceptronRecipe};
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
@@ -152,6 +153,28 @@ fn bench_size(c: &mut Criterion, label: &str, data: &PerceptronData, proj_rows: 
             total
         })
     });
+    // The exp-grad step on the device, and through the host (download, f64 update, upload).
+    let grad = e.upload(&(0..proj_rows * n).map(|i| noise(i) * 1e3 - 0.05).collect::<Vec<f32>>()).unwrap();
+    type ExpGrad = fn(&mut CudaPerceptron, &mut CudaVec, &CudaVec, f64, usize) -> learnlaw::Result<()>;
+    let variants: [(&str, ExpGrad); 2] =
+        [("cuda_exp_grad_rows_f32", |e, g, d, s, n| e.exp_grad_rows(g, d, s, n)), ("cuda_exp_grad_rows_host_f32", exp_grad_rows_on_host)];
+    for (name, step) in variants {
+        let id = format!("{name}/{label}");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    e.copy(&raw, &mut rows).unwrap();
+                    e.project_simplex_rows(&mut rows, n).unwrap();
+                    let start = Instant::now();
+                    step(&mut e, &mut rows, &grad, 1.0, n).unwrap(); // reads a flag back: synchronous
+                    total += start.elapsed();
+                }
+                record(&id, 2.0 * bytes, total.as_secs_f64() / iters as f64);
+                total
+            })
+        });
+    }
     g.finish();
 }
 

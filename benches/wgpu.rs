@@ -18,7 +18,8 @@ use criterion::{criterion_group, Criterion, Throughput};
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
-use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
+use learnlaw::engine::exp_grad_rows_on_host;
+use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron, WgpuVec};
 use learnlaw::{Engine, Error};
 
 mod common;
@@ -121,6 +122,27 @@ fn steps(c: &mut Criterion) {
             total
         })
     });
+    // The exp-grad step on the device, and through the host (download, f64 update, upload) as
+    // every backend did before it had the kernels.
+    let grad = e.upload(&(0..STEPS * n).map(|i| noise(i) * 1e3 - 0.05).collect::<Vec<f32>>()).unwrap();
+    type ExpGrad = fn(&mut WgpuPerceptron, &mut WgpuVec, &WgpuVec, f64, usize) -> learnlaw::Result<()>;
+    let variants: [(&str, ExpGrad); 2] =
+        [("wgpu_exp_grad_rows_f32", |e, g, d, s, n| e.exp_grad_rows(g, d, s, n)), ("wgpu_exp_grad_rows_host_f32", exp_grad_rows_on_host)];
+    for (name, step) in variants {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    e.copy(&raw, &mut rows).unwrap();
+                    e.project_simplex_rows(&mut rows, n).unwrap();
+                    let start = std::time::Instant::now();
+                    step(&mut e, &mut rows, &grad, 1.0, n).unwrap(); // reads a flag back: synchronous
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 
@@ -184,6 +206,8 @@ fn main() {
         }
     }
     rows.push(("wgpu_policy", "wgpu_project_simplex_rows_f32".into()));
+    rows.push(("wgpu_policy", "wgpu_exp_grad_rows_f32".into()));
+    rows.push(("wgpu_policy", "wgpu_exp_grad_rows_host_f32".into()));
     rows.push(("wgpu_search", "wgpu_outer_epoch_f32".into()));
     for (group, id) in rows {
         if id == "wgpu_outer_epoch_f32" && !epoch_enabled() {
@@ -198,6 +222,9 @@ fn main() {
         let floor = median_ns("wgpu_step", &format!("wgpu_copy_floor_{dt}"));
         let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
         println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
+    }
+    if let (Some(dev), Some(host)) = (median_ns("wgpu_policy", "wgpu_exp_grad_rows_f32"), median_ns("wgpu_policy", "wgpu_exp_grad_rows_host_f32")) {
+        println!("exp-grad step on the device: {:.1}× faster than through the host", host / dev);
     }
     if let Some(t) = median_ns("wgpu_search", "wgpu_outer_epoch_f32").filter(|_| epoch_enabled()) {
         println!("outer epoch at the paper's size (N=4096, D=128, T=2000): {:.3} s", t / 1e9);

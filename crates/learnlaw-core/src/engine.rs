@@ -122,25 +122,31 @@ pub trait Engine {
     /// `row_len`, each on the simplex): γ_t ← γ_t ⊙ exp(−step·g_t) / Σ_n γ_{t,n} exp(−step·g_{t,n}).
     /// Rows stay on the simplex without a projection. The default goes through the host.
     fn exp_grad_rows(&mut self, gamma: &mut Self::Vec, grad: &Self::Vec, step: f64, row_len: usize) -> Result<()> {
-        let mut g = self.download(gamma)?;
-        let d = self.download(grad)?;
-        if g.len() != d.len() || row_len == 0 || g.len() % row_len != 0 {
-            return Err(Error::shape("exp_grad_rows", g.len(), d.len()));
-        }
-        for (row, drow) in g.chunks_mut(row_len).zip(d.chunks(row_len)) {
-            // Subtracting the row's smallest gradient keeps every exponent ≤ 0 (no overflow).
-            let min = drow.iter().fold(f64::INFINITY, |m, v| m.min(v.f64()));
-            let w: Vec<f64> = row.iter().zip(drow).map(|(x, v)| x.f64() * (-step * (v.f64() - min)).exp()).collect();
-            let sum: f64 = w.iter().sum();
-            if !(sum.is_finite() && sum > 0.0) {
-                return Err(Error::Numerical(format!("exponentiated-gradient row sum {sum}")));
-            }
-            for (x, w) in row.iter_mut().zip(&w) {
-                *x = Self::Real::of(w / sum);
-            }
-        }
-        // Into the same buffer, so a recorded step sequence that reads γ stays valid.
-        let updated = self.upload(&g)?;
-        self.copy(&updated, gamma)
+        exp_grad_rows_on_host(self, gamma, grad, step, row_len)
     }
+}
+
+/// `Engine::exp_grad_rows` through the host, in f64: the default, and the reference the device
+/// kernels are benchmarked against.
+pub fn exp_grad_rows_on_host<E: Engine + ?Sized>(e: &mut E, gamma: &mut E::Vec, grad: &E::Vec, step: f64, row_len: usize) -> Result<()> {
+    let mut g = e.download(gamma)?;
+    let d = e.download(grad)?;
+    if g.len() != d.len() || row_len == 0 || g.len() % row_len != 0 {
+        return Err(Error::shape("exp_grad_rows", g.len(), d.len()));
+    }
+    for (row, drow) in g.chunks_mut(row_len).zip(d.chunks(row_len)) {
+        // Subtracting the row's smallest gradient keeps every exponent ≤ 0 (no overflow).
+        let min = drow.iter().fold(f64::INFINITY, |m, v| m.min(v.f64()));
+        let w: Vec<f64> = row.iter().zip(drow).map(|(x, v)| x.f64() * (-step * (v.f64() - min)).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        if !(sum.is_finite() && sum > 0.0) {
+            return Err(Error::Numerical(format!("exponentiated-gradient row sum {sum}")));
+        }
+        for (x, w) in row.iter_mut().zip(&w) {
+            *x = E::Real::of(w / sum);
+        }
+    }
+    // Into the same buffer, so a recorded step sequence that reads γ stays valid.
+    let updated = e.upload(&g)?;
+    e.copy(&updated, gamma)
 }
