@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use learnlaw::cuda_backend::{CudaPerceptron, CudaVec, Options, Storage};
-use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::data::{init_theta, Examples, PerceptronData, PerceptronRecipe};
+use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
 use learnlaw::{Engine, Error};

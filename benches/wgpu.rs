@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
+use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
-use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron, WgpuVec};
 use learnlaw::{Engine, Error};
 
@@ -223,7 +223,9 @@ fn main() {
         let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
         println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
     }
-    if let (Some(dev), Some(host)) = (median_ns("wgpu_policy", "wgpu_exp_grad_rows_f32"), median_ns("wgpu_policy", "wgpu_exp_grad_rows_host_f32")) {
+    if let (Some(dev), Some(host)) =
+        (median_ns("wgpu_policy", "wgpu_exp_grad_rows_f32"), median_ns("wgpu_policy", "wgpu_exp_grad_rows_host_f32"))
+    {
         println!("exp-grad step on the device: {:.1}× faster than through the host", host / dev);
     }
     if let Some(t) = median_ns("wgpu_search", "wgpu_outer_epoch_f32").filter(|_| epoch_enabled()) {

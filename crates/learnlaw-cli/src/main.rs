@@ -4,6 +4,7 @@ mod task;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -285,14 +286,14 @@ fn create_parent(path: &Path) -> Result<()> {
 static SEARCHING: AtomicBool = AtomicBool::new(false);
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 /// The exit status of a process ended by Ctrl-C (128 + SIGINT).
-const INTERRUPTED: i32 = 130;
+const INTERRUPTED: u8 = 130;
 
 fn handle_ctrl_c() {
     let installed = ctrlc::set_handler(|| {
         if SEARCHING.load(Ordering::SeqCst) && !STOP_REQUESTED.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopping after this outer epoch, with the policy saved (Ctrl-C again to quit at once)");
         } else {
-            std::process::exit(INTERRUPTED);
+            std::process::exit(INTERRUPTED.into());
         }
     });
     if let Err(e) = installed {
@@ -300,7 +301,7 @@ fn handle_ctrl_c() {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     handle_ctrl_c();
     match Cli::parse().command {
         Command::Data(DataCommand::Perceptron { out, recipe }) => {
@@ -334,7 +335,9 @@ fn main() -> Result<()> {
             );
         }
         Command::Search(args) => {
-            search(args.task, &args.data, &args.out, &args.settings, Some(&args.model))?;
+            if search(args.task, &args.data, &args.out, &args.settings, Some(&args.model))? == SearchEnd::Stopped {
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
         }
         Command::Eval(args) => {
             evaluate(&args.run_dir, args.backend)?;
@@ -356,7 +359,9 @@ fn main() -> Result<()> {
                     )?
                 }
             };
-            search(TaskKind::Perceptron, &data, &out, &settings, None)?;
+            if search(TaskKind::Perceptron, &data, &out, &settings, None)? == SearchEnd::Stopped {
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
             evaluate(&out, Some(settings.backend))?;
         }
         Command::Reproduce(ReproduceCommand::Transformer { out, data, paper, text, mut model, mut settings }) => {
@@ -377,11 +382,13 @@ fn main() -> Result<()> {
                     generated_data(&out, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
                 }
             };
-            search(TaskKind::Transformer, &data, &out, &settings, Some(&model))?;
+            if search(TaskKind::Transformer, &data, &out, &settings, Some(&model))? == SearchEnd::Stopped {
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
             evaluate(&out, Some(settings.backend))?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// RUN_DIR/data.safetensors, saved from `generated` the first time; a resumed run must not
@@ -404,7 +411,15 @@ fn generated_data<D: PartialEq>(
     Ok(path)
 }
 
-fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<()> {
+/// How a `search` call ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SearchEnd {
+    Finished,
+    /// Stopped by Ctrl-C with the policy saved: the same command resumes it.
+    Stopped,
+}
+
+fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<SearchEnd> {
     let mut task = Task::for_search(kind, data_path, model)?;
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
     let cfg = RunConfig {
@@ -453,7 +468,7 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
             cfg.search.epochs,
             dir.policy_path().display()
         );
-        std::process::exit(INTERRUPTED);
+        return Ok(SearchEnd::Stopped);
     }
     let (first, last) = (history.j[0], history.j[history.j.len() - 1]);
     println!(
@@ -473,7 +488,7 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
             dir.best_policy_path().display()
         );
     }
-    Ok(())
+    Ok(SearchEnd::Finished)
 }
 
 fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
