@@ -6,6 +6,7 @@
 #   there: scripts/gpu-check.sh                # device tool: carry ["target/gpu-check"], ~4–6 min
 #
 # Steps (each one's log is kept; a failing step does not stop the others; exit status 1 if any failed):
+#   0. `learnlaw backends`: every backend's device, or why it is unavailable;
 #   1. the NVRTC + ptxas compile check with the machine's own NVRTC and ptxas, and the crate's unit tests;
 #   2. the conformance tests of the CUDA engine (X in f32, bf16, f16; register and shared-memory
 #      variants) and the crate's device tests (large D, reproducibility, CUDA-graph replays bit-equal
@@ -77,6 +78,9 @@ result() { # NAME RC LOGNAME
   summary="$(grep -E '^test result:' "$LOG/$3.log" | tail -1 | sed 's/test result: [a-zA-Z]*\. //; s/; 0 ignored.*//')"
   if [ "$2" -eq 0 ]; then row "$1" "ok ${summary}"; else row "$1" "FAILED (exit $2) ${summary}"; FAILED=1; fi
 }
+
+# 0. what the binary sees on this machine (device, NVRTC version; why a backend is unavailable)
+step backends 60 "$BIN/learnlaw" backends
 
 # 1. compile check with this machine's NVRTC and ptxas, and the unit tests
 step nvrtc_compile 120 "$BIN/nvrtc_compile" --nocapture --test-threads=1; result "nvrtc + ptxas sm_90" $? nvrtc_compile

@@ -1,4 +1,5 @@
 //! `learnlaw`: generate data, search for a near-optimal learning policy, evaluate it.
+mod backends;
 mod report;
 mod task;
 
@@ -41,6 +42,8 @@ enum Command {
     /// Data, search and evaluation with the paper's settings in one go.
     #[command(subcommand)]
     Reproduce(ReproduceCommand),
+    /// Which --backend values work on this machine, and on what device (or why not).
+    Backends,
 }
 
 #[derive(Subcommand)]
@@ -345,6 +348,7 @@ fn main() -> Result<ExitCode> {
         Command::Report(args) => {
             report::run(&args)?;
         }
+        Command::Backends => backends::run()?,
         Command::Reproduce(ReproduceCommand::Perceptron { out, data, recipe, settings }) => {
             let data = match data {
                 Some(path) => path,

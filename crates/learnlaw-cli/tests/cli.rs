@@ -303,3 +303,21 @@ fn ctrl_c_stops_a_search_with_the_policy_saved_and_the_same_command_resumes() {
     let second = interrupt();
     assert!(second > first, "the second run resumed from epoch {first} and stopped at {second}");
 }
+
+/// `learnlaw backends` lists every backend, with cpu usable everywhere and the others either
+/// usable or unavailable with a reason (never a crash).
+#[test]
+fn backends_lists_every_backend_and_why_one_is_unavailable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stdout = ok(&["backends"], tmp.path());
+    let lines: Vec<&str> = stdout.lines().collect();
+    for name in ["cpu", "cpu-f64", "wgpu", "wgpu-f16", "cuda", "cuda-bf16", "cuda-f16"] {
+        let line = lines.iter().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no {name} line:\n{stdout}"));
+        let status = line.split_whitespace().nth(1).unwrap_or("");
+        assert!(status == "ok" || status == "unavailable", "{line}");
+        if name.starts_with("cpu") {
+            assert_eq!(status, "ok", "{line}");
+        }
+    }
+    assert!(stdout.contains("cpu-f32, ") && stdout.contains(" threads"), "{stdout}");
+}

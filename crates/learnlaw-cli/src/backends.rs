@@ -1,0 +1,48 @@
+//! `learnlaw backends`: which `--backend` values work on this machine, and on what device. Each
+//! engine is built for a tiny generated perceptron problem exactly as a search would build it, so
+//! a backend listed as usable is usable, and an unusable one says why.
+use anyhow::Result;
+use clap::ValueEnum;
+use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
+use learnlaw_core::perceptron::CpuPerceptron;
+use learnlaw_core::{Engine, Error};
+
+use crate::Backend;
+
+/// The device behind an engine that was built, or why none could be.
+fn probe(backend: Backend, data: &PerceptronData) -> std::result::Result<String, Error> {
+    let threads = || format!("{} threads", rayon::current_num_threads());
+    Ok(match backend {
+        Backend::Cpu => format!("{}, {}", CpuPerceptron::<f32>::new(data)?.name(), threads()),
+        Backend::CpuF64 => format!("{}, {}", CpuPerceptron::<f64>::new(data)?.name(), threads()),
+        Backend::Wgpu | Backend::WgpuF16 => {
+            let e = learnlaw_wgpu::WgpuPerceptron::with_options(
+                data,
+                &learnlaw_wgpu::Options { storage: backend.x_storage(), ..Default::default() },
+            )?;
+            let info = e.adapter_info();
+            format!("{}: {} ({:?}, {:?}, driver {} {})", e.name(), info.name, info.backend, info.device_type, info.driver, info.driver_info)
+        }
+        Backend::Cuda | Backend::CudaBf16 | Backend::CudaF16 => {
+            let opts = learnlaw_cuda::Options { storage: backend.x_storage(), ..Default::default() };
+            let mut e = learnlaw_cuda::CudaPerceptron::with_options(data, &opts)?;
+            e.pass_variant()?; // compiles perceptron.cu for this storage: NVRTC works
+            let nvrtc = learnlaw_cuda::nvrtc_version().map_or("?".into(), |(a, b)| format!("{a}.{b}"));
+            format!("{}: {} ({}, NVRTC {nvrtc})", e.name(), e.device_name(), e.arch())
+        }
+    })
+}
+
+pub fn run() -> Result<()> {
+    let data = PerceptronData::generate(&PerceptronRecipe { dim: 5, n_train: 7, n_dev: 3, n_test: 3, ..Default::default() })?;
+    for &backend in Backend::value_variants() {
+        let name = backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        match probe(backend, &data) {
+            Ok(device) => println!("{name:<10} ok           {device}"),
+            Err(Error::Unavailable { reason, .. }) => println!("{name:<10} unavailable  {reason}"),
+            Err(e) => println!("{name:<10} failed       {e}"),
+        }
+    }
+    println!("(the Transformer task runs on cpu and cpu-f64)");
+    Ok(())
+}
