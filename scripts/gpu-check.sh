@@ -81,6 +81,7 @@ result() { # NAME RC LOGNAME
 
 # 0. what the binary sees on this machine (device, NVRTC version; why a backend is unavailable)
 step backends 60 "$BIN/learnlaw" backends
+row "backends: cuda" "$(grep -E '^cuda ' "$LOG/backends.log" | head -1 | cut -c12-)"
 
 # 1. compile check with this machine's NVRTC and ptxas, and the unit tests
 step nvrtc_compile 120 "$BIN/nvrtc_compile" --nocapture --test-threads=1; result "nvrtc + ptxas sm_90" $? nvrtc_compile
