@@ -17,12 +17,13 @@ cargo test --release --no-run "${fmt[@]}" -p learnlaw --test conformance >>"$jso
 cargo test --release --no-run "${fmt[@]}" -p learnlaw-cuda >>"$json"
 cargo bench --no-run "${fmt[@]}" -p learnlaw --bench cuda >>"$json"
 cargo build --release "${fmt[@]}" -p learnlaw-cli >>"$json"
+cargo build --release "${fmt[@]}" -p learnlaw --example weighted_training >>"$json"
 python3 - "$json" "$STAGE" <<'PY'
 import json, os, shutil, subprocess, sys
 # (target name, target kind) -> staged name
 want = {("conformance", "test"): "conformance", ("learnlaw_cuda", "lib"): "cuda_unit",
         ("nvrtc_compile", "test"): "nvrtc_compile", ("device", "test"): "cuda_device", ("cuda", "bench"): "bench_cuda",
-        ("learnlaw", "bin"): "learnlaw"}
+        ("learnlaw", "bin"): "learnlaw", ("weighted_training", "example"): "weighted_training"}
 found = {}
 for line in open(sys.argv[1]):
     try:

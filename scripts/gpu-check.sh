@@ -11,6 +11,7 @@
 #   2. the conformance tests of the CUDA engine (X in f32, bf16, f16; register and shared-memory
 #      variants) and the crate's device tests (large D, reproducibility, CUDA-graph replays bit-equal
 #      to direct launches, projection edge cases), with LEARNLAW_REQUIRE_CUDA=1;
+#   2b. examples/weighted_training.rs on cuda and cuda-bf16 (a user's own step loop);
 #   3. the CUDA benchmarks (benches/cuda.rs: steps with X in f32 and bf16 and the projection at the
 #      paper's size and at D = 4096, the device-to-device copy ceiling measured in the same run, an
 #      outer epoch with CUDA graphs and with step-by-step launches);
@@ -27,7 +28,7 @@ LOG="${OUT:-/tmp/gpu-check}"
 EPOCHS="${EPOCHS:-5}"
 mkdir -p "$LOG"
 START=$(date +%s)
-for b in conformance cuda_unit cuda_device nvrtc_compile bench_cuda learnlaw; do
+for b in conformance cuda_unit cuda_device nvrtc_compile bench_cuda learnlaw weighted_training; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run scripts/build-gpu-check.sh on the development machine and carry target/gpu-check"; exit 2; }
 done
 
@@ -91,6 +92,12 @@ step cuda_unit 120 "$BIN/cuda_unit" --test-threads=1; result "unit tests" $? cud
 #    the large-D paths, reproducibility and projection edge cases (crates/learnlaw-cuda/tests/device.rs)
 step conformance 300 "$BIN/conformance" cuda --test-threads=2; result "conformance (cuda f32/bf16/f16)" $? conformance
 step cuda_device 200 "$BIN/cuda_device" --test-threads=2; result "device tests (large D, graphs)" $? cuda_device
+
+# 2b. the embedding example (examples/weighted_training.rs): a user's step loop and ∂J/∂γ on cuda
+for be in cuda cuda-bf16; do
+  step "example_$be" 60 "$BIN/weighted_training" "$be"
+  rc=$?; if [ $rc -eq 0 ]; then row "example, $be" "$(grep -m1 'L_dev' "$LOG/example_$be.log")"; else row "example, $be" "FAILED (exit $rc)"; FAILED=1; fi
+done
 
 # 3. benchmarks (the table is printed by the bench itself, and repeated below)
 step bench 330 "$BIN/bench_cuda" --bench
