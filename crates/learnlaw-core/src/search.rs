@@ -233,6 +233,10 @@ impl<E: Engine> Search<E> {
         const B1: f64 = 0.9;
         const B2: f64 = 0.999;
         let g = e.download(&self.grad)?;
+        // Checked before the moments change, so a failed epoch leaves Adam's state as saved.
+        if let Some(i) = g.iter().position(|x| !x.f64().is_finite()) {
+            return Err(Error::Numerical(format!("non-finite policy gradient at row {}, example {}", i / n, i % n)));
+        }
         let AdamState { m, v, steps } =
             self.adam.get_or_insert_with(|| AdamState { m: vec![0.0; g.len()], v: vec![0.0; g.len()], steps: 0 });
         for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(&g) {
