@@ -18,12 +18,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use learnlaw::cuda_backend::{CudaPerceptron, CudaVec, Options, Storage};
+use learnlaw::cuda_backend::{CudaPerceptron, Options, Storage};
 use learnlaw::data::{init_theta, Examples, PerceptronData, PerceptronRecipe};
-use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
 use learnlaw::{Engine, Error};
+
+mod common;
 
 const STEPS: usize = 2000;
 
@@ -155,21 +156,11 @@ fn bench_size(c: &mut Criterion, label: &str, data: &PerceptronData, proj_rows: 
     });
     // The exp-grad step on the device, and through the host (download, f64 update, upload).
     let grad = e.upload(&(0..proj_rows * n).map(|i| noise(i) * 1e3 - 0.05).collect::<Vec<f32>>()).unwrap();
-    type ExpGrad = fn(&mut CudaPerceptron, &mut CudaVec, &CudaVec, f64, usize) -> learnlaw::Result<()>;
-    let variants: [(&str, ExpGrad); 2] =
-        [("cuda_exp_grad_rows_f32", |e, g, d, s, n| e.exp_grad_rows(g, d, s, n)), ("cuda_exp_grad_rows_host_f32", exp_grad_rows_on_host)];
-    for (name, step) in variants {
+    for (name, step) in common::exp_grad_variants::<CudaPerceptron>("cuda") {
         let id = format!("{name}/{label}");
-        g.bench_function(name, |b| {
+        g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    e.copy(&raw, &mut rows).unwrap();
-                    e.project_simplex_rows(&mut rows, n).unwrap();
-                    let start = Instant::now();
-                    step(&mut e, &mut rows, &grad, 1.0, n).unwrap(); // reads a flag back: synchronous
-                    total += start.elapsed();
-                }
+                let total = common::time_exp_grad(&mut e, step, &raw, &mut rows, &grad, n, iters);
                 record(&id, 2.0 * bytes, total.as_secs_f64() / iters as f64);
                 total
             })

@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
-use learnlaw::engine::exp_grad_rows_on_host;
 use learnlaw::policy::Policy;
 use learnlaw::search::{Search, SearchConfig};
-use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron, WgpuVec};
+use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
 use learnlaw::{Engine, Error};
 
 mod common;
-use common::median_ns;
+use common::{exp_grad_variants, median_ns, time_exp_grad};
 
 const STEPS: usize = 2000;
 
@@ -125,23 +124,8 @@ fn steps(c: &mut Criterion) {
     // The exp-grad step on the device, and through the host (download, f64 update, upload) as
     // every backend did before it had the kernels.
     let grad = e.upload(&(0..STEPS * n).map(|i| noise(i) * 1e3 - 0.05).collect::<Vec<f32>>()).unwrap();
-    type ExpGrad = fn(&mut WgpuPerceptron, &mut WgpuVec, &WgpuVec, f64, usize) -> learnlaw::Result<()>;
-    let variants: [(&str, ExpGrad); 2] =
-        [("wgpu_exp_grad_rows_f32", |e, g, d, s, n| e.exp_grad_rows(g, d, s, n)), ("wgpu_exp_grad_rows_host_f32", exp_grad_rows_on_host)];
-    for (name, step) in variants {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    e.copy(&raw, &mut rows).unwrap();
-                    e.project_simplex_rows(&mut rows, n).unwrap();
-                    let start = std::time::Instant::now();
-                    step(&mut e, &mut rows, &grad, 1.0, n).unwrap(); // reads a flag back: synchronous
-                    total += start.elapsed();
-                }
-                total
-            })
-        });
+    for (name, step) in exp_grad_variants::<WgpuPerceptron>("wgpu") {
+        g.bench_function(&name, |b| b.iter_custom(|iters| time_exp_grad(&mut e, step, &raw, &mut rows, &grad, n, iters)));
     }
     g.finish();
 }

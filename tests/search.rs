@@ -692,3 +692,114 @@ fn compression_ratio_hand_computed() {
     let ln2 = std::f64::consts::LN_2;
     assert!((compression_ratio(&[ln2; 11], 2) - 1.0 / ln2).abs() < 1e-12);
 }
+
+/// An engine that fails its `fail_at`-th forward step (counting from 1), like a device error or a
+/// divergence late in a search; everything else is the wrapped engine's.
+struct FailingForward<E: Engine> {
+    inner: E,
+    forward_steps: usize,
+    fail_at: usize,
+}
+
+impl<E: Engine> Engine for FailingForward<E> {
+    type Real = E::Real;
+    type Vec = E::Vec;
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn num_params(&self) -> usize {
+        self.inner.num_params()
+    }
+    fn num_train(&self) -> usize {
+        self.inner.num_train()
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn step_flops(&self) -> learnlaw::StepFlops {
+        self.inner.step_flops()
+    }
+    fn zeros(&mut self, len: usize) -> learnlaw::Result<E::Vec> {
+        self.inner.zeros(len)
+    }
+    fn upload(&mut self, host: &[E::Real]) -> learnlaw::Result<E::Vec> {
+        self.inner.upload(host)
+    }
+    fn download(&mut self, v: &E::Vec) -> learnlaw::Result<Vec<E::Real>> {
+        self.inner.download(v)
+    }
+    fn copy(&mut self, src: &E::Vec, dst: &mut E::Vec) -> learnlaw::Result<()> {
+        self.inner.copy(src, dst)
+    }
+    fn scale(&mut self, a: f64, x: &mut E::Vec) -> learnlaw::Result<()> {
+        self.inner.scale(a, x)
+    }
+    fn axpy(&mut self, a: f64, x: &E::Vec, y: &mut E::Vec) -> learnlaw::Result<()> {
+        self.inner.axpy(a, x, y)
+    }
+    fn project_simplex_rows(&mut self, v: &mut E::Vec, row_len: usize) -> learnlaw::Result<()> {
+        self.inner.project_simplex_rows(v, row_len)
+    }
+    fn forward_step(
+        &mut self,
+        theta: &E::Vec,
+        gamma: &E::Vec,
+        t: usize,
+        eta: f64,
+        theta_next: &mut E::Vec,
+        dev_loss: Option<(&mut E::Vec, usize)>,
+    ) -> learnlaw::Result<()> {
+        self.forward_steps += 1;
+        if self.forward_steps == self.fail_at {
+            return Err(Error::Numerical("injected failure".into()));
+        }
+        self.inner.forward_step(theta, gamma, t, eta, theta_next, dev_loss)
+    }
+    fn backward_step(
+        &mut self,
+        theta: &E::Vec,
+        gamma: &E::Vec,
+        t: usize,
+        lambda_next: &E::Vec,
+        eta: f64,
+        dev_weight: f64,
+        grad_gamma: &mut E::Vec,
+        lambda: &mut E::Vec,
+    ) -> learnlaw::Result<()> {
+        self.inner.backward_step(theta, gamma, t, lambda_next, eta, dev_weight, grad_gamma, lambda)
+    }
+    fn loss(&mut self, set: learnlaw::Set, theta: &E::Vec) -> learnlaw::Result<f64> {
+        self.inner.loss(set, theta)
+    }
+    fn loss_grad(&mut self, set: learnlaw::Set, theta: &E::Vec, grad: &mut E::Vec) -> learnlaw::Result<f64> {
+        self.inner.loss_grad(set, theta, grad)
+    }
+    fn train_losses(&mut self, theta: &E::Vec, out: &mut E::Vec) -> learnlaw::Result<()> {
+        self.inner.train_losses(theta, out)
+    }
+    fn train_dots(&mut self, theta: &E::Vec, v: &E::Vec, out: &mut E::Vec) -> learnlaw::Result<()> {
+        self.inner.train_dots(theta, v, out)
+    }
+}
+
+/// A search that fails in its fourth epoch (before the 10 s save interval) keeps the three
+/// epochs before it: they are saved with the error, and the same search then resumes from them to
+/// the uninterrupted result.
+#[test]
+fn a_failed_epoch_keeps_the_epochs_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", search_config(5, OUTER_LR));
+    let (a, b) = (RunDir::new(tmp.path().join("a")), RunDir::new(tmp.path().join("b")));
+    let whole = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &a, &cfg, &p.theta0).unwrap();
+    // Each epoch runs STEPS forward steps (every θ is kept at this size): fail in epoch 4.
+    let mut failing = FailingForward { inner: CpuPerceptron::<f32>::new(&p.data).unwrap(), forward_steps: 0, fail_at: 3 * STEPS + 5 };
+    let err = search_to_end(&mut failing, &b, &cfg, &p.theta0).unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    let (_, saved) = b.read_policy().unwrap().expect("the epochs before the failure are saved");
+    assert_eq!(saved.epochs_done(), 3);
+    assert_close(&saved.j, &whole.j[..3], "saved J history");
+    let resumed = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &b, &cfg, &p.theta0).unwrap();
+    assert_close(&resumed.j, &whole.j, "resumed J history");
+    assert_eq!(a.read_policy().unwrap().unwrap().0, b.read_policy().unwrap().unwrap().0);
+}

@@ -1,9 +1,52 @@
-//! Shared by the benches: reading back criterion's results to print ratio tables.
+//! Shared by the benches: reading back criterion's results to print ratio tables, and the
+//! exp-grad step's device-vs-host timing.
+use std::time::{Duration, Instant};
+
+use learnlaw::engine::exp_grad_rows_on_host;
+use learnlaw::Engine;
 
 /// Median time (ns) of a benchmark, from criterion's saved estimates.
+#[allow(dead_code)] // the CUDA bench keeps its own timings
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
     let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["median"]["point_estimate"].as_f64()
+}
+
+/// One exp-grad step implementation over (engine, γ, ∂J/∂γ, step, row length).
+#[allow(dead_code)] // not every bench times the policy updates
+pub type ExpGrad<E> = fn(&mut E, &mut <E as Engine>::Vec, &<E as Engine>::Vec, f64, usize) -> learnlaw::Result<()>;
+
+/// The exp-grad step on the device and through the host (download, f64 update, upload: the
+/// `Engine` default), named `{backend}_exp_grad_rows_f32` and `{backend}_exp_grad_rows_host_f32`.
+#[allow(dead_code)]
+pub fn exp_grad_variants<E: Engine>(backend: &str) -> [(String, ExpGrad<E>); 2] {
+    [
+        (format!("{backend}_exp_grad_rows_f32"), |e, g, d, s, n| e.exp_grad_rows(g, d, s, n)),
+        (format!("{backend}_exp_grad_rows_host_f32"), exp_grad_rows_on_host),
+    ]
+}
+
+/// Time of `iters` calls of `step` on the projected policy `raw` (copied into `rows` first,
+/// untimed); each call reads a flag back, so it is synchronous.
+#[allow(dead_code)]
+pub fn time_exp_grad<E: Engine>(
+    e: &mut E,
+    step: ExpGrad<E>,
+    raw: &E::Vec,
+    rows: &mut E::Vec,
+    grad: &E::Vec,
+    n: usize,
+    iters: u64,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        e.copy(raw, rows).unwrap();
+        e.project_simplex_rows(rows, n).unwrap();
+        let start = Instant::now();
+        step(e, rows, grad, 1.0, n).unwrap();
+        total += start.elapsed();
+    }
+    total
 }

@@ -124,6 +124,42 @@ fn reduce4(lid: u32) {
     }
 }
 
+const OP_SUM: u32 = 0u;
+const OP_MIN: u32 = 1u;
+const OP_MAX: u32 = 2u;
+
+fn combine(op: u32, a: f32, b: f32) -> f32 {
+    if (op == OP_MIN) {
+        return min(a, b);
+    }
+    if (op == OP_MAX) {
+        return max(a, b);
+    }
+    return a + b;
+}
+
+// The two-stage fixed-order reduction of s_a (PWG values, one per invocation) by `op`; every
+// invocation gets the result (through u_top).
+fn reduce_s_a(lid: u32, op: u32) -> f32 {
+    workgroupBarrier();
+    if (lid < PG) {
+        var r = s_a[lid * PG];
+        for (var i = 1u; i < PG; i++) {
+            r = combine(op, r, s_a[lid * PG + i]);
+        }
+        s_a[lid * PG] = r;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var r = s_a[0];
+        for (var i = 1u; i < PG; i++) {
+            r = combine(op, r, s_a[i * PG]);
+        }
+        u_top = r;
+    }
+    return workgroupUniformLoad(&u_top);
+}
+
 @compute @workgroup_size(64)
 fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (pflag[0] != 0u || wid.x >= pr.rows) {
@@ -138,23 +174,7 @@ fn project_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         m = max(m, pv[base + i]);
     }
     s_a[lid] = m;
-    workgroupBarrier();
-    if (lid < PG) {
-        var mm = s_a[lid * PG];
-        for (var i = 1u; i < PG; i++) {
-            mm = max(mm, s_a[lid * PG + i]);
-        }
-        s_a[lid * PG] = mm;
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        var mm = s_a[0];
-        for (var i = 1u; i < PG; i++) {
-            mm = max(mm, s_a[i * PG]);
-        }
-        u_top = mm;
-    }
-    let top = workgroupUniformLoad(&u_top);
+    let top = reduce_s_a(lid, OP_MAX);
 
     var lo = top - 1.0;   // f(lo) ≥ 1
     var hi = top;         // f(hi) < 1 (or the interval is exhausted)
@@ -234,28 +254,6 @@ struct ExpGradParams {
 @group(0) @binding(9) var<storage, read_write> eg_flag: array<atomic<u32>, 2>;
 @group(0) @binding(10) var<uniform> egp: ExpGradParams;
 
-// The two-stage fixed-order reduction of s_a (PWG values) by min or sum, for every invocation.
-fn reduce_s_a(lid: u32, is_min: bool) -> f32 {
-    workgroupBarrier();
-    if (lid < PG) {
-        var r = s_a[lid * PG];
-        for (var i = 1u; i < PG; i++) {
-            let x = s_a[lid * PG + i];
-            r = select(r + x, min(r, x), is_min);
-        }
-        s_a[lid * PG] = r;
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        var r = s_a[0];
-        for (var i = 1u; i < PG; i++) {
-            let x = s_a[i * PG];
-            r = select(r + x, min(r, x), is_min);
-        }
-        u_top = r;
-    }
-    return workgroupUniformLoad(&u_top);
-}
 
 @compute @workgroup_size(64)
 fn exp_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -270,13 +268,13 @@ fn exp_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         m = min(m, eg_g[base_g + i]);
     }
     s_a[lid] = m;
-    m = reduce_s_a(lid, true);
+    m = reduce_s_a(lid, OP_MIN);
     var sum = 0.0;
     for (var i = lid; i < n; i += PWG) {
         sum += eg_gamma[base + i] * exp(-egp.a * (eg_g[base_g + i] - m));
     }
     s_a[lid] = sum;
-    sum = reduce_s_a(lid, false);
+    sum = reduce_s_a(lid, OP_SUM);
     if (lid == 0u) {
         let row = egp.row0 + wid.x;
         eg_stats[2u * row] = m;

@@ -428,10 +428,16 @@ pub fn search_with_holdout<E: Engine>(
         Ok(())
     };
     let classes = e.num_classes();
-    let save = |search: &Search<E>, e: &mut E, history: &History| -> Result<()> {
-        let gamma = to_f32(&search.policy(e)?);
-        dir.write_policy(&Policy { steps: cfg.search.steps, examples: n, gamma }, history, search.adam_state())
+    // Saves γ with the history; with `only_valid`, only a policy that passes `Policy::validate`
+    // (after a failed epoch γ may hold what the failing update left).
+    let save_policy = |search: &Search<E>, e: &mut E, history: &History, only_valid: bool| -> Result<()> {
+        let policy = Policy { steps: cfg.search.steps, examples: n, gamma: to_f32(&search.policy(e)?) };
+        if only_valid && policy.validate().is_err() {
+            return Ok(());
+        }
+        dir.write_policy(&policy, history, search.adam_state())
     };
+    let save = |search: &Search<E>, e: &mut E, history: &History| save_policy(search, e, history, false);
     let (mut saved_at, mut saved_epochs) = (Instant::now(), done);
     while search.epoch() < epochs {
         if let Some(h) = heldout.as_mut() {
@@ -441,9 +447,10 @@ pub fn search_with_holdout<E: Engine>(
         let fwd = match search.step(e) {
             Ok(fwd) => fwd,
             Err(err) => {
-                // A failed epoch leaves γ as the last one recorded: keep the epochs since the save.
+                // Keep the epochs since the last save, when the failure left γ as the last epoch
+                // made it (it failed in the unroll, or its update was refused before changing γ).
                 if history.epochs_done() > saved_epochs {
-                    save(&search, e, &history)?;
+                    save_policy(&search, e, &history, true)?;
                 }
                 return Err(err);
             }
