@@ -1,6 +1,6 @@
 //! End to end on the WGSL engine: a reduced perceptron search (D = 16, N = 300, dev/test 64,
 //! T = 50, 5 outer epochs) through `run::search` gives the CPU f32 engine's J trajectory within
-//! 1e-4 relative. Skips visibly without a wgpu adapter (fails instead with LEARNLAW_REQUIRE_WGPU=1).
+//! 1e-4 relative, and a batched unroll equals its steps submitted one by one. Skips visibly without a wgpu adapter (fails instead with LEARNLAW_REQUIRE_WGPU=1).
 use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -42,22 +42,27 @@ fn search<E: Engine>(e: &mut E, root: &Path, path: &Path, backend: &str, theta0:
     run::search(e, &dir, &run_config(path, backend), theta0, |_: &EpochEvent| ControlFlow::Continue(())).unwrap()
 }
 
-#[test]
-fn wgpu_search_matches_cpu_j_trajectory() {
-    let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, train_label_noise: 0.1, seed: 3, ..Default::default() };
-    let data = PerceptronData::generate(&recipe).unwrap();
-    let mut gpu = match WgpuPerceptron::new(&data) {
-        Ok(e) => e,
+/// The WGSL engine, or None after a visible skip (a failure with LEARNLAW_REQUIRE_WGPU=1).
+fn engine(data: &PerceptronData) -> Option<WgpuPerceptron> {
+    match WgpuPerceptron::new(data) {
+        Ok(e) => Some(e),
         Err(Error::Unavailable { reason, .. }) => {
             assert!(
                 std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
                 "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
             );
             let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
-            return;
+            None
         }
         Err(e) => panic!("wgpu engine: {e}"),
-    };
+    }
+}
+
+#[test]
+fn wgpu_search_matches_cpu_j_trajectory() {
+    let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, train_label_noise: 0.1, seed: 3, ..Default::default() };
+    let data = PerceptronData::generate(&recipe).unwrap();
+    let Some(mut gpu) = engine(&data) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("data.safetensors");
     data.save(&path).unwrap();
@@ -75,4 +80,48 @@ fn wgpu_search_matches_cpu_j_trajectory() {
         let rel = (g - c).abs() / c.abs();
         assert!(rel <= 1e-4, "epoch {e}: J wgpu {g} vs cpu {c} (relative {rel:.2e})");
     }
+}
+
+/// The unroll's passes go through `run_steps`, which submits a whole pass as one command buffer;
+/// the same steps submitted one by one give the same bits (J's curve and ∂J/∂γ).
+#[test]
+fn batched_unroll_equals_step_by_step_submission() {
+    use learnlaw::unroll::{Unroll, Workspace};
+    use learnlaw::Set;
+    let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, seed: 4, ..Default::default() };
+    let data = PerceptronData::generate(&recipe).unwrap();
+    let Some(mut e) = engine(&data) else { return };
+    let (steps, eta, n) = (20, 0.3, data.train.len());
+    let theta0 = e.upload(&init_theta(data.dim, 10)).unwrap();
+    let gamma_host: Vec<f32> = (0..steps * n).map(|i| (1 + i % 7) as f32).collect();
+    let mut gamma = e.upload(&gamma_host).unwrap();
+    e.project_simplex_rows(&mut gamma, n).unwrap();
+
+    let mut ws = Workspace::new(&mut e, Unroll { steps, eta }, 1).unwrap();
+    let mut grad = e.zeros(steps * n).unwrap();
+    let fwd = ws.gradient(&mut e, &theta0, &gamma, &mut grad).unwrap();
+    let batched = (fwd.dev.iter().map(|l| (*l as f32).to_bits()).collect::<Vec<_>>(), e.download(&grad).unwrap());
+
+    // The same recursion, one call (one submission) at a time.
+    let mut thetas = vec![e.zeros(data.dim).unwrap()];
+    e.copy(&theta0, &mut thetas[0]).unwrap();
+    let mut curve = e.zeros(steps).unwrap();
+    for t in 0..steps {
+        let mut next = e.zeros(data.dim).unwrap();
+        e.forward_step(&thetas[t], &gamma, t, eta, &mut next, Some((&mut curve, t))).unwrap();
+        thetas.push(next);
+    }
+    let (mut lambda_next, mut lambda) = (e.zeros(data.dim).unwrap(), e.zeros(data.dim).unwrap());
+    let last = e.loss_grad(Set::Dev, &thetas[steps], &mut lambda_next).unwrap();
+    e.scale(1.0 / steps as f64, &mut lambda_next).unwrap();
+    let mut grad_direct = e.zeros(steps * n).unwrap();
+    for t in (0..steps).rev() {
+        e.backward_step(&thetas[t], &gamma, t, &lambda_next, eta, 1.0 / steps as f64, &mut grad_direct, &mut lambda).unwrap();
+        std::mem::swap(&mut lambda, &mut lambda_next);
+    }
+    let mut dev: Vec<u32> = e.download(&curve).unwrap().iter().map(|l| l.to_bits()).collect();
+    dev.push((last as f32).to_bits());
+    let direct = (dev, e.download(&grad_direct).unwrap());
+    assert!(batched.0 == direct.0, "dev-loss curves differ");
+    assert!(batched.1.iter().zip(&direct.1).all(|(a, b)| a.to_bits() == b.to_bits()), "∂J/∂γ differs");
 }

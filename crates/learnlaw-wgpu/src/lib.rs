@@ -13,7 +13,8 @@
 //!   reduction's last stage straight into the caller's curve buffer, which the driver downloads
 //!   once per unroll. Calls that return a host value (`loss`, `loss_grad`, `download`, `max_abs`,
 //!   and the policy updates `project_simplex_rows` and `exp_grad_rows`, which read a non-finite
-//!   flag) wait. The SGD and exp-grad outer updates run on the device.
+//!   flag) wait. The SGD and exp-grad outer updates run on the device. Steps inside
+//!   `Engine::run_steps` (the unroll's passes) are submitted together as one command buffer.
 //! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
 //!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
 //!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as
@@ -267,6 +268,9 @@ pub struct WgpuPerceptron {
     flag_staging: wgpu::Buffer,
     /// Uniform parameter blocks, PARAM_SLOT bytes each, rewritten by every call.
     params: wgpu::Buffer,
+    /// The dispatches of the steps recorded inside `run_steps`, submitted at its end as one
+    /// command buffer (None: every step is submitted at once).
+    recording: Option<Vec<Dispatch>>,
     dummies: Dummies,
     /// Bytes one storage binding may span, and the offset alignment of a binding.
     max_binding: u64,
@@ -397,6 +401,7 @@ impl WgpuPerceptron {
             flag: buffer("flag", 8, storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST),
             flag_staging: buffer("flag_staging", 8, readback),
             params: buffer("params", 64 * PARAM_SLOT as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST),
+            recording: None,
             dummies: Dummies {
                 vecb: dummy("dummy_vecb"),
                 gamma: dummy("dummy_gamma"),
@@ -453,6 +458,7 @@ impl WgpuPerceptron {
 
     /// Blocks until all submitted work has finished (for timing).
     pub fn sync(&mut self) -> Result<()> {
+        self.flush_recorded()?;
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_error(format!("waiting for the device: {e}")))?;
         self.unwaited = 0;
         self.check_device()
@@ -551,6 +557,26 @@ impl WgpuPerceptron {
     /// Elements per window of an elementwise kernel.
     fn elems_per_window(&self) -> usize {
         (((self.max_binding - self.align) / 4) as usize).min(self.max_groups * WG)
+    }
+
+    /// A forward or backward step's dispatches: recorded inside `run_steps`, else submitted.
+    fn submit_step(&mut self, dispatches: Vec<Dispatch>) -> Result<()> {
+        match &mut self.recording {
+            Some(recorded) => {
+                recorded.extend(dispatches);
+                Ok(())
+            }
+            None => self.submit(dispatches, |_| {}),
+        }
+    }
+
+    /// Submits the steps recorded so far (another engine call came inside `run_steps`: it must
+    /// come after them in queue order), and goes on recording.
+    fn flush_recorded(&mut self) -> Result<()> {
+        match self.recording.as_mut().map(std::mem::take) {
+            Some(recorded) if !recorded.is_empty() => self.submit(recorded, |_| {}),
+            _ => Ok(()),
+        }
     }
 
     /// Encodes `dispatches` into one compute pass, then `after` (copies), and submits.
@@ -975,6 +1001,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn zeros(&mut self, len: usize) -> Result<WgpuVec> {
+        self.flush_recorded()?;
         // wgpu zero-initialises new buffers.
         let buf = self.new_buffer(len, "vector")?;
         self.check_device()?; // out of memory is reported through the error handler
@@ -982,6 +1009,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn upload(&mut self, host: &[f32]) -> Result<WgpuVec> {
+        self.flush_recorded()?;
         let v = self.zeros(host.len())?;
         if !host.is_empty() {
             self.queue.write_buffer(&v.buf, 0, bytemuck::cast_slice(host));
@@ -991,6 +1019,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn download(&mut self, v: &WgpuVec) -> Result<Vec<f32>> {
+        self.flush_recorded()?;
         let total = v.len as u64 * 4;
         let mut out = Vec::with_capacity(v.len);
         if total == 0 {
@@ -1015,6 +1044,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn copy(&mut self, src: &WgpuVec, dst: &mut WgpuVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("copy destination", dst, src.len)?;
         if src.len == 0 {
             return Ok(());
@@ -1024,6 +1054,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn scale(&mut self, a: f64, x: &mut WgpuVec) -> Result<()> {
+        self.flush_recorded()?;
         let ds = self.vector_dispatches(&self.kernels.scale, (&x.buf, 3), None, x.len, a as f32, 4);
         if ds.is_empty() {
             return Ok(());
@@ -1032,6 +1063,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn axpy(&mut self, a: f64, x: &WgpuVec, y: &mut WgpuVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("axpy y", y, x.len)?;
         let ds = self.vector_dispatches(&self.kernels.axpy, (&x.buf, 0), Some((&y.buf, 1)), x.len, a as f32, 2);
         if ds.is_empty() {
@@ -1041,6 +1073,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn project_simplex_rows(&mut self, v: &mut WgpuVec, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
         if row_len == 0 || !v.len.is_multiple_of(row_len) {
             return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len));
         }
@@ -1074,6 +1107,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn max_abs(&mut self, x: &WgpuVec) -> Result<f64> {
+        self.flush_recorded()?;
         if x.len == 0 {
             return Ok(0.0);
         }
@@ -1085,6 +1119,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn exp_grad_rows(&mut self, gamma: &mut WgpuVec, grad: &WgpuVec, step: f64, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
         if gamma.len != grad.len || row_len == 0 || !gamma.len.is_multiple_of(row_len) {
             return Err(Error::shape("exp_grad_rows", gamma.len, grad.len));
         }
@@ -1176,7 +1211,7 @@ impl Engine for WgpuPerceptron {
             // reduce_loss's final stage writes L_dev(θ) straight into curve[i]: no readback, no wait.
             self.mean_loss_dispatches(&self.dev, theta, None, Some((&curve.buf, i)), &mut ds);
         }
-        self.submit(ds, |_| {})
+        self.submit_step(ds)
     }
 
     fn backward_step(
@@ -1231,10 +1266,27 @@ impl Engine for WgpuPerceptron {
             Some((&self.partials_eval, self.dev.chunks, dev_scale)),
             lambda,
         ));
-        self.submit(ds, |_| {})
+        self.submit_step(ds)
+    }
+
+    /// Records the steps and submits all their dispatches in one command buffer at the end (one
+    /// submission per unroll pass instead of one per step). A failing step submits what was
+    /// recorded before it, as direct calls would have.
+    fn run_steps<T>(&mut self, steps: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.recording.is_some() {
+            return steps(self);
+        }
+        self.recording = Some(Vec::new());
+        let out = steps(self);
+        let recorded = self.recording.take().unwrap_or_default();
+        if !recorded.is_empty() {
+            self.submit(recorded, |_| {})?;
+        }
+        out
     }
 
     fn loss(&mut self, set: Set, theta: &WgpuVec) -> Result<f64> {
+        self.flush_recorded()?;
         Self::check_len("theta", theta, self.dim)?;
         let mut ds = Vec::new();
         self.mean_loss_dispatches(self.set(set), theta, None, None, &mut ds);
@@ -1242,6 +1294,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn loss_grad(&mut self, set: Set, theta: &WgpuVec, grad: &mut WgpuVec) -> Result<f64> {
+        self.flush_recorded()?;
         Self::check_len("theta", theta, self.dim)?;
         Self::check_len("grad", grad, self.dim)?;
         let mut ds = Vec::new();
@@ -1250,6 +1303,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn train_losses(&mut self, theta: &WgpuVec, out: &mut WgpuVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("theta", theta, self.dim)?;
         Self::check_len("losses", out, self.train.rows)?;
         let mut ds = Vec::new();
@@ -1258,6 +1312,7 @@ impl Engine for WgpuPerceptron {
     }
 
     fn train_dots(&mut self, theta: &WgpuVec, v: &WgpuVec, out: &mut WgpuVec) -> Result<()> {
+        self.flush_recorded()?;
         Self::check_len("theta", theta, self.dim)?;
         Self::check_len("v", v, self.dim)?;
         Self::check_len("dots", out, self.train.rows)?;
