@@ -93,9 +93,10 @@ pub trait Engine {
 
     /// Runs `steps`, a sequence of `forward_step`/`backward_step` calls that the caller repeats
     /// (one pass of an unroll), letting the engine submit them together: the CUDA engine replays
-    /// a sequence it has seen before as one CUDA graph. The results are the same as calling the
-    /// steps directly (the default). Contract: every vector a step uses must outlive this call,
-    /// since the engine may launch the recorded steps only at its end.
+    /// a sequence it has seen before as one CUDA graph, the wgpu engine submits the sequence as
+    /// one command buffer. The results are the same as calling the steps directly (the default).
+    /// Contract: every vector a step uses must outlive this call, since the engine may launch the
+    /// recorded steps only at its end.
     fn run_steps<T>(&mut self, steps: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>
     where
         Self: Sized,
