@@ -77,7 +77,7 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
         ],
         tmp.path(),
     );
-    assert!(err.contains("cpu and cpu-f64"), "{err}");
+    assert!(err.contains("cpu and cpu-f64 backends so far, not wgpu"), "{err}");
 }
 
 /// A user corpus (one story per line) instead of generated stories: its last dev + test stories
