@@ -161,9 +161,9 @@ pub fn vector_ops_and_projection<E: Engine>(make: Make<E>) {
     });
 }
 
-/// The outer optimisers' device work: max |g| (exp-grad's normaliser; NaN ignored) and the
-/// exponentiated-gradient step on every row, against the formula in f64; a non-finite gradient
-/// row is a numerical error that leaves γ untouched.
+/// The outer optimisers' device work: max |g| (exp-grad's normaliser; NaN ignored), the
+/// exponentiated-gradient step on every row, against the formula in f64 (a non-finite gradient
+/// row is a numerical error that leaves γ untouched), and block sums of rows.
 pub fn outer_updates<E: Engine>(make: Make<E>) {
     for_each_problem(make, |e, data, rng| {
         let (n, rows, step) = (data.train.len(), 3, 0.7);
@@ -184,6 +184,16 @@ pub fn outer_updates<E: Engine>(make: Make<E>) {
             want.extend(w.iter().map(|w| w / sum));
         }
         assert_close(&format!("exp_grad_rows (N={n})"), &down(e, &gamma_d), &want, tol);
+
+        // Block sums of rows (block policies): 3 rows in a block of 2 and a block of 1.
+        let mut tied = e.upload(&from_f64(&grad)).unwrap();
+        e.tie_rows(&mut tied, 2, n).unwrap();
+        let mut want_tied = grad_r.clone();
+        for i in 0..n {
+            let s = grad_r[i] + grad_r[n + i];
+            (want_tied[i], want_tied[n + i]) = (s, s);
+        }
+        assert_close("tie_rows", &down(e, &tied), &want_tied, tol);
 
         let mut bad = grad.clone();
         bad[n + n / 2] = f64::NAN;

@@ -1,5 +1,5 @@
 //! The outer optimisers beside the paper's SGD (exponentiated gradient, Adam), the held-out
-//! desired part with early stopping, and the L2 pull toward the constant policy, on small
+//! desired part with early stopping, the L2 pull toward the constant policy and block policies, on small
 //! generated perceptron problems (D = 8, N = 64, T = 30) with the CPU engine in f64.
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,17 @@ fn problem(dir: &Path, recipe: &PerceptronRecipe) -> Problem {
 }
 
 fn config(optimizer: OuterOptimizer, epochs: usize, outer_lr: f64) -> SearchConfig {
-    SearchConfig { steps: STEPS, eta: ETA, epochs, outer_lr, optimizer, checkpoint_every: None, holdout: None, reg_l2: None }
+    SearchConfig {
+        steps: STEPS,
+        eta: ETA,
+        epochs,
+        outer_lr,
+        optimizer,
+        checkpoint_every: None,
+        holdout: None,
+        reg_l2: None,
+        block_steps: None,
+    }
 }
 
 fn run_config(p: &Problem, search: SearchConfig) -> RunConfig {
@@ -121,6 +131,61 @@ fn adam_with_projection_stays_on_the_simplex_and_decreases_j() {
     assert!(j[j.len() - 1] < 0.95 * j[0], "a real improvement: {j:?}");
     // A huge Adam step drives rows to vertices of the simplex; the projection keeps them on it.
     search_checked(&p, &config(OuterOptimizer::Adam, 3, 1e3));
+}
+
+/// Block policies: every optimiser keeps the rows of a block equal (γ_t = β_⌊t/B⌋, here blocks of
+/// 7 steps with a shorter last block) and decreases J.
+#[test]
+fn block_policies_keep_rows_equal_within_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path(), &recipe());
+    let block = 7;
+    for optimizer in [OuterOptimizer::Sgd, OuterOptimizer::ExpGrad, OuterOptimizer::Adam] {
+        let lr = if optimizer == OuterOptimizer::Sgd { 1.0 } else { optimizer.default_lr() };
+        let (j, gamma) = search_checked(&p, &SearchConfig { block_steps: Some(block), ..config(optimizer, 6, lr) });
+        assert!(j[j.len() - 1] < 0.99 * j[0], "{optimizer:?}: J {j:?}");
+        for (b, rows) in gamma.chunks(block * N).enumerate() {
+            for (t, row) in rows.chunks(N).enumerate() {
+                assert_eq!(row, &rows[..N], "{optimizer:?}: block {b}, row {t} differs from the block's first");
+            }
+        }
+        assert_ne!(&gamma[..N], &gamma[(STEPS - 1) * N..], "{optimizer:?}: blocks differ from each other");
+    }
+}
+
+/// The tied gradient is ∂J/∂β: a central difference of J moving example n's weight in every row
+/// of block b (then renormalising nothing: J is defined for any γ) matches the block sum.
+#[test]
+fn the_tied_gradient_is_the_derivative_along_a_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path(), &recipe());
+    let mut e = CpuPerceptron::<f64>::new(&p.data).unwrap();
+    let block = 7;
+    let mut ws = Workspace::new(&mut e, Unroll { steps: STEPS, eta: ETA }, 1).unwrap();
+    let theta0 = e.upload(&f64s(&p.theta0)).unwrap();
+    let gamma: Vec<f64> = (0..STEPS * N).map(|i| (1.0 + (i % 5) as f64) / (3.0 * N as f64)).collect();
+    let gamma_d = e.upload(&gamma).unwrap();
+    let mut grad = e.zeros(STEPS * N).unwrap();
+    ws.gradient(&mut e, &theta0, &gamma_d, &mut grad).unwrap();
+    e.tie_rows(&mut grad, block, N).unwrap();
+    let tied = e.download(&grad).unwrap();
+    let h = 1e-5;
+    for (b, n) in [(0, 3), (2, 40), (4, 63)] {
+        let j_at = |e: &mut CpuPerceptron<f64>, ws: &mut Workspace<CpuPerceptron<f64>>, sign: f64| {
+            let mut g = gamma.clone();
+            for t in b * block..((b + 1) * block).min(STEPS) {
+                g[t * N + n] += sign * h;
+            }
+            let g = e.upload(&g).unwrap();
+            ws.forward(e, &theta0, &g).unwrap().j
+        };
+        let fd = (j_at(&mut e, &mut ws, 1.0) - j_at(&mut e, &mut ws, -1.0)) / (2.0 * h);
+        let got = tied[b * block * N + n];
+        assert!((got - fd).abs() <= 1e-6 * fd.abs().max(1e-6), "block {b}, example {n}: tied {got} vs finite difference {fd}");
+        for t in b * block..((b + 1) * block).min(STEPS) {
+            assert_eq!(tied[t * N + n], got, "every row of the block holds the block's gradient");
+        }
+    }
 }
 
 #[test]

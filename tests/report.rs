@@ -47,6 +47,7 @@ fn searched_run(evaluate: bool) -> Run {
             checkpoint_every: None,
             holdout: None,
             reg_l2: None,
+            block_steps: None,
         },
     };
     let dir = RunDir::new(tmp.path().join("run"));

@@ -46,6 +46,7 @@ fn search_config(epochs: usize, outer_lr: f64) -> SearchConfig {
         checkpoint_every: None,
         holdout: None,
         reg_l2: None,
+        block_steps: None,
     }
 }
 

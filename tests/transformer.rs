@@ -267,6 +267,7 @@ fn search_on_generated_stories_lowers_j_and_resumes() {
         checkpoint_every: Some(4),
         holdout: None,
         reg_l2: None,
+        block_steps: None,
     };
     let cfg = RunConfig {
         task: "transformer".into(),

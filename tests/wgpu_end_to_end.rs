@@ -33,6 +33,7 @@ fn run_config(path: &Path, backend: &str) -> RunConfig {
             checkpoint_every: None,
             holdout: None,
             reg_l2: None,
+            block_steps: None,
         },
     }
 }

@@ -163,6 +163,10 @@ struct SearchSettings {
     /// Pull toward the constant policy: adds STRENGTH·‖γ − 1/N‖² to the objective.
     #[arg(long, value_names = ["KIND", "STRENGTH"], num_args = 2)]
     reg: Option<Vec<String>>,
+    /// Share the policy's weights across blocks of B consecutive inner steps (a T/B-times smaller
+    /// search space; default: one weight per example per step, the paper's).
+    #[arg(long, value_name = "B")]
+    block_steps: Option<usize>,
     /// Keep θ every k inner steps and recompute in between (default: keep all when they fit).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -207,6 +211,7 @@ impl SearchSettings {
             checkpoint_every: self.checkpoint_every,
             holdout: self.holdout,
             reg_l2,
+            block_steps: self.block_steps,
         };
         cfg.validate()?;
         Ok(cfg)

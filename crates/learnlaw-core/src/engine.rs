@@ -119,6 +119,28 @@ pub trait Engine {
         Ok(self.download(x)?.iter().fold(0.0f64, |m, v| m.max(v.f64().abs())))
     }
 
+    /// Block sums of rows: for rows of length `row_len` in blocks of `block` consecutive rows (the
+    /// last block may be shorter), every row of a block becomes the sum of the block's rows, in
+    /// row order. The default goes through the host.
+    fn tie_rows(&mut self, v: &mut Self::Vec, block: usize, row_len: usize) -> Result<()> {
+        let mut h = self.download(v)?;
+        if block == 0 || row_len == 0 || h.len() % row_len != 0 {
+            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), h.len()));
+        }
+        let mut sum = vec![<Self::Real as num_traits::Zero>::zero(); row_len];
+        for rows in h.chunks_mut(block * row_len) {
+            sum.fill(<Self::Real as num_traits::Zero>::zero());
+            for row in rows.chunks(row_len) {
+                sum.iter_mut().zip(row).for_each(|(s, &x)| *s = *s + x);
+            }
+            for row in rows.chunks_mut(row_len) {
+                row.copy_from_slice(&sum);
+            }
+        }
+        let tied = self.upload(&h)?;
+        self.copy(&tied, v)
+    }
+
     /// One exponentiated-gradient (mirror-descent) step on every row of `gamma` (rows of length
     /// `row_len`, each on the simplex): γ_t ← γ_t ⊙ exp(−step·g_t) / Σ_n γ_{t,n} exp(−step·g_{t,n}).
     /// Rows stay on the simplex without a projection. The default goes through the host.

@@ -10,6 +10,12 @@
 //! - `Adam`: Adam moments (β = 0.9, 0.999, bias-corrected), step (lr_e/N)·m̂/(√v̂ + ε) with
 //!   ε = 1e-8·max√v̂ (scale-free), then the projection.
 //!
+//! Block policies (`block_steps` = B > 1): γ is shared by B consecutive steps, γ_t = β_⌊t/B⌋,
+//! a T/B-times smaller search space. The gradient of J with respect to β_b is Σ_{t ∈ block b}
+//! ∂J/∂γ_t, so the search writes that sum into every row of the block (`Engine::tie_rows`) and
+//! runs the optimiser unchanged: rows that start equal (the constant policy) get equal updates
+//! and stay equal, and the policy file keeps its [T, N] shape.
+//!
 //! The optional L2 pull toward the constant policy, reg·‖γ − 1/N‖², is applied as its exact
 //! proximal step after the optimiser's step, γ ← (γ + κ/N)/(1 + κ) with κ = 2·reg·lr_e: for SGD
 //! this is the implicit form of adding 2·reg·(γ − 1/N) to ∂J/∂γ (the explicit form diverges once
@@ -65,6 +71,9 @@ pub struct SearchConfig {
     /// Strength of the L2 pull reg·‖γ − 1/N‖² toward the constant policy (None: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reg_l2: Option<f64>,
+    /// Share γ across blocks of this many consecutive steps (None: one γ per step, the paper's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_steps: Option<usize>,
 }
 
 /// Memory the θ history may take before the unroll switches to √T checkpointing.
@@ -82,6 +91,7 @@ impl SearchConfig {
             checkpoint_every: None,
             holdout: None,
             reg_l2: None,
+            block_steps: None,
         }
     }
 
@@ -103,6 +113,9 @@ impl SearchConfig {
             if !(r.is_finite() && r >= 0.0) {
                 return Err(Error::config("reg_l2", r, "must be a finite number ≥ 0"));
             }
+        }
+        if self.block_steps == Some(0) {
+            return Err(Error::config("block_steps", 0, "must be at least 1"));
         }
         if self.checkpoint_every == Some(0) {
             return Err(Error::config("checkpoint_every", 0, "must be at least 1"));
@@ -196,6 +209,9 @@ impl<E: Engine> Search<E> {
         let fwd = self.ws.gradient(e, &self.theta0, &self.gamma, &mut self.grad)?;
         let lr = self.cfg.lr_at(self.epoch);
         let n = e.num_train();
+        if let Some(block) = self.cfg.block_steps.filter(|&b| b > 1) {
+            e.tie_rows(&mut self.grad, block, n)?;
+        }
         match self.cfg.optimizer {
             OuterOptimizer::Sgd => {
                 e.axpy(-lr, &self.grad, &mut self.gamma)?;
