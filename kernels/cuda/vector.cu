@@ -6,6 +6,10 @@
 //        max_abs  out ← max_i |x_i|, NaN ignored (the exp-grad step's normaliser max |∂J/∂γ|).
 //          For non-negative floats the bit patterns order like the values, so each warp's maximum
 //          goes into out (a u32, 0 before the launch) with an integer atomicMax on its bits.
+//        tie_rows v[r, i] ← Σ_{r' ∈ block(r)} v[r', i] for rows of length n in blocks of B rows
+//          (the last block may be shorter): block policies' gradient. One thread per (block,
+//          column), grid-stride; it adds the block's rows in row order in f32, the CPU engine's
+//          order, so results are bit-identical to it. Reads and writes v once each.
 // (copy is cuMemcpyDtoDAsync and zeros cuMemsetD8Async, both on the engine's stream.)
 // Buffers: x, y [n] f32, whole allocations (256-byte aligned), so the bulk is processed as float4
 //   (16-byte loads and stores) and the n mod 4 tail element by element.
@@ -59,4 +63,17 @@ extern "C" __global__ void __launch_bounds__(BLOCK) max_abs(const float* __restr
 #pragma unroll
     for (int k = 16; k > 0; k >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, k));
     if ((threadIdx.x & 31u) == 0 && m > 0.0f) atomicMax(out, __float_as_uint(m));
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) tie_rows(float* __restrict__ v, unsigned long long n,
+                                                             unsigned long long rows, unsigned long long block) {
+    const unsigned long long blocks = (rows + block - 1) / block;
+    for (unsigned long long k = (unsigned long long)blockIdx.x * BLOCK + threadIdx.x; k < blocks * n;
+         k += (unsigned long long)gridDim.x * BLOCK) {
+        const unsigned long long b = k / n, i = k % n;
+        const unsigned long long r0 = b * block, r1 = min(r0 + block, rows);
+        float s = 0.0f;
+        for (unsigned long long r = r0; r < r1; r++) s += v[r * n + i];
+        for (unsigned long long r = r0; r < r1; r++) v[r * n + i] = s;
+    }
 }

@@ -6,6 +6,10 @@
 //          non-negative floats the bit patterns order like the values, so each workgroup's
 //          maximum (a tree over its 256 invocations) goes into out[0] (a u32, 0 before the first
 //          dispatch) by an integer atomicMax on its bits.
+//        tie_rows v[r, i] ← Σ_{r' ∈ block(r)} v[r', i] for rows of length n in blocks of B rows
+//          (the last block may be shorter): block policies' gradient. One invocation per (block,
+//          column) of a window of whole blocks; it adds the block's rows in row order in f32, the
+//          CPU engine's order. A policy larger than a binding is processed window by window.
 // (copy is a plain copy_buffer_to_buffer on the queue; zeros are freshly created buffers, which
 // wgpu zero-initialises.)
 // Buffers: x, y [len] f32, bound as windows: element i of the call is element `shift_x + i` /
@@ -69,5 +73,35 @@ fn max_abs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocat
     }
     if (lid == 0u && s_max[0] > 0u) {
         atomicMax(&mout[0], s_max[0]);
+    }
+}
+
+struct TieParams {
+    n: u32,     // row length
+    rows: u32,  // rows in this window (whole blocks, but for the policy's last)
+    block: u32, // B
+    shift: u32, // element offset of the window's first row inside the binding
+}
+
+@group(0) @binding(8) var<storage, read_write> tv: array<f32>;
+@group(0) @binding(9) var<uniform> tp: TieParams;
+
+@compute @workgroup_size(256)
+fn tie_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let blocks = (tp.rows + tp.block - 1u) / tp.block;
+    let k = gid.x;
+    if (k >= blocks * tp.n) {
+        return;
+    }
+    let b = k / tp.n;
+    let i = k % tp.n;
+    let r0 = b * tp.block;
+    let r1 = min(r0 + tp.block, tp.rows);
+    var s = 0.0;
+    for (var r = r0; r < r1; r++) {
+        s += tv[tp.shift + r * tp.n + i];
+    }
+    for (var r = r0; r < r1; r++) {
+        tv[tp.shift + r * tp.n + i] = s;
     }
 }

@@ -21,7 +21,8 @@
 //!   the dev loss into the caller's curve slot). Nothing is read back per step; `loss`,
 //!   `loss_grad`, `download`, `max_abs` and the policy updates `project_simplex_rows` and
 //!   `exp_grad_rows` (their non-finite flag) wait for the device. The SGD and exp-grad outer
-//!   updates run on the device, so γ stays there (Adam's moments are still kept on the host).
+//!   updates and block policies' `tie_rows` run on the device, so γ stays there (Adam's moments
+//!   are still kept on the host).
 //! - CUDA graphs: at the paper's size a step is a few µs of device work, about what launching it
 //!   costs, so the unroll's passes go through `Engine::run_steps`: the engine records the steps,
 //!   and a sequence it has seen before (same kernels, pointers and scalars, compared as bytes) is
@@ -94,7 +95,7 @@ pub const SIMPLEX: KernelFile = KernelFile {
 pub const VECTOR: KernelFile = KernelFile {
     name: "vector.cu",
     source: include_str!("../../../kernels/cuda/vector.cu"),
-    entries: &["axpy", "scale", "max_abs"],
+    entries: &["axpy", "scale", "max_abs", "tie_rows"],
     storages: &[Storage::F32],
 };
 /// Every kernel file the engine uses (the CI compile check also compiles every file in
@@ -325,6 +326,7 @@ struct VectorKernels {
     axpy: CudaFunction,
     scale: CudaFunction,
     max_abs: CudaFunction,
+    tie_rows: CudaFunction,
     /// max_abs's result: the bits of an f32.
     max_bits: CudaSlice<u32>,
 }
@@ -601,6 +603,7 @@ impl CudaPerceptron {
                 axpy: Self::function(&module, "axpy")?,
                 scale: Self::function(&module, "scale")?,
                 max_abs: Self::function(&module, "max_abs")?,
+                tie_rows: Self::function(&module, "tie_rows")?,
                 max_bits,
                 _module: module,
             });
@@ -960,6 +963,27 @@ impl Engine for CudaPerceptron {
         self.stream.memcpy_dtoh(&k.max_bits, &mut bits).map_err(drv("reading max_abs"))?;
         self.stream.synchronize().map_err(drv("reading max_abs"))?;
         Ok(f32::from_bits(bits[0]) as f64)
+    }
+
+    fn tie_rows(&mut self, v: &mut CudaVec, block: usize, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
+        if block == 0 || row_len == 0 || !v.len.is_multiple_of(row_len) {
+            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), v.len));
+        }
+        if v.len == 0 {
+            return Ok(());
+        }
+        self.ensure_vector()?;
+        let rows = v.len / row_len;
+        let grid = self.grid_for_elems(rows.div_ceil(block) * row_len);
+        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
+        let (n, rows_u, block_u) = (row_len as u64, rows as u64, block as u64);
+        let mut b = self.stream.launch_builder(&k.tie_rows);
+        b.arg(&mut v.buf).arg(&n).arg(&rows_u).arg(&block_u);
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches tie_rows(float*, u64, u64, u64); rows·n = len.
+        unsafe { b.launch(cfg) }.map_err(drv("launching tie_rows"))?;
+        Ok(())
     }
 
     fn exp_grad_rows(&mut self, gamma: &mut CudaVec, grad: &CudaVec, step: f64, row_len: usize) -> Result<()> {

@@ -13,8 +13,8 @@
 //!   reduction's last stage straight into the caller's curve buffer, which the driver downloads
 //!   once per unroll. Calls that return a host value (`loss`, `loss_grad`, `download`, `max_abs`,
 //!   and the policy updates `project_simplex_rows` and `exp_grad_rows`, which read a non-finite
-//!   flag) wait. The SGD and exp-grad outer updates run on the device. Steps inside
-//!   `Engine::run_steps` (the unroll's passes) are submitted together as one command buffer.
+//!   flag) wait. The SGD and exp-grad outer updates and `tie_rows` run on the device. Steps
+//!   inside `Engine::run_steps` (the unroll's passes) are submitted as one command buffer.
 //! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
 //!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
 //!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as
@@ -127,6 +127,15 @@ struct SimplexParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TieParams {
+    n: u32,
+    rows: u32,
+    block: u32,
+    shift: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ExpGradParams {
     len: u32,
     rows: u32,
@@ -200,6 +209,7 @@ struct Kernels {
     axpy: Kernel,
     scale: Kernel,
     max_abs: Kernel,
+    tie_rows: Kernel,
 }
 
 #[derive(Clone, Copy)]
@@ -976,6 +986,7 @@ impl Kernels {
             axpy: kernel(&vector, "axpy", &[(0, Read), (1, ReadWrite), (2, Uniform)]),
             scale: kernel(&vector, "scale", &[(3, ReadWrite), (4, Uniform)]),
             max_abs: kernel(&vector, "max_abs", &[(5, Read), (6, ReadWrite), (7, Uniform)]),
+            tie_rows: kernel(&vector, "tie_rows", &[(8, ReadWrite), (9, Uniform)]),
         }
     }
 }
@@ -1116,6 +1127,42 @@ impl Engine for WgpuPerceptron {
         ds.iter_mut().for_each(|d| d.binds.push(whole(6, &self.flag)));
         let [bits, _] = self.submit_and_read_flag(ds)?;
         Ok(f32::from_bits(bits) as f64)
+    }
+
+    fn tie_rows(&mut self, v: &mut WgpuVec, block: usize, row_len: usize) -> Result<()> {
+        self.flush_recorded()?;
+        if block == 0 || row_len == 0 || !v.len.is_multiple_of(row_len) {
+            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), v.len));
+        }
+        let rows = v.len / row_len;
+        // Windows of whole blocks, within a binding and the workgroup limit.
+        let by_binding = ((self.max_binding - self.align) / (row_len as u64 * 4)) as usize;
+        let blocks_per = (by_binding / block).min(self.max_groups * WG / row_len);
+        if rows > 0 && blocks_per == 0 {
+            return Err(Error::bad_input(
+                "wgpu policy",
+                format!("a block of {block} rows of {row_len} f32 exceeds one storage binding ({} bytes)", self.max_binding),
+            ));
+        }
+        let mut ds = Vec::new();
+        let mut r0 = 0;
+        while r0 < rows {
+            let count = (blocks_per * block).min(rows - r0);
+            let (bind, shift) = self.window(&v.buf, 8, r0 * row_len, count * row_len);
+            let params = TieParams { n: row_len as u32, rows: count as u32, block: block as u32, shift };
+            ds.push(Dispatch {
+                kernel: self.kernels.tie_rows.clone(),
+                binds: vec![bind],
+                param_binding: 9,
+                params: bytemuck::bytes_of(&params).to_vec(),
+                groups: (count.div_ceil(block) * row_len).div_ceil(WG) as u32,
+            });
+            r0 += count;
+        }
+        if ds.is_empty() {
+            return Ok(());
+        }
+        self.submit(ds, |_| {})
     }
 
     fn exp_grad_rows(&mut self, gamma: &mut WgpuVec, grad: &WgpuVec, step: f64, row_len: usize) -> Result<()> {

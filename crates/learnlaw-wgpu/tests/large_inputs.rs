@@ -1,7 +1,7 @@
 //! The large-input path: with a storage binding capped at 64 KiB (the device is created with that
 //! limit, so wgpu validates every binding against it) the training matrix is split into many
 //! shards and the policy, ∂J/∂γ and long vectors are bound through aligned windows (the exp-grad
-//! step and max |g| included). Every operation must give bit-for-bit the unsplit engine's results
+//! step, max |g| and block sums of rows included). Every operation must give bit-for-bit the unsplit engine's results
 //! (the chunking of the sums is the same), and match the CPU f32 engine. This is how a multi-GiB
 //! X runs on lavapipe's 128 MiB limit.
 //! Skips visibly without an adapter (fails with LEARNLAW_REQUIRE_WGPU=1).
@@ -85,6 +85,9 @@ fn outputs<E: Engine<Real = f32>>(e: &mut E, steps: usize) -> Vec<(String, Vec<f
     out.push(("max |∂J/∂γ|".into(), vec![scale as f32]));
     e.exp_grad_rows(&mut policy, &grad, 2.0 / scale, n).unwrap();
     out.push(("exp-grad step".into(), e.download(&policy).unwrap()));
+    // Block sums of ∂J/∂γ's rows (block policies), blocks of 3 steps (the last one shorter).
+    e.tie_rows(&mut grad, 3, n).unwrap();
+    out.push(("tie_rows".into(), e.download(&grad).unwrap()));
     let mut g = e.zeros(d).unwrap();
     for set in [Set::Dev, Set::Test] {
         let l = e.loss_grad(set, &theta, &mut g).unwrap();
