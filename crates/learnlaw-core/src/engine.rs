@@ -124,9 +124,7 @@ pub trait Engine {
     /// row order. The default goes through the host.
     fn tie_rows(&mut self, v: &mut Self::Vec, block: usize, row_len: usize) -> Result<()> {
         let mut h = self.download(v)?;
-        if block == 0 || row_len == 0 || h.len() % row_len != 0 {
-            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), h.len()));
-        }
+        tie_rows_shape(h.len(), block, row_len)?;
         let mut sum = vec![<Self::Real as num_traits::Zero>::zero(); row_len];
         for rows in h.chunks_mut(block * row_len) {
             sum.fill(<Self::Real as num_traits::Zero>::zero());
@@ -154,9 +152,7 @@ pub trait Engine {
 pub fn exp_grad_rows_on_host<E: Engine + ?Sized>(e: &mut E, gamma: &mut E::Vec, grad: &E::Vec, step: f64, row_len: usize) -> Result<()> {
     let mut g = e.download(gamma)?;
     let d = e.download(grad)?;
-    if g.len() != d.len() || row_len == 0 || g.len() % row_len != 0 {
-        return Err(Error::shape("exp_grad_rows", g.len(), d.len()));
-    }
+    rows_of_pair("exp_grad_rows", g.len(), d.len(), row_len)?;
     for (row, drow) in g.chunks_mut(row_len).zip(d.chunks(row_len)) {
         // Subtracting the row's smallest gradient keeps every exponent ≤ 0 (no overflow).
         let min = drow.iter().fold(f64::INFINITY, |m, v| m.min(v.f64()));
@@ -172,4 +168,29 @@ pub fn exp_grad_rows_on_host<E: Engine + ?Sized>(e: &mut E, gamma: &mut E::Vec, 
     // Into the same buffer, so a recorded step sequence that reads γ stays valid.
     let updated = e.upload(&g)?;
     e.copy(&updated, gamma)
+}
+
+/// The number of rows of length `row_len` in a vector of `len` values (a policy [T, N], its
+/// gradient): a shape error naming `what` unless `row_len` ≥ 1 divides `len`.
+pub fn rows_of(what: &str, len: usize, row_len: usize) -> Result<usize> {
+    if row_len == 0 || !len.is_multiple_of(row_len) {
+        return Err(Error::shape(what, format!("a multiple of {row_len}"), len));
+    }
+    Ok(len / row_len)
+}
+
+/// `rows_of` for a policy and its gradient, which must also have the same length.
+pub fn rows_of_pair(what: &str, len: usize, other: usize, row_len: usize) -> Result<usize> {
+    if len != other {
+        return Err(Error::shape(what, len, other));
+    }
+    rows_of(what, len, row_len)
+}
+
+/// The rows of a `tie_rows` call (`block` ≥ 1 rows of `row_len` per block).
+pub fn tie_rows_shape(len: usize, block: usize, row_len: usize) -> Result<usize> {
+    if block == 0 {
+        return Err(Error::config("block_steps", 0, "must be at least 1"));
+    }
+    rows_of("tie_rows", len, row_len)
 }

@@ -90,9 +90,7 @@ pub fn axpy<R: Real>(a: f64, x: &[R], y: &mut [R]) -> Result<()> {
 
 /// Projects every row of `v` onto the simplex; a non-finite entry is an error, not a garbage policy.
 pub fn project_simplex_rows<R: Real>(v: &mut [R], row_len: usize) -> Result<()> {
-    if row_len == 0 || !v.len().is_multiple_of(row_len) {
-        return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len()));
-    }
+    crate::engine::rows_of("policy rows", v.len(), row_len)?;
     if let Some(i) = v.par_iter().position_any(|x| !x.is_finite()) {
         return Err(Error::non_finite_policy(i, row_len));
     }

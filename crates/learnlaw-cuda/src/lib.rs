@@ -48,6 +48,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use learnlaw_core::data::{Examples, PerceptronData};
+use learnlaw_core::engine::{rows_of, rows_of_pair, tie_rows_shape};
 pub use learnlaw_core::Storage;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 
@@ -915,15 +916,12 @@ impl Engine for CudaPerceptron {
 
     fn project_simplex_rows(&mut self, v: &mut CudaVec, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if row_len == 0 || !v.len.is_multiple_of(row_len) {
-            return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len));
-        }
+        let rows = rows_of("policy rows", v.len, row_len)?;
         if v.len == 0 {
             return Ok(());
         }
         self.ensure_simplex()?;
         let grid_check = self.grid_for_elems(v.len);
-        let rows = v.len / row_len;
         let grid_rows = rows.clamp(1, self.sms * 16) as u32;
         self.reset_flag()?;
         let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
@@ -967,14 +965,11 @@ impl Engine for CudaPerceptron {
 
     fn tie_rows(&mut self, v: &mut CudaVec, block: usize, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if block == 0 || row_len == 0 || !v.len.is_multiple_of(row_len) {
-            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), v.len));
-        }
+        let rows = tie_rows_shape(v.len, block, row_len)?;
         if v.len == 0 {
             return Ok(());
         }
         self.ensure_vector()?;
-        let rows = v.len / row_len;
         let grid = self.grid_for_elems(rows.div_ceil(block) * row_len);
         let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
         let (n, rows_u, block_u) = (row_len as u64, rows as u64, block as u64);
@@ -988,14 +983,11 @@ impl Engine for CudaPerceptron {
 
     fn exp_grad_rows(&mut self, gamma: &mut CudaVec, grad: &CudaVec, step: f64, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if gamma.len != grad.len || row_len == 0 || !gamma.len.is_multiple_of(row_len) {
-            return Err(Error::shape("exp_grad_rows", gamma.len, grad.len));
-        }
+        let rows = rows_of_pair("exp_grad_rows", gamma.len, grad.len, row_len)?;
         if gamma.len == 0 {
             return Ok(());
         }
         self.ensure_simplex()?;
-        let rows = gamma.len / row_len;
         let grid = rows.clamp(1, self.sms * 16) as u32;
         let mut stats = self.stream.alloc_zeros::<f64>(2 * rows).map_err(drv("allocating row sums"))?;
         self.reset_flag()?;

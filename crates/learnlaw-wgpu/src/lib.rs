@@ -41,6 +41,7 @@ use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use learnlaw_core::data::{Examples, PerceptronData};
+use learnlaw_core::engine::{rows_of, rows_of_pair, tie_rows_shape};
 pub use learnlaw_core::Storage;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 use wgpu::util::DeviceExt;
@@ -1085,9 +1086,7 @@ impl Engine for WgpuPerceptron {
 
     fn project_simplex_rows(&mut self, v: &mut WgpuVec, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if row_len == 0 || !v.len.is_multiple_of(row_len) {
-            return Err(Error::shape("policy rows", format!("a multiple of {row_len}"), v.len));
-        }
+        let rows = rows_of("policy rows", v.len, row_len)?;
         if v.len == 0 {
             return Ok(());
         }
@@ -1096,7 +1095,6 @@ impl Engine for WgpuPerceptron {
         // Pass 1: any non-finite value anywhere sets the flag.
         let mut ds = self.check_finite_dispatches(v);
         // Pass 2: one workgroup per row, skipped entirely when the flag is set.
-        let rows = v.len / row_len;
         let mut r0 = 0;
         while r0 < rows {
             let count = rows_per.min(rows - r0);
@@ -1131,10 +1129,7 @@ impl Engine for WgpuPerceptron {
 
     fn tie_rows(&mut self, v: &mut WgpuVec, block: usize, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if block == 0 || row_len == 0 || !v.len.is_multiple_of(row_len) {
-            return Err(Error::shape("tie_rows", format!("rows of {row_len} in blocks of {block}"), v.len));
-        }
-        let rows = v.len / row_len;
+        let rows = tie_rows_shape(v.len, block, row_len)?;
         // Windows of whole blocks, within a binding and the workgroup limit.
         let by_binding = ((self.max_binding - self.align) / (row_len as u64 * 4)) as usize;
         let blocks_per = (by_binding / block).min(self.max_groups * WG / row_len);
@@ -1167,13 +1162,10 @@ impl Engine for WgpuPerceptron {
 
     fn exp_grad_rows(&mut self, gamma: &mut WgpuVec, grad: &WgpuVec, step: f64, row_len: usize) -> Result<()> {
         self.flush_recorded()?;
-        if gamma.len != grad.len || row_len == 0 || !gamma.len.is_multiple_of(row_len) {
-            return Err(Error::shape("exp_grad_rows", gamma.len, grad.len));
-        }
+        let rows = rows_of_pair("exp_grad_rows", gamma.len, grad.len, row_len)?;
         if gamma.len == 0 {
             return Ok(());
         }
-        let rows = gamma.len / row_len;
         let rows_per = self.rows_per_window(row_len)?;
         let stats = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("exp_grad_stats"),
