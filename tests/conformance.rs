@@ -5,7 +5,7 @@
 //! whose device is missing prints `SKIPPED` (or fails, when its LEARNLAW_REQUIRE_* variable is set).
 mod common;
 
-use common::{assert_close, from_f64, problem, random_policy, rng, to_f64, uniform, Tol};
+use common::{assert_close, from_f64, problem, random_policy, rng, to_f64, uniform, wgpu_engine, Tol};
 use learnlaw::data::PerceptronData;
 use learnlaw::perceptron::reference;
 use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
@@ -250,7 +250,7 @@ conformance_tests!(cpu_f64, cpu::<f64>);
 /// The WGSL engine, or None (after a visible SKIPPED line) when this machine has no wgpu adapter;
 /// with LEARNLAW_REQUIRE_WGPU=1 a missing adapter fails instead (CI installs lavapipe).
 fn wgpu(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
-    wgpu_with(data, &Options::default())
+    wgpu_engine(data, &Options::default())
 }
 
 /// The WGSL engine with X stored as f16 (accumulation stays f32).
@@ -268,7 +268,7 @@ fn wgpu(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
 /// (Mesa 22.3, the CI adapter) has SHADER_F16, so in CI these tests execute.
 fn wgpu_f16(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
     round_inputs(data, Storage::F16);
-    let e = wgpu_with(data, &Options { storage: Storage::F16, ..Options::default() })?;
+    let e = wgpu_engine(data, &Options { storage: Storage::F16, ..Options::default() })?;
     assert_eq!(e.name(), "wgpu-f16");
     Some(e)
 }
@@ -277,25 +277,6 @@ fn wgpu_f16(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
 fn round_inputs(data: &mut PerceptronData, storage: Storage) {
     for set in [&mut data.train, &mut data.dev, &mut data.test] {
         set.x.iter_mut().for_each(|v| *v = storage.round(*v));
-    }
-}
-
-fn wgpu_with(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptron> {
-    match WgpuPerceptron::with_options(data, opts) {
-        Ok(e) => Some(e),
-        // The adapter exists but lacks a feature this storage needs (the `wgpu` backend works).
-        Err(learnlaw::Error::Unavailable { backend, reason }) if backend != "wgpu" => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {backend}: {reason}");
-            None
-        }
-        Err(learnlaw::Error::Unavailable { reason, .. }) => {
-            if std::env::var("LEARNLAW_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-                panic!("LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
-            None
-        }
-        Err(e) => panic!("wgpu engine: {e}"),
     }
 }
 

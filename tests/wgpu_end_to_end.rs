@@ -1,7 +1,6 @@
 //! End to end on the WGSL engine: a reduced perceptron search (D = 16, N = 300, dev/test 64,
 //! T = 50, 5 outer epochs) through `run::search` gives the CPU f32 engine's J trajectory within
 //! 1e-4 relative, and a batched unroll equals its steps submitted one by one. Skips visibly without a wgpu adapter (fails instead with LEARNLAW_REQUIRE_WGPU=1).
-use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -9,8 +8,11 @@ use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::run::{self, EpochEvent, History, RunConfig, RunDir};
 use learnlaw::search::{OuterOptimizer, SearchConfig};
-use learnlaw::wgpu_backend::WgpuPerceptron;
-use learnlaw::{Engine, Error};
+use learnlaw::wgpu_backend::Options;
+use learnlaw::Engine;
+
+mod common;
+use common::wgpu_engine;
 
 const EPOCHS: usize = 5;
 /// Moves J down by ~30% over the five epochs (monotonically), so agreement is not trivial.
@@ -43,27 +45,11 @@ fn search<E: Engine>(e: &mut E, root: &Path, path: &Path, backend: &str, theta0:
     run::search(e, &dir, &run_config(path, backend), theta0, |_: &EpochEvent| ControlFlow::Continue(())).unwrap()
 }
 
-/// The WGSL engine, or None after a visible skip (a failure with LEARNLAW_REQUIRE_WGPU=1).
-fn engine(data: &PerceptronData) -> Option<WgpuPerceptron> {
-    match WgpuPerceptron::new(data) {
-        Ok(e) => Some(e),
-        Err(Error::Unavailable { reason, .. }) => {
-            assert!(
-                std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
-                "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
-            );
-            let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
-            None
-        }
-        Err(e) => panic!("wgpu engine: {e}"),
-    }
-}
-
 #[test]
 fn wgpu_search_matches_cpu_j_trajectory() {
     let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, train_label_noise: 0.1, seed: 3, ..Default::default() };
     let data = PerceptronData::generate(&recipe).unwrap();
-    let Some(mut gpu) = engine(&data) else { return };
+    let Some(mut gpu) = wgpu_engine(&data, &Options::default()) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("data.safetensors");
     data.save(&path).unwrap();
@@ -91,7 +77,7 @@ fn batched_unroll_equals_step_by_step_submission() {
     use learnlaw::Set;
     let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, seed: 4, ..Default::default() };
     let data = PerceptronData::generate(&recipe).unwrap();
-    let Some(mut e) = engine(&data) else { return };
+    let Some(mut e) = wgpu_engine(&data, &Options::default()) else { return };
     let (steps, eta, n) = (20, 0.3, data.train.len());
     let theta0 = e.upload(&init_theta(data.dim, 10)).unwrap();
     let gamma_host: Vec<f32> = (0..steps * n).map(|i| (1 + i % 7) as f32).collect();

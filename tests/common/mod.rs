@@ -1,6 +1,7 @@
 //! Shared test helpers: the one tolerance rule, random problems and random policies.
 #![allow(dead_code)]
 use learnlaw::data::{PerceptronData, PerceptronRecipe};
+use learnlaw::wgpu_backend::{Options, WgpuPerceptron};
 use learnlaw::Real;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -69,4 +70,26 @@ pub fn random_policy(rng: &mut ChaCha8Rng, steps: usize, n: usize) -> Vec<f64> {
         g.extend(row.iter().map(|x| if sum > 0.0 { x / sum } else { 1.0 / n as f64 }));
     }
     g
+}
+
+/// The WGSL engine, or None after a visible SKIPPED line: when this machine has no wgpu adapter
+/// (a failure instead with LEARNLAW_REQUIRE_WGPU=1, as in CI, which installs lavapipe), or when
+/// the adapter lacks a feature the options need (f16 storage; the `wgpu` backend still works).
+pub fn wgpu_engine(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptron> {
+    use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
+    match WgpuPerceptron::with_options(data, opts) {
+        Ok(e) => Some(e),
+        Err(learnlaw::Error::Unavailable { backend, reason }) if backend != "wgpu" => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {backend}: {reason}");
+            None
+        }
+        Err(learnlaw::Error::Unavailable { reason, .. }) => {
+            if std::env::var("LEARNLAW_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
+            None
+        }
+        Err(e) => panic!("wgpu engine: {e}"),
+    }
 }

@@ -62,11 +62,17 @@ impl Storage {
                 match self {
                     Storage::F32 => out.extend_from_slice(&v.to_le_bytes()),
                     Storage::F16 | Storage::Bf16 => {
-                        let bits = match self {
-                            Storage::F16 => half::f16::from_f32(v).to_bits(),
-                            _ => half::bf16::from_f32(v).to_bits(),
+                        let (bits, finite) = match self {
+                            Storage::F16 => {
+                                let h = half::f16::from_f32(v);
+                                (h.to_bits(), h.is_finite())
+                            }
+                            _ => {
+                                let h = half::bf16::from_f32(v);
+                                (h.to_bits(), h.is_finite())
+                            }
                         };
-                        if v.is_finite() && !self.finite_bits(bits) {
+                        if v.is_finite() && !finite {
                             return Err(Error::bad_input(
                                 format!("{} storage of {what}", self.name()),
                                 format!("x[{}, {c}] = {v} is outside the {} range; use f32 storage", first_row + r, self.name()),
@@ -79,14 +85,6 @@ impl Storage {
             out.resize(out.len() + (stride - dim) * self.bytes(), 0);
         }
         Ok(out)
-    }
-
-    fn finite_bits(self, bits: u16) -> bool {
-        match self {
-            Storage::F32 => true,
-            Storage::F16 => half::f16::from_bits(bits).is_finite(),
-            Storage::Bf16 => half::bf16::from_bits(bits).is_finite(),
-        }
     }
 }
 

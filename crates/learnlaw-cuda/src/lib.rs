@@ -815,6 +815,11 @@ impl CudaPerceptron {
     fn grid_for_elems(&self, elems: usize) -> u32 {
         elems.div_ceil(BLOCK as usize).clamp(1, self.sms * 8) as u32
     }
+
+    /// Blocks of a kernel that takes one row per block (grid-stride beyond 16 per SM).
+    fn grid_for_rows(&self, rows: usize) -> u32 {
+        rows.clamp(1, self.sms * 16) as u32
+    }
 }
 
 impl Drop for CudaPerceptron {
@@ -922,7 +927,7 @@ impl Engine for CudaPerceptron {
         }
         self.ensure_simplex()?;
         let grid_check = self.grid_for_elems(v.len);
-        let grid_rows = rows.clamp(1, self.sms * 16) as u32;
+        let grid_rows = self.grid_for_rows(rows);
         self.reset_flag()?;
         let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
         let (len, n, rows_u) = (v.len as u64, row_len as u64, rows as u64);
@@ -988,7 +993,7 @@ impl Engine for CudaPerceptron {
             return Ok(());
         }
         self.ensure_simplex()?;
-        let grid = rows.clamp(1, self.sms * 16) as u32;
+        let grid = self.grid_for_rows(rows);
         let mut stats = self.stream.alloc_zeros::<f64>(2 * rows).map_err(drv("allocating row sums"))?;
         self.reset_flag()?;
         let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
