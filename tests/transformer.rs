@@ -3,7 +3,9 @@
 //! materialised per-example gradients, the exact HVP, and ∂J/∂γ through a whole unrolled run;
 //! plus the f32 engine against the f64 one, and bad inputs.
 use learnlaw::text::{TokenData, PAD};
+use learnlaw::transformer::kernels::Tokens;
 use learnlaw::transformer::model::{Model, Tape};
+use learnlaw::transformer::CpuKernels;
 use learnlaw::transformer::{init_params, AttentionScale, CpuTransformer, TransformerConfig};
 use learnlaw::unroll::{Unroll, Workspace};
 use learnlaw::{Engine, Set};
@@ -116,14 +118,17 @@ fn per_example_dots_match_materialised_per_example_gradients() {
     let mut dots = vec![0.0; 6];
     e.train_dots(&th, &v, &mut dots).unwrap();
     let layout = cfg.layout();
-    let model = Model { cfg: &cfg, layout: &layout, theta: &th, direction: None };
+    let model = Model::<CpuKernels<f64>> { cfg: &cfg, layout: &layout, theta: &th, direction: None };
+    let k = &mut CpuKernels::default();
     let want: Vec<f64> = data
         .train
         .chunks(data.seq_len)
         .map(|row| {
             let (mut g, mut tape) = (vec![0.0; th.len()], Tape::default());
-            model.forward(row, data.seq_len, &mut tape);
-            model.backward(&mut tape, &[1.0], Some(&mut g), None);
+            let (row, one) = (row.to_vec(), vec![1.0]);
+            let tokens = Tokens { ids: &row, at: 0, seqs: 1, seq_len: data.seq_len };
+            model.forward(k, tokens, &mut tape);
+            model.backward(k, tokens, &mut tape, (&one, 0), Some(&mut g), None);
             g.iter().zip(&v).map(|(a, b)| a * b).sum()
         })
         .collect();

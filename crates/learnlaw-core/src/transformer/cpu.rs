@@ -8,6 +8,8 @@ use rayon::prelude::*;
 
 use std::sync::Mutex;
 
+use super::cpu_kernels::CpuKernels;
+use super::kernels::Tokens;
 use super::model::{Model, Tape};
 use super::{step_flops, Layout, TransformerConfig};
 use crate::engine::{Engine, Set, StepFlops};
@@ -27,7 +29,7 @@ pub struct CpuTransformer<R: Real> {
     dev: Vec<u32>,
     test: Vec<u32>,
     /// Tapes of finished passes, reused so that steps allocate nothing (one per busy thread).
-    tapes: Mutex<Vec<Tape<R>>>,
+    tapes: Mutex<Vec<Tape<CpuKernels<R>>>>,
 }
 
 /// What a pass over a set computes for each chunk.
@@ -38,9 +40,9 @@ enum Pass<'a, R> {
     /// Per-sequence losses and the gradient of Σ_n w_n l_n.
     Grad { weights: &'a [R] },
     /// Per-sequence dots ∇l_n·v.
-    Dots { v: &'a [R] },
+    Dots { v: &'a Vec<R> },
     /// Per-sequence dots ∇l_n·v and the HVP of Σ_n w_n l_n along v.
-    DotsHvp { v: &'a [R], weights: &'a [R] },
+    DotsHvp { v: &'a Vec<R>, weights: &'a [R] },
 }
 
 impl<R: Real> CpuTransformer<R> {
@@ -84,7 +86,7 @@ impl<R: Real> CpuTransformer<R> {
 
     /// Runs `pass` at θ over every sequence of `rows`: returns the per-sequence losses (or dots)
     /// and, for passes with weights, the summed gradient (or HVP) written into `acc_out`.
-    fn run(&self, theta: &[R], rows: &[u32], pass: Pass<R>, acc_out: Option<&mut [R]>) -> Vec<f64> {
+    fn run(&self, theta: &Vec<R>, rows: &[u32], pass: Pass<R>, acc_out: Option<&mut [R]>) -> Vec<f64> {
         let (p, len) = (self.layout.len, self.seq_len);
         let per_chunk = (CHUNK_TOKENS / (len - 1)).max(1);
         let n = self.seqs(rows);
@@ -94,7 +96,7 @@ impl<R: Real> CpuTransformer<R> {
             Pass::Dots { v } | Pass::DotsHvp { v, .. } => Some(v),
             _ => None,
         };
-        let model = Model { cfg: &self.cfg, layout: &self.layout, theta, direction };
+        let model = Model::<CpuKernels<R>> { cfg: &self.cfg, layout: &self.layout, theta, direction };
         let wants_acc = matches!(pass, Pass::Grad { .. } | Pass::DotsHvp { .. });
         // Per group: its accumulator and, per chunk, (first sequence, per-sequence values).
         type GroupOut<R> = (Vec<R>, Vec<(usize, Vec<f64>)>);
@@ -132,7 +134,7 @@ impl<R: Real> CpuTransformer<R> {
     }
 
     /// One chunk of `run`: sequences s0.. of the set; weighted passes skip γ = 0 sequences.
-    fn chunk(&self, model: &Model<R>, rows: &[u32], s0: usize, pass: Pass<R>, acc: &mut [R], tape: &mut Tape<R>) -> Vec<f64> {
+    fn chunk(&self, model: &Model<CpuKernels<R>>, rows: &[u32], s0: usize, pass: Pass<R>, acc: &mut Vec<R>, tape: &mut Tape<CpuKernels<R>>) -> Vec<f64> {
         let len = self.seq_len;
         let b = rows.len() / len;
         let weights = match pass {
@@ -148,27 +150,31 @@ impl<R: Real> CpuTransformer<R> {
         let gather = |ids: &[usize]| -> Vec<u32> { ids.iter().flat_map(|&i| rows[i * len..(i + 1) * len].iter().copied()).collect() };
         let dots = matches!(pass, Pass::Dots { .. } | Pass::DotsHvp { .. });
         let mut out = vec![0.0; b];
-        let mut record = |ids: &[usize], tape: &Tape<R>| {
+        let mut record = |ids: &[usize], tape: &Tape<CpuKernels<R>>| {
             let vals = if dots { tape.dots() } else { tape.losses() };
             ids.iter().zip(vals).for_each(|(&i, &v)| out[i] = v);
         };
+        let k = &mut CpuKernels::default();
         if !active.is_empty() {
-            model.forward(&gather(&active), len, tape);
+            let ids = gather(&active);
+            let tokens = Tokens { ids: &ids, at: 0, seqs: active.len(), seq_len: len };
+            model.forward(k, tokens, tape);
             match pass {
-                Pass::Grad { .. } => model.backward(tape, &active_weights, Some(acc), None),
-                _ => model.backward(tape, &active_weights, None, Some(acc)),
+                Pass::Grad { .. } => model.backward(k, tokens, tape, (&active_weights, 0), Some(acc), None),
+                _ => model.backward(k, tokens, tape, (&active_weights, 0), None, Some(acc)),
             }
             record(&active, tape);
         }
         if !idle.is_empty() && (dots || !matches!(pass, Pass::Grad { .. })) {
-            model.forward(&gather(&idle), len, tape);
+            let ids = gather(&idle);
+            model.forward(k, Tokens { ids: &ids, at: 0, seqs: idle.len(), seq_len: len }, tape);
             record(&idle, tape);
         }
         out
     }
 
     /// Mean loss of a set and, with `grad`, its gradient.
-    fn mean_loss(&self, set: Set, theta: &[R], grad: Option<&mut [R]>) -> f64 {
+    fn mean_loss(&self, set: Set, theta: &Vec<R>, grad: Option<&mut [R]>) -> f64 {
         let rows = self.set(set);
         let k = self.seqs(rows);
         let losses = match grad {

@@ -7,12 +7,16 @@
 //! and a bias and divides by (rms + 1e-8).
 //!
 //! - `model`: forward, backward, and their forward-mode tangents (for exact HVPs and per-example
-//!   gradient dots), on a chunk of sequences.
-//! - `cpu`: the CPU engine (the reference, and multithreaded over chunks of sequences).
+//!   gradient dots), on a chunk of sequences, written once over the layer kernels of `kernels`;
+//! - `cpu_kernels`: those kernels on the CPU (f64: the reference every backend is held to);
+//! - `cpu`: the CPU engine (multithreaded over chunks of sequences).
 pub mod cpu;
+pub mod cpu_kernels;
+pub mod kernels;
 pub mod model;
 
 pub use cpu::CpuTransformer;
+pub use cpu_kernels::CpuKernels;
 
 use std::ops::Range;
 

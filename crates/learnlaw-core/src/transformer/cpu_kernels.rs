@@ -1,0 +1,525 @@
+//! The layer kernels on the CPU, generic over f32/f64: plain loops and matrixmultiply GEMMs on
+//! host vectors. `CpuKernels<f64>` is the reference every other backend's kernels are held to.
+//!
+//! Summation orders (what fixes the bits): GEMMs are matrixmultiply's; row reductions use
+//! `host::dot`/`sum`/`max` (16 lanes, then the tail); per-sequence losses and dots add their
+//! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
+use std::marker::PhantomData;
+
+use super::kernels::{linear_backward, Act, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens};
+use crate::host::{dot, max, sum};
+use crate::linalg::{gemm, Mat, MatMut};
+use crate::text::PAD;
+use crate::Real;
+
+/// RMSNorm's ε, added to the rms (not under the root), as the official code does.
+pub const NORM_EPS: f64 = 1e-8;
+
+/// The CPU's layer kernels (zero-sized: each thread of the CPU engine owns one).
+pub struct CpuKernels<R>(PhantomData<R>);
+
+impl<R> Default for CpuKernels<R> {
+    fn default() -> Self {
+        CpuKernels(PhantomData)
+    }
+}
+
+/// What the CPU's head + cross-entropy keeps for its backward.
+#[derive(Default)]
+pub struct CpuHead<R> {
+    /// Softmax of the logits [M, vocab] (zero rows at PAD labels), and its tangent.
+    probs: Act<Vec<R>>,
+    /// Non-PAD labels per sequence.
+    counts: Vec<usize>,
+    /// The backward's gradient of the logits [M, vocab] (kept so its memory is reused).
+    gz: Act<Vec<R>>,
+}
+
+impl<R: Real> CpuKernels<R> {
+    /// A parameter block's values and direction entries.
+    fn param<'a>(p: &Param<'a, Vec<R>>) -> (&'a [R], Option<&'a [R]>) {
+        (&p.theta[p.range.clone()], p.dir.map(|d| &d[p.range.clone()]))
+    }
+}
+
+/// The label of activation row `row` (position row mod L of sequence row / L).
+fn label<I: AsRef<[u32]>>(t: &Tokens<I>, row: usize) -> u32 {
+    let l = t.len();
+    t.ids.as_ref()[t.at + (row / l) * t.seq_len + row % l + 1]
+}
+
+/// The input id of activation row `row`.
+fn input<I: AsRef<[u32]>>(t: &Tokens<I>, row: usize) -> u32 {
+    let l = t.len();
+    t.ids.as_ref()[t.at + (row / l) * t.seq_len + row % l]
+}
+
+/// The view of one operand of `gemm`, matrix `i` of the batch: [rows, cols] stored, then
+/// transposed if asked.
+fn operand<'a, R>(data: &'a [R], at: usize, rows: usize, cols: usize, trans: bool) -> Mat<'a, R> {
+    let (sr, sc) = if trans { (cols, rows) } else { (rows, cols) };
+    let m = Mat::new(&data[at..], sr, sc);
+    if trans {
+        m.t()
+    } else {
+        m
+    }
+}
+
+impl<R: Real> LayerKernels for CpuKernels<R> {
+    type Buf = Vec<R>;
+    type Ids = Vec<u32>;
+    type Sums = Vec<f64>;
+    type Attention = Act<Vec<R>>;
+    type Head = CpuHead<R>;
+
+    fn resize(&mut self, b: &mut Vec<R>, len: usize) {
+        b.resize(len, R::zero());
+    }
+    fn zero(&mut self, b: &mut Vec<R>, len: usize) {
+        b.resize(len, R::zero());
+        b.fill(R::zero());
+    }
+    fn copy(&mut self, src: &Vec<R>, dst: &mut Vec<R>, len: usize) {
+        dst.clear();
+        dst.extend_from_slice(&src[..len]);
+    }
+
+    fn add(&mut self, x: Pair<Vec<R>>, y: PairMut<Vec<R>>, len: usize) {
+        let add = |y: &mut [R], x: &[R]| y.iter_mut().zip(x).for_each(|(a, &b)| *a = *a + b);
+        add(&mut y.v[..len], &x.v[..len]);
+        if let (Some(yt), Some(xt)) = (y.t, x.t) {
+            add(&mut yt[..len], &xt[..len]);
+        }
+    }
+
+    fn gemm(&mut self, s: GemmShape, a: Operand<Vec<R>>, b: Operand<Vec<R>>, beta: f64, c: Output<Vec<R>>) {
+        let beta = R::of(beta);
+        let (mut cv, mut ct) = (c.v, c.t);
+        for i in 0..s.batch {
+            let (ai, bi, ci) = (a.at + i * s.stride_a, b.at + i * s.stride_b, c.at + i * s.stride_c);
+            let av = operand(a.v, ai, s.m, s.k, a.trans);
+            let bv = operand(b.v, bi, s.k, s.n, b.trans);
+            if let Some(cv) = cv.as_deref_mut() {
+                gemm(R::one(), av, bv, beta, MatMut::new(&mut cv[ci..], s.m, s.n));
+            }
+            if let Some(ct) = ct.as_deref_mut() {
+                let tangent = "a tangent GEMM needs both operands' tangents";
+                let at = operand(a.t.expect(tangent), ai, s.m, s.k, a.trans);
+                let bt = operand(b.t.expect(tangent), bi, s.k, s.n, b.trans);
+                gemm(R::one(), at, bv, beta, MatMut::new(&mut ct[ci..], s.m, s.n));
+                gemm(R::one(), av, bt, R::one(), MatMut::new(&mut ct[ci..], s.m, s.n));
+            }
+        }
+    }
+
+    fn embed_forward(&mut self, tokens: Tokens<Vec<u32>>, tok: Param<Vec<R>>, pos: Param<Vec<R>>, h: usize, x: PairMut<Vec<R>>) {
+        let ((tv, tt), (pv, pt)) = (Self::param(&tok), Self::param(&pos));
+        let l = tokens.len();
+        let mut xt = x.t;
+        for row in 0..tokens.rows() {
+            let (e, p) = (input(&tokens, row) as usize * h, (row % l) * h);
+            for c in 0..h {
+                x.v[row * h + c] = tv[e + c] + pv[p + c];
+            }
+            if let (Some(xt), Some(tt), Some(pt)) = (xt.as_deref_mut(), tt, pt) {
+                for c in 0..h {
+                    xt[row * h + c] = tt[e + c] + pt[p + c];
+                }
+            }
+        }
+    }
+
+    fn embed_backward(&mut self, tokens: Tokens<Vec<u32>>, g: Pair<Vec<R>>, h: usize, vocab: usize, out: ParamGrads<Vec<R>>) {
+        let l = tokens.len();
+        let (tok, pos) = (out.range.start, out.range.start + vocab * h);
+        for (dst, src) in [(out.grad, Some(g.v)), (out.hvp, g.t)] {
+            if let (Some(dst), Some(src)) = (dst, src) {
+                for row in 0..tokens.rows() {
+                    let (e, p) = (tok + input(&tokens, row) as usize * h, pos + (row % l) * h);
+                    for c in 0..h {
+                        dst[e + c] = dst[e + c] + src[row * h + c];
+                        dst[p + c] = dst[p + c] + src[row * h + c];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tangents: ṙ = (x·ẋ)/(H r), ṅ = (ẋ − n ṙ)/(r + ε), ȯut = ẇ ⊙ n + w ⊙ ṅ + ḃ.
+    fn rmsnorm_forward(&mut self, m: usize, h: usize, x: Pair<Vec<R>>, w: Param<Vec<R>>, b: Param<Vec<R>>, nm: &mut Norm<Vec<R>>) {
+        let ((wv, wt), (bv, bt)) = (Self::param(&w), Self::param(&b));
+        let eps = R::of(NORM_EPS);
+        let hr = R::of(h as f64);
+        for row in 0..m {
+            let span = row * h..(row + 1) * h;
+            let xr = &x.v[span.clone()];
+            let r = (dot(xr, xr) / hr).sqrt();
+            let s = r + eps;
+            nm.r.v[row] = r;
+            for (c, &xc) in xr.iter().enumerate() {
+                let n = xc / s;
+                nm.n.v[row * h + c] = n;
+                nm.out.v[row * h + c] = wv[c] * n + bv[c];
+            }
+            if let (Some(xt), Some(wt), Some(bt)) = (x.t, wt, bt) {
+                let xt = &xt[span];
+                let rt = if r > R::zero() { dot(xr, xt) / (hr * r) } else { R::zero() };
+                nm.r.t[row] = rt;
+                for c in 0..h {
+                    let n = nm.n.v[row * h + c];
+                    let nt = (xt[c] - n * rt) / s;
+                    nm.n.t[row * h + c] = nt;
+                    nm.out.t[row * h + c] = wt[c] * n + wv[c] * nt + bt[c];
+                }
+            }
+        }
+    }
+
+    /// With gn = gy ⊙ w, a = gn·n and q = ∂r/∂x = x/(H r): gx = (gn − a q)/s, s = r + ε. The
+    /// tangent differentiates each factor: ġx = (ġn − ȧ q − a q̇ − gx ṙ)/s.
+    fn rmsnorm_backward(
+        &mut self,
+        m: usize,
+        h: usize,
+        nm: &Norm<Vec<R>>,
+        x: Pair<Vec<R>>,
+        w: Param<Vec<R>>,
+        gy: Pair<Vec<R>>,
+        gx: PairMut<Vec<R>>,
+        out: ParamGrads<Vec<R>>,
+    ) {
+        let (wv, wt) = Self::param(&w);
+        let (eps, hr) = (R::of(NORM_EPS), R::of(h as f64));
+        let wb = out.range;
+        let (mut gw, mut hw) = (out.grad.map(|g| &mut g[wb.clone()]), out.hvp.map(|g| &mut g[wb.clone()]));
+        let mut gxt = gx.t;
+        let mut gn = vec![R::zero(); h];
+        let mut gnt = vec![R::zero(); h];
+        for row in 0..m {
+            let span = row * h..(row + 1) * h;
+            let (n, xr, g) = (&nm.n.v[span.clone()], &x.v[span.clone()], &gy.v[span.clone()]);
+            let (r, s) = (nm.r.v[row], nm.r.v[row] + eps);
+            if let Some(gw) = gw.as_deref_mut() {
+                for c in 0..h {
+                    gw[c] = gw[c] + g[c] * n[c];
+                    gw[h + c] = gw[h + c] + g[c];
+                }
+            }
+            let q_of = |a: R| if r > R::zero() { a / (hr * r) } else { R::zero() };
+            let mut a = R::zero();
+            for c in 0..h {
+                gn[c] = g[c] * wv[c];
+                a = a + gn[c] * n[c];
+            }
+            for c in 0..h {
+                gx.v[row * h + c] = gx.v[row * h + c] + (gn[c] - a * q_of(xr[c])) / s;
+            }
+            if let Some(gxt) = gxt.as_deref_mut() {
+                let tangent = "tangent mode has tangents";
+                let wt = wt.expect(tangent);
+                let (nt, xt, gt) = (&nm.n.t[span.clone()], &x.t.expect(tangent)[span.clone()], &gy.t.expect(tangent)[span]);
+                let rt = nm.r.t[row];
+                if let Some(hw) = hw.as_deref_mut() {
+                    for c in 0..h {
+                        hw[c] = hw[c] + gt[c] * n[c] + g[c] * nt[c];
+                        hw[h + c] = hw[h + c] + gt[c];
+                    }
+                }
+                let mut at = R::zero();
+                for c in 0..h {
+                    gnt[c] = gt[c] * wv[c] + g[c] * wt[c];
+                    at = at + gnt[c] * n[c] + gn[c] * nt[c];
+                }
+                for c in 0..h {
+                    let q = q_of(xr[c]);
+                    let qt = if r > R::zero() { xt[c] / (hr * r) - q * rt / r } else { R::zero() };
+                    let gxc = (gn[c] - a * q) / s;
+                    gxt[row * h + c] = gxt[row * h + c] + (gnt[c] - at * q - a * qt - gxc * rt) / s;
+                }
+            }
+        }
+    }
+
+    fn relu_forward(&mut self, x: Pair<Vec<R>>, len: usize, y: PairMut<Vec<R>>) {
+        y.v.clear();
+        y.v.extend(x.v[..len].iter().map(|&a| a.max(R::zero())));
+        if let (Some(yt), Some(xt)) = (y.t, x.t) {
+            yt.clear();
+            yt.extend(x.v[..len].iter().zip(&xt[..len]).map(|(&a, &d)| if a > R::zero() { d } else { R::zero() }));
+        }
+    }
+
+    /// Selects, not branches: the signs are random, so a branch would mispredict half the time.
+    fn relu_backward(&mut self, x: &Vec<R>, len: usize, g: PairMut<Vec<R>>) {
+        let mask = |g: &mut [R]| g.iter_mut().zip(&x[..len]).for_each(|(g, &a)| *g = if a > R::zero() { *g } else { R::zero() });
+        mask(&mut g.v[..len]);
+        if let Some(gt) = g.t {
+            mask(&mut gt[..len]);
+        }
+    }
+
+    /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
+    /// Loops over j ≤ i with head_dim-long dots and axpys: the per-head products are too small
+    /// (L × head_dim) for a GEMM's packing to pay, and the causal half is skipped.
+    fn attention_forward(
+        &mut self,
+        d: Dims,
+        c: f64,
+        q: Pair<Vec<R>>,
+        k: Pair<Vec<R>>,
+        v: Pair<Vec<R>>,
+        p: &mut Act<Vec<R>>,
+        o: PairMut<Vec<R>>,
+    ) {
+        let (l, c) = (d.len, R::of(c));
+        let tan = q.t.is_some();
+        let mut ot = o.t;
+        p.v.resize(d.seqs * d.heads * l * l, R::zero());
+        p.v.fill(R::zero());
+        if tan {
+            p.t.resize(p.v.len(), R::zero());
+            p.t.fill(R::zero());
+        }
+        o.v.fill(R::zero());
+        if let Some(ot) = ot.as_deref_mut() {
+            ot.fill(R::zero());
+        }
+        let mut st = vec![R::zero(); l];
+        for s in 0..d.seqs {
+            for hd in 0..d.heads {
+                let at = (s * d.heads + hd) * l * l;
+                let row = |i| head_row(d, s, hd, i);
+                for i in 0..l {
+                    let pr = &mut p.v[at + i * l..at + i * l + i + 1];
+                    let qi = &q.v[row(i)];
+                    let mut max = R::neg_infinity();
+                    for (j, x) in pr.iter_mut().enumerate() {
+                        *x = c * dot(qi, &k.v[row(j)]);
+                        max = max.max(*x);
+                    }
+                    pr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
+                    let inv = R::one() / sum(pr);
+                    pr.iter_mut().for_each(|x| *x = *x * inv);
+                    let oi = &mut o.v[row(i)];
+                    for (j, &pij) in pr.iter().enumerate() {
+                        axpy(pij, &v.v[row(j)], oi);
+                    }
+                    if let (Some(ot), Some(qt), Some(kt), Some(vt)) = (ot.as_deref_mut(), q.t, k.t, v.t) {
+                        let qti = &qt[row(i)];
+                        for (j, sj) in st[..=i].iter_mut().enumerate() {
+                            *sj = c * (dot(qti, &k.v[row(j)]) + dot(qi, &kt[row(j)]));
+                        }
+                        let mean = dot(pr, &st[..=i]);
+                        let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
+                        let oti = &mut ot[row(i)];
+                        for j in 0..=i {
+                            ptr[j] = pr[j] * (st[j] - mean);
+                            axpy(ptr[j], &v.v[row(j)], oti);
+                            axpy(pr[j], &vt[row(j)], oti);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// gP = gO Vᵀ, gV = Pᵀ gO, gS = P ⊙ (gP − ρ) with ρ = rowsum(gP ⊙ P), gQ = c·gS K,
+    /// gK = c·gSᵀ Q; and their tangents (the product rule on each factor).
+    fn attention_backward(
+        &mut self,
+        d: Dims,
+        c: f64,
+        q: Pair<Vec<R>>,
+        k: Pair<Vec<R>>,
+        v: Pair<Vec<R>>,
+        p: &Act<Vec<R>>,
+        go: Pair<Vec<R>>,
+        gq: PairMut<Vec<R>>,
+        gk: PairMut<Vec<R>>,
+        gv: PairMut<Vec<R>>,
+    ) {
+        let (l, c) = (d.len, R::of(c));
+        let (mut gqt, mut gkt, mut gvt) = (gq.t, gk.t, gv.t);
+        for g in [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut()) {
+            g.fill(R::zero());
+        }
+        let (mut gp, mut gs, mut gpt) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
+        for s in 0..d.seqs {
+            for hd in 0..d.heads {
+                let at = (s * d.heads + hd) * l * l;
+                let row = |i| head_row(d, s, hd, i);
+                for i in 0..l {
+                    let pr = &p.v[at + i * l..at + i * l + i + 1];
+                    let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
+                    for j in 0..=i {
+                        gp[j] = dot(goi, &v.v[row(j)]);
+                        axpy(pr[j], goi, &mut gv.v[row(j)]);
+                    }
+                    let rho = dot(pr, &gp[..=i]);
+                    for j in 0..=i {
+                        gs[j] = pr[j] * (gp[j] - rho);
+                        axpy(c * gs[j], &k.v[row(j)], &mut gq.v[row(i)]);
+                        axpy(c * gs[j], qi, &mut gk.v[row(j)]);
+                    }
+                    if let (Some(gqt), Some(gkt), Some(gvt)) = (gqt.as_deref_mut(), gkt.as_deref_mut(), gvt.as_deref_mut()) {
+                        let tangent = "tangent mode has tangents";
+                        let ptr = &p.t[at + i * l..at + i * l + i + 1];
+                        let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
+                        let (kt, vt) = (k.t.expect(tangent), v.t.expect(tangent));
+                        for j in 0..=i {
+                            gpt[j] = dot(goti, &v.v[row(j)]) + dot(goi, &vt[row(j)]);
+                            axpy(ptr[j], goi, &mut gvt[row(j)]);
+                            axpy(pr[j], goti, &mut gvt[row(j)]);
+                        }
+                        let rho_t = dot(&gpt[..=i], pr) + dot(&gp[..=i], ptr);
+                        for j in 0..=i {
+                            let gst = ptr[j] * (gp[j] - rho) + pr[j] * (gpt[j] - rho_t);
+                            axpy(c * gst, &k.v[row(j)], &mut gqt[row(i)]);
+                            axpy(c * gs[j], &kt[row(j)], &mut gqt[row(i)]);
+                            axpy(c * gst, qi, &mut gkt[row(j)]);
+                            axpy(c * gs[j], qti, &mut gkt[row(j)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The logits go into `probs`, which the softmax then overwrites in place (zero rows at PAD
+    /// labels); l̇ = Σ_v p_v ż_v − ż_y, and ṗ = p ⊙ (ż − Σ p ż) replaces ż.
+    fn head_forward(
+        &mut self,
+        tokens: Tokens<Vec<u32>>,
+        x: Pair<Vec<R>>,
+        w: Param<Vec<R>>,
+        h: usize,
+        vocab: usize,
+        head: &mut CpuHead<R>,
+        losses: &mut Vec<f64>,
+        dots: &mut Vec<f64>,
+    ) {
+        let (b, l, m) = (tokens.seqs, tokens.len(), tokens.rows());
+        let tan = x.t.is_some();
+        let z = &mut head.probs;
+        self.resize(&mut z.v, m * vocab);
+        if tan {
+            self.resize(&mut z.t, m * vocab);
+        }
+        let out = Output { v: Some(&mut z.v), t: if tan { Some(&mut z.t) } else { None }, at: 0 };
+        let xo = Operand { v: x.v, t: x.t, at: 0, trans: false };
+        self.gemm(GemmShape::single(m, vocab, h), xo, Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false }, 0.0, out);
+
+        head.counts.clear();
+        head.counts.resize(b, 0);
+        losses.clear();
+        losses.resize(b, 0.0);
+        dots.clear();
+        dots.resize(if tan { b } else { 0 }, 0.0);
+        for row in 0..m {
+            let y = label(&tokens, row);
+            let span = row * vocab..(row + 1) * vocab;
+            let zr = &mut z.v[span.clone()];
+            if y == PAD {
+                zr.fill(R::zero());
+                if tan {
+                    z.t[span].fill(R::zero());
+                }
+                continue;
+            }
+            let n = row / l;
+            let max = max(zr);
+            let zy = zr[y as usize];
+            zr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
+            let sum = sum(zr);
+            let inv = R::one() / sum;
+            zr.iter_mut().for_each(|x| *x = *x * inv);
+            head.counts[n] += 1;
+            losses[n] += (max + sum.ln() - zy).f64();
+            if tan {
+                let zt = &mut z.t[span];
+                let mean = dot(zr, zt);
+                dots[n] += (mean - zt[y as usize]).f64();
+                for (d, &p) in zt.iter_mut().zip(zr.iter()) {
+                    *d = p * (*d - mean);
+                }
+            }
+        }
+        for n in 0..b {
+            let c = head.counts[n].max(1) as f64;
+            losses[n] /= c;
+            if tan {
+                dots[n] /= c;
+            }
+        }
+    }
+
+    /// d(Σ w_n l_n)/dz = c (p − onehot(y)) with c = w_n / count_n at non-PAD labels, then the
+    /// head's linear backward.
+    fn head_backward(
+        &mut self,
+        tokens: Tokens<Vec<u32>>,
+        head: &mut CpuHead<R>,
+        x: Pair<Vec<R>>,
+        w: Param<Vec<R>>,
+        h: usize,
+        vocab: usize,
+        (weights, at): (&Vec<R>, usize),
+        gx: PairMut<Vec<R>>,
+        out: ParamGrads<Vec<R>>,
+    ) {
+        let (l, m) = (tokens.len(), tokens.rows());
+        let tan = gx.t.is_some();
+        let CpuHead { probs, counts, gz } = head;
+        self.zero(&mut gz.v, probs.v.len());
+        if tan {
+            self.zero(&mut gz.t, probs.v.len());
+        }
+        for row in 0..m {
+            let y = label(&tokens, row);
+            let n = row / l;
+            if y == PAD || counts[n] == 0 {
+                continue;
+            }
+            let c = weights[at + n] / R::of(counts[n] as f64);
+            let span = row * vocab..(row + 1) * vocab;
+            for (g, &p) in gz.v[span.clone()].iter_mut().zip(&probs.v[span.clone()]) {
+                *g = c * p;
+            }
+            gz.v[row * vocab + y as usize] = gz.v[row * vocab + y as usize] - c;
+            if tan {
+                for (g, &p) in gz.t[span.clone()].iter_mut().zip(&probs.t[span]) {
+                    *g = c * p;
+                }
+            }
+        }
+        linear_backward(self, m, x, w, gz.pair(tan), (h, vocab), gx, out);
+    }
+}
+
+impl<R: Real> HostBuffers for CpuKernels<R> {
+    fn upload(&mut self, host: &[f64]) -> Vec<R> {
+        host.iter().map(|&x| R::of(x)).collect()
+    }
+    fn download(&mut self, b: &Vec<R>, len: usize) -> Vec<f64> {
+        b[..len].iter().map(|x| x.f64()).collect()
+    }
+    fn upload_ids(&mut self, host: &[u32]) -> Vec<u32> {
+        host.to_vec()
+    }
+    fn download_sums(&mut self, s: &Vec<f64>, len: usize) -> Vec<f64> {
+        s[..len].to_vec()
+    }
+}
+
+/// y ← y + a·x.
+fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+}
+
+/// Row i of head `hd` of sequence `s` in a [M, H] activation (head_dim values).
+fn head_row(d: Dims, s: usize, hd: usize, i: usize) -> std::ops::Range<usize> {
+    let dh = d.hidden / d.heads;
+    let at = (s * d.len + i) * d.hidden + hd * dh;
+    at..at + dh
+}
