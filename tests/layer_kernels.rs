@@ -6,11 +6,12 @@
 use learnlaw::text::PAD;
 use learnlaw::transformer::kernels::{Act, Dims, GemmShape, HostBuffers, Norm, Operand, Output, Param, ParamGrads, Tokens};
 use learnlaw::transformer::CpuKernels;
+use learnlaw::wgpu_backend::{Options, WgpuKernels};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, rng, uniform, Tol};
+use common::{assert_close, rng, uniform, wgpu_or_skip, Tol};
 
 /// Named outputs of one run of a case, downloaded to the host.
 type Outputs = Vec<(&'static str, Vec<f64>)>;
@@ -175,7 +176,7 @@ impl Case for Embedding {
 struct RmsNorm;
 impl Case for RmsNorm {
     fn run<K: HostBuffers>(&self, k: &mut K, r: &mut ChaCha8Rng) -> Outputs {
-        let (m, h, tan) = (r.random_range(1..30), r.random_range(1..70), r.random_bool(0.5));
+        let (m, h, tan) = (r.random_range(1..150), r.random_range(1..70), r.random_bool(0.5));
         let mut x = random_act(k, r, m * h, tan);
         if m > 2 {
             // A zero row: r = 0, where the kernels special-case the derivative of the rms.
@@ -306,3 +307,10 @@ macro_rules! layer_kernel_tests {
 }
 
 layer_kernel_tests!(cpu_f32, Some(CpuKernels::<f32>::default()), Tol::of::<f32>());
+layer_kernel_tests!(wgpu, wgpu_or_skip(WgpuKernels::open(&Options::default())), Tol::of::<f32>());
+// The head in chunks of a few rows (its logits never exist for a whole set).
+layer_kernel_tests!(
+    wgpu_small_head_chunks,
+    wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_head_chunk_logits(100)),
+    Tol::of::<f32>()
+);

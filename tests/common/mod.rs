@@ -72,12 +72,18 @@ pub fn random_policy(rng: &mut ChaCha8Rng, steps: usize, n: usize) -> Vec<f64> {
     g
 }
 
-/// The WGSL engine, or None after a visible SKIPPED line: when this machine has no wgpu adapter
-/// (a failure instead with LEARNLAW_REQUIRE_WGPU=1, as in CI, which installs lavapipe), or when
-/// the adapter lacks a feature the options need (f16 storage; the `wgpu` backend still works).
+/// The WGSL engine, or None after a visible SKIPPED line (see `wgpu_or_skip`).
 pub fn wgpu_engine(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptron> {
+    wgpu_or_skip(WgpuPerceptron::with_options(data, opts))
+}
+
+/// Something made on a wgpu device, or None after a visible SKIPPED line: when this machine has
+/// no wgpu adapter (a failure instead with LEARNLAW_REQUIRE_WGPU=1, as in CI, which installs
+/// lavapipe), or when the adapter lacks a feature the options need (f16 storage; the `wgpu`
+/// backend still works).
+pub fn wgpu_or_skip<T>(made: learnlaw::Result<T>) -> Option<T> {
     use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
-    match WgpuPerceptron::with_options(data, opts) {
+    match made {
         Ok(e) => Some(e),
         Err(learnlaw::Error::Unavailable { backend, reason }) if backend != "wgpu" => {
             let _ = writeln!(std::io::stderr(), "SKIPPED: {backend}: {reason}");
@@ -90,6 +96,6 @@ pub fn wgpu_engine(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptr
             let _ = writeln!(std::io::stderr(), "SKIPPED: no wgpu adapter ({reason})");
             None
         }
-        Err(e) => panic!("wgpu engine: {e}"),
+        Err(e) => panic!("wgpu: {e}"),
     }
 }

@@ -45,7 +45,9 @@
 mod gpu;
 mod perceptron;
 mod policy_ops;
+mod transformer;
 
 pub use gpu::{Options, WgpuVec};
 pub use learnlaw_core::Storage;
 pub use perceptron::WgpuPerceptron;
+pub use transformer::kernels::{DeviceAttention, DeviceBuf, DeviceHead, DeviceIds, WgpuKernels};
