@@ -43,6 +43,6 @@ pub fn run() -> Result<()> {
             Err(e) => println!("{name:<10} failed       {e}"),
         }
     }
-    println!("(the Transformer task runs on cpu and cpu-f64)");
+    println!("(the Transformer task runs on cpu, cpu-f64 and wgpu)");
     Ok(())
 }

@@ -249,8 +249,9 @@ macro_rules! with_engine {
             Task::Transformer { model, data, held } => match $backend {
                 Backend::Cpu => with_engine!(@arm data, held, |d| CpuTransformer::<f32>::new(model, d), |$e, $h| $body),
                 Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuTransformer::<f64>::new(model, d), |$e, $h| $body),
+                Backend::Wgpu => with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuTransformer::new(model, d), |$e, $h| $body),
                 other => anyhow::bail!(
-                    "the Transformer task runs on the cpu and cpu-f64 backends so far, not {}",
+                    "the Transformer task runs on the cpu, cpu-f64 and wgpu backends so far, not {}",
                     clap::ValueEnum::to_possible_value(&other).map_or_else(|| format!("{other:?}"), |v| v.get_name().to_string())
                 ),
             },

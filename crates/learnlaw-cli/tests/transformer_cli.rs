@@ -1,6 +1,6 @@
 //! End-to-end test of the Transformer commands on a tiny model: `data text`, `reproduce
-//! transformer` (search + evaluation, then a second call that resumes nothing), and clear errors
-//! for data of the wrong task or a backend the task lacks.
+//! transformer` (search + evaluation, then a second call that resumes nothing; on wgpu the same
+//! J as on cpu), and clear errors for data of the wrong task or a backend the task lacks.
 mod common;
 
 use common::{fails, ok};
@@ -49,6 +49,31 @@ fn reproduce_transformer_searches_evaluates_and_resumes() {
     assert!(err.contains("other data options"), "{err}");
 }
 
+/// The same reproduction on the wgpu backend (lavapipe in CI) gives the cpu backend's J history.
+#[test]
+fn reproduce_transformer_on_wgpu_matches_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = |backend: &str| -> Option<Vec<f64>> {
+        let mut args = vec!["reproduce", "transformer", "--out", backend, "--epochs", "2", "--backend", backend];
+        args.extend(TINY);
+        let out = common::learnlaw(&args, tmp.path());
+        let stderr = common::text(&out.stderr);
+        if !out.status.success() && stderr.contains("no adapter") && std::env::var("LEARNLAW_REQUIRE_WGPU").is_err() {
+            eprintln!("SKIPPED: no wgpu adapter");
+            return None;
+        }
+        assert!(out.status.success(), "{backend}: {stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(backend).join("summary.json")).unwrap()).unwrap();
+        Some(summary["j"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+    };
+    let Some(gpu) = j("wgpu") else { return };
+    let cpu = j("cpu").unwrap();
+    assert_eq!(gpu.len(), cpu.len());
+    for (g, c) in gpu.iter().zip(&cpu) {
+        assert!((g - c).abs() <= 1e-4 * c.abs(), "J on wgpu {gpu:?} vs cpu {cpu:?}");
+    }
+}
+
 #[test]
 fn wrong_data_and_missing_backends_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,7 +94,7 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
             "--out",
             "r",
             "--backend",
-            "wgpu",
+            "cuda",
             "--hidden",
             "8",
             "--heads",
@@ -77,7 +102,7 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
         ],
         tmp.path(),
     );
-    assert!(err.contains("cpu and cpu-f64 backends so far, not wgpu"), "{err}");
+    assert!(err.contains("cpu, cpu-f64 and wgpu backends so far, not cuda"), "{err}");
 }
 
 /// A user corpus (one story per line) instead of generated stories: its last dev + test stories

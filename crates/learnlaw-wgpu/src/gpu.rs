@@ -419,37 +419,38 @@ impl Gpu {
     }
 }
 
-/// The `Engine` methods every wgpu engine shares, delegated to its `gpu: Gpu` field: the vectors,
+/// The `Engine` methods every wgpu engine shares, delegated to its `Gpu` (the macro's argument:
+/// the field path, e.g. `gpu`): the vectors,
 /// the policy operations (policy_ops.rs) and `run_steps`, which submits the recorded steps as one
 /// command buffer. Expands inside `impl Engine for …` of an engine with `type Vec = WgpuVec`.
 macro_rules! delegate_to_gpu {
-    () => {
+    ($($gpu:tt)+) => {
         fn zeros(&mut self, len: usize) -> learnlaw_core::Result<$crate::WgpuVec> {
-            self.gpu.zeros(len)
+            self.$($gpu)+.zeros(len)
         }
         fn upload(&mut self, host: &[f32]) -> learnlaw_core::Result<$crate::WgpuVec> {
-            self.gpu.upload(host)
+            self.$($gpu)+.upload(host)
         }
         fn download(&mut self, v: &$crate::WgpuVec) -> learnlaw_core::Result<Vec<f32>> {
-            self.gpu.download(v)
+            self.$($gpu)+.download(v)
         }
         fn copy(&mut self, src: &$crate::WgpuVec, dst: &mut $crate::WgpuVec) -> learnlaw_core::Result<()> {
-            self.gpu.copy(src, dst)
+            self.$($gpu)+.copy(src, dst)
         }
         fn scale(&mut self, a: f64, x: &mut $crate::WgpuVec) -> learnlaw_core::Result<()> {
-            self.gpu.scale(a, x)
+            self.$($gpu)+.scale(a, x)
         }
         fn axpy(&mut self, a: f64, x: &$crate::WgpuVec, y: &mut $crate::WgpuVec) -> learnlaw_core::Result<()> {
-            self.gpu.axpy(a, x, y)
+            self.$($gpu)+.axpy(a, x, y)
         }
         fn project_simplex_rows(&mut self, v: &mut $crate::WgpuVec, row_len: usize) -> learnlaw_core::Result<()> {
-            self.gpu.project_simplex_rows(v, row_len)
+            self.$($gpu)+.project_simplex_rows(v, row_len)
         }
         fn max_abs(&mut self, x: &$crate::WgpuVec) -> learnlaw_core::Result<f64> {
-            self.gpu.max_abs(x)
+            self.$($gpu)+.max_abs(x)
         }
         fn tie_rows(&mut self, v: &mut $crate::WgpuVec, block: usize, row_len: usize) -> learnlaw_core::Result<()> {
-            self.gpu.tie_rows(v, block, row_len)
+            self.$($gpu)+.tie_rows(v, block, row_len)
         }
         fn exp_grad_rows(
             &mut self,
@@ -458,17 +459,17 @@ macro_rules! delegate_to_gpu {
             step: f64,
             row_len: usize,
         ) -> learnlaw_core::Result<()> {
-            self.gpu.exp_grad_rows(gamma, grad, step, row_len)
+            self.$($gpu)+.exp_grad_rows(gamma, grad, step, row_len)
         }
         /// Records the steps and submits all their dispatches in one command buffer at the end
         /// (one submission per unroll pass instead of one per step). A failing step submits what
         /// was recorded before it, as direct calls would have.
         fn run_steps<T>(&mut self, steps: impl FnOnce(&mut Self) -> learnlaw_core::Result<T>) -> learnlaw_core::Result<T> {
-            if !self.gpu.start_recording() {
+            if !self.$($gpu)+.start_recording() {
                 return steps(self);
             }
             let out = steps(self);
-            self.gpu.finish_recording()?;
+            self.$($gpu)+.finish_recording()?;
             out
         }
     };

@@ -51,3 +51,4 @@ pub use gpu::{Options, WgpuVec};
 pub use learnlaw_core::Storage;
 pub use perceptron::WgpuPerceptron;
 pub use transformer::kernels::{DeviceAttention, DeviceBuf, DeviceHead, DeviceIds, WgpuKernels};
+pub use transformer::WgpuTransformer;

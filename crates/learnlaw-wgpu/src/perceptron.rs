@@ -436,7 +436,7 @@ impl Engine for WgpuPerceptron {
         learnlaw_core::perceptron::step_flops(self.num_train(), self.dev.rows, self.dim)
     }
 
-    delegate_to_gpu!();
+    delegate_to_gpu!(gpu);
 
     fn forward_step(
         &mut self,

@@ -11,10 +11,10 @@ use std::sync::Mutex;
 use super::cpu_kernels::CpuKernels;
 use super::kernels::Tokens;
 use super::model::{Model, Tape};
-use super::{step_flops, Layout, TransformerConfig};
+use super::{check_task, step_flops, Layout, TransformerConfig};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::text::TokenData;
-use crate::{host, Error, Real, Result};
+use crate::{host, Real, Result};
 
 /// Accumulators a pass sums into (the sum's order depends on this, never on the threads).
 const GROUPS: usize = 8;
@@ -47,17 +47,7 @@ enum Pass<'a, R> {
 
 impl<R: Real> CpuTransformer<R> {
     pub fn new(cfg: &TransformerConfig, data: &TokenData) -> Result<Self> {
-        cfg.validate()?;
-        data.validate()?;
-        if data.vocab_size > cfg.vocab_size {
-            return Err(Error::config("vocab_size", cfg.vocab_size, format!("the data's token ids go up to {}", data.vocab_size - 1)));
-        }
-        if data.seq_len - 1 > cfg.context {
-            return Err(Error::bad_input(
-                "token data",
-                format!("sequences of {} inputs are longer than the model's context of {}", data.seq_len - 1, cfg.context),
-            ));
-        }
+        check_task(cfg, data)?;
         Ok(CpuTransformer {
             cfg: cfg.clone(),
             layout: cfg.layout(),
@@ -188,14 +178,6 @@ impl<R: Real> CpuTransformer<R> {
     }
 }
 
-fn check_finite(what: &str, v: f64) -> Result<f64> {
-    if v.is_finite() {
-        Ok(v)
-    } else {
-        Err(Error::Numerical(format!("{what} became {v}")))
-    }
-}
-
 impl<R: Real> Engine for CpuTransformer<R> {
     type Real = R;
     type Vec = Vec<R>;
@@ -265,7 +247,7 @@ impl<R: Real> Engine for CpuTransformer<R> {
             *g = R::of(-eta * d);
         }
         let mut dev_grad = vec![R::zero(); p];
-        check_finite("the desired loss", self.mean_loss(Set::Dev, theta, Some(&mut dev_grad)))?;
+        super::check_finite("the desired loss", self.mean_loss(Set::Dev, theta, Some(&mut dev_grad)))?;
         // λ = dev_weight·∇L_dev + λ_next − η·Hλ_next.
         let (w, eta) = (R::of(dev_weight), R::of(eta));
         lambda.par_iter_mut().zip(dev_grad.par_iter().zip(lambda_next.par_iter())).for_each(|(l, (&g, &ln))| *l = w * g + ln - eta * *l);

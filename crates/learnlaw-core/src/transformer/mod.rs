@@ -26,6 +26,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::StepFlops;
+use crate::text::TokenData;
 use crate::{Error, Result};
 
 /// How attention scores are scaled before the softmax.
@@ -121,6 +122,32 @@ impl TransformerConfig {
 pub fn step_flops(cfg: &TransformerConfig, train_tokens: usize, dev_tokens: usize, len: usize) -> StepFlops {
     let (ft, fd) = (cfg.forward_flops(train_tokens, len), cfg.forward_flops(dev_tokens, len));
     StepFlops { forward: 3.0 * ft + fd, backward: 8.0 * ft + 3.0 * fd }
+}
+
+/// Checks a model and its token data before an engine is made on them: both valid, the data's
+/// ids within the vocabulary, its sequences within the context.
+pub fn check_task(cfg: &TransformerConfig, data: &TokenData) -> Result<()> {
+    cfg.validate()?;
+    data.validate()?;
+    if data.vocab_size > cfg.vocab_size {
+        return Err(Error::config("vocab_size", cfg.vocab_size, format!("the data's token ids go up to {}", data.vocab_size - 1)));
+    }
+    if data.seq_len - 1 > cfg.context {
+        return Err(Error::bad_input(
+            "token data",
+            format!("sequences of {} inputs are longer than the model's context of {}", data.seq_len - 1, cfg.context),
+        ));
+    }
+    Ok(())
+}
+
+/// `v`, or a numerical error naming `what` when it is not finite.
+pub fn check_finite(what: &str, v: f64) -> Result<f64> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Error::Numerical(format!("{what} became {v}")))
+    }
 }
 
 /// Where each parameter lives in the flat θ. Matrices are row-major [in, out] (y = x·W).

@@ -43,6 +43,10 @@ impl DeviceBuf {
     pub fn of(buf: &wgpu::Buffer, len: usize) -> Self {
         DeviceBuf { buf: Some(buf.clone()), len }
     }
+    /// Another handle to the same device memory (kernels write through it).
+    pub fn of_shared(b: &DeviceBuf) -> Self {
+        DeviceBuf { buf: b.buf.clone(), len: b.len }
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -79,7 +83,8 @@ pub struct DeviceHead {
 struct Pipelines {
     gemm: Kernel,
     fill: Kernel,
-    copy: Kernel,
+    scale_copy: Kernel,
+    axpby: Kernel,
     add: Kernel,
     relu_forward: Kernel,
     relu_backward: Kernel,
@@ -115,7 +120,8 @@ impl Pipelines {
         Pipelines {
             gemm: gpu.kernel(&gemm, "gemm", &seq(0, &[R, R, R, R, W, W, U])),
             fill: gpu.kernel(&ew, "fill", &ew_binds),
-            copy: gpu.kernel(&ew, "copy", &ew_binds),
+            scale_copy: gpu.kernel(&ew, "scale_copy", &ew_binds),
+            axpby: gpu.kernel(&ew, "axpby", &ew_binds),
             add: gpu.kernel(&ew, "add", &ew_binds),
             relu_forward: gpu.kernel(&ew, "relu_forward", &ew_binds),
             relu_backward: gpu.kernel(&ew, "relu_backward", &ew_binds),
@@ -185,7 +191,15 @@ struct ElementwiseParams {
     len: u32,
     tangent: u32,
     value: f32,
-    _pad: u32,
+    x_at: u32,
+    y_at: u32,
+    _pad: [u32; 3],
+}
+
+impl ElementwiseParams {
+    fn new(len: usize, tangent: bool, value: f32) -> Self {
+        ElementwiseParams { len: u(len), tangent: tangent as u32, value, x_at: 0, y_at: 0, _pad: [0; 3] }
+    }
 }
 
 #[repr(C)]
@@ -241,6 +255,11 @@ struct CrossEntropyParams {
     rows: u32,
     tangent: u32,
     w_at: u32,
+}
+
+/// The buffers of an output pair, as the handles a dispatch binds.
+fn read<'a>(y: &'a PairMut<DeviceBuf>) -> Pair<'a, DeviceBuf> {
+    Pair { v: &*y.v, t: y.t.as_deref() }
 }
 
 /// `b` in tangent mode, else nothing.
@@ -370,15 +389,16 @@ impl WgpuKernels {
         b.len = len;
     }
 
-    fn elementwise(&mut self, kernel: fn(&Pipelines) -> &Kernel, x: Pair<DeviceBuf>, y: PairMut<DeviceBuf>, len: usize, value: f32) {
+    /// An elementwise.wgsl kernel reading x and writing y (the device writes through shared
+    /// references: a buffer handle is not Rust memory).
+    fn elementwise(&mut self, kernel: fn(&Pipelines) -> &Kernel, x: Pair<DeviceBuf>, y: Pair<DeviceBuf>, len: usize, value: f32) {
         if len == 0 {
             return;
         }
         let tangent = y.t.is_some();
-        let binds = Binds::new(self).read(0, Some(x.v)).read(1, x.t).write(2, Some(&*y.v)).write(3, y.t.as_deref()).list;
+        let binds = Binds::new(self).read(0, Some(x.v)).read(1, x.t).write(2, Some(y.v)).write(3, y.t).list;
         let kernel = kernel(&self.pipes).clone();
-        let params = ElementwiseParams { len: u(len), tangent: tangent as u32, value, _pad: 0 };
-        self.dispatch(&kernel, binds, 4, params, groups(len, 256));
+        self.dispatch(&kernel, binds, 4, ElementwiseParams::new(len, tangent, value), groups(len, 256));
     }
 
     fn fill(&mut self, b: &DeviceBuf, len: usize, value: f32) {
@@ -387,7 +407,28 @@ impl WgpuKernels {
         }
         let binds = Binds::new(self).read(0, None).read(1, None).write(2, Some(b)).write(3, None).list;
         let kernel = self.pipes.fill.clone();
-        self.dispatch(&kernel, binds, 4, ElementwiseParams { len: u(len), tangent: 0, value, _pad: 0 }, groups(len, 256));
+        self.dispatch(&kernel, binds, 4, ElementwiseParams::new(len, false, value), groups(len, 256));
+    }
+
+    /// y[y_at + i] ← a·x[x_at + i] for i < len.
+    pub(crate) fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
+        if len == 0 {
+            return;
+        }
+        let binds = Binds::new(self).read(0, Some(x)).read(1, None).write(2, Some(y)).write(3, None).list;
+        let params = ElementwiseParams { x_at: u(x_at), y_at: u(y_at), ..ElementwiseParams::new(len, false, a) };
+        let kernel = self.pipes.scale_copy.clone();
+        self.dispatch(&kernel, binds, 4, params, groups(len, 256));
+    }
+
+    /// y ← x + a·y over `len` values.
+    pub(crate) fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
+        self.elementwise(|p| &p.axpby, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
+    /// y ← y + a·x over `len` values.
+    pub(crate) fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
+        self.elementwise(|p| &p.add, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
     }
 
     /// Rows of the head's logits per chunk.
@@ -419,11 +460,10 @@ impl LayerKernels for WgpuKernels {
     }
     fn copy(&mut self, src: &DeviceBuf, dst: &mut DeviceBuf, len: usize) {
         self.sized(dst, len);
-        let x = Pair { v: src, t: None };
-        self.elementwise(|p| &p.copy, x, PairMut { v: dst, t: None }, len, 0.0);
+        self.scale_copy(1.0, (src, 0), (dst, 0), len);
     }
     fn add(&mut self, x: Pair<DeviceBuf>, y: PairMut<DeviceBuf>, len: usize) {
-        self.elementwise(|p| &p.add, x, y, len, 0.0);
+        self.elementwise(|p| &p.add, x, read(&y), len, 1.0);
     }
 
     fn gemm(&mut self, s: GemmShape, a: Operand<DeviceBuf>, b: Operand<DeviceBuf>, beta: f64, c: Output<DeviceBuf>) {
@@ -639,10 +679,10 @@ impl LayerKernels for WgpuKernels {
     }
 
     fn relu_forward(&mut self, x: Pair<DeviceBuf>, len: usize, y: PairMut<DeviceBuf>) {
-        self.elementwise(|p| &p.relu_forward, x, y, len, 0.0);
+        self.elementwise(|p| &p.relu_forward, x, read(&y), len, 0.0);
     }
     fn relu_backward(&mut self, x: &DeviceBuf, len: usize, g: PairMut<DeviceBuf>) {
-        self.elementwise(|p| &p.relu_backward, Pair { v: x, t: None }, g, len, 0.0);
+        self.elementwise(|p| &p.relu_backward, Pair { v: x, t: None }, read(&g), len, 0.0);
     }
 
     fn attention_forward(
