@@ -5,6 +5,11 @@
 //! training token ([tokens, hidden]·[hidden, 4·hidden]) in the engine's chunks, on all cores. Each
 //! step's analytic FLOPs (`transformer::step_flops`) over its time, divided by that rate, says
 //! how matmul-bound the step is. Names follow `{backend}_{op}_{dtype}`; the table prints last.
+//!
+//! The wgpu engine's steps and its GEMM kernel run at the same size beside the CPU's, with the
+//! ratio to the CPU measured in the same run, and the device working set of a step beside what the
+//! logits alone would take materialised. On lavapipe (Mesa's Vulkan on the CPU) these show the
+//! kernels' relative costs, not GPU speed.
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, Throughput};
@@ -12,6 +17,8 @@ use learnlaw::linalg::{gemm, Mat, MatMut};
 use learnlaw::policy::Policy;
 use learnlaw::text::{TextRecipe, TokenData};
 use learnlaw::transformer::{init_params, CpuTransformer, TransformerConfig};
+use learnlaw::transformer::kernels::{GemmShape, LayerKernels, Operand, Output};
+use learnlaw::wgpu_backend::{Options, WgpuKernels, WgpuTransformer};
 use learnlaw::Engine;
 use rayon::prelude::*;
 
@@ -78,7 +85,77 @@ fn steps(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, steps);
+/// The same steps on the wgpu engine, and its GEMM kernel on the FFN's product over every
+/// training token, each against the CPU's in the table.
+fn wgpu_steps(c: &mut Criterion) {
+    let (cfg, data) = setup();
+    let n = data.n_train();
+    let tokens = n * (data.seq_len - 1);
+    let mut e = match WgpuTransformer::new(&cfg, &data) {
+        Ok(e) => e,
+        Err(err) => return println!("SKIPPED wgpu: {err}"),
+    };
+    let up = |e: &mut WgpuTransformer, v: &[f32]| e.upload(v).unwrap();
+    let theta = up(&mut e, &init_params(&cfg, 10));
+    let gamma = up(&mut e, &Policy::constant(1, n).gamma);
+    let p = e.num_params();
+    let v: Vec<f32> = (0..p).map(|i| ((i as f32) * 0.618).sin() * 1e-2).collect();
+    let v = up(&mut e, &v);
+    let (mut next, mut lambda, mut curve, mut grad) = (e.zeros(p).unwrap(), e.zeros(p).unwrap(), e.zeros(1).unwrap(), e.zeros(n).unwrap());
+
+    let mut g = c.benchmark_group("transformer");
+    g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(tokens as u64));
+    g.bench_function("wgpu_forward_step_f32", |b| {
+        b.iter(|| {
+            e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
+            e.sync().unwrap()
+        })
+    });
+    g.bench_function("wgpu_backward_step_f32", |b| {
+        b.iter(|| {
+            e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap();
+            e.sync().unwrap()
+        })
+    });
+    let working_set = e.working_set_bytes();
+    drop(e);
+
+    // The FFN's first product [tokens, H]·[H, F], the CPU's ceiling above, as one GEMM.
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let mut k = WgpuKernels::open(&Options::default()).unwrap();
+    let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
+    let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
+    let mut out = k.upload_buf(&vec![0.0; tokens * f]).unwrap();
+    g.bench_function("wgpu_gemm_f32", |b| {
+        b.iter(|| {
+            let op = |x| Operand { v: x, t: None, at: 0, trans: false };
+            k.gemm(GemmShape::single(tokens, f, h), op(&a), op(&w), 0.0, Output { v: Some(&mut out), t: None, at: 0 });
+            k.sync().unwrap()
+        })
+    });
+    g.finish();
+
+    let gemm_flops = 2.0 * (tokens * h * f) as f64;
+    let cpu = CpuTransformer::<f32>::new(&cfg, &data).unwrap();
+    let flops = cpu.step_flops();
+    println!("\nwgpu against cpu (same run; lavapipe shows relative costs, not GPU speed)");
+    println!("{:<24} {:>10} {:>10} {:>10}", "case", "ms", "GFLOP/s", "cpu/wgpu");
+    for (op, fl) in [("gemm", gemm_flops), ("forward_step", flops.forward), ("backward_step", flops.backward)] {
+        let (gpu_id, cpu_id) = (format!("wgpu_{op}_f32"), format!("cpu_{op}_f32"));
+        if let (Some(gpu), Some(cpu)) = (median_ns("transformer", &gpu_id), median_ns("transformer", &cpu_id)) {
+            let cpu = if op == "gemm" { cpu * (tokens as f64 / (tokens.div_ceil(1024) * 1024) as f64) } else { cpu };
+            println!("{gpu_id:<24} {:>10.1} {:>10.1} {:>9.2}×", gpu / 1e6, fl / gpu, cpu / gpu);
+        }
+    }
+    let logits = 2 * tokens * cfg.vocab_size * 4;
+    println!(
+        "device working set of a backward step: {:.1} MiB; the training set's logits and their tangents materialised: {:.1} MiB",
+        working_set as f64 / (1 << 20) as f64,
+        logits as f64 / (1 << 20) as f64
+    );
+}
+
+criterion_group!(benches, steps, wgpu_steps);
 
 fn main() {
     benches();

@@ -1,5 +1,7 @@
 //! learnlaw-wgpu: the WGSL backend. [`WgpuPerceptron`] is the perceptron task's [`Engine`](learnlaw_core::Engine) on any
-//! GPU wgpu reaches (Vulkan, Metal, DX12) and, through Mesa's lavapipe, on a plain CPU.
+//! GPU wgpu reaches (Vulkan, Metal, DX12) and, through Mesa's lavapipe, on a plain CPU;
+//! [`WgpuTransformer`] the Transformer's, running the core's model code over [`WgpuKernels`]
+//! (module `transformer`; the notes below are the perceptron's).
 //!
 //! - Kernels live in `kernels/wgsl/*.wgsl` (one family per file, each with a header giving the
 //!   math, buffer shapes and workgroup geometry) and are compiled once, when the engine is made;
@@ -39,7 +41,8 @@
 //! Modules: `gpu` (the device context every engine shares: device, buffers and their binding
 //! windows, pipelines, batched submission; the `Engine` methods that only move vectors),
 //! `policy_ops` (axpy, scale, max |x|, tie_rows, the simplex projection and the exp-grad step on
-//! any engine's vectors), `perceptron` (the perceptron's data, kernels and `Engine`).
+//! any engine's vectors), `perceptron` (the perceptron's data, kernels and `Engine`),
+//! `transformer` (the Transformer's layer kernels and `Engine`).
 //!
 //! Not done yet: subgroup reductions and tiled row dots (see the kernel headers).
 mod gpu;

@@ -160,6 +160,9 @@ pub struct WgpuKernels {
     attention_gs_t: DeviceBuf,
     /// Logits per chunk of the head (see `HEAD_CHUNK_LOGITS`).
     head_chunk_logits: usize,
+    /// Bytes of the buffers these kernels allocated and still hold (activations, saved state,
+    /// scratch): the working set of a pass.
+    allocated: u64,
     pending: Vec<Dispatch>,
     error: Option<Error>,
 }
@@ -340,6 +343,7 @@ impl WgpuKernels {
             attention_gs: DeviceBuf::default(),
             attention_gs_t: DeviceBuf::default(),
             head_chunk_logits: HEAD_CHUNK_LOGITS,
+            allocated: 0,
             pending: Vec::new(),
             error: None,
         })
@@ -378,15 +382,31 @@ impl WgpuKernels {
             return None;
         }
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        self.allocated += bytes;
         Some(self.gpu.buffer("transformer", bytes as usize, usage))
     }
 
     fn sized(&mut self, b: &mut DeviceBuf, len: usize) {
         let cap = b.buf.as_ref().map_or(0, |x| x.size() as usize / 4);
         if cap < len || b.buf.is_none() {
+            if let Some(old) = b.buf.take() {
+                self.allocated = self.allocated.saturating_sub(old.size());
+            }
             b.buf = self.new_buffer(len);
         }
         b.len = len;
+    }
+
+    /// Bytes of device memory these kernels hold: the activations, saved state and scratch of
+    /// the largest pass so far (not the engine's vectors or data).
+    pub fn working_set_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Submits what was recorded and blocks until the device has finished it.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.gpu.sync()
     }
 
     /// An elementwise.wgsl kernel reading x and writing y (the device writes through shared

@@ -126,8 +126,18 @@ impl WgpuTransformer {
 
     /// Blocks until all submitted work has finished.
     pub fn sync(&mut self) -> Result<()> {
-        self.k.flush()?;
-        self.k.gpu.sync()
+        self.k.sync()
+    }
+
+    /// Device bytes of the passes' activations, saved state and scratch (see
+    /// `WgpuKernels::working_set_bytes`); the vectors and token sets come on top.
+    pub fn working_set_bytes(&self) -> u64 {
+        self.k.working_set_bytes()
+    }
+
+    /// Sequences per chunk of a pass.
+    pub fn chunk_seqs(&self) -> usize {
+        self.chunk_seqs
     }
 
     fn set(&self, set: Set) -> &DeviceSet {
