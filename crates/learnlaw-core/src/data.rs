@@ -256,7 +256,7 @@ impl PerceptronData {
         Ok(data)
     }
 
-    /// Validates, then writes all tensors as F32, atomically (see `tensor_file::write_atomic`).
+    /// Validates, then writes all tensors as F32, atomically (see `files::write_atomic`).
     pub fn save(&self, path: &Path) -> Result<()> {
         self.validate()?;
         let names: Vec<[String; 2]> = SETS.iter().map(|set| [format!("x_{set}"), format!("y_{set}")]).collect();
