@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
-use learnlaw::eval::acceleration_ratio;
+use learnlaw::eval::{acceleration_ratio, acceleration_ratio_against, steps_to};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::run::{self, EpochEvent, History, RunConfig, RunDir};
@@ -127,7 +127,8 @@ fn j_decreases_over_outer_epochs() {
     let unroll = search_config(epochs, OUTER_LR).unroll();
     let (constant, _) = learnlaw::eval::retrain(&mut e2, &theta0, &gamma, unroll, false).unwrap();
     assert_eq!(h.final_dev[0].to_bits(), constant.dev[STEPS].to_bits());
-    assert_eq!(h.ar_dev[0], acceleration_ratio(&constant.dev, constant.dev[STEPS]));
+    assert_eq!(h.ar_dev[0], Some(1.0), "γ_0 is the constant policy: AR 1 against itself");
+    assert_eq!(h.constant_dev_steps, learnlaw::eval::steps_to(&constant.dev, constant.dev[STEPS]));
     let reached = h.epochs_to_ar_dev(&[1.0, 1e9]);
     assert_eq!(reached[0].epoch, Some(0), "the constant policy reaches its own final loss");
     assert_eq!(reached[1].epoch, None);
@@ -803,4 +804,41 @@ fn a_failed_epoch_keeps_the_epochs_before_it() {
     let resumed = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &b, &cfg, &p.theta0).unwrap();
     assert_close(&resumed.j, &whole.j, "resumed J history");
     assert_eq!(a.read_policy().unwrap().unwrap().0, b.read_policy().unwrap().unwrap().0);
+}
+
+/// Training that makes no progress (η so small that θ never moves in f32) gives flat, equal
+/// curves, and equal curves give AR 1 — not T, as counting from the constant curve's first step did.
+#[test]
+fn training_without_progress_gives_ar_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", SearchConfig { eta: 1e-20, ..search_config(2, OUTER_LR) });
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    let h = search_to_end(&mut e, &dir, &cfg, &p.theta0).unwrap();
+    assert_eq!(h.ar_dev, vec![Some(1.0); 3], "{:?}", h.ar_dev);
+    let ev = run::evaluate(&mut e, &dir, &p.theta0).unwrap();
+    assert_eq!((ev.ar, ev.ar_dev), (Some(1.0), Some(1.0)));
+    assert_eq!((ev.constant_steps_test, ev.constant_steps_dev), (Some(1), Some(1)), "flat curves are at their final loss from step 1");
+    let summary = dir.read_summary().unwrap();
+    assert!(summary.epochs_to_ar_dev.iter().all(|t| t.epoch.is_none()), "{:?}", summary.epochs_to_ar_dev);
+}
+
+#[test]
+fn acceleration_ratio_against_the_constant_curve() {
+    let falling = [1.0, 0.8, 0.5, 0.4, 0.3];
+    // A constant curve falling to its end: the paper's T / t_p.
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.6, 0.3, 0.2, 0.1], &falling), Some(2.0));
+    assert_eq!(acceleration_ratio_against(&falling, &falling), Some(1.0), "equal curves");
+    // Flat curves (no progress): the target is met at step 1 by both.
+    assert_eq!(acceleration_ratio_against(&[0.7; 5], &[0.7; 5]), Some(1.0));
+    assert_eq!(steps_to(&[0.7; 5], 0.7), Some(1));
+    // A constant curve that bottoms out at step 2 and rises: its own steps to its final loss.
+    let rising = [1.0, 0.5, 0.2, 0.3, 0.4];
+    assert_eq!(steps_to(&rising, 0.4), Some(2));
+    assert_eq!(acceleration_ratio_against(&rising, &rising), Some(1.0));
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.9, 0.9, 0.4, 0.4], &[1.0, 0.9, 0.6, 0.5, 0.4]), Some(4.0 / 3.0));
+    // Never reached, or no curve.
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.9, 0.8, 0.7, 0.6], &falling), None);
+    assert_eq!(acceleration_ratio_against(&[], &[]), None);
 }

@@ -35,6 +35,8 @@ enum Command {
     /// Search for a near-optimal policy (resumes if RUN_DIR holds the same search).
     Search(SearchArgs),
     /// Retrain with the run's policy and the constant policy; report AR, AUC and the Learning Law.
+    /// AR = the steps the constant policy needs to reach its own final loss over those the policy
+    /// needs (1 for equal curves; "not reached" when the policy never gets there).
     Eval(EvalArgs),
     /// Figures (SVG, PNG) and report.md for an evaluated run: J and CR per epoch, loss curves with
     /// scaling-law fits, SIM, zero-weight shares, weights of well-learned examples, the policy.
@@ -557,4 +559,12 @@ fn print_evaluation(ev: &Evaluation, steps: usize) {
     println!("mean SIM         {:>13.3} {:>9.3}", ev.law_constant.sim_mean, ev.law_policy.sim_mean);
     println!("γ=0 | CT≤0 share {:>13.3} {:>9.3}", ev.law_constant.zero_share, ev.law_policy.zero_share);
     println!("AR test {}   AR dev {}   (T = {steps})", ar(ev.ar), ar(ev.ar_dev));
+    // AR counts the steps to the constant policy's final loss, which a flat or rising curve
+    // reaches before T: say so, rather than let a ratio of small step counts pass as a speed-up.
+    for (set, reached) in [("test", ev.constant_steps_test), ("desired", ev.constant_steps_dev)] {
+        if let Some(t) = reached.filter(|&t| t < steps) {
+            let why = if t == 1 { "flat: training makes no progress; check --eta and the data" } else { "it stalls or rises after that" };
+            println!("note: the constant policy's {set} loss reaches its final value at step {t} of {steps} ({why}); AR counts the steps to it");
+        }
+    }
 }

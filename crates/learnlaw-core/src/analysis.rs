@@ -41,7 +41,7 @@ impl ScalingFit {
 
 /// The regression of ln(curve[t] − l0) on ln t over t0 < t < curve.len() (t ≥ 1): the fit and its
 /// correlation r (positive for a falling curve). None with fewer than 3 points, a point at or
-/// below l0, or no spread.
+/// below l0, no spread, or no falling power law (β ≤ 0, or B not a positive finite number).
 pub fn fit_at(curve: &[f64], l0: f64, t0: usize) -> Option<(ScalingFit, f64)> {
     let start = (t0 + 1).max(1);
     if curve.len() < start + 3 {
@@ -69,7 +69,12 @@ pub fn fit_at(curve: &[f64], l0: f64, t0: usize) -> Option<(ScalingFit, f64)> {
     let intercept = (sy - slope * sx) / n;
     let r = -cxy / (cxx * cyy).sqrt();
     let beta = -slope;
-    Some((ScalingFit { l0, t0, b: (intercept / beta).exp(), beta, r2: r * r }, r))
+    let b = (intercept / beta).exp();
+    // A power law falls (β > 0) from a positive, finite B; a flat or rising curve has no fit.
+    if !(beta > 0.0 && b > 0.0 && b.is_finite()) {
+        return None;
+    }
+    Some((ScalingFit { l0, t0, b, beta, r2: r * r }, r))
 }
 
 /// The t0 candidates for a run of `steps` steps: 0 and a geometric grid up to T/10 (the paper's
@@ -551,6 +556,16 @@ mod tests {
         let a = ScalingFit { l0: 0.0, t0: 0, b: 8.0, beta: 1.0, r2: 1.0 };
         let b = ScalingFit { b: 2.0, ..a };
         assert!((acceleration_ratio_from_fits(100, &a, &b) - 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn flat_or_rising_curves_have_no_fit() {
+        // Training that makes no progress: no power law, rather than B = 0, β = 0 and NaN ratios.
+        let flat = vec![0.7; 200];
+        assert!(fit_scaling_law(&flat).is_none());
+        assert!(FitPair::new(199, &flat, &flat).is_none());
+        let rising: Vec<f64> = (0..200).map(|t| 0.5 + 1e-3 * t as f64).collect();
+        assert!(fit_scaling_law(&rising).is_none());
     }
 
     #[test]

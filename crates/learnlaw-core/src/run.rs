@@ -67,6 +67,10 @@ pub struct History {
     /// L_dev(θ_T) of γ_e (like `j`); entry 0 is the target AR_dev measures against.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub final_dev: Vec<f64>,
+    /// The first step at which the constant policy reaches its own final L_dev: AR_dev's numerator
+    /// (`eval::acceleration_ratio_against`; histories saved before it count T).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant_dev_steps: Option<usize>,
 }
 
 impl History {
@@ -74,8 +78,12 @@ impl History {
     pub fn epochs_done(&self) -> usize {
         self.seconds.len()
     }
+    /// 0 before the first epoch (an empty float sum is −0).
     pub fn seconds_per_epoch(&self) -> f64 {
-        self.seconds.iter().sum::<f64>() / self.seconds.len().max(1) as f64
+        if self.seconds.is_empty() {
+            return 0.0;
+        }
+        self.seconds.iter().sum::<f64>() / self.seconds.len() as f64
     }
     /// The epoch of lowest held-out J (the first of equals), if there is a held-out part.
     pub fn best_epoch(&self) -> Option<usize> {
@@ -90,9 +98,14 @@ impl History {
         self.cr.push(compression_ratio(&fwd.dev, classes));
         if tracked {
             let last = fwd.dev.last().copied().unwrap_or(f64::NAN);
+            if self.final_dev.is_empty() {
+                // γ_0 is the constant policy: its curve sets the target and the steps to it.
+                self.constant_dev_steps = eval::steps_to(&fwd.dev, last);
+            }
             let target = self.final_dev.first().copied().unwrap_or(last);
             self.final_dev.push(last);
-            self.ar_dev.push(eval::acceleration_ratio(&fwd.dev, target));
+            let constant_steps = self.constant_dev_steps.unwrap_or(fwd.dev.len().saturating_sub(1));
+            self.ar_dev.push(eval::speedup(constant_steps, &fwd.dev, target));
         }
     }
 
@@ -138,6 +151,12 @@ pub struct Evaluation {
     pub final_test_policy: f64,
     pub law_constant: LawStats,
     pub law_policy: LawStats,
+    /// The first step at which the constant policy reaches its own final test / dev loss: T when
+    /// its curve falls to the end, less when it is flat or rises (AR's numerator).
+    #[serde(default)]
+    pub constant_steps_test: Option<usize>,
+    #[serde(default)]
+    pub constant_steps_dev: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -540,8 +559,8 @@ pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]
     let area = |v: &[f64]| v.iter().sum::<f64>() / unroll.steps as f64;
     let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     let evaluation = Evaluation {
-        ar: eval::acceleration_ratio(&p.test, last(&c.test)),
-        ar_dev: eval::acceleration_ratio(&p.dev, last(&c.dev)),
+        ar: eval::acceleration_ratio_against(&p.test, &c.test),
+        ar_dev: eval::acceleration_ratio_against(&p.dev, &c.dev),
         auc_test_constant: area(&c.test),
         auc_test_policy: area(&p.test),
         auc_dev_constant: area(&c.dev),
@@ -550,6 +569,8 @@ pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]
         final_test_policy: last(&p.test),
         law_constant: law_c.unwrap_or_default(),
         law_policy: law_p.unwrap_or_default(),
+        constant_steps_test: eval::steps_to(&c.test, last(&c.test)),
+        constant_steps_dev: eval::steps_to(&c.dev, last(&c.dev)),
     };
     dir.write_curves(&c, &p)?;
     let mut summary = dir.read_summary().unwrap_or_default();
