@@ -313,6 +313,7 @@ fn search_config_validation() {
     SearchConfig { outer_lr: 0.0, ..ok.clone() }.validate().unwrap();
     SearchConfig { epochs: 0, ..ok.clone() }.validate().unwrap();
     SearchConfig { checkpoint_every: Some(1), ..ok.clone() }.validate().unwrap();
+    SearchConfig { block_steps: Some(STEPS), ..ok.clone() }.validate().unwrap();
     SearchConfig::paper_perceptron().validate().unwrap();
 
     let bad = [
@@ -325,6 +326,8 @@ fn search_config_validation() {
         ("outer_lr", SearchConfig { outer_lr: f64::NAN, ..ok.clone() }),
         ("outer_lr", SearchConfig { outer_lr: f64::INFINITY, ..ok.clone() }),
         ("checkpoint_every", SearchConfig { checkpoint_every: Some(0), ..ok.clone() }),
+        ("block_steps", SearchConfig { block_steps: Some(0), ..ok.clone() }),
+        ("block_steps", SearchConfig { block_steps: Some(STEPS + 1), ..ok.clone() }),
     ];
     let tmp = tempfile::tempdir().unwrap();
     let p = problem(tmp.path());
@@ -841,4 +844,42 @@ fn acceleration_ratio_against_the_constant_curve() {
     // Never reached, or no curve.
     assert_eq!(acceleration_ratio_against(&[1.0, 0.9, 0.8, 0.7, 0.6], &falling), None);
     assert_eq!(acceleration_ratio_against(&[], &[]), None);
+}
+
+/// A failure names the first quantity that went non-finite: ∂J/∂γ for an inner learning rate
+/// too large for the data (the losses stay finite: here they reach 1e37), the update itself for
+/// an outer one.
+#[test]
+fn non_finite_failures_name_the_quantity_and_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cases = [(SearchConfig { eta: 1e38, ..search_config(1, OUTER_LR) }, "--eta"), (search_config(1, 1e300), "outer learning rate")];
+    for (i, (search, named)) in cases.into_iter().enumerate() {
+        let dir = RunDir::new(tmp.path().join(format!("run{i}")));
+        let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+        match search_to_end(&mut e, &dir, &run_config(&p, "cpu", search), &p.theta0) {
+            Err(Error::Numerical(msg)) => {
+                assert!(msg.contains(named), "{named}: {msg}");
+                let other = if named == "--eta" { "outer" } else { "∂J/∂γ is" };
+                assert!(!msg.contains(other), "{named}: {msg}");
+            }
+            other => panic!("{named}: expected Error::Numerical, got {other:?}"),
+        }
+    }
+}
+
+/// A search too large for the memory is refused with the figure before anything is allocated or
+/// created (it used to abort in the allocator, leaving a half-made run folder).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_search_that_cannot_fit_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let root = tmp.path().join("run");
+    let cfg = run_config(&p, "cpu", SearchConfig { steps: 1 << 40, ..search_config(1, OUTER_LR) });
+    match search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &RunDir::new(&root), &cfg, &p.theta0) {
+        Err(err @ Error::Memory { .. }) => assert!(err.to_string().contains("--steps"), "{err}"),
+        other => panic!("expected Error::Memory, got {other:?}"),
+    }
+    assert!(!root.exists(), "nothing is created for a refused search");
 }

@@ -29,7 +29,7 @@ use crate::files::write_atomic;
 use crate::tensor_file::{self, Tensor, Values};
 use crate::transformer::TransformerConfig;
 use crate::unroll::Workspace;
-use crate::{Error, Real, Result};
+use crate::{memory, Error, Real, Result};
 
 /// Everything that determines a search's result; a resumed search must match it exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -394,8 +394,11 @@ pub fn search_with_holdout<E: Engine>(
             "a held-out engine is needed exactly when holdout is set",
         ));
     }
-    std::fs::create_dir_all(&dir.root).map_err(|err| Error::io(&dir.root, err))?;
     let n = e.num_train();
+    let needed = cfg.search.memory_needed(e.num_params(), n, std::mem::size_of::<E::Real>());
+    let advice = format!("lower the inner steps (--steps, now {}) or the training examples of the data (N = {n})", cfg.search.steps);
+    memory::ensure_fits("this search", needed, &advice)?;
+    std::fs::create_dir_all(&dir.root).map_err(|err| Error::io(&dir.root, err))?;
     let (policy, mut history) = match dir.read_policy()? {
         Some(saved) => {
             let old = dir.read_config()?;
