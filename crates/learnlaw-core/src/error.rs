@@ -35,6 +35,10 @@ pub enum Error {
     #[error("numerical failure: {0}")]
     Numerical(String),
 
+    /// A run directory is owned by another process (`holder`: its pid and command line).
+    #[error("{} is in use by another learnlaw process ({holder}); wait for it to finish or stop it", .dir.display())]
+    Busy { dir: PathBuf, holder: String },
+
     /// A job would need more memory than is available (bytes), refused before allocating.
     #[error("{what} needs about {} of memory, more than the {} available: {advice}", crate::memory::human(*.needed), crate::memory::human(*.available))]
     Memory { what: String, needed: u64, available: u64, advice: String },
