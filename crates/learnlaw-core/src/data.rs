@@ -196,7 +196,7 @@ impl PerceptronData {
                 let expected = format!("[{}, {dim}] = {} values (rows of {yn})", ex.len(), ex.len() * dim);
                 return Err(Error::shape(xn, expected, format!("{} values", ex.x.len())));
             }
-            if let Some(i) = ex.x.iter().position(|v| !(v.abs() <= MAX_INPUT)) {
+            if let Some(i) = ex.x.iter().position(|v| !v.is_finite() || v.abs() > MAX_INPUT) {
                 let what = if ex.x[i].is_finite() { "too large a value" } else { "non-finite value" };
                 let problem = format!(
                     "{what} {:?} at flat index {i} (row {}, column {}): the Hessian products square the inputs, so |x| must stay \
