@@ -201,3 +201,24 @@ fn a_summary_from_before_the_per_step_statistics_still_reports() {
     assert!(a.fit_test.is_some());
     assert!(Path::new(&r.dir.curves_path()).exists());
 }
+
+/// An evaluation made before the search went on is stale: the report says so (it draws the
+/// policy of the later epoch), and evaluating again clears it.
+#[test]
+fn an_evaluation_older_than_the_search_is_stale() {
+    let r = searched_run(false);
+    let cfg = r.dir.read_config().unwrap();
+    let dir = RunDir::new(r.dir.root.with_file_name("stale"));
+    let mut e = CpuPerceptron::<f64>::new(&r.data).unwrap();
+    run::search(&mut e, &dir, &cfg, &r.theta0, |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        .unwrap();
+    run::evaluate(&mut e, &dir, &r.theta0).unwrap();
+    let at_two = EvaluatedRun::read(&dir).unwrap();
+    assert_eq!((at_two.stale_evaluation(), at_two.summary.evaluated_epoch, at_two.policy_epoch), (None, Some(2), 2));
+    run::search(&mut e, &dir, &cfg, &r.theta0, |_: &EpochEvent| ControlFlow::Continue(())).unwrap();
+    let later = EvaluatedRun::read(&dir).unwrap();
+    assert_eq!(later.stale_evaluation(), Some((2, 4)));
+    assert_eq!((later.policy_epoch, later.analyse().epochs_done), (4, 4));
+    run::evaluate(&mut e, &dir, &r.theta0).unwrap();
+    assert_eq!(EvaluatedRun::read(&dir).unwrap().stale_evaluation(), None);
+}

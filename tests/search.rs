@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
-use learnlaw::eval::acceleration_ratio;
+use learnlaw::eval::{acceleration_ratio, acceleration_ratio_against, steps_to};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::run::{self, EpochEvent, History, RunConfig, RunDir};
@@ -127,7 +127,8 @@ fn j_decreases_over_outer_epochs() {
     let unroll = search_config(epochs, OUTER_LR).unroll();
     let (constant, _) = learnlaw::eval::retrain(&mut e2, &theta0, &gamma, unroll, false).unwrap();
     assert_eq!(h.final_dev[0].to_bits(), constant.dev[STEPS].to_bits());
-    assert_eq!(h.ar_dev[0], acceleration_ratio(&constant.dev, constant.dev[STEPS]));
+    assert_eq!(h.ar_dev[0], Some(1.0), "γ_0 is the constant policy: AR 1 against itself");
+    assert_eq!(h.constant_dev_steps, learnlaw::eval::steps_to(&constant.dev, constant.dev[STEPS]));
     let reached = h.epochs_to_ar_dev(&[1.0, 1e9]);
     assert_eq!(reached[0].epoch, Some(0), "the constant policy reaches its own final loss");
     assert_eq!(reached[1].epoch, None);
@@ -292,17 +293,50 @@ fn resuming_a_different_search_fails_naming_the_directory() {
     other_data.data_fingerprint = "0123456789abcdef".into();
     let mut other_seed = cfg.clone();
     other_seed.init_seed = 11;
-    for changed in [other_lr, more_epochs, other_data, other_seed] {
+    let mut other_blocks = cfg.clone();
+    other_blocks.search.block_steps = Some(3);
+    let changes = [
+        (other_lr, "--outer-lr: 1.0 in the run, 0.5 now"),
+        (more_epochs, "--epochs: 2 in the run, 4 now"),
+        (other_data, "the data file's contents (fingerprint): "),
+        (other_seed, "--init-seed: 10 in the run, 11 now"),
+        (other_blocks, "--block-steps: not set in the run, 3 now"),
+    ];
+    for (changed, named) in changes {
         match search_to_end(&mut e, &dir, &changed, &p.theta0) {
             Err(err @ Error::Config { .. }) => {
                 let msg = err.to_string();
                 assert!(msg.contains(&root.display().to_string()), "message should name the directory: {msg}");
+                assert!(msg.contains(named), "message should name the setting and both values: {msg}");
             }
             other => panic!("expected Error::Config, got {other:?}"),
         }
     }
     assert_eq!(dir.read_policy().unwrap().unwrap(), before, "a refused resume changes nothing");
     assert_eq!(dir.read_config().unwrap(), cfg);
+}
+
+/// `--checkpoint-every` (memory only) and the backend may change on resume: the search goes on
+/// from its saved epochs, and config.toml records the new settings.
+#[test]
+fn a_resume_may_change_the_checkpointing_and_the_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", search_config(4, OUTER_LR));
+    let (a, b) = (RunDir::new(tmp.path().join("a")), RunDir::new(tmp.path().join("b")));
+    let whole = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &a, &cfg, &p.theta0).unwrap();
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    run::search(&mut e, &b, &cfg, &p.theta0, |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        .unwrap();
+    let mut changed = cfg.clone();
+    changed.search.checkpoint_every = Some(7);
+    changed.backend = "wgpu".into();
+    let differences = cfg.differences(&changed).unwrap();
+    assert_eq!(differences.len(), 2, "{differences:?}");
+    assert!(differences.iter().all(|d| d.allowed_on_resume().is_some()), "{differences:?}");
+    let resumed = search_to_end(&mut e, &b, &changed, &p.theta0).unwrap();
+    assert_eq!(bits(&resumed.j), bits(&whole.j), "checkpointing changes memory, not the result");
+    assert_eq!(b.read_config().unwrap(), changed);
 }
 
 #[test]
@@ -312,6 +346,7 @@ fn search_config_validation() {
     SearchConfig { outer_lr: 0.0, ..ok.clone() }.validate().unwrap();
     SearchConfig { epochs: 0, ..ok.clone() }.validate().unwrap();
     SearchConfig { checkpoint_every: Some(1), ..ok.clone() }.validate().unwrap();
+    SearchConfig { block_steps: Some(STEPS), ..ok.clone() }.validate().unwrap();
     SearchConfig::paper_perceptron().validate().unwrap();
 
     let bad = [
@@ -324,6 +359,8 @@ fn search_config_validation() {
         ("outer_lr", SearchConfig { outer_lr: f64::NAN, ..ok.clone() }),
         ("outer_lr", SearchConfig { outer_lr: f64::INFINITY, ..ok.clone() }),
         ("checkpoint_every", SearchConfig { checkpoint_every: Some(0), ..ok.clone() }),
+        ("block_steps", SearchConfig { block_steps: Some(0), ..ok.clone() }),
+        ("block_steps", SearchConfig { block_steps: Some(STEPS + 1), ..ok.clone() }),
     ];
     let tmp = tempfile::tempdir().unwrap();
     let p = problem(tmp.path());
@@ -648,7 +685,10 @@ fn evaluate_without_a_search_fails() {
     let p = problem(tmp.path());
     let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
     // Not a run directory at all.
-    assert!(matches!(run::evaluate(&mut e, &RunDir::new(tmp.path().join("nothing")), &p.theta0), Err(Error::Io { .. })));
+    match run::evaluate(&mut e, &RunDir::new(tmp.path().join("nothing")), &p.theta0) {
+        Err(err @ Error::BadInput { .. }) => assert!(err.to_string().contains("not a run directory"), "{err}"),
+        other => panic!("expected BadInput, got {other:?}"),
+    }
     // A config but no policy: a search that diverged in its first epoch leaves exactly this.
     let dir = RunDir::new(tmp.path().join("run"));
     let cfg = run_config(&p, "cpu", SearchConfig { eta: 1e39, ..search_config(1, 0.1) });
@@ -803,4 +843,184 @@ fn a_failed_epoch_keeps_the_epochs_before_it() {
     let resumed = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &b, &cfg, &p.theta0).unwrap();
     assert_close(&resumed.j, &whole.j, "resumed J history");
     assert_eq!(a.read_policy().unwrap().unwrap().0, b.read_policy().unwrap().unwrap().0);
+}
+
+/// A policy file of T − 1 or T + 1 rows (another search's, say) is refused by `evaluate` as by
+/// `search`, naming the shapes, instead of a panic or an evaluation of the wrong policy.
+#[test]
+fn evaluate_refuses_a_policy_of_another_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", search_config(1, OUTER_LR));
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    search_to_end(&mut e, &dir, &cfg, &p.theta0).unwrap();
+    let history = dir.read_policy().unwrap().unwrap().1;
+    let meta = HashMap::from([("history".to_string(), serde_json::to_string(&history).unwrap())]);
+    for steps in [STEPS - 1, STEPS + 1] {
+        Policy::constant(steps, 64).save(&dir.policy_path(), meta.clone()).unwrap();
+        match run::evaluate(&mut e, &dir, &p.theta0) {
+            Err(err @ Error::Shape { .. }) => {
+                let msg = err.to_string();
+                assert!(msg.contains(&format!("[{STEPS}, 64]")) && msg.contains(&format!("[{steps}, 64]")), "{msg}");
+            }
+            other => panic!("T = {steps}: expected Error::Shape, got {other:?}"),
+        }
+    }
+}
+
+/// Every file of a run is checked against config.toml before use: a summary.json or curves.csv
+/// of another search (or of two searches mixed in one folder) is an error, not a result.
+#[test]
+fn read_checked_refuses_files_of_another_search() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", search_config(2, OUTER_LR));
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    search_to_end(&mut e, &dir, &cfg, &p.theta0).unwrap();
+    run::evaluate(&mut e, &dir, &p.theta0).unwrap();
+    let checked = dir.read_checked().unwrap();
+    assert_eq!((checked.examples, checked.saved.unwrap().1.epochs_done()), (Some(64), 2));
+    let (summary, curves) = (dir.read_summary().unwrap(), std::fs::read_to_string(dir.curves_path()).unwrap());
+
+    // Two searches mixed: the summary of a 1500-epoch search beside a 2-epoch config and policy.
+    dir.write_summary(&run::Summary { epochs_done: 1500, ..summary.clone() }).unwrap();
+    assert!(matches!(dir.read_checked(), Err(Error::Format { .. })), "{:?}", dir.read_checked());
+    assert!(matches!(run::evaluate(&mut e, &dir, &p.theta0), Err(Error::Format { .. })));
+    dir.write_summary(&run::Summary { steps: STEPS + 10, ..summary.clone() }).unwrap();
+    assert!(matches!(dir.read_checked(), Err(Error::Format { .. })));
+    dir.write_summary(&summary).unwrap();
+
+    // Curves of another T.
+    let shorter: String = curves.lines().take(STEPS).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.curves_path(), shorter).unwrap();
+    assert!(matches!(dir.read_checked(), Err(Error::Shape { .. })), "{:?}", dir.read_checked());
+    std::fs::write(dir.curves_path(), curves).unwrap();
+    dir.read_checked().unwrap();
+}
+
+/// Training that makes no progress (η so small that θ never moves in f32) gives flat, equal
+/// curves, and equal curves give AR 1 — not T, as counting from the constant curve's first step did.
+#[test]
+fn training_without_progress_gives_ar_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", SearchConfig { eta: 1e-20, ..search_config(2, OUTER_LR) });
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    let h = search_to_end(&mut e, &dir, &cfg, &p.theta0).unwrap();
+    assert_eq!(h.ar_dev, vec![Some(1.0); 3], "{:?}", h.ar_dev);
+    let ev = run::evaluate(&mut e, &dir, &p.theta0).unwrap();
+    assert_eq!((ev.ar, ev.ar_dev), (Some(1.0), Some(1.0)));
+    assert_eq!((ev.constant_steps_test, ev.constant_steps_dev), (Some(1), Some(1)), "flat curves are at their final loss from step 1");
+    let summary = dir.read_summary().unwrap();
+    assert!(summary.epochs_to_ar_dev.iter().all(|t| t.epoch.is_none()), "{:?}", summary.epochs_to_ar_dev);
+}
+
+#[test]
+fn acceleration_ratio_against_the_constant_curve() {
+    let falling = [1.0, 0.8, 0.5, 0.4, 0.3];
+    // A constant curve falling to its end: the paper's T / t_p.
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.6, 0.3, 0.2, 0.1], &falling), Some(2.0));
+    assert_eq!(acceleration_ratio_against(&falling, &falling), Some(1.0), "equal curves");
+    // Flat curves (no progress): the target is met at step 1 by both.
+    assert_eq!(acceleration_ratio_against(&[0.7; 5], &[0.7; 5]), Some(1.0));
+    assert_eq!(steps_to(&[0.7; 5], 0.7), Some(1));
+    // A constant curve that bottoms out at step 2 and rises: its own steps to its final loss.
+    let rising = [1.0, 0.5, 0.2, 0.3, 0.4];
+    assert_eq!(steps_to(&rising, 0.4), Some(2));
+    assert_eq!(acceleration_ratio_against(&rising, &rising), Some(1.0));
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.9, 0.9, 0.4, 0.4], &[1.0, 0.9, 0.6, 0.5, 0.4]), Some(4.0 / 3.0));
+    // Never reached, or no curve.
+    assert_eq!(acceleration_ratio_against(&[1.0, 0.9, 0.8, 0.7, 0.6], &falling), None);
+    assert_eq!(acceleration_ratio_against(&[], &[]), None);
+}
+
+/// A failure names the first quantity that went non-finite: ∂J/∂γ for an inner learning rate
+/// too large for the data (the losses stay finite: here they reach 1e37), the update itself for
+/// an outer one.
+#[test]
+fn non_finite_failures_name_the_quantity_and_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cases = [(SearchConfig { eta: 1e38, ..search_config(1, OUTER_LR) }, "--eta"), (search_config(1, 1e300), "outer learning rate")];
+    for (i, (search, named)) in cases.into_iter().enumerate() {
+        let dir = RunDir::new(tmp.path().join(format!("run{i}")));
+        let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+        match search_to_end(&mut e, &dir, &run_config(&p, "cpu", search), &p.theta0) {
+            Err(Error::Numerical(msg)) => {
+                assert!(msg.contains(named), "{named}: {msg}");
+                let other = if named == "--eta" { "outer" } else { "∂J/∂γ is" };
+                assert!(!msg.contains(other), "{named}: {msg}");
+            }
+            other => panic!("{named}: expected Error::Numerical, got {other:?}"),
+        }
+    }
+}
+
+/// A search too large for the memory is refused with the figure before anything is allocated or
+/// created (it used to abort in the allocator, leaving a half-made run folder).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_search_that_cannot_fit_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let root = tmp.path().join("run");
+    let cfg = run_config(&p, "cpu", SearchConfig { steps: 1 << 40, ..search_config(1, OUTER_LR) });
+    match search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &RunDir::new(&root), &cfg, &p.theta0) {
+        Err(err @ Error::Memory { .. }) => assert!(err.to_string().contains("--steps"), "{err}"),
+        other => panic!("expected Error::Memory, got {other:?}"),
+    }
+    assert!(!root.exists(), "nothing is created for a refused search");
+}
+
+/// One owner per run directory: a second handle (as a second process would) is refused, naming
+/// the holder; dropping the owner releases it. Temporaries a killed writer left are removed.
+#[test]
+fn a_run_directory_has_one_owner_and_loses_stale_temporaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let root = tmp.path().join("run");
+    let cfg = run_config(&p, "cpu", search_config(1, OUTER_LR));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    let owner = RunDir::new(&root);
+    search_to_end(&mut e, &owner, &cfg, &p.theta0).unwrap();
+    let stale = root.join(".policy.safetensors.tmp-4242-0");
+    std::fs::write(&stale, b"half a policy").unwrap();
+    let second = RunDir::new(&root);
+    for attempt in [search_to_end(&mut e, &second, &cfg, &p.theta0).map(drop), run::evaluate(&mut e, &second, &p.theta0).map(drop)] {
+        match attempt {
+            Err(err @ Error::Busy { .. }) => assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}"),
+            other => panic!("expected Error::Busy, got {other:?}"),
+        }
+    }
+    assert!(stale.exists(), "only the owner cleans up");
+    drop(owner);
+    run::evaluate(&mut e, &second, &p.theta0).unwrap();
+    assert!(!stale.exists(), "the new owner removes what a killed save left");
+}
+
+/// An existing folder is taken for a run only if learnlaw wrote what is in it.
+#[test]
+fn a_folder_with_files_learnlaw_did_not_write_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = problem(tmp.path());
+    let cfg = run_config(&p, "cpu", search_config(1, OUTER_LR));
+    let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
+    for (name, content) in [("config.toml", "title = \"my project\"\n"), ("summary.json", "{\"mine\": 1}"), ("notes.txt", "mine")] {
+        let root = tmp.path().join(name);
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join(name), content).unwrap();
+        match search_to_end(&mut e, &RunDir::new(&root), &cfg, &p.theta0) {
+            Err(err @ Error::BadInput { .. }) => assert!(err.to_string().contains(name), "{err}"),
+            other => panic!("{name}: expected BadInput, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(root.join(name)).unwrap(), content, "{name} is left as it was");
+        assert!(!root.join("policy.safetensors").exists());
+    }
+    // A file where the folder should be.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    assert!(matches!(search_to_end(&mut e, &RunDir::new(&file), &cfg, &p.theta0), Err(Error::BadInput { .. })));
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::CpuPerceptron;
@@ -32,9 +32,12 @@ enum Command {
     /// Generate a data set.
     #[command(subcommand)]
     Data(DataCommand),
-    /// Search for a near-optimal policy (resumes if RUN_DIR holds the same search).
+    /// Search for a near-optimal policy (resumes if RUN_DIR holds the same search; a resume may
+    /// change --checkpoint-every and --backend, and refuses any other difference, naming it).
     Search(SearchArgs),
     /// Retrain with the run's policy and the constant policy; report AR, AUC and the Learning Law.
+    /// AR = the steps the constant policy needs to reach its own final loss over those the policy
+    /// needs (1 for equal curves; "not reached" when the policy never gets there).
     Eval(EvalArgs),
     /// Figures (SVG, PNG) and report.md for an evaluated run: J and CR per epoch, loss curves with
     /// scaling-law fits, SIM, zero-weight shares, weights of well-learned examples, the policy.
@@ -309,9 +312,37 @@ fn handle_ctrl_c() {
     }
 }
 
-fn main() -> Result<ExitCode> {
+/// Lets every option take a negative number (`--eta -1`), so that it reaches the option's range
+/// check instead of being read as an unknown option.
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a });
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.iter().fold(cmd, |cmd, name| cmd.mut_subcommand(name, negative_numbers))
+}
+
+fn main() -> ExitCode {
     handle_ctrl_c();
-    match Cli::parse().command {
+    let cli = Cli::from_arg_matches(&negative_numbers(Cli::command()).get_matches()).unwrap_or_else(|e| e.exit());
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            // The message and its causes, without the backtrace anyhow's Debug adds whenever
+            // RUST_BACKTRACE is set: that is for panics, not for a user's mistake.
+            eprintln!("Error: {err}");
+            let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+            if !causes.is_empty() {
+                eprintln!("\nCaused by:");
+                for (i, cause) in causes.iter().enumerate() {
+                    eprintln!("    {}{cause}", if causes.len() > 1 { format!("{i}: ") } else { String::new() });
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Data(DataCommand::Perceptron { out, recipe }) => {
             let data = PerceptronData::generate(&recipe.recipe())?;
             create_parent(&out)?;
@@ -343,24 +374,28 @@ fn main() -> Result<ExitCode> {
             );
         }
         Command::Search(args) => {
-            if search(args.task, &args.data, &args.out, &args.settings, Some(&args.model))? == SearchEnd::Stopped {
+            let dir = RunDir::new(&args.out);
+            if search(args.task, &args.data, &dir, &args.settings, Some(&args.model))? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
         }
         Command::Eval(args) => {
-            evaluate(&args.run_dir, args.backend)?;
+            evaluate(&RunDir::new(&args.run_dir), args.backend)?;
         }
         Command::Report(args) => {
             report::run(&args)?;
         }
         Command::Backends => backends::run()?,
         Command::Reproduce(ReproduceCommand::Perceptron { out, data, recipe, settings }) => {
+            settings.search_config(TaskKind::Perceptron)?;
+            // One owner for the data, the search and the evaluation.
+            let dir = RunDir::new(&out);
             let data = match data {
                 Some(path) => path,
                 None => {
                     let generated = PerceptronData::generate(&recipe.recipe())?;
                     generated_data(
-                        &out,
+                        &dir,
                         "the paper's perceptron data",
                         &generated,
                         |d, p| Ok(d.save(p)?),
@@ -368,10 +403,10 @@ fn main() -> Result<ExitCode> {
                     )?
                 }
             };
-            if search(TaskKind::Perceptron, &data, &out, &settings, None)? == SearchEnd::Stopped {
+            if search(TaskKind::Perceptron, &data, &dir, &settings, None)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
-            evaluate(&out, Some(settings.backend))?;
+            evaluate(&dir, Some(settings.backend))?;
         }
         Command::Reproduce(ReproduceCommand::Transformer { out, data, paper, text, mut model, mut settings }) => {
             if paper {
@@ -380,6 +415,8 @@ fn main() -> Result<ExitCode> {
                 settings.eta = settings.eta.or(Some(0.1));
                 settings.epochs = settings.epochs.or(Some(20));
             }
+            settings.search_config(TaskKind::Transformer)?;
+            let dir = RunDir::new(&out);
             let data = match data {
                 Some(path) => path,
                 None => {
@@ -388,13 +425,13 @@ fn main() -> Result<ExitCode> {
                         d.save(p)?;
                         Ok(bpe.save(&out.join("tokenizer.json"))?)
                     };
-                    generated_data(&out, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
+                    generated_data(&dir, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
                 }
             };
-            if search(TaskKind::Transformer, &data, &out, &settings, Some(&model))? == SearchEnd::Stopped {
+            if search(TaskKind::Transformer, &data, &dir, &settings, Some(&model))? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
-            evaluate(&out, Some(settings.backend))?;
+            evaluate(&dir, Some(settings.backend))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -403,14 +440,14 @@ fn main() -> Result<ExitCode> {
 /// RUN_DIR/data.safetensors, saved from `generated` the first time; a resumed run must not
 /// silently ignore changed data options, so later calls check the file still holds `generated`.
 fn generated_data<D: PartialEq>(
-    out: &Path,
+    dir: &RunDir,
     what: &str,
     generated: &D,
     save: impl FnOnce(&D, &Path) -> Result<()>,
     load: impl FnOnce(&Path) -> Result<D>,
 ) -> Result<PathBuf> {
-    let path = out.join("data.safetensors");
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    dir.create()?;
+    let path = dir.root.join("data.safetensors");
     if !path.exists() {
         save(generated, &path)?;
         println!("generated {what} into {}", path.display());
@@ -428,7 +465,7 @@ enum SearchEnd {
     Stopped,
 }
 
-fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<SearchEnd> {
+fn search(kind: TaskKind, data_path: &Path, dir: &RunDir, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<SearchEnd> {
     let mut task = Task::for_search(kind, data_path, model)?;
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
     let cfg = RunConfig {
@@ -440,19 +477,23 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
         model: task.model().cloned(),
         search: settings.search_config(kind)?,
     };
-    let dir = RunDir::new(out);
     let theta0 = task.theta0(settings.init_seed);
     if let Some(f) = cfg.search.holdout {
         let (held, all) = task.hold_out(f)?;
         println!("holding out {held} of the {all} dev examples");
     }
-    let bar = ProgressBar::new(cfg.search.epochs as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed} < {eta})")?.progress_chars("=> "));
-    bar.enable_steady_tick(std::time::Duration::from_secs(1));
-    SEARCHING.store(true, Ordering::SeqCst);
     let history = with_engine!(settings.backend, &task, |e, heldout| {
+        // Before the progress bar: a refused search (memory, a busy or foreign folder) says why alone.
+        run::take_for_search(&e, dir, &cfg)?;
+        print_resume_notes(dir, &cfg)?;
+        let bar = ProgressBar::new(cfg.search.epochs as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed} < {eta})")?.progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_secs(1));
         bar.set_prefix(format!("{} search on {}", kind.name(), e.name()));
-        run::search_with_holdout(&mut e, heldout.as_mut(), &dir, &cfg, &theta0, |ev| {
+        SEARCHING.store(true, Ordering::SeqCst);
+        let history = run::search_with_holdout(&mut e, heldout.as_mut(), dir, &cfg, &theta0, |ev| {
             bar.set_position(ev.epoch as u64);
             if let (Some(first), Some(j)) = (ev.history.j.first(), ev.history.j.last()) {
                 let ar = match ev.history.ar_dev.last() {
@@ -466,10 +507,11 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
             } else {
                 ControlFlow::Continue(())
             }
-        })?
+        })?;
+        SEARCHING.store(false, Ordering::SeqCst);
+        bar.finish();
+        history
     });
-    SEARCHING.store(false, Ordering::SeqCst);
-    bar.finish();
     if history.j.len() <= cfg.search.epochs {
         println!(
             "stopped after outer epoch {} of {}; the policy is saved in {}: run the same command to resume",
@@ -500,14 +542,25 @@ fn search(kind: TaskKind, data_path: &Path, out: &Path, settings: &SearchSetting
     Ok(SearchEnd::Finished)
 }
 
-fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
-    let dir = RunDir::new(run_dir);
-    let cfg = dir.read_config().with_context(|| format!("{} is not a run directory", run_dir.display()))?;
+/// Says which settings a resumed search changes, and why that is allowed (with any other
+/// difference the search refuses, naming them all).
+fn print_resume_notes(dir: &RunDir, cfg: &RunConfig) -> Result<()> {
+    if !dir.policy_path().exists() {
+        return Ok(());
+    }
+    let differences = dir.read_config()?.differences(cfg)?;
+    let reasons: Option<Vec<&str>> = differences.iter().map(|d| d.allowed_on_resume()).collect();
+    for (d, why) in differences.iter().zip(reasons.unwrap_or_default()) {
+        println!("resuming with {d}: {why}");
+    }
+    Ok(())
+}
+
+fn evaluate(dir: &RunDir, backend: Option<Backend>) -> Result<Evaluation> {
+    dir.open()?;
+    let cfg = dir.read_checked()?.config;
     let kind = TaskKind::parse(&cfg.task)?;
     let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
-    if run::fingerprint(&cfg.data)? != cfg.data_fingerprint {
-        bail!("{} changed since the search ran (fingerprint mismatch)", cfg.data.display());
-    }
     let backend = match backend {
         Some(b) => b,
         None => Backend::from_str(&cfg.backend, true).map_err(|e| anyhow::anyhow!("run config backend: {e}"))?,
@@ -520,7 +573,7 @@ fn evaluate(run_dir: &Path, backend: Option<Backend>) -> Result<Evaluation> {
         )?
         .progress_chars("=> "),
     );
-    let ev = with_engine!(backend, &task, |e, _held| run::evaluate_with_progress(&mut e, &dir, &theta0, &mut || bar.inc(1))?);
+    let ev = with_engine!(backend, &task, |e, _held| run::evaluate_with_progress(&mut e, dir, &theta0, &mut || bar.inc(1))?);
     bar.finish_and_clear();
     print_evaluation(&ev, cfg.search.steps);
     let summary = dir.read_summary()?;
@@ -557,4 +610,12 @@ fn print_evaluation(ev: &Evaluation, steps: usize) {
     println!("mean SIM         {:>13.3} {:>9.3}", ev.law_constant.sim_mean, ev.law_policy.sim_mean);
     println!("γ=0 | CT≤0 share {:>13.3} {:>9.3}", ev.law_constant.zero_share, ev.law_policy.zero_share);
     println!("AR test {}   AR dev {}   (T = {steps})", ar(ev.ar), ar(ev.ar_dev));
+    // AR counts the steps to the constant policy's final loss, which a flat or rising curve
+    // reaches before T: say so, rather than let a ratio of small step counts pass as a speed-up.
+    for (set, reached) in [("test", ev.constant_steps_test), ("desired", ev.constant_steps_dev)] {
+        if let Some(t) = reached.filter(|&t| t < steps) {
+            let why = if t == 1 { "flat: training makes no progress; check --eta and the data" } else { "it stalls or rises after that" };
+            println!("note: the constant policy's {set} loss reaches its final value at step {t} of {steps} ({why}); AR counts the steps to it");
+        }
+    }
 }

@@ -7,10 +7,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use learnlaw_core::analysis::{EvaluatedRun, FitPair, Heatmap, PolicyNumbers, RunAnalysis, ScalingFit};
 use learnlaw_core::eval::{LawStats, SMALL_RATIO, WELL_LEARNED_LOSS};
+use learnlaw_core::files::{self, Staged};
 use learnlaw_core::run::{RunDir, Summary};
 use plotters::coord::combinators::LogCoord;
 use plotters::coord::combinators::WithKeyPoints;
@@ -48,16 +49,18 @@ const GREY: RGBColor = RGBColor(120, 120, 120);
 
 type Draw<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
-/// Draws `$draw(&root, args…)` (a function generic over the backend) as NAME.svg and NAME.png.
+/// Draws `$draw(&root, args…)` (a function generic over the backend) as NAME.svg and NAME.png,
+/// staged (see `Figures`).
 macro_rules! figure {
     ($figs:expr, $name:expr, $title:expr, $caption:expr, $size:expr, $draw:ident($($arg:expr),* $(,)?)) => {{
         let (svg, png) = ($figs.dir.join(concat!($name, ".svg")), $figs.dir.join(concat!($name, ".png")));
+        let (svg_tmp, png_tmp) = ($figs.staged.path(&svg)?, $figs.staged.path(&png)?);
         {
-            let root = SVGBackend::new(&svg, $size).into_drawing_area();
+            let root = SVGBackend::new(&svg_tmp, $size).into_drawing_area();
             $draw(&root, $($arg),*).and_then(|_| root.present()).map_err(|e| anyhow!("drawing {}: {e}", svg.display()))?;
         }
         {
-            let root = BitMapBackend::new(&png, $size).into_drawing_area();
+            let root = BitMapBackend::new(&png_tmp, $size).into_drawing_area();
             $draw(&root, $($arg),*).and_then(|_| root.present()).map_err(|e| anyhow!("drawing {}: {e}", png.display()))?;
         }
         $figs.list.push(Figure { name: $name, title: $title, caption: $caption });
@@ -70,23 +73,43 @@ struct Figure {
     caption: &'static str,
 }
 
+/// The report's files, staged: analysis.json first, the figures, report.md last, all renamed into
+/// place once every one is written (a full disk leaves the previous report whole). A folder with
+/// any of them therefore has analysis.json, which is what marks it as a learnlaw report.
 struct Figures {
     dir: PathBuf,
     list: Vec<Figure>,
+    staged: Staged,
 }
+
+const ANALYSIS: &str = "analysis.json";
+const REPORT_MD: &str = "report.md";
+const REPORT_TITLE: &str = "# learnlaw report";
 
 /// Writes the report of `args.run_dir` and returns the directory it went to.
 pub fn run(args: &ReportArgs) -> Result<PathBuf> {
     let dir = RunDir::new(&args.run_dir);
+    dir.open()?;
     let run = EvaluatedRun::read(&dir).with_context(|| format!("cannot report on {}", args.run_dir.display()))?;
-    let out = args.out.clone().unwrap_or_else(|| args.run_dir.join("report"));
+    let out = args.out.clone().unwrap_or_else(|| dir.report_path());
+    check_report_folder(&out)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     register_fonts()?;
     let a = run.analyse();
     let s = &run.summary;
     let ev = s.evaluation.clone().unwrap_or_default();
     let c = &run.curves;
-    let mut figs = Figures { dir: out.clone(), list: Vec::new() };
+    let stale = run.stale_evaluation().map(|(seen, now)| {
+        format!(
+            "the evaluation was made after outer epoch {seen}, but the search has since run to epoch {now}: run `learnlaw eval {}` again",
+            args.run_dir.display()
+        )
+    });
+    if let Some(warning) = &stale {
+        eprintln!("warning: {warning}");
+    }
+    let mut figs = Figures { dir: out.clone(), list: Vec::new(), staged: Staged::new() };
+    figs.staged.write(&out.join(ANALYSIS), serde_json::to_string_pretty(&a)?.as_bytes())?;
 
     figure!(
         figs,
@@ -151,15 +174,38 @@ pub fn run(args: &ReportArgs) -> Result<PathBuf> {
          examples sorted by their total weight Σ_t γ_{t,n} (heaviest at the top) and averaged into cells; \
          the colour scale spans the 1st to the 99th percentile of the cells (values beyond are clipped).",
         HEAT,
-        draw_heatmap(&heat, run.policy.steps, run.policy.examples, s.evaluated_epoch)
+        draw_heatmap(&heat, run.policy.steps, run.policy.examples, run.policy_epoch)
     );
 
-    let json_path = out.join("analysis.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&a)?).with_context(|| format!("writing {}", json_path.display()))?;
-    let md_path = out.join("report.md");
-    std::fs::write(&md_path, markdown(&args.run_dir, s, &a, &figs.list)).with_context(|| format!("writing {}", md_path.display()))?;
+    let md = markdown(&args.run_dir, s, &a, &figs.list, stale.as_deref());
+    figs.staged.write(&out.join(REPORT_MD), md.as_bytes())?;
+    figs.staged.commit()?;
     print_summary(&a, &out);
     Ok(out)
+}
+
+/// Refuses a report folder whose files `report` would replace but did not write: it must be new,
+/// empty, or hold a report (its analysis.json, and report.md if any, are learnlaw's).
+fn check_report_folder(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        bail!("{} is a file, not a folder: --out names the folder the report goes to", out.display());
+    }
+    let entries = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
+    if entries.flatten().all(|e| files::is_temporary(&e.file_name().to_string_lossy())) {
+        return Ok(());
+    }
+    let refuse = |why: String| anyhow!("{} {why}; refusing to replace its files: use a new or empty folder", out.display());
+    let analysis = std::fs::read_to_string(out.join(ANALYSIS)).map_err(|_| refuse(format!("holds files but no {ANALYSIS} of a learnlaw report")))?;
+    serde_json::from_str::<RunAnalysis>(&analysis).map_err(|e| refuse(format!("holds an {ANALYSIS} learnlaw did not write ({e})")))?;
+    if let Ok(md) = std::fs::read_to_string(out.join(REPORT_MD)) {
+        if !md.starts_with(REPORT_TITLE) {
+            return Err(refuse(format!("holds a {REPORT_MD} learnlaw did not write")));
+        }
+    }
+    Ok(())
 }
 
 /// The embedded font, registered once for the family every figure uses.
@@ -581,17 +627,14 @@ fn draw_well_learned<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, lc: &Law
     draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
-fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, h: &Heatmap, steps: usize, n: usize, epoch: Option<usize>) -> Draw<DB> {
+fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, h: &Heatmap, steps: usize, n: usize, epoch: usize) -> Draw<DB> {
     root.fill(&WHITE)?;
     let (main, bar) = root.split_horizontally(HEAT.0 - 150);
     // Colours span the 1st to 99th percentile of the cells: a policy near the constant one still
     // shows its structure.
     let (vmin, vmax) = (h.quantile(0.01), h.quantile(0.99));
     let vmax = if vmax - vmin > 1e-9 * vmax.abs().max(1.0) { vmax } else { vmin + 1e-3 * vmin.abs().max(1.0) };
-    let title = match epoch {
-        Some(e) => format!("Policy γ·N of epoch {e} (examples sorted by total weight)"),
-        None => "Policy γ·N (examples sorted by total weight)".to_string(),
-    };
+    let title = format!("Policy γ·N of epoch {epoch} (examples sorted by total weight)");
     let mut chart = figure_chart(&main, title).build_cartesian_2d(0f64..steps as f64, -(n as f64)..0f64)?;
     // y = −rank, so the heaviest example (rank 0) is at the top.
     chart
@@ -678,10 +721,13 @@ fn fit_rows(md: &mut String, name: &str, f: &Option<FitPair>) {
     );
 }
 
-fn markdown(run_dir: &Path, s: &Summary, a: &RunAnalysis, figs: &[Figure]) -> String {
+fn markdown(run_dir: &Path, s: &Summary, a: &RunAnalysis, figs: &[Figure], stale: Option<&str>) -> String {
     let mut md = String::new();
     let ar = |v: Option<f64>| opt(v, |r| format!("{r:.2}×"));
-    let _ = writeln!(md, "# learnlaw report: {}\n", run_dir.display());
+    let _ = writeln!(md, "{REPORT_TITLE}: {}\n", run_dir.display());
+    if let Some(warning) = stale {
+        let _ = writeln!(md, "> **Warning:** {warning}.\n");
+    }
     let _ = writeln!(
         md,
         "Task `{}` on `{}`, T = {} inner steps, {} of {} outer epochs done; evaluated policy: {}.\n",

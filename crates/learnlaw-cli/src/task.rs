@@ -27,6 +27,38 @@ impl TaskKind {
     pub fn parse(name: &str) -> Result<Self> {
         TaskKind::from_str(name, true).map_err(|e| anyhow::anyhow!("task {name:?}: {e}"))
     }
+    fn other(self) -> Self {
+        match self {
+            TaskKind::Perceptron => TaskKind::Transformer,
+            TaskKind::Transformer => TaskKind::Perceptron,
+        }
+    }
+    /// Whether `path` holds this task's data.
+    fn reads(self, path: &Path) -> bool {
+        match self {
+            TaskKind::Perceptron => PerceptronData::load(path).is_ok(),
+            TaskKind::Transformer => TokenData::load(path).is_ok(),
+        }
+    }
+    /// Loads this task's data with `load`; a file of the other task's data is the usual mistake of
+    /// a wrong --task, so that is what the error then says.
+    fn load_data<D>(self, path: &Path, load: impl FnOnce(&Path) -> learnlaw_core::Result<D>) -> Result<D> {
+        load(path).map_err(|e| {
+            let err = anyhow::Error::new(e).context(format!("loading {} data from {}", self.name(), path.display()));
+            let other = self.other();
+            if !other.reads(path) {
+                return err;
+            }
+            err.context(format!(
+                "{} holds {} data, not {} data: use --task {} (or `reproduce {}`)",
+                path.display(),
+                other.name(),
+                self.name(),
+                other.name(),
+                other.name()
+            ))
+        })
+    }
     /// Inner steps T, inner learning rate η and outer epochs when not given: the paper's for the
     /// perceptron; for the Transformer, a scaled run that takes minutes on a 2-core CPU.
     pub fn default_unroll(self) -> (usize, f64, usize) {
@@ -171,7 +203,7 @@ impl Task {
             (TaskKind::Perceptron, _) => Task::load(kind, path, None),
             (TaskKind::Transformer, None) => bail!("a Transformer search needs its model settings"),
             (TaskKind::Transformer, Some(model)) => {
-                let data = TokenData::load(path).with_context(|| format!("loading transformer data from {}", path.display()))?;
+                let data = kind.load_data(path, TokenData::load)?;
                 let model = model.config(&data);
                 model.validate()?;
                 Ok(Task::Transformer { model, data, held: None })
@@ -187,11 +219,10 @@ impl Task {
     }
 
     pub fn load(kind: TaskKind, path: &Path, model: Option<&TransformerConfig>) -> Result<Task> {
-        let ctx = || format!("loading {} data from {}", kind.name(), path.display());
         Ok(match kind {
-            TaskKind::Perceptron => Task::Perceptron { data: PerceptronData::load(path).with_context(ctx)?, held: None },
+            TaskKind::Perceptron => Task::Perceptron { data: kind.load_data(path, PerceptronData::load)?, held: None },
             TaskKind::Transformer => {
-                let data = TokenData::load(path).with_context(ctx)?;
+                let data = kind.load_data(path, TokenData::load)?;
                 let model = model.cloned().context("a Transformer run needs its model settings")?;
                 model.validate()?;
                 Task::Transformer { model, data, held: None }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{fails, learnlaw, ok, text};
+use common::{fails, interrupt, learnlaw, ok, text};
 
 fn small_data(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
@@ -269,38 +269,13 @@ fn reproduce_into_a_run_with_other_data_options_fails() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_a_search_with_the_policy_saved_and_the_same_command_resumes() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let data = small_data(tmp.path(), "data.safetensors");
     let args = ["search", "--data", &data, "--out", "run", "--steps", "5", "--epochs", "100000000"];
-    let interrupt = || -> usize {
-        let child = Command::new(env!("CARGO_BIN_EXE_learnlaw"))
-            .args(args)
-            .current_dir(tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // config.toml is written when the search starts (the handler is installed before).
-        let start = Instant::now();
-        while !tmp.path().join("run/config.toml").exists() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        let sent = Command::new("sh").args(["-c", &format!("kill -INT {}", child.id())]).status().unwrap();
-        assert!(sent.success());
-        let out = child.wait_with_output().unwrap();
-        let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(130), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
-        assert!(text(&out.stderr).contains("stopping after this outer epoch"), "{}", text(&out.stderr));
-        let epoch = stdout.split("stopped after outer epoch ").nth(1).and_then(|s| s.split(' ').next()).and_then(|k| k.parse().ok());
-        epoch.unwrap_or_else(|| panic!("no stop message:\n{stdout}"))
-    };
-    let first = interrupt();
+    let first = interrupt(&args, tmp.path());
     assert!(first >= 1, "stopped after {first} epochs");
     assert!(tmp.path().join("run/policy.safetensors").is_file(), "the policy is saved at the stop");
-    let second = interrupt();
+    let second = interrupt(&args, tmp.path());
     assert!(second > first, "the second run resumed from epoch {first} and stopped at {second}");
 }
 

@@ -79,11 +79,13 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     ok(&["data", "perceptron", "--out", "p/data.safetensors", "--dim", "4", "--train", "8", "--dev", "4", "--test", "4"], tmp.path());
     let err = fails(&["search", "--task", "transformer", "--data", "p/data.safetensors", "--out", "r"], tmp.path());
-    assert!(err.contains("loading transformer data"), "{err}");
+    assert!(err.contains("loading transformer data") && err.contains("use --task perceptron"), "{err}");
     let mut args = vec!["data", "text", "--out", "t/tokens.safetensors"];
     args.extend(&TINY[..10]);
     let out = ok(&args, tmp.path());
     assert!(out.contains("tokenizer.json"), "{out}");
+    let err = fails(&["search", "--data", "t/tokens.safetensors", "--out", "r"], tmp.path());
+    assert!(err.contains("loading perceptron data") && err.contains("use --task transformer"), "{err}");
     let err = fails(
         &[
             "search",

@@ -41,7 +41,7 @@ impl ScalingFit {
 
 /// The regression of ln(curve[t] − l0) on ln t over t0 < t < curve.len() (t ≥ 1): the fit and its
 /// correlation r (positive for a falling curve). None with fewer than 3 points, a point at or
-/// below l0, or no spread.
+/// below l0, no spread, or no falling power law (β ≤ 0, or B not a positive finite number).
 pub fn fit_at(curve: &[f64], l0: f64, t0: usize) -> Option<(ScalingFit, f64)> {
     let start = (t0 + 1).max(1);
     if curve.len() < start + 3 {
@@ -69,7 +69,12 @@ pub fn fit_at(curve: &[f64], l0: f64, t0: usize) -> Option<(ScalingFit, f64)> {
     let intercept = (sy - slope * sx) / n;
     let r = -cxy / (cxx * cyy).sqrt();
     let beta = -slope;
-    Some((ScalingFit { l0, t0, b: (intercept / beta).exp(), beta, r2: r * r }, r))
+    let b = (intercept / beta).exp();
+    // A power law falls (β > 0) from a positive, finite B; a flat or rising curve has no fit.
+    if !(beta > 0.0 && b > 0.0 && b.is_finite()) {
+        return None;
+    }
+    Some((ScalingFit { l0, t0, b, beta, r2: r * r }, r))
 }
 
 /// The t0 candidates for a run of `steps` steps: 0 and a geometric grid up to T/10 (the paper's
@@ -314,43 +319,52 @@ pub struct RunAnalysis {
 pub struct EvaluatedRun {
     pub summary: Summary,
     pub curves: EvalCurves,
-    /// The evaluated policy (the best by held-out J with `holdout`, else the last).
+    /// The evaluated policy (the best by held-out J with `holdout`, else the last), and its epoch.
     pub policy: Policy,
+    pub policy_epoch: usize,
+    /// Outer epochs the search has completed (the policy file's history): more than the
+    /// evaluation's means the evaluation is stale.
+    pub epochs_done: usize,
 }
 
 impl EvaluatedRun {
-    /// Reads summary.json, curves.csv and the evaluated policy; a run that was searched but not
-    /// evaluated is an error that says to run `learnlaw eval` first.
+    /// Reads summary.json, curves.csv and the evaluated policy, checked against the run's config
+    /// (`RunDir::read_checked`); a run that was searched but not evaluated is an error that says to
+    /// run `learnlaw eval` first.
     pub fn read(dir: &RunDir) -> Result<Self> {
         let root = dir.root.display().to_string();
-        if !dir.summary_path().exists() {
-            let hint = if dir.policy_path().exists() {
-                "the search has not finished (no summary.json): finish it with `learnlaw search`, then run `learnlaw eval`"
-            } else {
-                "not a run directory (no summary.json or policy.safetensors)"
-            };
-            return Err(Error::bad_input(root, hint));
+        if !dir.config_path().is_file() {
+            return Err(Error::bad_input(root, "not a run directory (no config.toml)"));
         }
-        let summary = dir.read_summary()?;
-        if summary.evaluation.is_none() || !dir.curves_path().exists() {
-            return Err(Error::bad_input(
-                root.clone(),
-                format!("the run was searched but not evaluated: run `learnlaw eval {root}` first"),
-            ));
-        }
-        let curves = EvalCurves::read(&dir.curves_path())?;
-        if curves.steps() != summary.steps {
-            return Err(Error::shape(dir.curves_path().display().to_string(), format!("{} steps", summary.steps), curves.steps()));
-        }
-        let holdout = dir.read_config().map(|c| c.search.holdout.is_some()).unwrap_or(false);
-        let policy = match dir.read_best_policy()? {
-            Some((best, _)) if holdout => best,
-            _ => dir.read_policy()?.map(|(p, _)| p).ok_or_else(|| Error::bad_input(root, "no policy.safetensors"))?,
+        let run = dir.read_checked()?;
+        let Some((policy, history)) = run.saved else {
+            return Err(Error::bad_input(root, "no policy.safetensors: run `learnlaw search` first"));
         };
-        if policy.steps != summary.steps {
-            return Err(Error::shape("policy steps", summary.steps, policy.steps));
-        }
-        Ok(EvaluatedRun { summary, curves, policy })
+        let summary = match run.summary {
+            Some(s) if s.evaluation.is_some() && dir.curves_path().exists() => s,
+            Some(_) => return Err(Error::bad_input(root.clone(), format!("the run was searched but not evaluated: run `learnlaw eval {root}` first"))),
+            None => {
+                let problem = format!(
+                    "no summary.json: finish the search with `learnlaw search`, or evaluate it as it is with `learnlaw eval {root}`"
+                );
+                return Err(Error::bad_input(root, problem));
+            }
+        };
+        let curves = EvalCurves::read(&dir.curves_path())?;
+        let epochs_done = history.epochs_done();
+        let (policy, policy_epoch) = match run.best {
+            Some((best, epoch)) if run.config.search.holdout.is_some() => (best, epoch),
+            _ => (policy, epochs_done),
+        };
+        Ok(EvaluatedRun { summary, curves, policy, policy_epoch, epochs_done })
+    }
+
+    /// (epochs the evaluation saw, epochs done now) when the search went on after the evaluation.
+    pub fn stale_evaluation(&self) -> Option<(usize, usize)> {
+        let s = &self.summary;
+        // Summaries from before `evaluation_epochs_done` have only the evaluated epoch.
+        let seen = s.evaluation_epochs_done.or(s.evaluated_epoch.filter(|_| s.best_epoch.is_none()))?;
+        (self.epochs_done > seen).then_some((seen, self.epochs_done))
     }
 
     /// log2 |V| for the CRs: 1 for the perceptron; otherwise recovered from the search's CR and J
@@ -383,7 +397,7 @@ impl EvaluatedRun {
         RunAnalysis {
             task: s.task.clone(),
             steps,
-            epochs_done: s.epochs_done,
+            epochs_done: self.epochs_done,
             evaluated_epoch: s.evaluated_epoch,
             j_first: s.j.first().copied().unwrap_or(f64::NAN),
             j_last: s.j.last().copied().unwrap_or(f64::NAN),
@@ -551,6 +565,16 @@ mod tests {
         let a = ScalingFit { l0: 0.0, t0: 0, b: 8.0, beta: 1.0, r2: 1.0 };
         let b = ScalingFit { b: 2.0, ..a };
         assert!((acceleration_ratio_from_fits(100, &a, &b) - 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn flat_or_rising_curves_have_no_fit() {
+        // Training that makes no progress: no power law, rather than B = 0, β = 0 and NaN ratios.
+        let flat = vec![0.7; 200];
+        assert!(fit_scaling_law(&flat).is_none());
+        assert!(FitPair::new(199, &flat, &flat).is_none());
+        let rising: Vec<f64> = (0..200).map(|t| 0.5 + 1e-3 * t as f64).collect();
+        assert!(fit_scaling_law(&rising).is_none());
     }
 
     #[test]

@@ -16,6 +16,8 @@ const SETS: [&str; 3] = ["train", "dev", "test"];
 const REQUIRED: &str = "x_train, y_train, x_dev, y_dev, x_test, y_test";
 const X_DTYPES: &[Dtype] = &[Dtype::F32, Dtype::F64];
 const Y_DTYPES: &[Dtype] = &[Dtype::F32, Dtype::F64, Dtype::I64, Dtype::I32, Dtype::U8, Dtype::BOOL];
+/// The largest input magnitude whose square is a finite f32 (√f32::MAX ≈ 1.8e19).
+const MAX_INPUT: f32 = 1.844e19;
 
 /// One set of labelled examples: x is [n, dim] row-major f32, y is [n] with values 0.0 or 1.0.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +134,11 @@ impl PerceptronData {
     /// seeded with `recipe.seed`; y = 1 if w·x > 0 else 0. θ0 is left `None`.
     pub fn generate(recipe: &PerceptronRecipe) -> Result<Self> {
         recipe.validate()?;
+        let rows = (recipe.n_train as u64).saturating_add(recipe.n_dev as u64).saturating_add(recipe.n_test as u64);
+        // The inputs and labels as f32, and twice more while `save` encodes and serialises them.
+        let needed = rows.saturating_mul(recipe.dim as u64 + 1).saturating_mul(3 * 4);
+        let advice = format!("lower --train, --dev, --test (now {} + {} + {}) or --dim (now {})", recipe.n_train, recipe.n_dev, recipe.n_test, recipe.dim);
+        crate::memory::ensure_fits("generating this data", needed, &advice)?;
         let dim = recipe.dim;
         let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
         let teacher: Vec<f64> = (0..dim).map(|_| StandardNormal.sample(&mut rng)).collect();
@@ -189,8 +196,15 @@ impl PerceptronData {
                 let expected = format!("[{}, {dim}] = {} values (rows of {yn})", ex.len(), ex.len() * dim);
                 return Err(Error::shape(xn, expected, format!("{} values", ex.x.len())));
             }
-            if let Some(i) = ex.x.iter().position(|v| !v.is_finite()) {
-                let problem = format!("non-finite value {} at flat index {i} (row {}, column {})", ex.x[i], i / dim, i % dim);
+            if let Some(i) = ex.x.iter().position(|v| !v.is_finite() || v.abs() > MAX_INPUT) {
+                let what = if ex.x[i].is_finite() { "too large a value" } else { "non-finite value" };
+                let problem = format!(
+                    "{what} {:?} at flat index {i} (row {}, column {}): the Hessian products square the inputs, so |x| must stay \
+                     below {MAX_INPUT:.1e} for f32 arithmetic; rescale the data",
+                    ex.x[i],
+                    i / dim,
+                    i % dim
+                );
                 return Err(Error::bad_input(xn, problem));
             }
             if let Some(i) = ex.y.iter().position(|&v| v != 0.0 && v != 1.0) {
@@ -256,7 +270,7 @@ impl PerceptronData {
         Ok(data)
     }
 
-    /// Validates, then writes all tensors as F32, atomically (see `tensor_file::write_atomic`).
+    /// Validates, then writes all tensors as F32, atomically (see `files::write_atomic`).
     pub fn save(&self, path: &Path) -> Result<()> {
         self.validate()?;
         let names: Vec<[String; 2]> = SETS.iter().map(|set| [format!("x_{set}"), format!("y_{set}")]).collect();
@@ -566,6 +580,18 @@ mod tests {
         set(&mut raw, "x_train", Dtype::F32, vec![N, D], f32s(&x));
         expect_err(load_raw(&raw), is_bad, "x_train");
         expect_err(load_raw(&raw), is_bad, "flat index 5 (row 1, column 2)");
+    }
+
+    #[test]
+    fn load_input_too_large_for_f32_products_names_the_data() {
+        let mut raw = valid();
+        let mut x = vec![0.0f32; N * D];
+        x[5] = -3e38;
+        set(&mut raw, "x_train", Dtype::F32, vec![N, D], f32s(&x));
+        expect_err(load_raw(&raw), is_bad, "too large a value -3e38 at flat index 5 (row 1, column 2)");
+        x[5] = 1.8e19;
+        set(&mut raw, "x_train", Dtype::F32, vec![N, D], f32s(&x));
+        load_raw(&raw).unwrap();
     }
 
     #[test]

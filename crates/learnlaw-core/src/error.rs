@@ -34,6 +34,14 @@ pub enum Error {
     /// The numerics broke down (a loss or gradient became NaN/Inf).
     #[error("numerical failure: {0}")]
     Numerical(String),
+
+    /// A run directory is owned by another process (`holder`: its pid and command line).
+    #[error("{} is in use by another learnlaw process ({holder}); wait for it to finish or stop it", .dir.display())]
+    Busy { dir: PathBuf, holder: String },
+
+    /// A job would need more memory than is available (bytes), refused before allocating.
+    #[error("{what} needs about {} of memory, more than the {} available: {advice}", crate::memory::human(*.needed), crate::memory::human(*.available))]
+    Memory { what: String, needed: u64, available: u64, advice: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,9 +63,10 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
     /// A policy update produced a non-finite value at flat index `index` of a [T, row_len] policy.
+    /// The search checks ∂J/∂γ before its update, so there the outer step itself overflowed.
     pub fn non_finite_policy(index: usize, row_len: usize) -> Self {
         Error::Numerical(format!(
-            "non-finite policy value at row {}, example {} (outer lr too large?)",
+            "non-finite policy value at row {}, example {} after the outer update (lower the outer learning rate)",
             index / row_len.max(1),
             index % row_len.max(1)
         ))

@@ -1,8 +1,11 @@
 //! Evaluation of a policy (reference §2, §6): retrain from θ_0, record the dev and test curves,
 //! and measure the Learning Law's quantities along the way.
 //!
-//! - AR = T / min{t ≥ 1 : L_opt(θ_t) ≤ L_const(θ_T)}: how many times fewer steps the policy needs
-//!   to reach the constant policy's final loss.
+//! - AR = t_c / t_p with t_p = min{t ≥ 1 : L_opt(θ_t) ≤ L_const(θ_T)} and t_c the same for the
+//!   constant policy's own curve: how many times fewer steps the policy needs to reach the constant
+//!   policy's final loss. When the constant curve falls to its end t_c = T, the paper's T / t_p;
+//!   equal curves give 1; a flat constant curve (training makes no progress) has t_c = 1, so AR ≤ 1;
+//!   a policy that never reaches the target has no AR (None, "not reached").
 //! - CT_{n,t} = ∇L_dev(θ_t)·∇l_n(θ_t), the contribution of example n at step t (γ not included).
 //! - SIM_t = mean_t / s_t with mean_t = Σ_n γ_{t,n} CT_{n,t} and s_t the sample std of CT over the
 //!   examples with γ ≠ 0: large when all used examples contribute equally (the Learning Law).
@@ -198,7 +201,8 @@ impl LawAccumulator {
         let defined: Vec<f64> = self.sim.iter().copied().filter(|s| s.is_finite()).collect();
         let count = self.well_learned;
         LawStats {
-            sim_mean: defined.iter().sum::<f64>() / defined.len().max(1) as f64,
+            // 0 when SIM is nowhere defined (an empty float sum is −0).
+            sim_mean: if defined.is_empty() { 0.0 } else { defined.iter().sum::<f64>() / defined.len() as f64 },
             zero_share: if self.harmful > 0 { self.harmful_zero as f64 / self.harmful as f64 } else { 0.0 },
             sim: self.sim,
             zero_share_per_step: self.zero_share_per_step,
@@ -212,10 +216,26 @@ impl LawAccumulator {
     }
 }
 
-/// AR = T / min{t ≥ 1 : curve[t] ≤ target}, with T = curve.len() − 1; None if never reached.
+/// The first step t ≥ 1 at which `curve` (over θ_0..θ_T) is at or below `target`; None if never.
+pub fn steps_to(curve: &[f64], target: f64) -> Option<usize> {
+    curve.iter().enumerate().skip(1).find(|(_, &l)| l <= target).map(|(t, _)| t)
+}
+
+/// How many times fewer steps than `steps` `curve` needs to reach `target`; None if never.
+pub fn speedup(steps: usize, curve: &[f64], target: f64) -> Option<f64> {
+    steps_to(curve, target).map(|t| steps as f64 / t as f64)
+}
+
+/// The paper's AR for a given target: T / min{t ≥ 1 : curve[t] ≤ target}, T = curve.len() − 1.
 pub fn acceleration_ratio(curve: &[f64], target: f64) -> Option<f64> {
-    let steps = curve.len().checked_sub(1)?;
-    curve.iter().enumerate().skip(1).find(|(_, &l)| l <= target).map(|(t, _)| steps as f64 / t as f64)
+    speedup(curve.len().checked_sub(1)?, curve, target)
+}
+
+/// AR of a policy against the constant policy, from both curves over θ_0..θ_T (module docs): the
+/// steps the constant policy needs to reach its own final loss over those the policy needs.
+pub fn acceleration_ratio_against(policy: &[f64], constant: &[f64]) -> Option<f64> {
+    let target = *constant.last()?;
+    speedup(steps_to(constant, target)?, policy, target)
 }
 
 #[cfg(test)]

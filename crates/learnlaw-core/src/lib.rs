@@ -7,6 +7,7 @@
 //! - `unroll`: J(γ) and ∂J/∂γ through the whole training run (adjoint with HVPs, checkpointing).
 //! - `search`: the outer optimisation of the policy; `eval`: AR, CR, CT, SIM; `run`: run directories.
 //! - `data`, `policy`, `simplex`: data sets and their generator, policies, simplex projection.
+//! - `files`: atomic and staged writes; `memory`: refusing sizes that cannot fit before allocating.
 //! - `text`: the Transformer task's token data — BPE tokenizer, story generator, corpus reading, noise.
 //! - `storage`: how a GPU backend stores X (f32, f16, bf16).
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
@@ -16,8 +17,10 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod host;
 pub mod linalg;
+pub mod memory;
 pub mod perceptron;
 pub mod policy;
 pub mod real;

@@ -13,22 +13,34 @@
 //! RUN_DIR/best_policy.safetensors  with a held-out part of the desired set (`holdout`): the
 //!                              policy of lowest held-out J so far (metadata: its epoch and J);
 //!                              `evaluate` then evaluates it (early stopping)
+//! RUN_DIR/.lock                the OS lock of the process that owns the directory (its pid and
+//!                              command line inside, for the message of one that finds it taken)
 //! ```
-use std::collections::HashMap;
+//!
+//! A run directory is owned by one process at a time (`RunDir::create`, `RunDir::open`: an OS file
+//! lock, released however the process ends), every file is checked against config.toml before it
+//! is used (`RunDir::read_checked`), files learnlaw did not write are never replaced, and every
+//! output is written atomically, summary.json last (`files`).
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::EvalCurves;
 use crate::engine::Engine;
 use crate::eval::{self, Curves, LawStats};
+use crate::files::{self, write_atomic, Staged};
 use crate::policy::Policy;
 use crate::search::{compression_ratio, AdamState, Search, SearchConfig};
-use crate::tensor_file::{self, write_atomic, Tensor, Values};
+use crate::tensor_file::{self, Tensor, Values};
 use crate::transformer::TransformerConfig;
 use crate::unroll::Workspace;
-use crate::{Error, Real, Result};
+use crate::{memory, Error, Real, Result};
 
 /// Everything that determines a search's result; a resumed search must match it exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +58,83 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<TransformerConfig>,
     pub search: SearchConfig,
+}
+
+/// A setting that differs between a run's config.toml and a new search's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Difference {
+    /// The setting's key in config.toml, e.g. `search.outer_lr`.
+    pub key: String,
+    /// Its value in the run (`old`) and in the new configuration ("not set" where absent).
+    pub old: String,
+    pub new: String,
+}
+
+impl Difference {
+    /// Why a resumed search may change this setting, if it may; every other setting decides the
+    /// result, so a resume must keep it.
+    pub fn allowed_on_resume(&self) -> Option<&'static str> {
+        match self.key.as_str() {
+            "search.checkpoint_every" => Some("it only trades memory against recomputation: the result is the same"),
+            "backend" => Some("the saved policy is a valid start on any backend; results agree to the backends' tolerance, not bit for bit"),
+            "data" => Some("the file moved; its contents (fingerprint) are the same"),
+            _ => None,
+        }
+    }
+
+    /// The setting as a user sets it: the command-line option, or what in the data decides it.
+    pub fn setting(&self) -> String {
+        match self.key.as_str() {
+            "data_fingerprint" => "the data file's contents (fingerprint)".into(),
+            "model.vocab_size" => "the data's vocabulary size".into(),
+            "model.context" => "the data's context length".into(),
+            "search.reg_l2" => "--reg L2".into(),
+            key => format!("--{}", key.rsplit('.').next().unwrap_or(key).replace('_', "-")),
+        }
+    }
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} in the run, {} now", self.setting(), self.old, self.new)
+    }
+}
+
+impl RunConfig {
+    /// The settings in which `new` differs from this configuration, in config.toml's order of keys.
+    pub fn differences(&self, new: &RunConfig) -> Result<Vec<Difference>> {
+        let (old, new) = (flat_settings(self)?, flat_settings(new)?);
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        let value = |m: &BTreeMap<String, String>, k: &String| m.get(k).cloned().unwrap_or_else(|| "not set".into());
+        Ok(keys
+            .into_iter()
+            .filter(|k| old.get(*k) != new.get(*k))
+            .map(|k| Difference { key: k.clone(), old: value(&old, k), new: value(&new, k) })
+            .collect())
+    }
+}
+
+/// A configuration as `key.path = value` pairs (unset options absent).
+fn flat_settings(cfg: &RunConfig) -> Result<BTreeMap<String, String>> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            toml::Value::String(s) => {
+                out.insert(prefix.into(), s.clone());
+            }
+            other => {
+                out.insert(prefix.into(), other.to_string());
+            }
+        }
+    }
+    let value = toml::Value::try_from(cfg).map_err(|e| Error::format("config.toml", e))?;
+    let mut out = BTreeMap::new();
+    walk("", &value, &mut out);
+    Ok(out)
 }
 
 /// The J history of a search; j[e] = J(γ_e), e = 0 the constant policy.
@@ -66,6 +155,10 @@ pub struct History {
     /// L_dev(θ_T) of γ_e (like `j`); entry 0 is the target AR_dev measures against.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub final_dev: Vec<f64>,
+    /// The first step at which the constant policy reaches its own final L_dev: AR_dev's numerator
+    /// (`eval::acceleration_ratio_against`; histories saved before it count T).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant_dev_steps: Option<usize>,
 }
 
 impl History {
@@ -73,8 +166,12 @@ impl History {
     pub fn epochs_done(&self) -> usize {
         self.seconds.len()
     }
+    /// 0 before the first epoch (an empty float sum is −0).
     pub fn seconds_per_epoch(&self) -> f64 {
-        self.seconds.iter().sum::<f64>() / self.seconds.len().max(1) as f64
+        if self.seconds.is_empty() {
+            return 0.0;
+        }
+        self.seconds.iter().sum::<f64>() / self.seconds.len() as f64
     }
     /// The epoch of lowest held-out J (the first of equals), if there is a held-out part.
     pub fn best_epoch(&self) -> Option<usize> {
@@ -89,9 +186,14 @@ impl History {
         self.cr.push(compression_ratio(&fwd.dev, classes));
         if tracked {
             let last = fwd.dev.last().copied().unwrap_or(f64::NAN);
+            if self.final_dev.is_empty() {
+                // γ_0 is the constant policy: its curve sets the target and the steps to it.
+                self.constant_dev_steps = eval::steps_to(&fwd.dev, last);
+            }
             let target = self.final_dev.first().copied().unwrap_or(last);
             self.final_dev.push(last);
-            self.ar_dev.push(eval::acceleration_ratio(&fwd.dev, target));
+            let constant_steps = self.constant_dev_steps.unwrap_or(fwd.dev.len().saturating_sub(1));
+            self.ar_dev.push(eval::speedup(constant_steps, &fwd.dev, target));
         }
     }
 
@@ -137,6 +239,12 @@ pub struct Evaluation {
     pub final_test_policy: f64,
     pub law_constant: LawStats,
     pub law_policy: LawStats,
+    /// The first step at which the constant policy reaches its own final test / dev loss: T when
+    /// its curve falls to the end, less when it is flat or rises (AR's numerator).
+    #[serde(default)]
+    pub constant_steps_test: Option<usize>,
+    #[serde(default)]
+    pub constant_steps_dev: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -166,6 +274,10 @@ pub struct Summary {
     /// The epoch of the policy `evaluation` describes (the best one with `holdout`, else the last).
     #[serde(default)]
     pub evaluated_epoch: Option<usize>,
+    /// The search's completed epochs when `evaluation` was made: fewer than the policy file's
+    /// means the evaluation is stale (the search went on after it).
+    #[serde(default)]
+    pub evaluation_epochs_done: Option<usize>,
     /// AR of each epoch's policy on the search's desired set (like `j`).
     #[serde(default)]
     pub ar_dev_by_epoch: Vec<Option<f64>>,
@@ -175,17 +287,38 @@ pub struct Summary {
     pub evaluation: Option<Evaluation>,
 }
 
+/// A run directory: paths to its files, and once `create` or `open` succeeded, its OS lock.
 pub struct RunDir {
     pub root: PathBuf,
+    /// RUN_DIR/.lock, locked: this process owns the directory until the `RunDir` is dropped (the
+    /// OS releases the lock however the process ends).
+    lock: OnceLock<File>,
 }
 
 const HISTORY_KEY: &str = "history";
 const ADAM_STEPS_KEY: &str = "adam_steps";
 const BEST_EPOCH_KEY: &str = "epoch";
+const LOCK_FILE: &str = ".lock";
+/// What `reproduce` writes into a run directory before its search starts (and so before config.toml).
+const GENERATED_DATA: [&str; 2] = ["data.safetensors", "tokenizer.json"];
+
+/// The files of a run, read and checked against its config.toml by `RunDir::read_checked`.
+#[derive(Debug)]
+pub struct CheckedRun {
+    pub config: RunConfig,
+    /// N, the training examples of the run's data (None when the data file is gone).
+    pub examples: Option<usize>,
+    /// policy.safetensors and its history (None before the search first saved).
+    pub saved: Option<(Policy, History)>,
+    /// best_policy.safetensors and its epoch (a search with a held-out part).
+    pub best: Option<(Policy, usize)>,
+    /// summary.json (None before the search finished or was evaluated).
+    pub summary: Option<Summary>,
+}
 
 impl RunDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        RunDir { root: root.into() }
+        RunDir { root: root.into(), lock: OnceLock::new() }
     }
     pub fn config_path(&self) -> PathBuf {
         self.root.join("config.toml")
@@ -202,6 +335,149 @@ impl RunDir {
     pub fn curves_path(&self) -> PathBuf {
         self.root.join("curves.csv")
     }
+    pub fn report_path(&self) -> PathBuf {
+        self.root.join("report")
+    }
+
+    /// Takes the directory for a search, creating it. Refuses a file in its place, a folder with
+    /// files learnlaw did not write (an existing folder without config.toml may hold only the
+    /// data `reproduce` generates), and a directory another process owns. Nothing to do when this
+    /// handle owns it already.
+    pub fn create(&self) -> Result<()> {
+        if self.lock.get().is_some() {
+            return Ok(());
+        }
+        if self.root.exists() && !self.root.is_dir() {
+            return Err(Error::bad_input(self.root.display().to_string(), "is a file, not a folder: name a new or existing run folder"));
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        self.lock()?;
+        self.check_ours()
+    }
+
+    /// Takes an existing run directory (to evaluate or report on it): its config.toml must exist.
+    pub fn open(&self) -> Result<()> {
+        if self.lock.get().is_some() {
+            return Ok(());
+        }
+        if !self.config_path().is_file() {
+            return Err(Error::bad_input(self.root.display().to_string(), "not a run directory (no config.toml)"));
+        }
+        self.lock()
+    }
+
+    /// Takes the OS lock on RUN_DIR/.lock (or says who holds it), then removes the temporaries
+    /// that killed writers left.
+    fn lock(&self) -> Result<()> {
+        let path = self.root.join(LOCK_FILE);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = if holder.trim().is_empty() { "pid unknown".to_string() } else { holder.trim().to_string() };
+                return Err(Error::Busy { dir: self.root.clone(), holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        // Only informs a process that finds the lock taken, so a full disk does not stop us here.
+        let holder = format!("pid {}: {}", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
+        let _ = file.set_len(0).and_then(|()| (&file).write_all(holder.as_bytes()));
+        files::remove_stale_temporaries(&self.root)?;
+        files::remove_stale_temporaries(&self.report_path())?;
+        let _ = self.lock.set(file);
+        Ok(())
+    }
+
+    /// Refuses a folder whose files learnlaw would replace but did not write.
+    fn check_ours(&self) -> Result<()> {
+        if !self.config_path().exists() {
+            let entries = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+            for entry in entries {
+                let name = entry.map_err(|e| Error::io(&self.root, e))?.file_name().to_string_lossy().into_owned();
+                if !(name == LOCK_FILE || GENERATED_DATA.contains(&name.as_str()) || files::is_temporary(&name)) {
+                    return Err(Error::bad_input(
+                        self.root.display().to_string(),
+                        format!("is not empty and not a learnlaw run (it holds {name}): use a new or empty folder"),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let not_ours = |path: PathBuf, e: Error| {
+            let problem = match e {
+                Error::Format { problem, .. } => problem,
+                e => e.to_string(),
+            };
+            Error::bad_input(path.display().to_string(), format!("was not written by learnlaw ({problem}); refusing to replace it: use another folder"))
+        };
+        self.read_config().map_err(|e| not_ours(self.config_path(), e))?;
+        if self.summary_path().exists() {
+            self.read_summary().map_err(|e| not_ours(self.summary_path(), e))?;
+        }
+        if self.curves_path().exists() {
+            EvalCurves::read(&self.curves_path()).map_err(|e| not_ours(self.curves_path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the run's files and checks each against config.toml before any is used: the data
+    /// file (its fingerprint; N, its training examples), both policies (γ [T, N]), the history
+    /// (epochs), summary.json (task, T, epochs) and curves.csv (T + 1 rows). Search (to resume),
+    /// eval and report all read a run through this. A data file that is gone is no error here (a
+    /// report needs only the run's own files; search and eval fail to load it).
+    pub fn read_checked(&self) -> Result<CheckedRun> {
+        let config = self.read_config()?;
+        let examples = check_data(&config)?;
+        let (steps, epochs) = (config.search.steps, config.search.epochs);
+        let check_shape = |path: PathBuf, p: &Policy| {
+            let n = examples.unwrap_or(p.examples);
+            if (p.steps, p.examples) == (steps, n) {
+                return Ok(());
+            }
+            Err(Error::shape(
+                format!("γ in {} (another search's?)", path.display()),
+                format!("[{steps}, {n}] (T of config.toml, N of the data)"),
+                format!("[{}, {}]", p.steps, p.examples),
+            ))
+        };
+        let saved = self.read_policy()?;
+        if let Some((policy, history)) = &saved {
+            check_shape(self.policy_path(), policy)?;
+            let (done, js) = (history.epochs_done(), history.j.len());
+            if done > epochs || !(js == done || (done == epochs && js == epochs + 1)) {
+                let problem = format!("its history ({done} epochs, {js} values of J) does not fit {epochs} epochs of config.toml");
+                return Err(Error::format(self.policy_path(), problem));
+            }
+        }
+        let done = saved.as_ref().map_or(0, |(_, h)| h.epochs_done());
+        let best = self.read_best_policy()?;
+        if let Some((policy, epoch)) = &best {
+            check_shape(self.best_policy_path(), policy)?;
+            if *epoch > done {
+                return Err(Error::format(self.best_policy_path(), format!("best epoch {epoch} is beyond the {done} epochs searched")));
+            }
+        }
+        let summary = if self.summary_path().exists() { Some(self.read_summary()?) } else { None };
+        if let Some(s) = &summary {
+            let evaluated = s.evaluation_epochs_done.unwrap_or(0);
+            if saved.is_none() || (s.task.as_str(), s.steps, s.epochs) != (config.task.as_str(), steps, epochs) || s.epochs_done.max(evaluated) > done {
+                let problem = format!(
+                    "it describes {} with T = {}, {} of {} epochs, but config.toml and the policy say {} with T = {steps}, {done} of {epochs}",
+                    s.task, s.steps, s.epochs_done, s.epochs, config.task
+                );
+                return Err(Error::format(self.summary_path(), problem));
+            }
+        }
+        if self.curves_path().exists() {
+            let curves = EvalCurves::read(&self.curves_path())?;
+            if curves.steps() != steps {
+                let what = self.curves_path().display().to_string();
+                return Err(Error::shape(what, format!("{steps} steps (T of config.toml)"), format!("{} steps", curves.steps())));
+            }
+        }
+        Ok(CheckedRun { config, examples, saved, best, summary })
+    }
 
     pub fn read_config(&self) -> Result<RunConfig> {
         let path = self.config_path();
@@ -212,6 +488,21 @@ impl RunDir {
     fn write_config(&self, cfg: &RunConfig) -> Result<()> {
         let text = toml::to_string_pretty(cfg).map_err(|e| Error::format(self.config_path(), e))?;
         write_atomic(&self.config_path(), text.as_bytes())
+    }
+
+    /// A new search in this directory: the results of an earlier one (whose policy is gone) must
+    /// not mix with it, so they go, and the configuration is written.
+    fn start_fresh(&self, cfg: &RunConfig) -> Result<()> {
+        if self.best_policy_path().exists() {
+            self.read_best_policy()?;
+        }
+        for path in [self.best_policy_path(), self.summary_path(), self.curves_path()] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+                _ => {}
+            }
+        }
+        self.write_config(cfg)
     }
 
     /// The saved policy and its history, if a search has started here.
@@ -280,24 +571,48 @@ impl RunDir {
     }
 
     pub fn write_summary(&self, summary: &Summary) -> Result<()> {
-        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::format(self.summary_path(), e))?;
-        write_atomic(&self.summary_path(), text.as_bytes())
+        write_atomic(&self.summary_path(), &self.summary_json(summary)?)
     }
 
-    fn write_curves(&self, constant: &Curves, policy: &Curves) -> Result<()> {
-        let mut out = String::from("step,dev_constant,test_constant,dev_policy,test_policy\n");
-        for t in 0..constant.dev.len() {
-            out += &format!("{t},{},{},{},{}\n", constant.dev[t], constant.test[t], policy.dev[t], policy.test[t]);
-        }
-        write_atomic(&self.curves_path(), out.as_bytes())
+    fn summary_json(&self, summary: &Summary) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(summary).map_err(|e| Error::format(self.summary_path(), e))
     }
+}
+
+/// Checks the run's data file against config.toml's fingerprint and returns N, its training
+/// examples (rows of `x_train`, or of `train` for the Transformer's token data); None if it is gone.
+fn check_data(cfg: &RunConfig) -> Result<Option<usize>> {
+    let bytes = match std::fs::read(&cfg.data) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        read => read.map_err(|e| Error::io(&cfg.data, e))?,
+    };
+    if fingerprint_of(&bytes) != cfg.data_fingerprint {
+        let problem = "changed since the search ran (fingerprint mismatch): restore it, or search again in a new folder";
+        return Err(Error::bad_input(cfg.data.display().to_string(), problem));
+    }
+    let name = if cfg.task == "transformer" { "train" } else { "x_train" };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&cfg.data, e))?;
+    let t = st.tensor(name).map_err(|_| Error::format(&cfg.data, format!("no tensor `{name}` for the {} task", cfg.task)))?;
+    Ok(Some(t.shape().first().copied().unwrap_or(0)))
+}
+
+/// curves.csv's text: dev and test loss per step, constant and optimised policy.
+fn curves_csv(constant: &Curves, policy: &Curves) -> String {
+    let mut out = String::from("step,dev_constant,test_constant,dev_policy,test_policy\n");
+    for t in 0..constant.dev.len() {
+        out += &format!("{t},{},{},{},{}\n", constant.dev[t], constant.test[t], policy.dev[t], policy.test[t]);
+    }
+    out
 }
 
 /// FNV-1a 64 of a file's bytes, as hex.
 pub fn fingerprint(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(fingerprint_of(&std::fs::read(path).map_err(|e| Error::io(path, e))?))
+}
+
+fn fingerprint_of(bytes: &[u8]) -> String {
     let h = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    Ok(format!("{h:016x}"))
+    format!("{h:016x}")
 }
 
 fn to_real<R: Real>(v: &[f32]) -> Vec<R> {
@@ -354,6 +669,17 @@ impl<'a, E: Engine> HeldOut<'a, E> {
     }
 }
 
+/// Checks that a search of `cfg` on `e` fits in memory, then takes `dir` for it (`RunDir::create`):
+/// a refused search leaves nothing behind. `search` does this first; a caller may do it earlier.
+pub fn take_for_search<E: Engine>(e: &E, dir: &RunDir, cfg: &RunConfig) -> Result<()> {
+    cfg.search.validate()?;
+    let n = e.num_train();
+    let needed = cfg.search.memory_needed(e.num_params(), n, std::mem::size_of::<E::Real>());
+    let advice = format!("lower the inner steps (--steps, now {}) or the training examples of the data (N = {n})", cfg.search.steps);
+    memory::ensure_fits("this search", needed, &advice)?;
+    dir.create()
+}
+
 /// Like `search`; with `heldout` (an engine of the same train set whose dev set is the held-out
 /// part of the desired set, see `PerceptronData::split_dev`), also records each policy's J on the
 /// held-out part and keeps the best one in best_policy.safetensors (early stopping). `e`'s dev set
@@ -366,7 +692,6 @@ pub fn search_with_holdout<E: Engine>(
     theta0: &[f32],
     mut on_epoch: impl FnMut(&EpochEvent) -> ControlFlow<()>,
 ) -> Result<History> {
-    cfg.search.validate()?;
     if heldout.is_some() != cfg.search.holdout.is_some() {
         return Err(Error::config(
             "holdout",
@@ -374,31 +699,29 @@ pub fn search_with_holdout<E: Engine>(
             "a held-out engine is needed exactly when holdout is set",
         ));
     }
-    std::fs::create_dir_all(&dir.root).map_err(|err| Error::io(&dir.root, err))?;
+    take_for_search(e, dir, cfg)?;
     let n = e.num_train();
-    let (policy, mut history) = match dir.read_policy()? {
-        Some(saved) => {
-            let old = dir.read_config()?;
-            if old != *cfg {
-                return Err(Error::config(
-                    "output directory",
-                    dir.root.display(),
-                    format!("holds a different search ({} vs {}); use another directory or remove it", describe(&old), describe(cfg)),
-                ));
-            }
-            saved
+    let (policy, mut history, summary) = if dir.policy_path().exists() {
+        let old = dir.read_config()?;
+        let differences = old.differences(cfg)?;
+        let blocking: Vec<String> = differences.iter().filter(|d| d.allowed_on_resume().is_none()).map(|d| d.to_string()).collect();
+        if !blocking.is_empty() {
+            let problem = format!("holds a different search ({}); use another directory, or the run's settings to resume it", blocking.join("; "));
+            return Err(Error::config("output directory", dir.root.display(), problem));
         }
-        None => {
+        // The allowed changes first: the files are then checked against the data as it is now.
+        if !differences.is_empty() {
             dir.write_config(cfg)?;
-            (Policy::constant(cfg.search.steps, n), History::default())
         }
+        let run = dir.read_checked()?;
+        let (policy, history) = run.saved.ok_or_else(|| Error::format(dir.policy_path(), "disappeared while being read"))?;
+        (policy, history, run.summary)
+    } else {
+        dir.start_fresh(cfg)?;
+        (Policy::constant(cfg.search.steps, n), History::default(), None)
     };
-    if policy.steps != cfg.search.steps || policy.examples != n {
-        return Err(Error::shape(
-            "saved policy",
-            format!("[{}, {n}]", cfg.search.steps),
-            format!("[{}, {}]", policy.steps, policy.examples),
-        ));
+    if policy.examples != n {
+        return Err(Error::shape("saved policy examples (the engine's training set)", n, policy.examples));
     }
     let epochs = cfg.search.epochs;
     let done = history.epochs_done();
@@ -472,7 +795,8 @@ pub fn search_with_holdout<E: Engine>(
     let fwd = search.evaluate(e)?;
     history.record(&fwd, classes);
     save(&search, e, &history)?;
-    let mut summary = dir.read_summary().unwrap_or_default();
+    // After the policy: a summary never describes a search whose final policy is not saved.
+    let mut summary = summary.unwrap_or_default();
     summary.set_search(cfg, &history);
     dir.write_summary(&summary)?;
     Ok(history)
@@ -496,22 +820,6 @@ impl Summary {
     }
 }
 
-fn describe(cfg: &RunConfig) -> String {
-    let s = &cfg.search;
-    format!(
-        "{} on {} with T={} η={} E={} lr={} {:?} holdout {:?} reg {:?}",
-        cfg.task,
-        cfg.data.display(),
-        s.steps,
-        s.eta,
-        s.epochs,
-        s.outer_lr,
-        s.optimizer,
-        s.holdout,
-        s.reg_l2
-    )
-}
-
 /// Retrains with the saved policy (the best one by held-out J when the search had a held-out part)
 /// and with the constant policy on the whole data of the run (all of the desired set), writes
 /// curves.csv and the evaluation into summary.json, and returns it.
@@ -520,13 +828,17 @@ pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Ev
 }
 
 /// `evaluate`, calling `step_done` after each of the 2·T retraining steps (constant policy first).
+/// curves.csv and summary.json are written together, the summary last: a failed write (a full
+/// disk) leaves both as they were.
 pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32], step_done: &mut dyn FnMut()) -> Result<Evaluation> {
-    let cfg = dir.read_config()?;
+    dir.open()?;
+    let run = dir.read_checked()?;
+    let cfg = &run.config;
     let (policy, history) =
-        dir.read_policy()?.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
-    let (policy, evaluated_epoch) = match dir.read_best_policy()? {
+        run.saved.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
+    let (policy, evaluated_epoch) = match run.best {
         Some((best, epoch)) if cfg.search.holdout.is_some() => (best, epoch),
-        _ => (policy, history.j.len().saturating_sub(1)),
+        _ => (policy, history.epochs_done()),
     };
     if policy.examples != e.num_train() {
         return Err(Error::shape("policy examples", e.num_train(), policy.examples));
@@ -539,8 +851,8 @@ pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]
     let area = |v: &[f64]| v.iter().sum::<f64>() / unroll.steps as f64;
     let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     let evaluation = Evaluation {
-        ar: eval::acceleration_ratio(&p.test, last(&c.test)),
-        ar_dev: eval::acceleration_ratio(&p.dev, last(&c.dev)),
+        ar: eval::acceleration_ratio_against(&p.test, &c.test),
+        ar_dev: eval::acceleration_ratio_against(&p.dev, &c.dev),
         auc_test_constant: area(&c.test),
         auc_test_policy: area(&p.test),
         auc_dev_constant: area(&c.dev),
@@ -549,15 +861,20 @@ pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]
         final_test_policy: last(&p.test),
         law_constant: law_c.unwrap_or_default(),
         law_policy: law_p.unwrap_or_default(),
+        constant_steps_test: eval::steps_to(&c.test, last(&c.test)),
+        constant_steps_dev: eval::steps_to(&c.dev, last(&c.dev)),
     };
-    dir.write_curves(&c, &p)?;
-    let mut summary = dir.read_summary().unwrap_or_default();
-    summary.set_search(&cfg, &history);
+    let mut summary = run.summary.unwrap_or_default();
+    summary.set_search(cfg, &history);
     summary.ar = evaluation.ar;
     summary.ar_test = evaluation.ar;
     summary.ar_dev = evaluation.ar_dev;
     summary.evaluated_epoch = Some(evaluated_epoch);
+    summary.evaluation_epochs_done = Some(history.epochs_done());
     summary.evaluation = Some(evaluation.clone());
-    dir.write_summary(&summary)?;
+    let mut staged = Staged::new();
+    staged.write(&dir.curves_path(), curves_csv(&c, &p).as_bytes())?;
+    staged.write(&dir.summary_path(), &dir.summary_json(&summary)?)?;
+    staged.commit()?;
     Ok(evaluation)
 }

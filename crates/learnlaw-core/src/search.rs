@@ -114,13 +114,31 @@ impl SearchConfig {
                 return Err(Error::config("reg_l2", r, "must be a finite number ≥ 0"));
             }
         }
-        if self.block_steps == Some(0) {
-            return Err(Error::config("block_steps", 0, "must be at least 1"));
+        if let Some(b) = self.block_steps.filter(|&b| b == 0 || b > self.steps) {
+            return Err(Error::config("block_steps", b, format!("must be between 1 and the inner steps T = {}", self.steps)));
         }
         if self.checkpoint_every == Some(0) {
             return Err(Error::config("checkpoint_every", 0, "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Bytes a search of this size holds at its peak beyond its data, roughly: γ and ∂J/∂γ [T, N]
+    /// in reals of `real_bytes`, the host copies a save makes (γ downloaded, as f32, serialised),
+    /// Adam's two f64 moments with their saved copies, and the θ kept for the adjoint (P each).
+    pub fn memory_needed(&self, num_params: usize, examples: usize, real_bytes: usize) -> u64 {
+        let (t, p, r) = (self.steps as u64, num_params as u64, real_bytes as u64);
+        let policy = t.saturating_mul(examples as u64);
+        let adam = if self.optimizer == OuterOptimizer::Adam { 2 * 8 * 2 } else { 0 };
+        let every = self.theta_interval(num_params, real_bytes);
+        let thetas = t.div_ceil(every as u64) + every as u64;
+        policy.saturating_mul(3 * r + 8 + adam).saturating_add(thetas.saturating_mul(p).saturating_mul(r))
+    }
+
+    /// Every how many inner steps θ is kept for the adjoint: `checkpoint_every`, else all of them
+    /// while they fit in `THETA_HISTORY_BUDGET`.
+    fn theta_interval(&self, num_params: usize, real_bytes: usize) -> usize {
+        self.checkpoint_every.unwrap_or_else(|| self.unroll().checkpoint_interval(num_params, real_bytes, THETA_HISTORY_BUDGET))
     }
 
     /// The outer learning rate of epoch e (0-based): linear decay to 0, for every optimiser.
@@ -164,9 +182,7 @@ impl<E: Engine> Search<E> {
         if gamma.len() != cfg.steps * n {
             return Err(Error::shape("policy", format!("[{}, {n}]", cfg.steps), format!("{} values", gamma.len())));
         }
-        let real_bytes = std::mem::size_of::<E::Real>();
-        let every =
-            cfg.checkpoint_every.unwrap_or_else(|| cfg.unroll().checkpoint_interval(e.num_params(), real_bytes, THETA_HISTORY_BUDGET));
+        let every = cfg.theta_interval(e.num_params(), std::mem::size_of::<E::Real>());
         Ok(Search {
             cfg: cfg.clone(),
             ws: Workspace::new(e, cfg.unroll(), every)?,
@@ -212,26 +228,24 @@ impl<E: Engine> Search<E> {
         if let Some(block) = self.cfg.block_steps.filter(|&b| b > 1) {
             e.tie_rows(&mut self.grad, block, n)?;
         }
-        match self.cfg.optimizer {
-            OuterOptimizer::Sgd => {
-                e.axpy(-lr, &self.grad, &mut self.gamma)?;
-                e.project_simplex_rows(&mut self.gamma, n)?;
-            }
-            OuterOptimizer::ExpGrad => {
-                let scale = e.max_abs(&self.grad)?;
-                if !scale.is_finite() {
-                    return Err(Error::Numerical(format!("policy gradient max |g| = {scale}")));
-                }
-                if scale > 0.0 {
-                    e.exp_grad_rows(&mut self.gamma, &self.grad, lr / scale, n)?;
-                }
-            }
-            OuterOptimizer::Adam => {
-                let delta = self.adam_delta(e, lr, n)?;
+        let updated = match self.cfg.optimizer {
+            OuterOptimizer::Sgd => e.axpy(-lr, &self.grad, &mut self.gamma).and_then(|()| e.project_simplex_rows(&mut self.gamma, n)),
+            OuterOptimizer::ExpGrad => match e.max_abs(&self.grad)? {
+                scale if !scale.is_finite() => Err(Error::Numerical(format!("policy gradient max |g| = {scale}"))),
+                scale if scale > 0.0 => e.exp_grad_rows(&mut self.gamma, &self.grad, lr / scale, n),
+                _ => Ok(()),
+            },
+            OuterOptimizer::Adam => self.adam_delta(e, lr, n).and_then(|delta| {
                 let delta = e.upload(&delta)?;
                 e.axpy(-1.0, &delta, &mut self.gamma)?;
-                e.project_simplex_rows(&mut self.gamma, n)?;
-            }
+                e.project_simplex_rows(&mut self.gamma, n)
+            }),
+        };
+        if let Err(err) = updated {
+            // Name the first quantity that went non-finite: the losses are checked by the unroll,
+            // so it is ∂J/∂γ (the inner training's adjoint) or else the update itself.
+            let gradient = matches!(err, Error::Numerical(_)).then(|| e.download(&self.grad).ok()).flatten();
+            return Err(gradient.and_then(|g| self.non_finite_gradient(&g)).unwrap_or(err));
         }
         if let (Some(reg), Some(constant)) = (self.cfg.reg_l2, &self.constant) {
             let kappa = 2.0 * reg * lr;
@@ -250,8 +264,8 @@ impl<E: Engine> Search<E> {
         const B2: f64 = 0.999;
         let g = e.download(&self.grad)?;
         // Checked before the moments change, so a failed epoch leaves Adam's state as saved.
-        if let Some(i) = g.iter().position(|x| !x.f64().is_finite()) {
-            return Err(Error::Numerical(format!("non-finite policy gradient at row {}, example {}", i / n, i % n)));
+        if let Some(err) = self.non_finite_gradient(&g) {
+            return Err(err);
         }
         let AdamState { m, v, steps } =
             self.adam.get_or_insert_with(|| AdamState { m: vec![0.0; g.len()], v: vec![0.0; g.len()], steps: 0 });
@@ -271,6 +285,19 @@ impl<E: Engine> Search<E> {
             return Err(Error::Numerical("non-finite Adam step".into()));
         }
         Ok(delta)
+    }
+
+    /// The error for a non-finite ∂J/∂γ (`g`) with finite losses, if it has one: the adjoint pass
+    /// overflowed, which the inner learning rate (or the data's scale) decides, not the outer one.
+    fn non_finite_gradient(&self, g: &[E::Real]) -> Option<Error> {
+        let i = g.iter().position(|x| !x.f64().is_finite())?;
+        let (t, k) = (i / self.examples, i % self.examples);
+        Some(Error::Numerical(format!(
+            "∂J/∂γ is {} at inner step {t}, example {k}, while the losses are finite: the adjoint of the inner training \
+             overflows, so the inner learning rate η = {:?} is too large for this data (lower --eta, or rescale the data)",
+            g[i].f64(),
+            self.cfg.eta
+        )))
     }
 
     /// J and the dev curve of the current policy.

@@ -1,12 +1,13 @@
 //! Small safetensors helpers shared by the data and policy files: atomic writes of f32 and f64
-//! tensors, and reads that turn every failure into an error naming the file or the tensor.
+//! tensors (`files::write_atomic`), and reads that turn every failure into an error naming the
+//! file or the tensor.
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::files::write_atomic;
 use crate::{Error, Result};
 
 /// The values of a tensor to write.
@@ -39,20 +40,6 @@ pub fn write(path: &Path, tensors: &[Tensor], metadata: Option<HashMap<String, S
         .and_then(|v| safetensors::serialize(v, metadata))
         .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
     write_atomic(path, &views)
-}
-
-/// Writes to a temporary file beside `path` and renames it into place, so a reader (or a resumed
-/// run after a crash) sees the old file or the new one, never half of one. The temporary name is
-/// unique per process and call, so concurrent writers never share one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::other("path has no file name")))?;
-    let tmp =
-        path.with_file_name(format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 /// The bytes of a safetensors file, checked to parse.

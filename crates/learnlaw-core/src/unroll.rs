@@ -128,7 +128,8 @@ impl<E: Engine> Workspace<E> {
         let j = dev.iter().sum::<f64>() / steps as f64;
         if !j.is_finite() {
             let t = dev.iter().position(|l| !l.is_finite()).unwrap_or(steps);
-            return Err(Error::Numerical(format!("the desired loss became {} at step {t} (lower η?)", dev[t])));
+            let problem = format!("the inner training diverged: the desired loss is {} at inner step {t}", dev[t]);
+            return Err(Error::Numerical(format!("{problem}; lower the inner learning rate η = {eta:?}")));
         }
         Ok(Forward { j, dev })
     }

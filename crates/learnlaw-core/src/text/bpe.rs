@@ -9,7 +9,7 @@
 //! "merges": [[a, b], ...]}`; merge k creates id 2 + bytes.len() + k.
 use super::{PAD, UNK};
 use crate::error::{Error, Result};
-use crate::tensor_file::write_atomic;
+use crate::files::write_atomic;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::Path;

@@ -231,7 +231,7 @@ impl TokenData {
             .collect::<Result<Vec<_>, _>>()
             .and_then(|views| safetensors::serialize(views, Some(metadata)))
             .map_err(|e| Error::format(path, format!("cannot serialize: {e}")))?;
-        tensor_file::write_atomic(path, &serialized)
+        crate::files::write_atomic(path, &serialized)
     }
 
     /// Reads the layout of the module docs. Unknown extra tensors are ignored.
