@@ -86,8 +86,11 @@ fn steps(c: &mut Criterion) {
 }
 
 /// The same steps on the wgpu engine, and its GEMM kernel on the FFN's product over every
-/// training token, each against the CPU's in the table.
+/// training token, each against the CPU's in the table. Timed by hand (the mean of a few calls
+/// after a warm-up, each synchronised): a lavapipe step takes seconds, too long for criterion's
+/// ten samples.
 fn wgpu_steps(c: &mut Criterion) {
+    let _ = c;
     let (cfg, data) = setup();
     let n = data.n_train();
     let tokens = n * (data.seq_len - 1);
@@ -102,50 +105,50 @@ fn wgpu_steps(c: &mut Criterion) {
     let v: Vec<f32> = (0..p).map(|i| ((i as f32) * 0.618).sin() * 1e-2).collect();
     let v = up(&mut e, &v);
     let (mut next, mut lambda, mut curve, mut grad) = (e.zeros(p).unwrap(), e.zeros(p).unwrap(), e.zeros(1).unwrap(), e.zeros(n).unwrap());
-
-    let mut g = c.benchmark_group("transformer");
-    g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(tokens as u64));
-    g.bench_function("wgpu_forward_step_f32", |b| {
-        b.iter(|| {
-            e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
-            e.sync().unwrap()
-        })
+    let forward = mean_ms(2, || {
+        e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
+        e.sync().unwrap()
     });
-    g.bench_function("wgpu_backward_step_f32", |b| {
-        b.iter(|| {
-            e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap();
-            e.sync().unwrap()
-        })
+    let backward = mean_ms(2, || {
+        e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap();
+        e.sync().unwrap()
     });
     let working_set = e.working_set_bytes();
     drop(e);
 
     // The FFN's first product [tokens, H]·[H, F], the CPU's ceiling above, as one GEMM.
     let (h, f) = (cfg.hidden, cfg.ffn);
-    let mut k = WgpuKernels::open(&Options::default()).unwrap();
-    let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
-    let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
-    let mut out = k.upload_buf(&vec![0.0; tokens * f]).unwrap();
-    g.bench_function("wgpu_gemm_f32", |b| {
-        b.iter(|| {
+    let mut gemms = Vec::new();
+    for (variant, baseline) in [("wgpu_gemm_f32", false), ("wgpu_gemm_baseline_f32", true)] {
+        let k = WgpuKernels::open(&Options::default()).unwrap();
+        let mut k = if baseline { k.with_baseline_gemm() } else { k };
+        let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
+        let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
+        let mut out = k.upload_buf(&vec![0.0; tokens * f]).unwrap();
+        let ms = mean_ms(3, || {
             let op = |x| Operand { v: x, t: None, at: 0, trans: false };
             k.gemm(GemmShape::single(tokens, f, h), op(&a), op(&w), 0.0, Output { v: Some(&mut out), t: None, at: 0 });
             k.sync().unwrap()
-        })
-    });
-    g.finish();
+        });
+        gemms.push((variant, ms));
+    }
 
     let gemm_flops = 2.0 * (tokens * h * f) as f64;
-    let cpu = CpuTransformer::<f32>::new(&cfg, &data).unwrap();
-    let flops = cpu.step_flops();
+    let flops = CpuTransformer::<f32>::new(&cfg, &data).unwrap().step_flops();
+    // The CPU's GEMM case multiplies whole 1024-row chunks: scaled to the same rows.
+    let cpu_gemm = median_ns("transformer", "cpu_gemm_f32").map(|ns| ns / 1e6 * tokens as f64 / (tokens.div_ceil(1024) * 1024) as f64);
+    let cpu_ms = |id: &str| median_ns("transformer", id).map(|ns| ns / 1e6);
     println!("\nwgpu against cpu (same run; lavapipe shows relative costs, not GPU speed)");
     println!("{:<24} {:>10} {:>10} {:>10}", "case", "ms", "GFLOP/s", "cpu/wgpu");
-    for (op, fl) in [("gemm", gemm_flops), ("forward_step", flops.forward), ("backward_step", flops.backward)] {
-        let (gpu_id, cpu_id) = (format!("wgpu_{op}_f32"), format!("cpu_{op}_f32"));
-        if let (Some(gpu), Some(cpu)) = (median_ns("transformer", &gpu_id), median_ns("transformer", &cpu_id)) {
-            let cpu = if op == "gemm" { cpu * (tokens as f64 / (tokens.div_ceil(1024) * 1024) as f64) } else { cpu };
-            println!("{gpu_id:<24} {:>10.1} {:>10.1} {:>9.2}×", gpu / 1e6, fl / gpu, cpu / gpu);
-        }
+    let rows = [
+        (gemms[0].0, gemms[0].1, gemm_flops, cpu_gemm),
+        (gemms[1].0, gemms[1].1, gemm_flops, cpu_gemm),
+        ("wgpu_forward_step_f32", forward, flops.forward, cpu_ms("cpu_forward_step_f32")),
+        ("wgpu_backward_step_f32", backward, flops.backward, cpu_ms("cpu_backward_step_f32")),
+    ];
+    for (id, ms, fl, cpu) in rows {
+        let ratio = cpu.map_or("-".to_string(), |c| format!("{:.3}×", c / ms));
+        println!("{id:<24} {ms:>10.1} {:>10.2} {ratio:>10}", fl / (ms * 1e6));
     }
     let logits = 2 * tokens * cfg.vocab_size * 4;
     println!(
@@ -153,6 +156,16 @@ fn wgpu_steps(c: &mut Criterion) {
         working_set as f64 / (1 << 20) as f64,
         logits as f64 / (1 << 20) as f64
     );
+}
+
+/// Mean milliseconds of `iters` calls of `f` after one warm-up call.
+fn mean_ms(iters: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
 }
 
 criterion_group!(benches, steps, wgpu_steps);

@@ -308,6 +308,8 @@ macro_rules! layer_kernel_tests {
 
 layer_kernel_tests!(cpu_f32, Some(CpuKernels::<f32>::default()), Tol::of::<f32>());
 layer_kernel_tests!(wgpu, wgpu_or_skip(WgpuKernels::open(&Options::default())), Tol::of::<f32>());
+// gemm.wgsl's baseline variant (every GEMM of every kernel through it).
+layer_kernel_tests!(wgpu_baseline_gemm, wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_baseline_gemm()), Tol::of::<f32>());
 // The head in chunks of a few rows (its logits never exist for a whole set).
 layer_kernel_tests!(
     wgpu_small_head_chunks,

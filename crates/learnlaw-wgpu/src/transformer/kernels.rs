@@ -82,6 +82,7 @@ pub struct DeviceHead {
 
 struct Pipelines {
     gemm: Kernel,
+    gemm_blocked: Kernel,
     fill: Kernel,
     scale_copy: Kernel,
     axpby: Kernel,
@@ -119,6 +120,7 @@ impl Pipelines {
         let norm_binds = seq(0, &[R, R, R, R, R, R, R, R, W, W, W, W, U]);
         Pipelines {
             gemm: gpu.kernel(&gemm, "gemm", &seq(0, &[R, R, R, R, W, W, U])),
+            gemm_blocked: gpu.kernel(&gemm, "gemm_blocked", &seq(0, &[R, R, R, R, W, W, U])),
             fill: gpu.kernel(&ew, "fill", &ew_binds),
             scale_copy: gpu.kernel(&ew, "scale_copy", &ew_binds),
             axpby: gpu.kernel(&ew, "axpby", &ew_binds),
@@ -163,6 +165,8 @@ pub struct WgpuKernels {
     /// Bytes of the buffers these kernels allocated and still hold (activations, saved state,
     /// scratch): the working set of a pass.
     allocated: u64,
+    /// Run gemm.wgsl's baseline variant instead of the register-blocked one.
+    baseline_gemm: bool,
     pending: Vec<Dispatch>,
     error: Option<Error>,
 }
@@ -344,6 +348,7 @@ impl WgpuKernels {
             attention_gs_t: DeviceBuf::default(),
             head_chunk_logits: HEAD_CHUNK_LOGITS,
             allocated: 0,
+            baseline_gemm: false,
             pending: Vec::new(),
             error: None,
         })
@@ -456,6 +461,13 @@ impl WgpuKernels {
         (self.head_chunk_logits / vocab.max(1)).max(1)
     }
 
+    /// GEMMs by gemm.wgsl's baseline (one element per invocation, 16×16 workgroup-memory tiles)
+    /// instead of the register-blocked default: for tests and benches of the variants.
+    pub fn with_baseline_gemm(mut self) -> Self {
+        self.baseline_gemm = true;
+        self
+    }
+
     /// Chunks of at most `logits` logits in the head (at least one row each), instead of 4 Mi:
     /// less memory, more dispatches. Tests use it to cross chunk boundaries on small sets.
     pub fn with_head_chunk_logits(mut self, logits: usize) -> Self {
@@ -500,7 +512,8 @@ impl LayerKernels for WgpuKernels {
             .write(4, c.v.as_deref())
             .write(5, c.t.as_deref())
             .list;
-        let (tiles_m, tiles_n) = (s.m.div_ceil(16), s.n.div_ceil(16));
+        let tile = if self.baseline_gemm { 16 } else { 32 };
+        let (tiles_m, tiles_n) = (s.m.div_ceil(tile), s.n.div_ceil(tile));
         let params = GemmParams {
             m: u(s.m),
             n: u(s.n),
@@ -519,7 +532,7 @@ impl LayerKernels for WgpuKernels {
             tiles_m: u(tiles_m),
             tiles_n: u(tiles_n),
         };
-        let kernel = self.pipes.gemm.clone();
+        let kernel = if self.baseline_gemm { self.pipes.gemm.clone() } else { self.pipes.gemm_blocked.clone() };
         self.dispatch(&kernel, binds, 6, params, groups(s.batch * tiles_m * tiles_n, 1));
     }
 
