@@ -44,27 +44,25 @@ struct Params {
 const WG: u32 = 64u;
 
 struct Item {
-    // This invocation's row (i or j), the start of its head's columns in its [M, H] row, the
-    // start of its sequence's rows, and its P row (or the P block of its head).
+    // This invocation's row (i or j), the start of its head's columns in an [M, H] row, its
+    // sequence's first row, and the start of its (sequence, head) block [L, L] of P.
     row: u32,
     col0: u32,
     seq_row0: u32,
     pblock: u32,
 }
 
-fn item_of(item: u32) -> Item {
-    let l = p.len;
-    let dh = p.hidden / p.heads;
-    let row = item % l;
+// The item of invocation `item` under the dispatch's parameters `q`.
+fn item_of(q: Params, item: u32) -> Item {
+    let l = q.len;
+    let dh = q.hidden / q.heads;
     let sh = item / l;
-    let hd = sh % p.heads;
-    let s = sh / p.heads;
-    return Item(row, hd * dh, s * l, sh * l * l);
+    return Item(item % l, (sh % q.heads) * dh, (sh / q.heads) * l, sh * l * l);
 }
 
 // Index in a [M, H] activation of (row r of this sequence, column d of this head).
-fn at(it: Item, r: u32, d: u32) -> u32 {
-    return (it.seq_row0 + r) * p.hidden + it.col0 + d;
+fn ix(q: Params, it: Item, r: u32, d: u32) -> u32 {
+    return (it.seq_row0 + r) * q.hidden + it.col0 + d;
 }
 
 @compute @workgroup_size(64)
@@ -73,14 +71,14 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let total = p.seqs * p.heads * p.len;
     let tan = p.tangent == 1u;
     for (var item = gid.x; item < total; item += nwg.x * WG) {
-        let it = item_of(item);
+        let it = item_of(p, item);
         let i = it.row;
         let pr = it.pblock + i * p.len;
         var mx = -3.0e38;
         for (var j = 0u; j <= i; j++) {
             var s = 0.0;
             for (var d = 0u; d < dh; d++) {
-                s = s + fq[at(it, i, d)] * fk[at(it, j, d)];
+                s = s + fq[ix(p, it, i, d)] * fk[ix(p, it, j, d)];
             }
             s = p.scale * s;
             fp[pr + j] = s;
@@ -99,16 +97,16 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         for (var d = 0u; d < dh; d++) {
             var acc = 0.0;
             for (var j = 0u; j <= i; j++) {
-                acc = acc + fp[pr + j] * fv[at(it, j, d)];
+                acc = acc + fp[pr + j] * fv[ix(p, it, j, d)];
             }
-            fo[at(it, i, d)] = acc;
+            fo[ix(p, it, i, d)] = acc;
         }
         if (tan) {
             var mean = 0.0;
             for (var j = 0u; j <= i; j++) {
                 var st = 0.0;
                 for (var d = 0u; d < dh; d++) {
-                    st = st + fq_t[at(it, i, d)] * fk[at(it, j, d)] + fq[at(it, i, d)] * fk_t[at(it, j, d)];
+                    st = st + fq_t[ix(p, it, i, d)] * fk[ix(p, it, j, d)] + fq[ix(p, it, i, d)] * fk_t[ix(p, it, j, d)];
                 }
                 st = p.scale * st;
                 fp_t[pr + j] = st;
@@ -120,9 +118,9 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
             for (var d = 0u; d < dh; d++) {
                 var acc = 0.0;
                 for (var j = 0u; j <= i; j++) {
-                    acc = acc + fp_t[pr + j] * fv[at(it, j, d)] + fp[pr + j] * fv_t[at(it, j, d)];
+                    acc = acc + fp_t[pr + j] * fv[ix(p, it, j, d)] + fp[pr + j] * fv_t[ix(p, it, j, d)];
                 }
-                fo_t[at(it, i, d)] = acc;
+                fo_t[ix(p, it, i, d)] = acc;
             }
         }
     }
@@ -147,7 +145,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 fn grad_p(it: Item, i: u32, j: u32, dh: u32) -> f32 {
     var s = 0.0;
     for (var d = 0u; d < dh; d++) {
-        s = s + rgo[at_r(it, i, d)] * rv[at_r(it, j, d)];
+        s = s + rgo[ix(rpar, it, i, d)] * rv[ix(rpar, it, j, d)];
     }
     return s;
 }
@@ -155,20 +153,9 @@ fn grad_p(it: Item, i: u32, j: u32, dh: u32) -> f32 {
 fn grad_p_t(it: Item, i: u32, j: u32, dh: u32) -> f32 {
     var s = 0.0;
     for (var d = 0u; d < dh; d++) {
-        s = s + rgo_t[at_r(it, i, d)] * rv[at_r(it, j, d)] + rgo[at_r(it, i, d)] * rv_t[at_r(it, j, d)];
+        s = s + rgo_t[ix(rpar, it, i, d)] * rv[ix(rpar, it, j, d)] + rgo[ix(rpar, it, i, d)] * rv_t[ix(rpar, it, j, d)];
     }
     return s;
-}
-
-fn item_r(item: u32) -> Item {
-    let l = rpar.len;
-    let dh = rpar.hidden / rpar.heads;
-    let sh = item / l;
-    return Item(item % l, (sh % rpar.heads) * dh, (sh / rpar.heads) * l, sh * l * l);
-}
-
-fn at_r(it: Item, r: u32, d: u32) -> u32 {
-    return (it.seq_row0 + r) * rpar.hidden + it.col0 + d;
 }
 
 @compute @workgroup_size(64)
@@ -178,7 +165,7 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let tan = rpar.tangent == 1u;
     let c = rpar.scale;
     for (var item = gid.x; item < total; item += nwg.x * WG) {
-        let it = item_r(item);
+        let it = item_of(rpar, item);
         let i = it.row;
         let pr = it.pblock + i * rpar.len;
         var rho = 0.0;
@@ -191,9 +178,9 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         for (var d = 0u; d < dh; d++) {
             var acc = 0.0;
             for (var j = 0u; j <= i; j++) {
-                acc = acc + rs[pr + j] * rk[at_r(it, j, d)];
+                acc = acc + rs[pr + j] * rk[ix(rpar, it, j, d)];
             }
-            rgq[at_r(it, i, d)] = c * acc;
+            rgq[ix(rpar, it, i, d)] = c * acc;
         }
         if (tan) {
             var rho_t = 0.0;
@@ -207,9 +194,9 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
             for (var d = 0u; d < dh; d++) {
                 var acc = 0.0;
                 for (var j = 0u; j <= i; j++) {
-                    acc = acc + rs_t[pr + j] * rk[at_r(it, j, d)] + rs[pr + j] * rk_t[at_r(it, j, d)];
+                    acc = acc + rs_t[pr + j] * rk[ix(rpar, it, j, d)] + rs[pr + j] * rk_t[ix(rpar, it, j, d)];
                 }
-                rgq_t[at_r(it, i, d)] = c * acc;
+                rgq_t[ix(rpar, it, i, d)] = c * acc;
             }
         }
     }
@@ -231,17 +218,6 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 @group(0) @binding(35) var<storage, read_write> cgv_t: array<f32>;
 @group(0) @binding(36) var<uniform> cpar: Params;
 
-fn item_c(item: u32) -> Item {
-    let l = cpar.len;
-    let dh = cpar.hidden / cpar.heads;
-    let sh = item / l;
-    return Item(item % l, (sh % cpar.heads) * dh, (sh / cpar.heads) * l, sh * l * l);
-}
-
-fn at_c(it: Item, r: u32, d: u32) -> u32 {
-    return (it.seq_row0 + r) * cpar.hidden + it.col0 + d;
-}
-
 @compute @workgroup_size(64)
 fn backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let dh = cpar.hidden / cpar.heads;
@@ -250,7 +226,7 @@ fn backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let tan = cpar.tangent == 1u;
     let c = cpar.scale;
     for (var item = gid.x; item < total; item += nwg.x * WG) {
-        let it = item_c(item);
+        let it = item_of(cpar, item);
         let j = it.row;
         for (var d = 0u; d < dh; d++) {
             var gk = 0.0;
@@ -259,18 +235,18 @@ fn backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
             var gv_t = 0.0;
             for (var i = j; i < l; i++) {
                 let ij = it.pblock + i * l + j;
-                gk = gk + cs[ij] * cq[at_c(it, i, d)];
-                gv = gv + cp[ij] * cgo[at_c(it, i, d)];
+                gk = gk + cs[ij] * cq[ix(cpar, it, i, d)];
+                gv = gv + cp[ij] * cgo[ix(cpar, it, i, d)];
                 if (tan) {
-                    gk_t = gk_t + cs_t[ij] * cq[at_c(it, i, d)] + cs[ij] * cq_t[at_c(it, i, d)];
-                    gv_t = gv_t + cp_t[ij] * cgo[at_c(it, i, d)] + cp[ij] * cgo_t[at_c(it, i, d)];
+                    gk_t = gk_t + cs_t[ij] * cq[ix(cpar, it, i, d)] + cs[ij] * cq_t[ix(cpar, it, i, d)];
+                    gv_t = gv_t + cp_t[ij] * cgo[ix(cpar, it, i, d)] + cp[ij] * cgo_t[ix(cpar, it, i, d)];
                 }
             }
-            cgk[at_c(it, j, d)] = c * gk;
-            cgv[at_c(it, j, d)] = gv;
+            cgk[ix(cpar, it, j, d)] = c * gk;
+            cgv[ix(cpar, it, j, d)] = gv;
             if (tan) {
-                cgk_t[at_c(it, j, d)] = c * gk_t;
-                cgv_t[at_c(it, j, d)] = gv_t;
+                cgk_t[ix(cpar, it, j, d)] = c * gk_t;
+                cgv_t[ix(cpar, it, j, d)] = gv_t;
             }
         }
     }
