@@ -92,6 +92,17 @@ pub(crate) fn device_error(problem: impl Into<String>) -> Error {
     Error::Device { backend: BACKEND.into(), problem: problem.into() }
 }
 
+/// An error and its sources, one after another (wgpu's top-level message alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s += &format!(": {inner}");
+        source = inner.source();
+    }
+    s
+}
+
 pub(crate) fn check_len(what: &str, v: &WgpuVec, len: usize) -> Result<()> {
     if v.len == len {
         Ok(())
@@ -479,7 +490,7 @@ fn compile<K>(device: &wgpu::Device, info: &wgpu::AdapterInfo, build: impl FnOnc
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let built = build();
     match pollster::block_on(scope.pop()) {
-        Some(e) => Err(device_error(format!("compiling the WGSL kernels on {}: {e}", info.name))),
+        Some(e) => Err(device_error(format!("compiling the WGSL kernels on {}: {}", info.name, error_chain(&e)))),
         None => Ok(built),
     }
 }
