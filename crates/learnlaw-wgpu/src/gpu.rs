@@ -1,6 +1,7 @@
 //! The device context every wgpu engine shares: adapter and device, error capture, buffers and
 //! their binding windows, compute pipelines, and the submission of dispatches (one command buffer
 //! per call, or per unroll pass inside `run_steps`).
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +35,17 @@ pub struct Options {
 pub struct WgpuVec {
     pub(crate) buf: wgpu::Buffer,
     pub(crate) len: usize,
+    /// Where the buffer goes when the vector is dropped, so the bind groups that hold it go too.
+    dropped: Dropped,
+}
+
+/// Buffers of dropped vectors, not yet evicted from the bind-group cache.
+type Dropped = Arc<Mutex<Vec<wgpu::Buffer>>>;
+
+impl Drop for WgpuVec {
+    fn drop(&mut self) {
+        self.dropped.lock().unwrap_or_else(|p| p.into_inner()).push(self.buf.clone());
+    }
 }
 
 impl WgpuVec {
@@ -63,6 +75,7 @@ pub(crate) enum Access {
 }
 
 /// A buffer range bound to one binding.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Bind {
     pub binding: u32,
     pub buf: wgpu::Buffer,
@@ -126,8 +139,12 @@ pub(crate) struct Gpu {
     /// [4] f32 scalars computed on the device, and their readback buffer.
     pub scalars: wgpu::Buffer,
     scalars_staging: wgpu::Buffer,
-    /// Uniform parameter blocks, PARAM_SLOT bytes each, rewritten by every submission.
+    /// Uniform parameter blocks, PARAM_SLOT bytes each, rewritten by every submission; each
+    /// dispatch selects its block by a dynamic offset, so bind groups do not depend on it.
     params: wgpu::Buffer,
+    bind_groups: BindGroups,
+    /// Buffers of the engine's dropped vectors, to evict from `bind_groups`.
+    dropped: Dropped,
     /// The dispatches of the steps recorded inside `run_steps`, submitted at its end as one
     /// command buffer (None: every step is submitted at once).
     recording: Option<Vec<Dispatch>>,
@@ -164,6 +181,8 @@ impl Gpu {
             scalars: buffer(&device, "scalars", 16, storage | wgpu::BufferUsages::COPY_SRC),
             scalars_staging: buffer(&device, "scalars_staging", 16, readback),
             params: buffer(&device, "params", 64 * PARAM_SLOT as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST),
+            bind_groups: BindGroups::default(),
+            dropped: Dropped::default(),
             policy,
             recording: None,
             max_binding,
@@ -192,6 +211,11 @@ impl Gpu {
 
     pub fn kernel(&self, module: &wgpu::ShaderModule, entry: &str, binds: &[(u32, Access)]) -> Kernel {
         kernel(&self.device, module, entry, binds)
+    }
+
+    /// Bind groups created so far, and held in the cache now.
+    pub fn bind_groups(&self) -> (u64, usize) {
+        (self.bind_groups.created, self.bind_groups.groups.len())
     }
 
     /// A buffer of `size` bytes (at least 4, rounded up to 4) that is not an engine vector.
@@ -230,12 +254,24 @@ impl Gpu {
         }))
     }
 
-    /// An aligned binding window over elements [start, start + count) of `buf`:
-    /// (byte offset, byte size, element shift of `start` inside the window).
+    /// A binding window over elements [start, start + count) of `buf` (count·4 + align ≤
+    /// max_binding), and the element shift of `start` inside it. A buffer within one binding is
+    /// bound whole. A larger one through the fixed window that holds the range, of the windows of
+    /// one binding starting every half binding (any range of up to half a binding lies in one),
+    /// else through a window of its own from `start` (aligned down). So the same call binds the
+    /// same window every time, and finds its bind group in the cache.
     pub fn window(&self, buf: &wgpu::Buffer, binding: u32, start: usize, count: usize) -> (Bind, u32) {
-        let start_b = start as u64 * 4;
-        let offset = start_b / self.align * self.align;
-        let size = (start_b - offset + count.max(1) as u64 * 4).min(buf.size() - offset);
+        let (start_b, end_b) = (start as u64 * 4, (start + count.max(1)) as u64 * 4);
+        let step = self.max_binding / 2 / self.align * self.align;
+        let fixed = start_b / step * step;
+        let offset = if buf.size() <= self.max_binding {
+            0
+        } else if end_b <= fixed + self.max_binding {
+            fixed
+        } else {
+            start_b / self.align * self.align
+        };
+        let size = self.max_binding.min(buf.size() - offset);
         (Bind { binding, buf: buf.clone(), offset, size: Some(size) }, ((start_b - offset) / 4) as u32)
     }
 
@@ -298,7 +334,9 @@ impl Gpu {
         if needed > self.params.size() {
             self.params =
                 self.buffer("params", needed.next_power_of_two() as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+            self.bind_groups.groups.clear(); // they bind the old parameter buffer
         }
+        self.bind_groups.evict_dropped(&self.dropped);
         if !dispatches.is_empty() {
             let mut bytes = vec![0u8; needed as usize];
             for (i, d) in dispatches.iter().enumerate() {
@@ -306,40 +344,14 @@ impl Gpu {
             }
             self.queue.write_buffer(&self.params, 0, &bytes);
         }
-        let groups: Vec<wgpu::BindGroup> = dispatches
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let mut entries: Vec<wgpu::BindGroupEntry> = d
-                    .binds
-                    .iter()
-                    .map(|b| wgpu::BindGroupEntry {
-                        binding: b.binding,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &b.buf,
-                            offset: b.offset,
-                            size: b.size.and_then(NonZeroU64::new),
-                        }),
-                    })
-                    .collect();
-                entries.push(wgpu::BindGroupEntry {
-                    binding: d.param_binding,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &self.params,
-                        offset: i as u64 * PARAM_SLOT,
-                        size: NonZeroU64::new(d.params.len() as u64),
-                    }),
-                });
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
-            })
-            .collect();
+        let groups: Vec<wgpu::BindGroup> = dispatches.iter().map(|d| self.bind_groups.get(&self.device, &self.params, d)).collect();
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         if !dispatches.is_empty() {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            for (d, g) in dispatches.iter().zip(&groups) {
+            for (i, (d, g)) in dispatches.iter().zip(&groups).enumerate() {
                 if d.groups > 0 {
                     pass.set_pipeline(&d.kernel.pipeline);
-                    pass.set_bind_group(0, g, &[]);
+                    pass.set_bind_group(0, g, &[(i as u64 * PARAM_SLOT) as u32]);
                     pass.dispatch_workgroups(d.groups, 1, 1);
                 }
             }
@@ -387,7 +399,7 @@ impl Gpu {
         // wgpu zero-initialises new buffers.
         let buf = self.new_buffer(len, "vector")?;
         self.check_device()?; // out of memory is reported through the error handler
-        Ok(WgpuVec { buf, len })
+        Ok(WgpuVec { buf, len, dropped: self.dropped.clone() })
     }
 
     pub fn upload(&mut self, host: &[f32]) -> Result<WgpuVec> {
@@ -427,6 +439,41 @@ impl Gpu {
         }
         let (s, d, size) = (src.buf.clone(), dst.buf.clone(), src.len as u64 * 4);
         self.submit(Vec::new(), |enc| enc.copy_buffer_to_buffer(&s, 0, &d, 0, size))
+    }
+}
+
+/// Bind groups by kernel and bound ranges, made once and reused: an unroll binds the same
+/// buffers every outer epoch. The parameter block is a dynamic offset, so it is not part of the
+/// key. A group holds its buffers alive, so those of dropped vectors are evicted.
+#[derive(Default)]
+struct BindGroups {
+    groups: HashMap<(wgpu::BindGroupLayout, Vec<Bind>), wgpu::BindGroup>,
+    created: u64,
+}
+
+impl BindGroups {
+    fn get(&mut self, device: &wgpu::Device, params: &wgpu::Buffer, d: &Dispatch) -> wgpu::BindGroup {
+        let key = (d.kernel.layout.clone(), d.binds.clone());
+        if let Some(g) = self.groups.get(&key) {
+            return g.clone();
+        }
+        let range = |buffer, offset, size: Option<u64>| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size: size.and_then(NonZeroU64::new) })
+        };
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            d.binds.iter().map(|b| wgpu::BindGroupEntry { binding: b.binding, resource: range(&b.buf, b.offset, b.size) }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: d.param_binding, resource: range(params, 0, Some(d.params.len() as u64)) });
+        let g = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries });
+        self.created += 1;
+        self.groups.insert(key, g.clone());
+        g
+    }
+
+    fn evict_dropped(&mut self, dropped: &Dropped) {
+        let dead: HashSet<wgpu::Buffer> = std::mem::take(&mut *dropped.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
+        if !dead.is_empty() {
+            self.groups.retain(|(_, binds), _| !binds.iter().any(|b| dead.contains(&b.buf)));
+        }
     }
 }
 
@@ -521,7 +568,7 @@ pub(crate) fn kernel(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: 
                     Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     Access::Uniform => wgpu::BufferBindingType::Uniform,
                 },
-                has_dynamic_offset: false,
+                has_dynamic_offset: matches!(access, Access::Uniform),
                 min_binding_size: None,
             },
             count: None,

@@ -15,6 +15,9 @@
 //!   and the policy updates `project_simplex_rows` and `exp_grad_rows`, which read a non-finite
 //!   flag) wait. The SGD and exp-grad outer updates and `tie_rows` run on the device. Steps
 //!   inside `Engine::run_steps` (the unroll's passes) are submitted as one command buffer.
+//! - Bind groups are cached by kernel and bound buffer ranges (a dispatch's parameters are a
+//!   dynamic uniform offset, not part of them), so an unroll creates its bind groups in the first
+//!   outer epoch and none after; a dropped vector's groups leave the cache with it.
 //! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
 //!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
 //!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as

@@ -226,6 +226,12 @@ impl WgpuPerceptron {
         self.gpu.max_binding
     }
 
+    /// Bind groups (the buffers of a dispatch) created so far, and held in the cache now: an
+    /// unroll creates its bind groups in its first outer epoch only; dropped vectors' leave.
+    pub fn bind_groups(&self) -> (u64, usize) {
+        self.gpu.bind_groups()
+    }
+
     /// Number of shards (buffers) the training matrix is split into.
     pub fn train_shards(&self) -> usize {
         self.train.shards.len()
