@@ -28,6 +28,9 @@ pub struct Options {
     pub max_binding_bytes: Option<u64>,
     /// The element type X (the training, dev and test inputs) is stored in on the device.
     pub storage: Storage,
+    /// Sum through workgroup memory even where the adapter offers subgroup operations (the
+    /// kernels' variant for adapters without them; for testing it).
+    pub no_subgroups: bool,
 }
 
 /// A device-resident f32 vector: a storage buffer and its length in elements.
@@ -145,6 +148,8 @@ pub(crate) struct Gpu {
     bind_groups: BindGroups,
     /// Buffers of the engine's dropped vectors, to evict from `bind_groups`.
     dropped: Dropped,
+    /// SUBGROUP enabled on the device: the adapter's smallest and largest subgroup size.
+    subgroups: Option<(u32, u32)>,
     /// The dispatches of the steps recorded inside `run_steps`, submitted at its end as one
     /// command buffer (None: every step is submitted at once).
     recording: Option<Vec<Dispatch>>,
@@ -174,6 +179,7 @@ impl Gpu {
         if limits.max_storage_buffers_per_shader_stage < 8 || max_binding < 2 * align || max_groups == 0 {
             return Err(unavailable(format!("adapter {} has too small limits for the kernels", info.name)));
         }
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP).then_some((info.subgroup_min_size, info.subgroup_max_size));
         let policy = compile(&device, &info, || PolicyKernels::new(&device))?;
         let storage = wgpu::BufferUsages::STORAGE;
         let readback = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
@@ -183,6 +189,7 @@ impl Gpu {
             params: buffer(&device, "params", 64 * PARAM_SLOT as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST),
             bind_groups: BindGroups::default(),
             dropped: Dropped::default(),
+            subgroups,
             policy,
             recording: None,
             max_binding,
@@ -211,6 +218,12 @@ impl Gpu {
 
     pub fn kernel(&self, module: &wgpu::ShaderModule, entry: &str, binds: &[(u32, Access)]) -> Kernel {
         kernel(&self.device, module, entry, binds)
+    }
+
+    /// The adapter's smallest and largest subgroup size when the device has subgroup operations
+    /// (wgpu Features::SUBGROUP, requested unless `Options::no_subgroups`).
+    pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.subgroups
     }
 
     /// Bind groups created so far, and held in the cache now.
@@ -618,6 +631,9 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
                 ),
             });
         }
+        // Subgroup operations where offered: the kernels have a variant without them.
+        let subgroups = adapter.features() & wgpu::Features::SUBGROUP;
+        let required_features = if opts.no_subgroups { required_features } else { required_features | subgroups };
         let mut limits = adapter.limits();
         if let Some(cap) = opts.max_binding_bytes {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
