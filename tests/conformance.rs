@@ -253,6 +253,15 @@ fn wgpu(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
     wgpu_engine(data, &Options::default())
 }
 
+/// The WGSL engine with its sums through workgroup memory instead of subgroup operations (the
+/// variant adapters without subgroups run; `wgpu` takes the subgroup one where the adapter has
+/// it, as lavapipe does).
+fn wgpu_workgroup(data: &mut PerceptronData) -> Option<WgpuPerceptron> {
+    let e = wgpu_engine(data, &Options { no_subgroups: true, ..Options::default() })?;
+    assert!(!e.uses_subgroups());
+    Some(e)
+}
+
 /// The WGSL engine with X stored as f16 (accumulation stays f32).
 ///
 /// Tolerance: X is rounded to f16 here, exactly as the engine rounds it on upload
@@ -281,6 +290,7 @@ fn round_inputs(data: &mut PerceptronData, storage: Storage) {
 }
 
 conformance_tests!(wgpu_f32, wgpu);
+conformance_tests!(wgpu_f32_workgroup, wgpu_workgroup);
 conformance_tests!(wgpu_f16, wgpu_f16);
 
 /// The CUDA engine, or None (after a visible SKIPPED line) when this machine has no CUDA driver,

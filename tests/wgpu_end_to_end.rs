@@ -9,7 +9,7 @@ use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::run::{self, EpochEvent, History, RunConfig, RunDir};
 use learnlaw::search::{OuterOptimizer, SearchConfig};
 use learnlaw::wgpu_backend::Options;
-use learnlaw::Engine;
+use learnlaw::{Engine, Set};
 
 mod common;
 use common::wgpu_engine;
@@ -74,7 +74,6 @@ fn wgpu_search_matches_cpu_j_trajectory() {
 #[test]
 fn batched_unroll_equals_step_by_step_submission() {
     use learnlaw::unroll::{Unroll, Workspace};
-    use learnlaw::Set;
     let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, seed: 4, ..Default::default() };
     let data = PerceptronData::generate(&recipe).unwrap();
     let Some(mut e) = wgpu_engine(&data, &Options::default()) else { return };
@@ -111,4 +110,34 @@ fn batched_unroll_equals_step_by_step_submission() {
     let direct = (dev, e.download(&grad_direct).unwrap());
     assert!(batched.0 == direct.0, "dev-loss curves differ");
     assert!(batched.1.iter().zip(&direct.1).all(|(a, b)| a.to_bits() == b.to_bits()), "∂J/∂γ differs");
+}
+
+/// Bind groups are cached: the first outer epoch creates them, later epochs create none (without
+/// the cache every dispatch made one: 7 per step pair, 14k per epoch at T = 2000). The search's
+/// vectors leave the cache once dropped.
+#[test]
+fn bind_groups_are_made_in_the_first_epoch_only() {
+    use learnlaw::policy::Policy;
+    use learnlaw::search::Search;
+    let recipe = PerceptronRecipe { dim: 16, n_train: 300, n_dev: 64, n_test: 64, seed: 5, ..Default::default() };
+    let data = PerceptronData::generate(&recipe).unwrap();
+    let Some(mut e) = wgpu_engine(&data, &Options::default()) else { return };
+    let cfg = SearchConfig { steps: 40, eta: 0.3, epochs: 10, outer_lr: 0.1, ..SearchConfig::paper_perceptron() };
+    let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(cfg.steps, data.train.len()).gamma, 0).unwrap();
+    let (before, _) = e.bind_groups();
+    search.step(&mut e).unwrap();
+    let (first, held) = e.bind_groups();
+    for epoch in 2..=3 {
+        search.step(&mut e).unwrap();
+        let (created, _) = e.bind_groups();
+        println!("bind groups created in epoch {epoch}: {}", created - first);
+        assert_eq!(created, first, "epoch {epoch} created bind groups");
+    }
+    println!("bind groups created in epoch 1: {} ({held} cached)", first - before);
+    assert!(first > before, "the first epoch must create its bind groups");
+    drop(search);
+    let theta = e.upload(&init_theta(data.dim, 10)).unwrap();
+    e.loss(Set::Dev, &theta).unwrap();
+    let (_, after) = e.bind_groups();
+    assert!(after < held / 2, "the dropped search's bind groups stay cached: {after} of {held}");
 }

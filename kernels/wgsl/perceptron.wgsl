@@ -4,8 +4,8 @@
 //   l_n = softplus(z_n) − y_n z_n = max(z,0) − z y + log1p(exp(−|z|))   (stable BCE with logits)
 //   ∇l_n = (p_n − y_n) x_n,   ∇²l_n = p_n(1 − p_n) x_n x_nᵀ
 // Every quantity the search needs is Σ_n c_n x_n for a per-row coefficient c_n, and/or a per-row
-// scalar. `rows` computes c_n for a chunk of 256 rows and that chunk's partial Σ c_n x_n; `combine`
-// reduces the partials in chunk order and applies the update; `reduce_loss` sums per-chunk losses.
+// scalar. `rows` computes c_n for a chunk of 256 rows and that chunk's partial Σ c_n x_n; `finish`
+// reduces the partials in chunk order and applies the update, and sums the per-chunk losses.
 // Every reduction has a fixed order, so results are bit-for-bit reproducible run to run.
 //
 //   mode  name         c_n / per-row output                                  reduction
@@ -17,35 +17,57 @@
 //   4     TRAIN_LOSS   out[n] = l_n
 //   5     TRAIN_DOT    out[n] = (p − y)(x_n·v)                                 (∇l_n·v, never materialised)
 //
-// A forward step is: rows(FORWARD) per train shard → combine(θ_next = θ − η Σ partials)
-//                    → rows(LOSS) per dev shard → reduce_loss (L_dev(θ) into slot i of the caller's
-//                    dev-loss curve, read back once per unroll; nothing is read back per step).
-// A backward step:   rows(BACKWARD) per train shard → rows(GRAD) per dev shard
-//                    → combine(λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials). No readback.
+// One `rows` dispatch runs two *parts*, each a range of rows of one data set in the bound buffer
+// with its own mode: part a (the training set: γ and out) and part b (an evaluation set: loss
+// partials). Workgroups [0, a.groups) do part a, the rest part b; both only read θ, so the training
+// and the dev pass of a step share a dispatch. `finish` likewise runs the combine (workgroups
+// [0, col_groups)) beside the loss reduction (one more workgroup). So:
+// A forward step is: rows(a: train FORWARD, b: dev LOSS) → finish(θ_next = θ − η Σ train partials;
+//                    L_dev(θ) into slot i of the caller's dev-loss curve, read back once per unroll).
+// A backward step:   rows(a: train BACKWARD, b: dev GRAD)
+//                    → finish(λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials).
+// Nothing is read back per step.
 //
 // Buffers (all f32 except X, row-major; accumulation in f32 like the CPU engine's f32):
-//   x [rows, ceil(D/4)] vec4<xelem>: one shard of a data set, each row zero-padded to a multiple of 4
-//     values so every load of X is a vec4 (each shard is its own buffer, at most one storage
-//     binding; a set of several GiB is several shards), y [rows].
-//   θ, λ_next / v [D]; partials [chunks, D] (chunk = 256 consecutive rows of the whole set, the
-//     shard's first chunk is chunk0); loss_partials [chunks].
-//   γ and out are *windows*: the binding starts at an aligned offset and the shard's first element
+//   x [rows, ceil(D/4)] vec4<xelem>: one buffer of rows holding consecutive pieces of the data sets
+//     (train, dev, test: usually all of them in one buffer; a set of several GiB spans several
+//     buffers, each at most one storage binding), each row zero-padded to a multiple of 4 values
+//     so every load of X is a vec4; y [rows]. A part's rows start at row x0 of the buffer.
+//   θ, λ_next / v [D].
+//   sums: the partial sums [chunks, D] of the training set at offset 0, of an evaluation set at
+//     offset `sums` of its part, and the evaluation set's per-chunk losses [chunks] at `loss`
+//     (chunk = 256 consecutive rows of a set; the part's first chunk is chunk0).
+//   γ and out are *windows*: the binding starts at an aligned offset and the part's first element
 //     sits `gamma_shift` / `out_shift` elements in, so row t of a [T, N] policy larger than one
 //     binding can still be bound.
-// Geometry: rows — one workgroup of 256 invocations per chunk of 256 rows (ceil(rows/256)
-//   workgroups, ≤ 65535 per shard); invocation i computes row i's dots (vec4 loads along the row),
-//   then invocation k accumulates the column block 4k..4k+3 (a vec4) over the chunk's rows
-//   (coalesced over k). combine — one invocation per column, workgroups of 64. reduce_loss — one
-//   workgroup of 256.
-// Variants: v1 (scalar loads, one column per invocation) was replaced by this vec4 version, which
-//   is ~1.5× faster per step on lavapipe with the same reduction structure. Not written yet: tiling X
-//   through workgroup memory for coalesced row dots on GPUs, subgroup reductions.
+// Geometry: rows — one workgroup of 256 invocations per chunk of 256 rows (≤ 65535 per dispatch).
+//   Row phase: teams of TEAM = 8 lanes take one row at a time (rows team, team + 32, …): lane l
+//   loads the vec4s l, l + 8, … of the row, so a team reads 128 contiguous bytes per load
+//   (coalesced), and the team's 8 partial dots are added by a butterfly. Column phase: all 256
+//   invocations; invocation (p, k) accumulates column block k (a vec4) over row slice p of the
+//   chunk, sequentially, then the slices' partials of each column are added by a tree in slice
+//   order (slices = the largest power of two with slices·ceil(D/4) ≤ 256, at least 1). finish —
+//   workgroups of 64: one invocation per column summing the chunks in order; the loss workgroup
+//   sums strided, then by a tree.
+// Variants (naive → tuned): v1 scalar loads, one column per invocation. v2 vec4 loads; one row per
+//   invocation in the row phase (each invocation walks a whole row: uncoalesced on a GPU), one
+//   column block per invocation over all 256 rows in the column phase (ceil(D/4) of the 256
+//   invocations busy: 32 at D = 128); a kernel per set and per reduction, so 4 dispatches per
+//   forward step and 3 per backward. v3 (this file): teams per row, all invocations in the column
+//   phase, two sets per `rows` dispatch and the reductions fused into `finish`: 2 dispatches per
+//   step. The team sum comes in two variants, the sections at the end of this file (the engine
+//   compiles the common part with one of them): "subgroup" — subgroupShuffleXor 4, 2, 1 (wgpu
+//   Features::SUBGROUP on adapters whose subgroups have ≥ 8 lanes; naga takes the builtins
+//   without an `enable subgroups;` directive, which it rejects) — and "workgroup", through
+//   workgroup memory, for adapters without subgroups. Both add in the same order: same bits.
 // Storage of X: `xelem` below is f32 in this file. For f16 storage the engine compiles the same
 //   source with that one alias replaced by f16 and `enable f16;` prepended (needs SHADER_F16);
 //   every load of X goes through `xload`, which widens to vec4<f32>, so all arithmetic and every
 //   accumulator stay f32 and the f16 variant differs from the f32 one only in the bytes read.
 
 const WG: u32 = 256u;
+const TEAM: u32 = 8u;
+const TEAMS: u32 = WG / TEAM;
 
 // The element type of X (the only one the f16 variant changes; see the header).
 alias xelem = f32;
@@ -78,15 +100,28 @@ fn bce_with_logits(z: f32, y: f32) -> f32 {
     return max(z, 0.0) - z * y + log1p_small(exp(-abs(z)));
 }
 
+struct Part {
+    rows: u32,         // rows of the part (0: no such part)
+    x0: u32,           // buffer row of the part's first row
+    chunk0: u32,       // the set's chunk index of the part's first row
+    groups: u32,       // workgroups of the part: ceil(rows / 256)
+    mode: u32,         // MODE_*
+    gamma_shift: u32,  // element offset of the part's first γ value inside the γ window
+    out_shift: u32,    // element offset of the part's first output inside the out window
+    sums: u32,         // element offset of the set's partial sums [chunks, D] in `sums`
+    loss: u32,         // element offset of the set's loss partials [chunks] in `sums`
+    coef: f32,         // BACKWARD: the factor of ∂J/∂γ (−η)
+    _pad0: u32,
+    _pad1: u32,
+}
+
 struct RowParams {
-    rows: u32,         // rows in this shard
     dim: u32,          // D
     stride4: u32,      // vec4s per stored row: ceil(D/4) (rows are zero-padded to a multiple of 4)
-    mode: u32,         // MODE_*
-    chunk0: u32,       // global chunk index of the shard's first row (row of `partials`)
-    gamma_shift: u32,  // element offset of the shard's first γ value inside the γ window
-    out_shift: u32,    // element offset of the shard's first output inside the out window
-    coef: f32,         // BACKWARD: the factor of ∂J/∂γ (−η)
+    slices: u32,       // row slices of the column phase (a power of two)
+    _pad: u32,
+    a: Part,
+    b: Part,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<vec4<xelem>>;
@@ -95,16 +130,15 @@ struct RowParams {
 @group(0) @binding(3) var<storage, read> vecb: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(7) var<storage, read_write> loss_partials: array<f32>;
-@group(0) @binding(8) var<uniform> rp: RowParams;
+@group(0) @binding(6) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(7) var<uniform> rp: RowParams;
 
 // Element i of x (a vec4 of one row), widened to f32.
 fn xload(i: u32) -> vec4<f32> {
     return vec4<f32>(x[i]);
 }
 
-// θ[4k..4k+4) as a vec4, zero past D (X's padding is zero too).
+// θ[4k..4k+4) and vecb[4k..4k+4) as vec4s, zero past D (X's padding is zero too).
 fn load4_theta(k: u32, dim: u32) -> vec4<f32> {
     let j = 4u * k;
     if (j + 3u < dim) {
@@ -135,77 +169,127 @@ fn load4_vecb(k: u32, dim: u32) -> vec4<f32> {
 
 var<workgroup> coef_s: array<f32, WG>;
 var<workgroup> loss_s: array<f32, WG>;
+var<workgroup> col_s: array<vec4<f32>, WG>;
 
-@compute @workgroup_size(256)
-fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let mode = rp.mode;
-    let dim = rp.dim;
-    let r0 = wid.x * WG;
-    let r = r0 + lid;
+// Row r of the part (r < part.rows) with logit z and u = x_r·vecb: its per-row output, and its
+// coefficient and loss into coef_s[i], loss_s[i].
+fn row_outputs(part: Part, r: u32, i: u32, z: f32, u: f32) {
+    let yr = y[part.x0 + r];
     var c = 0.0;
     var l = 0.0;
-    if (r < rp.rows) {
-        let base = r * rp.stride4;
-        let yr = y[r];
-        var z = 0.0;
-        var u = 0.0;
-        if (mode == MODE_BACKWARD || mode == MODE_TRAIN_DOT) {
-            for (var k = 0u; k < rp.stride4; k++) {
-                let xv = xload(base + k);
-                z += dot(xv, load4_theta(k, dim));
-                u += dot(xv, load4_vecb(k, dim));
-            }
-        } else {
-            for (var k = 0u; k < rp.stride4; k++) {
-                z += dot(xload(base + k), load4_theta(k, dim));
+    switch part.mode {
+        case MODE_FORWARD: {
+            let g = gamma[part.gamma_shift + r];
+            if (g != 0.0) {
+                c = g * (sigmoid(z) - yr);
             }
         }
-        switch mode {
-            case MODE_FORWARD: {
-                let g = gamma[rp.gamma_shift + r];
-                if (g != 0.0) {
-                    c = g * (sigmoid(z) - yr);
+        case MODE_BACKWARD: {
+            let p = sigmoid(z);
+            out[part.out_shift + r] = part.coef * (p - yr) * u;
+            let g = gamma[part.gamma_shift + r];
+            if (g != 0.0) {
+                c = g * p * (1.0 - p) * u;
+            }
+        }
+        case MODE_LOSS: {
+            l = bce_with_logits(z, yr);
+        }
+        case MODE_GRAD: {
+            c = sigmoid(z) - yr;
+            l = bce_with_logits(z, yr);
+        }
+        case MODE_TRAIN_LOSS: {
+            out[part.out_shift + r] = bce_with_logits(z, yr);
+        }
+        case MODE_TRAIN_DOT: {
+            out[part.out_shift + r] = (sigmoid(z) - yr) * u;
+        }
+        default: {}
+    }
+    coef_s[i] = c;
+    loss_s[i] = l;
+}
+
+@compute @workgroup_size(256)
+fn rows(ids: Ids) {
+    let lid = ids.lid;
+    var part = rp.b;
+    var g = ids.wid.x - rp.a.groups;
+    if (ids.wid.x < rp.a.groups) {
+        part = rp.a;
+        g = ids.wid.x;
+    }
+    let mode = part.mode;
+    let dim = rp.dim;
+    let s4 = rp.stride4;
+    let r0 = g * WG;                   // the chunk's first row in the part
+    let n = min(WG, part.rows - r0);   // rows in the chunk
+    let row0 = part.x0 + r0;           // the chunk's first row in the buffer
+    let two = mode == MODE_BACKWARD || mode == MODE_TRAIN_DOT;
+
+    // Row phase: every team takes rows team, team + TEAMS, … of the chunk (the same number of
+    // rounds for all, so the team sum's barriers, if any, are in uniform control flow).
+    let lane = lane_of(ids);
+    let team = team_of(ids);
+    for (var round = 0u; round < WG / TEAMS; round++) {
+        let i = round * TEAMS + team;
+        var zu = vec2<f32>(0.0);
+        if (i < n) {
+            let base = (row0 + i) * s4;
+            for (var k = lane; k < s4; k += TEAM) {
+                let xv = xload(base + k);
+                zu.x += dot(xv, load4_theta(k, dim));
+                if (two) {
+                    zu.y += dot(xv, load4_vecb(k, dim));
                 }
             }
-            case MODE_BACKWARD: {
-                let p = sigmoid(z);
-                out[rp.out_shift + r] = rp.coef * (p - yr) * u;
-                let g = gamma[rp.gamma_shift + r];
-                if (g != 0.0) {
-                    c = g * p * (1.0 - p) * u;
-                }
+        }
+        zu = team_sum(zu, ids);
+        if (lane == 0u) {
+            if (i < n) {
+                row_outputs(part, r0 + i, i, zu.x, zu.y);
+            } else {
+                coef_s[i] = 0.0;
+                loss_s[i] = 0.0;
             }
-            case MODE_LOSS: {
-                l = bce_with_logits(z, yr);
-            }
-            case MODE_GRAD: {
-                c = sigmoid(z) - yr;
-                l = bce_with_logits(z, yr);
-            }
-            case MODE_TRAIN_LOSS: {
-                out[rp.out_shift + r] = bce_with_logits(z, yr);
-            }
-            case MODE_TRAIN_DOT: {
-                out[rp.out_shift + r] = (sigmoid(z) - yr) * u;
-            }
-            default: {}
         }
     }
-    coef_s[lid] = c;
-    loss_s[lid] = l;
     workgroupBarrier();
-    let chunk = rp.chunk0 + wid.x;
+
+    let chunk = part.chunk0 + g;
     if (mode == MODE_FORWARD || mode == MODE_BACKWARD || mode == MODE_GRAD) {
-        let n = min(WG, rp.rows - r0);
-        for (var k = lid; k < rp.stride4; k += WG) {
+        // Column phase: `span` = 256 / slices columns (blocks) at a time and as many rows per
+        // slice; invocation (p, kk) = (lid / span, lid % span) adds rows [p·span, (p + 1)·span)
+        // of column block k0 + kk, then a tree over p.
+        let slices = rp.slices;
+        let span = WG / slices;
+        let p = lid / span;
+        let kk = lid % span;
+        for (var k0 = 0u; k0 < s4; k0 += span) {
+            let k = k0 + kk;
             var acc = vec4<f32>(0.0);
-            for (var i = 0u; i < n; i++) {
-                acc += coef_s[i] * xload((r0 + i) * rp.stride4 + k);
+            if (k < s4) {
+                let end = min(span * (p + 1u), n);
+                for (var i = span * p; i < end; i++) {
+                    acc += coef_s[i] * xload((row0 + i) * s4 + k);
+                }
             }
-            let j = 4u * k;
-            for (var q = 0u; q < 4u; q++) {
-                if (j + q < dim) {
-                    partials[chunk * dim + j + q] = acc[q];
+            col_s[lid] = acc;
+            workgroupBarrier();
+            for (var h = slices / 2u; h > 0u; h >>= 1u) {
+                if (p < h) {
+                    col_s[lid] += col_s[lid + h * span];
+                }
+                workgroupBarrier();
+            }
+            if (p == 0u && k < s4) {
+                let v = col_s[lid];
+                let j = 4u * k;
+                for (var q = 0u; q < 4u; q++) {
+                    if (j + q < dim) {
+                        sums[part.sums + chunk * dim + j + q] = v[q];
+                    }
                 }
             }
         }
@@ -218,88 +302,153 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             workgroupBarrier();
         }
         if (lid == 0u) {
-            loss_partials[chunk] = loss_s[0];
+            sums[part.loss + chunk] = loss_s[0];
         }
     }
 }
 
-// combine: out[j] = (use_v ? v[j] : 0) + beta·Σ_c p1[c, j] + delta·Σ_c p2[c, j], sums in chunk order.
+// finish: workgroups [0, col_groups): out[j] = (use_v ? v[j] : 0) + beta·Σ_c p1[c, j] + delta·Σ_c p2[c, j],
+//   sums in chunk order (p1, p2: [chunks, D] regions of `sums` at off1, off2);
 //   forward:   θ_next = θ − η Σ train partials                (v = θ, beta = −η, no p2)
 //   backward:  λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials
 //   loss_grad: ∇L = (1/K) Σ partials                          (no v)
-struct CombineParams {
+// and, when loss_count > 0, one more workgroup: scalars[out_index] = scale · Σ_i loss partials
+//   (strided per invocation, then a tree). `scalars` is the engine's scalar buffer (loss,
+//   loss_grad: read back) or an aligned window of a dev-loss curve with out_index the slot's
+//   offset inside it (forward step: not read back).
+struct FinishParams {
     dim: u32,
+    col_groups: u32,
     chunks1: u32,
+    off1: u32,
     chunks2: u32,
+    off2: u32,
     use_v: u32,
     beta: f32,
     delta: f32,
+    loss_count: u32,
+    loss_off: u32,
+    out_index: u32,
+    scale: f32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
+const FWG: u32 = 64u;
+
 @group(0) @binding(10) var<storage, read> cv: array<f32>;
-@group(0) @binding(11) var<storage, read> p1: array<f32>;
-@group(0) @binding(12) var<storage, read> p2: array<f32>;
-@group(0) @binding(13) var<storage, read_write> cout: array<f32>;
-@group(0) @binding(14) var<uniform> cp: CombineParams;
+@group(0) @binding(11) var<storage, read> fsums: array<f32>;
+@group(0) @binding(12) var<storage, read_write> cout: array<f32>;
+@group(0) @binding(13) var<storage, read_write> scalars: array<f32>;
+@group(0) @binding(14) var<uniform> fp: FinishParams;
+
+var<workgroup> red_s: array<f32, FWG>;
 
 @compute @workgroup_size(64)
-fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let dim = cp.dim;
+fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (wid.x >= fp.col_groups) {
+        var s = 0.0;
+        for (var i = lid; i < fp.loss_count; i += FWG) {
+            s += fsums[fp.loss_off + i];
+        }
+        red_s[lid] = s;
+        workgroupBarrier();
+        for (var h = FWG / 2u; h > 0u; h >>= 1u) {
+            if (lid < h) {
+                red_s[lid] += red_s[lid + h];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            scalars[fp.out_index] = red_s[0] * fp.scale;
+        }
+        return;
+    }
+    let j = wid.x * FWG + lid;
+    let dim = fp.dim;
     if (j >= dim) {
         return;
     }
     var s1 = 0.0;
-    for (var c = 0u; c < cp.chunks1; c++) {
-        s1 += p1[c * dim + j];
+    for (var c = 0u; c < fp.chunks1; c++) {
+        s1 += fsums[fp.off1 + c * dim + j];
     }
     var s2 = 0.0;
-    for (var c = 0u; c < cp.chunks2; c++) {
-        s2 += p2[c * dim + j];
+    for (var c = 0u; c < fp.chunks2; c++) {
+        s2 += fsums[fp.off2 + c * dim + j];
     }
-    var o = cp.beta * s1;
-    if (cp.chunks2 > 0u) {
-        o = cp.delta * s2 + o;
+    var o = fp.beta * s1;
+    if (fp.chunks2 > 0u) {
+        o = fp.delta * s2 + o;
     }
-    if (cp.use_v != 0u) {
+    if (fp.use_v != 0u) {
         o = cv[j] + o;
     }
     cout[j] = o;
 }
 
-// reduce_loss: scalars[out_index] = scale · Σ_i lp[i] (strided per invocation, then a tree).
-//   `scalars` is the engine's scalar buffer (loss/loss_grad, read back) or an aligned window of a
-//   dev-loss curve with out_index the slot's offset inside it (forward step, not read back).
-struct ScalarParams {
-    count: u32,
-    out_index: u32,
-    scale: f32,
-    _pad: u32,
+// @variant subgroup
+// A team is TEAM consecutive lanes of one subgroup (subgroups of ≥ TEAM lanes, all full: the
+// engine checks the adapter's subgroup sizes). The butterfly leaves every lane with the sum
+// ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)) in lane order (a + b = b + a exactly).
+
+struct Ids {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_id) sg_id: u32,
 }
 
-@group(0) @binding(20) var<storage, read> lp: array<f32>;
-@group(0) @binding(21) var<storage, read_write> scalars: array<f32>;
-@group(0) @binding(22) var<uniform> sp: ScalarParams;
+fn lane_of(ids: Ids) -> u32 {
+    return ids.sg_lane % TEAM;
+}
 
-var<workgroup> red_s: array<f32, WG>;
+fn team_of(ids: Ids) -> u32 {
+    return ids.sg_id * (ids.sg_size / TEAM) + ids.sg_lane / TEAM;
+}
 
-@compute @workgroup_size(256)
-fn reduce_loss(@builtin(local_invocation_index) lid: u32) {
-    var s = 0.0;
-    for (var i = lid; i < sp.count; i += WG) {
-        s += lp[i];
+fn team_sum(v: vec2<f32>, ids: Ids) -> vec2<f32> {
+    var s = v;
+    for (var m = TEAM / 2u; m > 0u; m >>= 1u) {
+        s += subgroupShuffleXor(s, m);
     }
-    red_s[lid] = s;
+    return s;
+}
+
+// @variant workgroup
+// A team is TEAM consecutive invocations; its partial sums meet in workgroup memory and each lane
+// adds them in the subgroup variant's order.
+
+struct Ids {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+fn lane_of(ids: Ids) -> u32 {
+    return ids.lid % TEAM;
+}
+
+fn team_of(ids: Ids) -> u32 {
+    return ids.lid / TEAM;
+}
+
+var<workgroup> team_s: array<vec2<f32>, WG>;
+
+fn team_sum(v: vec2<f32>, ids: Ids) -> vec2<f32> {
+    team_s[ids.lid] = v;
     workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (lid < h) {
-            red_s[lid] += red_s[lid + h];
+    let first = ids.lid - ids.lid % TEAM;
+    var t: array<vec2<f32>, TEAM>;
+    for (var i = 0u; i < TEAM; i++) {
+        t[i] = team_s[first + i];
+    }
+    workgroupBarrier(); // the next round rewrites team_s
+    for (var m = TEAM / 2u; m > 0u; m >>= 1u) {
+        for (var i = 0u; i < m; i++) {
+            t[i] += t[i + m];
         }
-        workgroupBarrier();
     }
-    if (lid == 0u) {
-        scalars[sp.out_index] = red_s[0] * sp.scale;
-    }
+    return t[0];
 }

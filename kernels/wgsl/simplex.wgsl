@@ -34,11 +34,16 @@
 //   exp_grad_sums — one workgroup of 64 per row (rows sit `shift`/`shift_g` elements into the
 //     bound windows of γ and g; row r of the dispatch is row row0 + r of the policy): m_r and the
 //     f32 sum (two-stage fixed-order reduction) into stats[2(row0 + r)], stats[2(row0 + r) + 1];
-//     a sum that is not a positive finite number sets flag[0] = 2 and flag[1] = min(flag[1], row).
-//     Does nothing when g was flagged.
-//   exp_grad_apply — same geometry; nothing when flag[0] ≠ 0 (γ left untouched: Error::Numerical),
-//     else the update.
-// Buffers: γ [rows·N] f32, g [rows·N] f32, stats [2·T] f32, flag [2] u32, params uniform.
+//     a sum that is not a positive finite number sets status[0] = 1 and
+//     status[1] = min(status[1], row). Does nothing when g was flagged.
+//   exp_grad_apply — same geometry; nothing when flag[0] ≠ 0 or status[0] ≠ 0 (γ left untouched:
+//     Error::Numerical), else the update.
+// Every "does nothing" decision reads words written by an *earlier* dispatch through a read-only
+// binding, so all invocations of a workgroup take it alike and the barriers after it stay in
+// uniform control flow (a flag that other workgroups of the same dispatch may be setting could be
+// seen differently by two invocations of one workgroup).
+// Buffers: γ [rows·N] f32, g [rows·N] f32, stats [2·T] f32, flag [2] u32 (check_finite's),
+//   status [2] u32, params uniform.
 
 const WG: u32 = 256u;
 const MAX_PASSES: u32 = 200u;
@@ -251,13 +256,13 @@ struct ExpGradParams {
 @group(0) @binding(6) var<storage, read> eg_gamma: array<f32>;
 @group(0) @binding(7) var<storage, read> eg_g: array<f32>;
 @group(0) @binding(8) var<storage, read_write> eg_stats: array<f32>;
-@group(0) @binding(9) var<storage, read_write> eg_flag: array<atomic<u32>, 2>;
-@group(0) @binding(10) var<uniform> egp: ExpGradParams;
-
+@group(0) @binding(9) var<storage, read> eg_flag: array<u32, 2>;
+@group(0) @binding(10) var<storage, read_write> eg_status: array<atomic<u32>, 2>;
+@group(0) @binding(11) var<uniform> egp: ExpGradParams;
 
 @compute @workgroup_size(64)
 fn exp_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    if (atomicLoad(&eg_flag[0]) != 0u || wid.x >= egp.rows) {
+    if (eg_flag[0] != 0u || wid.x >= egp.rows) {
         return;
     }
     let n = egp.len;
@@ -281,21 +286,22 @@ fn exp_grad_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         eg_stats[2u * row + 1u] = sum;
         // WGSL may assume floats are finite: test the bits.
         if (!(sum > 0.0) || (bitcast<u32>(sum) & 0x7f800000u) == 0x7f800000u) {
-            atomicMax(&eg_flag[0], 2u);
-            atomicMin(&eg_flag[1], row);
+            atomicStore(&eg_status[0], 1u);
+            atomicMin(&eg_status[1], row);
         }
     }
 }
 
-@group(0) @binding(11) var<storage, read_write> ea_gamma: array<f32>;
-@group(0) @binding(12) var<storage, read> ea_g: array<f32>;
-@group(0) @binding(13) var<storage, read> ea_stats: array<f32>;
-@group(0) @binding(14) var<storage, read> ea_flag: array<u32, 2>;
-@group(0) @binding(15) var<uniform> eap: ExpGradParams;
+@group(0) @binding(12) var<storage, read_write> ea_gamma: array<f32>;
+@group(0) @binding(13) var<storage, read> ea_g: array<f32>;
+@group(0) @binding(14) var<storage, read> ea_stats: array<f32>;
+@group(0) @binding(15) var<storage, read> ea_flag: array<u32, 2>;
+@group(0) @binding(16) var<storage, read> ea_status: array<u32, 2>;
+@group(0) @binding(17) var<uniform> eap: ExpGradParams;
 
 @compute @workgroup_size(64)
 fn exp_grad_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    if (ea_flag[0] != 0u || wid.x >= eap.rows) {
+    if (ea_flag[0] != 0u || ea_status[0] != 0u || wid.x >= eap.rows) {
         return;
     }
     let n = eap.len;

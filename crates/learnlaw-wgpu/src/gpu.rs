@@ -1,6 +1,7 @@
 //! The device context every wgpu engine shares: adapter and device, error capture, buffers and
 //! their binding windows, compute pipelines, and the submission of dispatches (one command buffer
 //! per call, or per unroll pass inside `run_steps`).
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +28,9 @@ pub struct Options {
     pub max_binding_bytes: Option<u64>,
     /// The element type X (the training, dev and test inputs) is stored in on the device.
     pub storage: Storage,
+    /// Sum through workgroup memory even where the adapter offers subgroup operations (the
+    /// kernels' variant for adapters without them; for testing it).
+    pub no_subgroups: bool,
 }
 
 /// A device-resident f32 vector: a storage buffer and its length in elements.
@@ -34,6 +38,17 @@ pub struct Options {
 pub struct WgpuVec {
     pub(crate) buf: wgpu::Buffer,
     pub(crate) len: usize,
+    /// Where the buffer goes when the vector is dropped, so the bind groups that hold it go too.
+    dropped: Dropped,
+}
+
+/// Buffers of dropped vectors, not yet evicted from the bind-group cache.
+type Dropped = Arc<Mutex<Vec<wgpu::Buffer>>>;
+
+impl Drop for WgpuVec {
+    fn drop(&mut self) {
+        self.dropped.lock().unwrap_or_else(|p| p.into_inner()).push(self.buf.clone());
+    }
 }
 
 impl WgpuVec {
@@ -63,6 +78,7 @@ pub(crate) enum Access {
 }
 
 /// A buffer range bound to one binding.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Bind {
     pub binding: u32,
     pub buf: wgpu::Buffer,
@@ -92,6 +108,17 @@ pub(crate) fn device_error(problem: impl Into<String>) -> Error {
     Error::Device { backend: BACKEND.into(), problem: problem.into() }
 }
 
+/// An error and its sources, one after another (wgpu's top-level message alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s += &format!(": {inner}");
+        source = inner.source();
+    }
+    s
+}
+
 pub(crate) fn check_len(what: &str, v: &WgpuVec, len: usize) -> Result<()> {
     if v.len == len {
         Ok(())
@@ -115,8 +142,14 @@ pub(crate) struct Gpu {
     /// [4] f32 scalars computed on the device, and their readback buffer.
     pub scalars: wgpu::Buffer,
     scalars_staging: wgpu::Buffer,
-    /// Uniform parameter blocks, PARAM_SLOT bytes each, rewritten by every submission.
+    /// Uniform parameter blocks, PARAM_SLOT bytes each, rewritten by every submission; each
+    /// dispatch selects its block by a dynamic offset, so bind groups do not depend on it.
     params: wgpu::Buffer,
+    bind_groups: BindGroups,
+    /// Buffers of the engine's dropped vectors, to evict from `bind_groups`.
+    dropped: Dropped,
+    /// SUBGROUP enabled on the device: the adapter's smallest and largest subgroup size.
+    subgroups: Option<(u32, u32)>,
     /// The dispatches of the steps recorded inside `run_steps`, submitted at its end as one
     /// command buffer (None: every step is submitted at once).
     recording: Option<Vec<Dispatch>>,
@@ -146,6 +179,7 @@ impl Gpu {
         if limits.max_storage_buffers_per_shader_stage < 8 || max_binding < 2 * align || max_groups == 0 {
             return Err(unavailable(format!("adapter {} has too small limits for the kernels", info.name)));
         }
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP).then_some((info.subgroup_min_size, info.subgroup_max_size));
         let policy = compile(&device, &info, || PolicyKernels::new(&device))?;
         let storage = wgpu::BufferUsages::STORAGE;
         let readback = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
@@ -153,6 +187,9 @@ impl Gpu {
             scalars: buffer(&device, "scalars", 16, storage | wgpu::BufferUsages::COPY_SRC),
             scalars_staging: buffer(&device, "scalars_staging", 16, readback),
             params: buffer(&device, "params", 64 * PARAM_SLOT as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST),
+            bind_groups: BindGroups::default(),
+            dropped: Dropped::default(),
+            subgroups,
             policy,
             recording: None,
             max_binding,
@@ -181,6 +218,17 @@ impl Gpu {
 
     pub fn kernel(&self, module: &wgpu::ShaderModule, entry: &str, binds: &[(u32, Access)]) -> Kernel {
         kernel(&self.device, module, entry, binds)
+    }
+
+    /// The adapter's smallest and largest subgroup size when the device has subgroup operations
+    /// (wgpu Features::SUBGROUP, requested unless `Options::no_subgroups`).
+    pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.subgroups
+    }
+
+    /// Bind groups created so far, and held in the cache now.
+    pub fn bind_groups(&self) -> (u64, usize) {
+        (self.bind_groups.created, self.bind_groups.groups.len())
     }
 
     /// A buffer of `size` bytes (at least 4, rounded up to 4) that is not an engine vector.
@@ -219,12 +267,24 @@ impl Gpu {
         }))
     }
 
-    /// An aligned binding window over elements [start, start + count) of `buf`:
-    /// (byte offset, byte size, element shift of `start` inside the window).
+    /// A binding window over elements [start, start + count) of `buf` (count·4 + align ≤
+    /// max_binding), and the element shift of `start` inside it. A buffer within one binding is
+    /// bound whole. A larger one through the fixed window that holds the range, of the windows of
+    /// one binding starting every half binding (any range of up to half a binding lies in one),
+    /// else through a window of its own from `start` (aligned down). So the same call binds the
+    /// same window every time, and finds its bind group in the cache.
     pub fn window(&self, buf: &wgpu::Buffer, binding: u32, start: usize, count: usize) -> (Bind, u32) {
-        let start_b = start as u64 * 4;
-        let offset = start_b / self.align * self.align;
-        let size = (start_b - offset + count.max(1) as u64 * 4).min(buf.size() - offset);
+        let (start_b, end_b) = (start as u64 * 4, (start + count.max(1)) as u64 * 4);
+        let step = self.max_binding / 2 / self.align * self.align;
+        let fixed = start_b / step * step;
+        let offset = if buf.size() <= self.max_binding {
+            0
+        } else if end_b <= fixed + self.max_binding {
+            fixed
+        } else {
+            start_b / self.align * self.align
+        };
+        let size = self.max_binding.min(buf.size() - offset);
         (Bind { binding, buf: buf.clone(), offset, size: Some(size) }, ((start_b - offset) / 4) as u32)
     }
 
@@ -287,7 +347,9 @@ impl Gpu {
         if needed > self.params.size() {
             self.params =
                 self.buffer("params", needed.next_power_of_two() as usize, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+            self.bind_groups.groups.clear(); // they bind the old parameter buffer
         }
+        self.bind_groups.evict_dropped(&self.dropped);
         if !dispatches.is_empty() {
             let mut bytes = vec![0u8; needed as usize];
             for (i, d) in dispatches.iter().enumerate() {
@@ -295,40 +357,14 @@ impl Gpu {
             }
             self.queue.write_buffer(&self.params, 0, &bytes);
         }
-        let groups: Vec<wgpu::BindGroup> = dispatches
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let mut entries: Vec<wgpu::BindGroupEntry> = d
-                    .binds
-                    .iter()
-                    .map(|b| wgpu::BindGroupEntry {
-                        binding: b.binding,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &b.buf,
-                            offset: b.offset,
-                            size: b.size.and_then(NonZeroU64::new),
-                        }),
-                    })
-                    .collect();
-                entries.push(wgpu::BindGroupEntry {
-                    binding: d.param_binding,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &self.params,
-                        offset: i as u64 * PARAM_SLOT,
-                        size: NonZeroU64::new(d.params.len() as u64),
-                    }),
-                });
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries })
-            })
-            .collect();
+        let groups: Vec<wgpu::BindGroup> = dispatches.iter().map(|d| self.bind_groups.get(&self.device, &self.params, d)).collect();
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         if !dispatches.is_empty() {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            for (d, g) in dispatches.iter().zip(&groups) {
+            for (i, (d, g)) in dispatches.iter().zip(&groups).enumerate() {
                 if d.groups > 0 {
                     pass.set_pipeline(&d.kernel.pipeline);
-                    pass.set_bind_group(0, g, &[]);
+                    pass.set_bind_group(0, g, &[(i as u64 * PARAM_SLOT) as u32]);
                     pass.dispatch_workgroups(d.groups, 1, 1);
                 }
             }
@@ -376,7 +412,7 @@ impl Gpu {
         // wgpu zero-initialises new buffers.
         let buf = self.new_buffer(len, "vector")?;
         self.check_device()?; // out of memory is reported through the error handler
-        Ok(WgpuVec { buf, len })
+        Ok(WgpuVec { buf, len, dropped: self.dropped.clone() })
     }
 
     pub fn upload(&mut self, host: &[f32]) -> Result<WgpuVec> {
@@ -389,9 +425,14 @@ impl Gpu {
     }
 
     pub fn download(&mut self, v: &WgpuVec) -> Result<Vec<f32>> {
+        self.download_buffer(&v.buf, v.len)
+    }
+
+    /// The first `len` f32 of a buffer.
+    pub fn download_buffer(&mut self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         self.flush_recorded()?;
-        let total = v.len as u64 * 4;
-        let mut out = Vec::with_capacity(v.len);
+        let total = len as u64 * 4;
+        let mut out = Vec::with_capacity(len);
         if total == 0 {
             return Ok(out);
         }
@@ -399,7 +440,7 @@ impl Gpu {
         let mut done = 0;
         while done < total {
             let size = (total - done).min(STAGING_MAX);
-            let (src, dst) = (v.buf.clone(), staging.clone());
+            let (src, dst) = (buf.clone(), staging.clone());
             self.submit(Vec::new(), |enc| enc.copy_buffer_to_buffer(&src, done, &dst, 0, size))?;
             let bytes = self.read_staging(&staging, size)?;
             out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
@@ -416,6 +457,41 @@ impl Gpu {
         }
         let (s, d, size) = (src.buf.clone(), dst.buf.clone(), src.len as u64 * 4);
         self.submit(Vec::new(), |enc| enc.copy_buffer_to_buffer(&s, 0, &d, 0, size))
+    }
+}
+
+/// Bind groups by kernel and bound ranges, made once and reused: an unroll binds the same
+/// buffers every outer epoch. The parameter block is a dynamic offset, so it is not part of the
+/// key. A group holds its buffers alive, so those of dropped vectors are evicted.
+#[derive(Default)]
+struct BindGroups {
+    groups: HashMap<(wgpu::BindGroupLayout, Vec<Bind>), wgpu::BindGroup>,
+    created: u64,
+}
+
+impl BindGroups {
+    fn get(&mut self, device: &wgpu::Device, params: &wgpu::Buffer, d: &Dispatch) -> wgpu::BindGroup {
+        let key = (d.kernel.layout.clone(), d.binds.clone());
+        if let Some(g) = self.groups.get(&key) {
+            return g.clone();
+        }
+        let range = |buffer, offset, size: Option<u64>| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size: size.and_then(NonZeroU64::new) })
+        };
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            d.binds.iter().map(|b| wgpu::BindGroupEntry { binding: b.binding, resource: range(&b.buf, b.offset, b.size) }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: d.param_binding, resource: range(params, 0, Some(d.params.len() as u64)) });
+        let g = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.kernel.layout, entries: &entries });
+        self.created += 1;
+        self.groups.insert(key, g.clone());
+        g
+    }
+
+    fn evict_dropped(&mut self, dropped: &Dropped) {
+        let dead: HashSet<wgpu::Buffer> = std::mem::take(&mut *dropped.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
+        if !dead.is_empty() {
+            self.groups.retain(|(_, binds), _| !binds.iter().any(|b| dead.contains(&b.buf)));
+        }
     }
 }
 
@@ -480,7 +556,7 @@ fn compile<K>(device: &wgpu::Device, info: &wgpu::AdapterInfo, build: impl FnOnc
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let built = build();
     match pollster::block_on(scope.pop()) {
-        Some(e) => Err(device_error(format!("compiling the WGSL kernels on {}: {e}", info.name))),
+        Some(e) => Err(device_error(format!("compiling the WGSL kernels on {}: {}", info.name, error_chain(&e)))),
         None => Ok(built),
     }
 }
@@ -511,7 +587,7 @@ pub(crate) fn kernel(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: 
                     Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     Access::Uniform => wgpu::BufferBindingType::Uniform,
                 },
-                has_dynamic_offset: false,
+                has_dynamic_offset: matches!(access, Access::Uniform),
                 min_binding_size: None,
             },
             count: None,
@@ -561,6 +637,9 @@ fn open_device(opts: &Options) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Adapt
                 ),
             });
         }
+        // Subgroup operations where offered: the kernels have a variant without them.
+        let subgroups = adapter.features() & wgpu::Features::SUBGROUP;
+        let required_features = if opts.no_subgroups { required_features } else { required_features | subgroups };
         let mut limits = adapter.limits();
         if let Some(cap) = opts.max_binding_bytes {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);

@@ -17,13 +17,16 @@
 //!   and the policy updates `project_simplex_rows` and `exp_grad_rows`, which read a non-finite
 //!   flag) wait. The SGD and exp-grad outer updates and `tie_rows` run on the device. Steps
 //!   inside `Engine::run_steps` (the unroll's passes) are submitted as one command buffer.
-//! - Large inputs: one storage binding is limited (128 MiB on lavapipe). Each data set is split
-//!   into shards of whole rows, each its own buffer of at most one binding, and long vectors (a
-//!   policy [T, N], ∂J/∂γ) are bound through aligned windows, so X of several GiB works as long as
-//!   the device has the memory. [`Options::max_binding_bytes`] lowers the limit (the device is then
+//! - Bind groups are cached by kernel and bound buffer ranges (a dispatch's parameters are a
+//!   dynamic uniform offset, not part of them), so an unroll creates its bind groups in the first
+//!   outer epoch and none after; a dropped vector's groups leave the cache with it.
+//! - Large inputs: one storage binding is limited (128 MiB on lavapipe). The data sets' rows go
+//!   into buffers of at most one binding (usually all three sets in one; a large set in pieces of
+//!   whole 256-row chunks over several), and long vectors (a policy [T, N], ∂J/∂γ) are bound
+//!   through aligned windows, so X of several GiB works as long as the device has the memory. [`Options::max_binding_bytes`] lowers the limit (the device is then
 //!   created with it) to exercise that path on small problems (tests/large_inputs.rs). What must
-//!   still fit: one row of X in one binding; the partial sums [⌈N/256⌉, D] in one binding (at
-//!   128 MiB: N·D ≤ 2^33, i.e. X ≤ 32 GiB); one engine vector (e.g. the whole policy) in one
+//!   still fit: one row of X in one binding; the partial sums [⌈N/256⌉ + ⌈K/256⌉, D] in one
+//!   binding (at 128 MiB: (N + K)·D ≤ 2^33, i.e. X ≤ 32 GiB); one engine vector (e.g. the whole policy) in one
 //!   buffer (`max_buffer_size`). Past those the constructor or the call returns an error.
 //! - X is stored with rows zero-padded to a multiple of 4 values (the kernels load vec4s).
 //! - No adapter is `Error::Unavailable { backend: "wgpu", .. }`, never a panic; a kernel that
@@ -44,7 +47,12 @@
 //! any engine's vectors), `perceptron` (the perceptron's data, kernels and `Engine`),
 //! `transformer` (the Transformer's layer kernels and `Engine`).
 //!
-//! Not done yet: subgroup reductions and tiled row dots (see the kernel headers).
+//! - Subgroups: where the adapter offers wgpu `Features::SUBGROUP` (lavapipe does) the kernels
+//!   sum a row's dot products with subgroup shuffles, else through workgroup memory
+//!   ([`Options::no_subgroups`] forces the latter); both add in the same order, so the bits agree.
+//!
+//! Not done yet: smaller chunks (or a split-K row phase) for more workgroups per dispatch at the
+//! paper's N = 4096 (16 chunks: too few to fill a large GPU).
 mod gpu;
 mod perceptron;
 mod policy_ops;

@@ -61,7 +61,10 @@ pub(crate) struct PolicyKernels {
     tie_rows: Kernel,
     /// [2] u32: a check's flag and the first bad index (or max_abs's result bits).
     flag: wgpu::Buffer,
-    flag_staging: wgpu::Buffer,
+    /// [2] u32: exp_grad_sums' flag and first bad row, apart from `flag`, which it reads.
+    status: wgpu::Buffer,
+    /// `flag` then `status`, read back.
+    staging: wgpu::Buffer,
 }
 
 impl PolicyKernels {
@@ -69,9 +72,10 @@ impl PolicyKernels {
         let simplex = module(device, "simplex.wgsl", SIMPLEX_WGSL);
         let vector = module(device, "vector.wgsl", VECTOR_WGSL);
         use Access::*;
-        let flag_buffer = |label: &str, usage: wgpu::BufferUsages| {
-            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: 8, usage, mapped_at_creation: false })
+        let words = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
         };
+        let flag_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         PolicyKernels {
             check_finite: kernel(device, &simplex, "check_finite", &[(0, Read), (1, ReadWrite), (2, Uniform)]),
             project_rows: kernel(device, &simplex, "project_rows", &[(3, ReadWrite), (4, Read), (5, Uniform)]),
@@ -79,20 +83,21 @@ impl PolicyKernels {
                 device,
                 &simplex,
                 "exp_grad_sums",
-                &[(6, Read), (7, Read), (8, ReadWrite), (9, ReadWrite), (10, Uniform)],
+                &[(6, Read), (7, Read), (8, ReadWrite), (9, Read), (10, ReadWrite), (11, Uniform)],
             ),
             exp_grad_apply: kernel(
                 device,
                 &simplex,
                 "exp_grad_apply",
-                &[(11, ReadWrite), (12, Read), (13, Read), (14, Read), (15, Uniform)],
+                &[(12, ReadWrite), (13, Read), (14, Read), (15, Read), (16, Read), (17, Uniform)],
             ),
             axpy: kernel(device, &vector, "axpy", &[(0, Read), (1, ReadWrite), (2, Uniform)]),
             scale: kernel(device, &vector, "scale", &[(3, ReadWrite), (4, Uniform)]),
             max_abs: kernel(device, &vector, "max_abs", &[(5, Read), (6, ReadWrite), (7, Uniform)]),
             tie_rows: kernel(device, &vector, "tie_rows", &[(8, ReadWrite), (9, Uniform)]),
-            flag: flag_buffer("flag", wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST),
-            flag_staging: flag_buffer("flag_staging", wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            flag: words("flag", 8, flag_usage),
+            status: words("status", 8, flag_usage),
+            staging: words("flags_staging", 16, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
         }
     }
 }
@@ -145,9 +150,9 @@ impl Gpu {
             });
             r0 += count;
         }
-        match self.submit_and_read_flag(ds)? {
-            [0, _] => Ok(()),
-            [_, i] => Err(Error::non_finite_policy(i as usize, row_len)),
+        match self.submit_and_read_flags(ds)? {
+            [0, ..] => Ok(()),
+            [_, i, ..] => Err(Error::non_finite_policy(i as usize, row_len)),
         }
     }
 
@@ -160,7 +165,7 @@ impl Gpu {
         self.queue.write_buffer(&self.policy.flag, 0, bytemuck::cast_slice(&[0u32, 0]));
         let mut ds = self.vector_dispatches(&self.policy.max_abs, (&x.buf, 5), None, x.len, 0.0, 7);
         ds.iter_mut().for_each(|d| d.binds.push(whole(6, &self.policy.flag)));
-        let [bits, _] = self.submit_and_read_flag(ds)?;
+        let [bits, ..] = self.submit_and_read_flags(ds)?;
         Ok(f32::from_bits(bits) as f64)
     }
 
@@ -209,8 +214,10 @@ impl Gpu {
         let rows_per = self.rows_per_window(row_len)?;
         let stats = self.buffer("exp_grad_stats", rows * 8, wgpu::BufferUsages::STORAGE);
         self.queue.write_buffer(&self.policy.flag, 0, bytemuck::cast_slice(&[0u32, u32::MAX]));
+        self.queue.write_buffer(&self.policy.status, 0, bytemuck::cast_slice(&[0u32, u32::MAX]));
         let mut ds = self.check_finite_dispatches(grad);
-        for (kernel, binds) in [(&self.policy.exp_grad_sums, [6, 7, 8, 9, 10]), (&self.policy.exp_grad_apply, [11, 12, 13, 14, 15])] {
+        for (kernel, binds) in [(&self.policy.exp_grad_sums, [6, 7, 8, 9, 10, 11]), (&self.policy.exp_grad_apply, [12, 13, 14, 15, 16, 17])]
+        {
             let mut r0 = 0;
             while r0 < rows {
                 let count = rows_per.min(rows - r0);
@@ -227,24 +234,24 @@ impl Gpu {
                 };
                 ds.push(Dispatch {
                     kernel: kernel.clone(),
-                    binds: vec![bg, bd, whole(binds[2], &stats), whole(binds[3], &self.policy.flag)],
-                    param_binding: binds[4],
+                    binds: vec![bg, bd, whole(binds[2], &stats), whole(binds[3], &self.policy.flag), whole(binds[4], &self.policy.status)],
+                    param_binding: binds[5],
                     params: bytemuck::bytes_of(&params).to_vec(),
                     groups: count as u32,
                 });
                 r0 += count;
             }
         }
-        match self.submit_and_read_flag(ds)? {
-            [0, _] => Ok(()),
-            [1, i] => Err(Error::Numerical(format!(
+        match self.submit_and_read_flags(ds)? {
+            [0, _, 0, _] => Ok(()),
+            [0, _, _, row] => {
+                Err(Error::Numerical(format!("exponentiated-gradient row {row}: Σ γ·exp(−step·g) is not a positive finite number")))
+            }
+            [_, i, ..] => Err(Error::Numerical(format!(
                 "non-finite policy gradient at row {}, example {}",
                 i as usize / row_len,
                 i as usize % row_len
             ))),
-            [_, row] => {
-                Err(Error::Numerical(format!("exponentiated-gradient row {row}: Σ γ·exp(−step·g) is not a positive finite number")))
-            }
         }
     }
 
@@ -270,13 +277,17 @@ impl Gpu {
         ds
     }
 
-    /// Submits `dispatches`, then waits and reads the two flag words back.
-    fn submit_and_read_flag(&mut self, dispatches: Vec<Dispatch>) -> Result<[u32; 2]> {
-        let (flag, staging) = (self.policy.flag.clone(), self.policy.flag_staging.clone());
-        self.submit(dispatches, |enc| enc.copy_buffer_to_buffer(&flag, 0, &staging, 0, 8))?;
-        let bytes = self.read_staging(&staging, 8)?;
+    /// Submits `dispatches`, then waits and reads back the words of `flag` and `status`.
+    fn submit_and_read_flags(&mut self, dispatches: Vec<Dispatch>) -> Result<[u32; 4]> {
+        let p = &self.policy;
+        let (flag, status, staging) = (p.flag.clone(), p.status.clone(), p.staging.clone());
+        self.submit(dispatches, |enc| {
+            enc.copy_buffer_to_buffer(&flag, 0, &staging, 0, 8);
+            enc.copy_buffer_to_buffer(&status, 0, &staging, 8, 8);
+        })?;
+        let bytes = self.read_staging(&staging, 16)?;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
-        Ok([words[0], words[1]])
+        Ok([words[0], words[1], words[2], words[3]])
     }
 
     /// An elementwise kernel over [0, len) in windows: x (and y) bound at the given bindings.

@@ -3,7 +3,8 @@
 //! shards and the policy, ∂J/∂γ and long vectors are bound through aligned windows (the exp-grad
 //! step, max |g| and block sums of rows included). Every operation must give bit-for-bit the unsplit engine's results
 //! (the chunking of the sums is the same), and match the CPU f32 engine. This is how a multi-GiB
-//! X runs on lavapipe's 128 MiB limit.
+//! X runs on lavapipe's 128 MiB limit. The kernels' variant without subgroup operations gives the
+//! same bits as the one with them (where the adapter has them: lavapipe does).
 //! Skips visibly without an adapter (fails with LEARNLAW_REQUIRE_WGPU=1).
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::CpuPerceptron;
@@ -113,14 +114,20 @@ fn split_bindings_match_unsplit_and_cpu() {
     assert!(small.train_shards() > 1, "X must be split into shards");
     let Some(mut full) = engine(&data, &Options::default()) else { return };
     assert_eq!(full.train_shards(), 1);
+    let Some(mut no_subgroups) = engine(&data, &Options { no_subgroups: true, ..Options::default() }) else { return };
+    assert!(!no_subgroups.uses_subgroups());
+    println!("subgroup variant on this adapter: {}", full.uses_subgroups());
     let steps = 20;
     let split = outputs(&mut small, steps);
     let unsplit = outputs(&mut full, steps);
+    let workgroup = outputs(&mut no_subgroups, steps);
     let cpu = outputs(&mut CpuPerceptron::<f32>::new(&data).unwrap(), steps);
-    for ((what, a), ((_, b), (_, c))) in split.iter().zip(unsplit.iter().zip(&cpu)) {
+    for ((what, a), (((_, b), (_, w)), (_, c))) in split.iter().zip(unsplit.iter().zip(&workgroup).zip(&cpu)) {
         assert_eq!(a.len(), b.len(), "{what}: length");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert!(bits(a) == bits(b), "{what}: split and unsplit engines differ");
+        // Both team-sum variants add in the same order.
+        assert!(bits(w) == bits(b), "{what}: the workgroup-memory and subgroup variants differ");
         let scale = c.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
         for (i, (&x, &y)) in a.iter().zip(c).enumerate() {
             assert!((x - y).abs() <= 1e-5 + 1e-4 * y.abs() + 1e-5 * scale, "{what}[{i}]: wgpu {x} vs cpu {y}");

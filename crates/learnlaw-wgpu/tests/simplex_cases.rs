@@ -1,6 +1,7 @@
 //! The device projection on the awkward inputs the CPU projection is tested on (ties, all equal,
 //! one dominant entry, all negative, large magnitudes, tiny and non-multiple-of-256 rows), against
-//! the sorting reference `learnlaw_core::simplex::project_sorted` in f64. Skips without an adapter.
+//! the sorting reference `learnlaw_core::simplex::project_sorted` in f64; the failure paths of the
+//! projection and of the exp-grad step. Skips without an adapter.
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::{simplex, Engine, Error};
 use learnlaw_wgpu::WgpuPerceptron;
@@ -20,6 +21,23 @@ impl Rng {
     fn normal(&mut self) -> f64 {
         let u = 1.0 - self.unif();
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unif()).cos()
+    }
+}
+
+/// The engine on a problem with `n` training examples, or None after a visible skip.
+fn engine(n: usize) -> Option<WgpuPerceptron> {
+    let data = PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: n, n_dev: 1, n_test: 1, ..Default::default() }).unwrap();
+    match WgpuPerceptron::new(&data) {
+        Ok(e) => Some(e),
+        Err(Error::Unavailable { reason, .. }) => {
+            assert!(
+                std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
+                "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
+            );
+            println!("SKIPPED: no wgpu adapter ({reason})");
+            None
+        }
+        Err(err) => panic!("wgpu engine: {err}"),
     }
 }
 
@@ -43,19 +61,7 @@ fn cases(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f64>)> {
 #[test]
 fn projection_matches_sorting_reference() {
     for n in [1, 2, 3, 7, 255, 256, 257, 1000, 4096] {
-        let data = PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: n, n_dev: 1, n_test: 1, ..Default::default() }).unwrap();
-        let mut e = match WgpuPerceptron::new(&data) {
-            Ok(e) => e,
-            Err(Error::Unavailable { reason, .. }) => {
-                assert!(
-                    std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
-                    "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
-                );
-                println!("SKIPPED: no wgpu adapter ({reason})");
-                return;
-            }
-            Err(err) => panic!("wgpu engine: {err}"),
-        };
+        let Some(mut e) = engine(n) else { return };
         let mut rng = Rng(n as u64);
         let all = cases(n, &mut rng);
         // All cases as rows of one [cases, n] buffer: one dispatch, one workgroup per row.
@@ -81,8 +87,7 @@ fn projection_matches_sorting_reference() {
 
 #[test]
 fn non_finite_policy_is_an_error_and_left_untouched() {
-    let data = PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: 300, n_dev: 1, n_test: 1, ..Default::default() }).unwrap();
-    let Ok(mut e) = WgpuPerceptron::new(&data) else { return };
+    let Some(mut e) = engine(300) else { return };
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut v = vec![0.5f32; 3 * 300];
         v[2 * 300 + 17] = bad;
@@ -93,5 +98,46 @@ fn non_finite_policy_is_an_error_and_left_untouched() {
         }
         let after = e.download(&d).unwrap();
         assert!(after.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits()), "{bad}: the policy was modified");
+    }
+}
+
+/// exp_grad_sums flags rows whose Σ γ·exp(−step·g) is not a positive finite number (an all-zero
+/// row, an infinite entry) while the other workgroups of its dispatch run on: the error names the
+/// first such row, no row of γ is updated, and the next call starts from a clear flag.
+#[test]
+fn exp_grad_bad_row_sum_is_an_error_and_left_untouched() {
+    let (n, rows) = (300, 500);
+    let Some(mut e) = engine(n) else { return };
+    let mut rng = Rng(11);
+    let grad: Vec<f32> = (0..rows * n).map(|_| (2.0 * rng.unif() - 1.0) as f32).collect();
+    let grad_d = e.upload(&grad).unwrap();
+    let mut gamma = vec![1.0 / n as f32; rows * n];
+    gamma[401 * n..402 * n].fill(0.0);
+    gamma[250 * n + 7] = f32::INFINITY;
+    gamma[97 * n..98 * n].fill(0.0);
+    let mut d = e.upload(&gamma).unwrap();
+    match e.exp_grad_rows(&mut d, &grad_d, 0.5, n) {
+        Err(Error::Numerical(msg)) => assert!(msg.contains("row 97:"), "{msg}"),
+        other => panic!("expected a numerical error, got {other:?}"),
+    }
+    let after = e.download(&d).unwrap();
+    assert!(after.iter().zip(&gamma).all(|(a, b)| a.to_bits() == b.to_bits()), "the policy was modified");
+
+    // Only row 250 left bad: it is the one named now.
+    gamma[97 * n..98 * n].fill(1.0 / n as f32);
+    gamma[401 * n..402 * n].fill(1.0 / n as f32);
+    let mut d = e.upload(&gamma).unwrap();
+    match e.exp_grad_rows(&mut d, &grad_d, 0.5, n) {
+        Err(Error::Numerical(msg)) => assert!(msg.contains("row 250:"), "{msg}"),
+        other => panic!("expected a numerical error, got {other:?}"),
+    }
+    // All rows good: the step runs and keeps every row on the simplex.
+    gamma[250 * n + 7] = 1.0 / n as f32;
+    let mut d = e.upload(&gamma).unwrap();
+    e.exp_grad_rows(&mut d, &grad_d, 0.5, n).unwrap();
+    let after = e.download(&d).unwrap();
+    for (r, row) in after.chunks(n).enumerate() {
+        let sum: f64 = row.iter().map(|&x| x as f64).sum();
+        assert!((sum - 1.0).abs() < 1e-4 && row.iter().all(|&x| x > 0.0), "row {r}: sum {sum}");
     }
 }

@@ -1012,8 +1012,7 @@ impl WgpuKernels {
     pub fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
         self.flush()?;
         let buf = b.buf.as_ref().ok_or_else(|| device_error("download of a buffer that was never sized"))?;
-        let v = crate::gpu::WgpuVec { buf: buf.clone(), len };
-        self.gpu.download(&v)
+        self.gpu.download_buffer(buf, len)
     }
 }
 
