@@ -219,7 +219,18 @@ impl Case for Attention {
         k.attention_forward(d, scale, q.pair(tan), kk.pair(tan), v.pair(tan), &mut saved, o.pair_mut(tan));
         let go = random_act(k, r, len, tan);
         let (mut gq, mut gk, mut gv) = (poisoned_act(k, len, tan), poisoned_act(k, len, tan), poisoned_act(k, len, tan));
-        k.attention_backward(d, scale, q.pair(tan), kk.pair(tan), v.pair(tan), &saved, go.pair(tan), gq.pair_mut(tan), gk.pair_mut(tan), gv.pair_mut(tan));
+        k.attention_backward(
+            d,
+            scale,
+            q.pair(tan),
+            kk.pair(tan),
+            v.pair(tan),
+            &saved,
+            go.pair(tan),
+            gq.pair_mut(tan),
+            gk.pair_mut(tan),
+            gv.pair_mut(tan),
+        );
         let mut outs = Outputs::new();
         download_act(k, &o, len, tan, &mut outs, "O", "Ȯ");
         download_act(k, &gq, len, tan, &mut outs, "gQ", "gQ tangent");
@@ -309,7 +320,11 @@ macro_rules! layer_kernel_tests {
 layer_kernel_tests!(cpu_f32, Some(CpuKernels::<f32>::default()), Tol::of::<f32>());
 layer_kernel_tests!(wgpu, wgpu_or_skip(WgpuKernels::open(&Options::default())), Tol::of::<f32>());
 // gemm.wgsl's baseline variant (every GEMM of every kernel through it).
-layer_kernel_tests!(wgpu_baseline_gemm, wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_baseline_gemm()), Tol::of::<f32>());
+layer_kernel_tests!(
+    wgpu_baseline_gemm,
+    wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_baseline_gemm()),
+    Tol::of::<f32>()
+);
 // The head in chunks of a few rows (its logits never exist for a whole set).
 layer_kernel_tests!(
     wgpu_small_head_chunks,

@@ -210,8 +210,14 @@ fn an_evaluation_older_than_the_search_is_stale() {
     let cfg = r.dir.read_config().unwrap();
     let dir = RunDir::new(r.dir.root.with_file_name("stale"));
     let mut e = CpuPerceptron::<f64>::new(&r.data).unwrap();
-    run::search(&mut e, &dir, &cfg, &r.theta0, |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-        .unwrap();
+    run::search(
+        &mut e,
+        &dir,
+        &cfg,
+        &r.theta0,
+        |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) },
+    )
+    .unwrap();
     run::evaluate(&mut e, &dir, &r.theta0).unwrap();
     let at_two = EvaluatedRun::read(&dir).unwrap();
     assert_eq!((at_two.stale_evaluation(), at_two.summary.evaluated_epoch, at_two.policy_epoch), (None, Some(2), 2));

@@ -326,8 +326,14 @@ fn a_resume_may_change_the_checkpointing_and_the_backend() {
     let (a, b) = (RunDir::new(tmp.path().join("a")), RunDir::new(tmp.path().join("b")));
     let whole = search_to_end(&mut CpuPerceptron::<f32>::new(&p.data).unwrap(), &a, &cfg, &p.theta0).unwrap();
     let mut e = CpuPerceptron::<f32>::new(&p.data).unwrap();
-    run::search(&mut e, &b, &cfg, &p.theta0, |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-        .unwrap();
+    run::search(
+        &mut e,
+        &b,
+        &cfg,
+        &p.theta0,
+        |ev: &EpochEvent| if ev.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) },
+    )
+    .unwrap();
     let mut changed = cfg.clone();
     changed.search.checkpoint_every = Some(7);
     changed.backend = "wgpu".into();

@@ -615,7 +615,9 @@ fn print_evaluation(ev: &Evaluation, steps: usize) {
     for (set, reached) in [("test", ev.constant_steps_test), ("desired", ev.constant_steps_dev)] {
         if let Some(t) = reached.filter(|&t| t < steps) {
             let why = if t == 1 { "flat: training makes no progress; check --eta and the data" } else { "it stalls or rises after that" };
-            println!("note: the constant policy's {set} loss reaches its final value at step {t} of {steps} ({why}); AR counts the steps to it");
+            println!(
+                "note: the constant policy's {set} loss reaches its final value at step {t} of {steps} ({why}); AR counts the steps to it"
+            );
         }
     }
 }

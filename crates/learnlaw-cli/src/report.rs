@@ -198,7 +198,8 @@ fn check_report_folder(out: &Path) -> Result<()> {
         return Ok(());
     }
     let refuse = |why: String| anyhow!("{} {why}; refusing to replace its files: use a new or empty folder", out.display());
-    let analysis = std::fs::read_to_string(out.join(ANALYSIS)).map_err(|_| refuse(format!("holds files but no {ANALYSIS} of a learnlaw report")))?;
+    let analysis =
+        std::fs::read_to_string(out.join(ANALYSIS)).map_err(|_| refuse(format!("holds files but no {ANALYSIS} of a learnlaw report")))?;
     serde_json::from_str::<RunAnalysis>(&analysis).map_err(|e| refuse(format!("holds an {ANALYSIS} learnlaw did not write ({e})")))?;
     if let Ok(md) = std::fs::read_to_string(out.join(REPORT_MD)) {
         if !md.starts_with(REPORT_TITLE) {

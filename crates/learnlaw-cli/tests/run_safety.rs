@@ -55,7 +55,10 @@ fn a_running_search_owns_its_directory_until_it_is_killed() {
     let config = std::fs::read(cwd.join("run/config.toml")).unwrap();
     for args in [search("run", &["--epochs", "1200", "--outer-lr", "0.004"]), vec!["eval", "run"], vec!["report", "run"]] {
         let err = fails(&args, cwd);
-        assert!(err.contains("run is in use") && err.contains(&format!("pid {}:", first.id())) && err.contains("--epochs 100000000"), "{err}");
+        assert!(
+            err.contains("run is in use") && err.contains(&format!("pid {}:", first.id())) && err.contains("--epochs 100000000"),
+            "{err}"
+        );
     }
     assert_eq!(std::fs::read(cwd.join("run/config.toml")).unwrap(), config, "the refused search wrote nothing");
     first.signal("KILL");

@@ -63,7 +63,8 @@ fn reproduce_transformer_on_wgpu_matches_cpu() {
             return None;
         }
         assert!(out.status.success(), "{backend}: {stderr}");
-        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(backend).join("summary.json")).unwrap()).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join(backend).join("summary.json")).unwrap()).unwrap();
         Some(summary["j"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
     };
     let Some(gpu) = j("wgpu") else { return };

@@ -342,7 +342,12 @@ impl EvaluatedRun {
         };
         let summary = match run.summary {
             Some(s) if s.evaluation.is_some() && dir.curves_path().exists() => s,
-            Some(_) => return Err(Error::bad_input(root.clone(), format!("the run was searched but not evaluated: run `learnlaw eval {root}` first"))),
+            Some(_) => {
+                return Err(Error::bad_input(
+                    root.clone(),
+                    format!("the run was searched but not evaluated: run `learnlaw eval {root}` first"),
+                ))
+            }
             None => {
                 let problem = format!(
                     "no summary.json: finish the search with `learnlaw search`, or evaluate it as it is with `learnlaw eval {root}`"

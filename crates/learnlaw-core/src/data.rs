@@ -137,7 +137,10 @@ impl PerceptronData {
         let rows = (recipe.n_train as u64).saturating_add(recipe.n_dev as u64).saturating_add(recipe.n_test as u64);
         // The inputs and labels as f32, and twice more while `save` encodes and serialises them.
         let needed = rows.saturating_mul(recipe.dim as u64 + 1).saturating_mul(3 * 4);
-        let advice = format!("lower --train, --dev, --test (now {} + {} + {}) or --dim (now {})", recipe.n_train, recipe.n_dev, recipe.n_test, recipe.dim);
+        let advice = format!(
+            "lower --train, --dev, --test (now {} + {} + {}) or --dim (now {})",
+            recipe.n_train, recipe.n_dev, recipe.n_test, recipe.dim
+        );
         crate::memory::ensure_fits("generating this data", needed, &advice)?;
         let dim = recipe.dim;
         let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);

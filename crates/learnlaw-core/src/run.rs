@@ -76,7 +76,9 @@ impl Difference {
     pub fn allowed_on_resume(&self) -> Option<&'static str> {
         match self.key.as_str() {
             "search.checkpoint_every" => Some("it only trades memory against recomputation: the result is the same"),
-            "backend" => Some("the saved policy is a valid start on any backend; results agree to the backends' tolerance, not bit for bit"),
+            "backend" => {
+                Some("the saved policy is a valid start on any backend; results agree to the backends' tolerance, not bit for bit")
+            }
             "data" => Some("the file moved; its contents (fingerprint) are the same"),
             _ => None,
         }
@@ -409,7 +411,10 @@ impl RunDir {
                 Error::Format { problem, .. } => problem,
                 e => e.to_string(),
             };
-            Error::bad_input(path.display().to_string(), format!("was not written by learnlaw ({problem}); refusing to replace it: use another folder"))
+            Error::bad_input(
+                path.display().to_string(),
+                format!("was not written by learnlaw ({problem}); refusing to replace it: use another folder"),
+            )
         };
         self.read_config().map_err(|e| not_ours(self.config_path(), e))?;
         if self.summary_path().exists() {
@@ -461,7 +466,10 @@ impl RunDir {
         let summary = if self.summary_path().exists() { Some(self.read_summary()?) } else { None };
         if let Some(s) = &summary {
             let evaluated = s.evaluation_epochs_done.unwrap_or(0);
-            if saved.is_none() || (s.task.as_str(), s.steps, s.epochs) != (config.task.as_str(), steps, epochs) || s.epochs_done.max(evaluated) > done {
+            if saved.is_none()
+                || (s.task.as_str(), s.steps, s.epochs) != (config.task.as_str(), steps, epochs)
+                || s.epochs_done.max(evaluated) > done
+            {
                 let problem = format!(
                     "it describes {} with T = {}, {} of {} epochs, but config.toml and the policy say {} with T = {steps}, {done} of {epochs}",
                     s.task, s.steps, s.epochs_done, s.epochs, config.task
@@ -706,7 +714,8 @@ pub fn search_with_holdout<E: Engine>(
         let differences = old.differences(cfg)?;
         let blocking: Vec<String> = differences.iter().filter(|d| d.allowed_on_resume().is_none()).map(|d| d.to_string()).collect();
         if !blocking.is_empty() {
-            let problem = format!("holds a different search ({}); use another directory, or the run's settings to resume it", blocking.join("; "));
+            let problem =
+                format!("holds a different search ({}); use another directory, or the run's settings to resume it", blocking.join("; "));
             return Err(Error::config("output directory", dir.root.display(), problem));
         }
         // The allowed changes first: the files are then checked against the data as it is now.

@@ -124,7 +124,15 @@ impl<R: Real> CpuTransformer<R> {
     }
 
     /// One chunk of `run`: sequences s0.. of the set; weighted passes skip γ = 0 sequences.
-    fn chunk(&self, model: &Model<CpuKernels<R>>, rows: &[u32], s0: usize, pass: Pass<R>, acc: &mut Vec<R>, tape: &mut Tape<CpuKernels<R>>) -> Vec<f64> {
+    fn chunk(
+        &self,
+        model: &Model<CpuKernels<R>>,
+        rows: &[u32],
+        s0: usize,
+        pass: Pass<R>,
+        acc: &mut Vec<R>,
+        tape: &mut Tape<CpuKernels<R>>,
+    ) -> Vec<f64> {
         let len = self.seq_len;
         let b = rows.len() / len;
         let weights = match pass {

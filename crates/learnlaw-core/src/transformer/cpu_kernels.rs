@@ -6,7 +6,9 @@
 //! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
 use std::marker::PhantomData;
 
-use super::kernels::{linear_backward, Act, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens};
+use super::kernels::{
+    linear_backward, Act, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
+};
 use crate::host::{dot, max, sum};
 use crate::linalg::{gemm, Mat, MatMut};
 use crate::text::PAD;
@@ -341,7 +343,9 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
     ) {
         let (l, c) = (d.len, R::of(c));
         let (mut gqt, mut gkt, mut gvt) = (gq.t, gk.t, gv.t);
-        for g in [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut()) {
+        for g in
+            [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut())
+        {
             g.fill(R::zero());
         }
         let (mut gp, mut gs, mut gpt) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);

@@ -196,7 +196,14 @@ pub trait LayerKernels {
     fn gemm(&mut self, shape: GemmShape, a: Operand<Self::Buf>, b: Operand<Self::Buf>, beta: f64, c: Output<Self::Buf>);
 
     /// x[row] = tok[input id] + pos[position], for every row of the chunk (width `hidden`).
-    fn embed_forward(&mut self, tokens: Tokens<Self::Ids>, tok: Param<Self::Buf>, pos: Param<Self::Buf>, hidden: usize, x: PairMut<Self::Buf>);
+    fn embed_forward(
+        &mut self,
+        tokens: Tokens<Self::Ids>,
+        tok: Param<Self::Buf>,
+        pos: Param<Self::Buf>,
+        hidden: usize,
+        x: PairMut<Self::Buf>,
+    );
     /// Adds each row's gradient `g` to the token-embedding row it read and to its position's
     /// row, in row order (deterministic). `out` spans both tables, adjacent in θ: the token
     /// embedding [vocab, hidden] first, then the position embedding.
@@ -204,7 +211,15 @@ pub trait LayerKernels {
 
     /// RMSNorm over `rows` rows of width `hidden`: r = √(mean x²), n = x/(r + ε),
     /// out = w ⊙ n + b, with tangents; into `saved` (sized by the caller).
-    fn rmsnorm_forward(&mut self, rows: usize, hidden: usize, x: Pair<Self::Buf>, w: Param<Self::Buf>, b: Param<Self::Buf>, saved: &mut Norm<Self::Buf>);
+    fn rmsnorm_forward(
+        &mut self,
+        rows: usize,
+        hidden: usize,
+        x: Pair<Self::Buf>,
+        w: Param<Self::Buf>,
+        b: Param<Self::Buf>,
+        saved: &mut Norm<Self::Buf>,
+    );
     /// Backward of RMSNorm given gy: adds into gx; adds the gradients of w and b, which are
     /// adjacent in θ (w first), into `wb`.
     #[allow(clippy::too_many_arguments)]

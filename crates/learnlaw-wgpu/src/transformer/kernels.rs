@@ -22,7 +22,7 @@ const CROSS_ENTROPY_WGSL: &str = include_str!("../../../../kernels/wgsl/cross_en
 
 /// Storage buffers the largest kernel binds (attention's backward).
 pub(crate) const STORAGE_BINDINGS: u32 = 12;
-/// Rows of 64-row blocks in rmsnorm.wgsl's parameter partial sums.
+/// Rows per block of rmsnorm.wgsl's parameter partial sums (its BLOCK_ROWS).
 const NORM_BLOCK_ROWS: usize = 64;
 /// Logits per chunk of the head + cross-entropy ([rows, vocab], value and tangent) by default:
 /// bounds its scratch memory (16 MiB each) whatever the set's size.
@@ -115,7 +115,9 @@ impl Pipelines {
         let att = gpu.module("attention.wgsl", ATTENTION_WGSL);
         let emb = gpu.module("embedding.wgsl", EMBEDDING_WGSL);
         let ce = gpu.module("cross_entropy.wgsl", CROSS_ENTROPY_WGSL);
-        let seq = |first: u32, access: &[Access]| -> Vec<(u32, Access)> { access.iter().enumerate().map(|(i, &a)| (first + i as u32, a)).collect() };
+        let seq = |first: u32, access: &[Access]| -> Vec<(u32, Access)> {
+            access.iter().enumerate().map(|(i, &a)| (first + i as u32, a)).collect()
+        };
         let ew_binds = seq(0, &[R, R, W, W, U]);
         let norm_binds = seq(0, &[R, R, R, R, R, R, R, R, W, W, W, W, U]);
         Pipelines {
@@ -553,7 +555,7 @@ impl LayerKernels for WgpuKernels {
             .write(7, Some(&*x.v))
             .write(8, x.t.as_deref())
             .list;
-        let params = self.embedding_params(&t, h, tok.range.start, pos.range.start, tangent, (false, false));
+        let params = embedding_params(&t, h, 0, (tok.range.start, pos.range.start), tangent, (false, false));
         let kernel = self.pipes.embed_forward.clone();
         self.dispatch(&kernel, binds, 9, params, groups(items, 64));
     }
@@ -565,8 +567,7 @@ impl LayerKernels for WgpuKernels {
         let want = (out.grad.is_some(), out.hvp.is_some());
         let tangent = g.t.is_some() && want.1;
         let (ptok, ppos) = (out.range.start, out.range.start + vocab * h);
-        let mut params = self.embedding_params(&t, h, ptok, ppos, tangent, want);
-        params.vocab = u(vocab);
+        let params = embedding_params(&t, h, vocab, (ptok, ppos), tangent, want);
         let bind = |k: &Self| {
             Binds::new(k)
                 .buf(0, &t.ids.ids)
@@ -587,12 +588,29 @@ impl LayerKernels for WgpuKernels {
         self.dispatch(&positions, binds, 9, params, groups(t.len() * h, 64));
     }
 
-    fn rmsnorm_forward(&mut self, m: usize, h: usize, x: Pair<DeviceBuf>, w: Param<DeviceBuf>, b: Param<DeviceBuf>, nm: &mut Norm<DeviceBuf>) {
+    fn rmsnorm_forward(
+        &mut self,
+        m: usize,
+        h: usize,
+        x: Pair<DeviceBuf>,
+        w: Param<DeviceBuf>,
+        b: Param<DeviceBuf>,
+        nm: &mut Norm<DeviceBuf>,
+    ) {
         if m == 0 {
             return;
         }
         let tangent = x.t.is_some();
-        let params = NormParams { rows: u(m), h: u(h), pw: u(w.range.start), pb: u(b.range.start), tangent: tangent as u32, want_grad: 0, want_hvp: 0, blocks: 0 };
+        let params = NormParams {
+            rows: u(m),
+            h: u(h),
+            pw: u(w.range.start),
+            pb: u(b.range.start),
+            tangent: tangent as u32,
+            want_grad: 0,
+            want_hvp: 0,
+            blocks: 0,
+        };
         let stats = Binds::new(self)
             .read(0, Some(x.v))
             .read(1, x.t)
@@ -848,7 +866,8 @@ impl LayerKernels for WgpuKernels {
             let wo = Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false };
             let out = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
             self.gemm(GemmShape::single(rows, vocab, h), xo, wo, 0.0, out);
-            let binds = Binds::new(self).buf(0, &t.ids.ids).read(1, Some(&z)).read(2, tangent.then_some(&zt)).write(3, Some(&head.stats)).list;
+            let binds =
+                Binds::new(self).buf(0, &t.ids.ids).read(1, Some(&z)).read(2, tangent.then_some(&zt)).write(3, Some(&head.stats)).list;
             let params = ce_params(&t, vocab, r0, rows, tangent, 0);
             let kernel = self.pipes.ce_rows.clone();
             self.dispatch(&kernel, binds, 4, params, groups(rows, 1));
@@ -923,27 +942,41 @@ impl LayerKernels for WgpuKernels {
     }
 }
 
-impl WgpuKernels {
-    fn embedding_params(&self, t: &Tokens<DeviceIds>, h: usize, ptok: usize, ppos: usize, tangent: bool, want: (bool, bool)) -> EmbeddingParams {
-        EmbeddingParams {
-            at: u(t.at),
-            seqs: u(t.seqs),
-            seq_len: u(t.seq_len),
-            h: u(h),
-            vocab: 0,
-            ptok: u(ptok),
-            ppos: u(ppos),
-            tangent: tangent as u32,
-            want_grad: want.0 as u32,
-            want_hvp: want.1 as u32,
-            csr_vocab: u(t.ids.csr_vocab),
-            _pad: 0,
-        }
+/// embedding.wgsl's parameters; `vocab` bounds the token ids the backward visits.
+fn embedding_params(
+    t: &Tokens<DeviceIds>,
+    h: usize,
+    vocab: usize,
+    (ptok, ppos): (usize, usize),
+    tangent: bool,
+    want: (bool, bool),
+) -> EmbeddingParams {
+    EmbeddingParams {
+        at: u(t.at),
+        seqs: u(t.seqs),
+        seq_len: u(t.seq_len),
+        h: u(h),
+        vocab: u(vocab),
+        ptok: u(ptok),
+        ppos: u(ppos),
+        tangent: tangent as u32,
+        want_grad: want.0 as u32,
+        want_hvp: want.1 as u32,
+        csr_vocab: u(t.ids.csr_vocab),
+        _pad: 0,
     }
 }
 
 fn attention_params(d: Dims, scale: f64, tangent: bool) -> AttentionParams {
-    AttentionParams { seqs: u(d.seqs), len: u(d.len), heads: u(d.heads), hidden: u(d.hidden), scale: scale as f32, tangent: tangent as u32, _pad: [0; 2] }
+    AttentionParams {
+        seqs: u(d.seqs),
+        len: u(d.len),
+        heads: u(d.heads),
+        hidden: u(d.hidden),
+        scale: scale as f32,
+        tangent: tangent as u32,
+        _pad: [0; 2],
+    }
 }
 
 fn ce_params(t: &Tokens<DeviceIds>, vocab: usize, r0: usize, rows: usize, tangent: bool, w_at: usize) -> CrossEntropyParams {
@@ -992,7 +1025,12 @@ impl WgpuKernels {
             }
             buf
         };
-        let ids = DeviceIds { ids: upload(&self.gpu, host), csr_start: upload(&self.gpu, &start), csr_pos: upload(&self.gpu, &pos), csr_vocab: start.len() - 1 };
+        let ids = DeviceIds {
+            ids: upload(&self.gpu, host),
+            csr_start: upload(&self.gpu, &start),
+            csr_pos: upload(&self.gpu, &pos),
+            csr_vocab: start.len() - 1,
+        };
         self.gpu.check_device()?;
         Ok(ids)
     }

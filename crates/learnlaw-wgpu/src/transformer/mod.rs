@@ -46,9 +46,16 @@ enum Pass<'a> {
 /// Where a pass's per-sequence values go, chunk by chunk.
 enum PerSeq<'a> {
     /// a·value of sequence n into `buf[at + n]`.
-    Into { buf: &'a DeviceBuf, at: usize, a: f32 },
+    Into {
+        buf: &'a DeviceBuf,
+        at: usize,
+        a: f32,
+    },
     /// Σ_n w_n·value_n (the set's mean loss with `mean_weights`) into `buf[at]`.
-    Mean { buf: &'a DeviceBuf, at: usize },
+    Mean {
+        buf: &'a DeviceBuf,
+        at: usize,
+    },
     Drop,
 }
 
