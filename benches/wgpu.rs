@@ -11,7 +11,8 @@
 //! accumulation) and run only where the adapter has SHADER_F16. Names follow
 //! `{backend}_{op}_{dtype}`. No adapter: prints SKIPPED and exits successfully.
 //! `LEARNLAW_BENCH_EPOCH=0` skips the outer epoch (2000 forward + 2000 backward steps; ~6 s a
-//! sample on a 2-core lavapipe).
+//! sample on a 2-core lavapipe), which first prints how many bind groups its first and its
+//! second epoch create (the cache's work: none after the first).
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
@@ -144,6 +145,15 @@ fn outer_epoch(c: &mut Criterion) {
     let mut e = engine(&data);
     let cfg = SearchConfig { epochs: 1_000_000, ..SearchConfig::paper_perceptron() };
     let mut search = Search::new(&mut e, &cfg, &init_theta(data.dim, 10), &Policy::constant(STEPS, n).gamma, 0).unwrap();
+    // Bind groups the first epoch creates, and every later one (the cache's work).
+    let mut epoch_bind_groups = || {
+        let (before, _) = e.bind_groups();
+        search.step(&mut e).unwrap();
+        e.bind_groups().0 - before
+    };
+    let first = epoch_bind_groups();
+    let later = epoch_bind_groups();
+    println!("bind groups created per outer epoch: {first} in the first, {later} in the next");
     let mut g = c.benchmark_group("wgpu_search");
     g.sample_size(10).measurement_time(Duration::from_secs(30));
     g.bench_function("wgpu_outer_epoch_f32", |b| {

@@ -43,12 +43,15 @@
 // Geometry: rows — one workgroup of 256 invocations per chunk of 256 rows (≤ 65535 per dispatch).
 //   Row phase: teams of TEAM = 8 lanes take one row at a time (rows team, team + 32, …): lane l
 //   loads the vec4s l, l + 8, … of the row, so a team reads 128 contiguous bytes per load
-//   (coalesced), and the team's 8 partial dots are added by a butterfly. Column phase: all 256
+//   (coalesced), and the team's 8 partial dots are added by a butterfly; after 8 rounds each
+//   invocation holds one row's dots and does that row's math (σ, the loss, the outputs). Column phase: all 256
 //   invocations; invocation (p, k) accumulates column block k (a vec4) over row slice p of the
-//   chunk, sequentially, then the slices' partials of each column are added by a tree in slice
-//   order (slices = the largest power of two with slices·ceil(D/4) ≤ 256, at least 1). finish —
-//   workgroups of 64: one invocation per column summing the chunks in order; the loss workgroup
-//   sums strided, then by a tree.
+//   chunk, sequentially, then the slices' partials of each column are added in slice order
+//   (slices = the largest power of two with slices·ceil(D/4) ≤ 256, at least 1). The chunk's
+//   loss: 16 sums of 16 rows, then their sum. Barriers: one after the row phase, one per column
+//   pass (a single pass for D ≤ 1024), one for the loss (lavapipe runs each as a coroutine switch
+//   of every group of invocations). finish — workgroups of 64: one invocation per column summing
+//   the chunks in order; the loss workgroup's first invocation sums the chunk losses in order.
 // Variants (naive → tuned): v1 scalar loads, one column per invocation. v2 vec4 loads; one row per
 //   invocation in the row phase (each invocation walks a whole row: uncoalesced on a GPU), one
 //   column block per invocation over all 256 rows in the column phase (ceil(D/4) of the 256
@@ -228,40 +231,59 @@ fn rows(ids: Ids) {
     let row0 = part.x0 + r0;           // the chunk's first row in the buffer
     let two = mode == MODE_BACKWARD || mode == MODE_TRAIN_DOT;
 
-    // Row phase: every team takes rows team, team + TEAMS, … of the chunk (the same number of
-    // rounds for all, so the team sum's barriers, if any, are in uniform control flow).
+    // Row phase: in round q every team sums the dots of row q·TEAMS + team (the same number of
+    // rounds for all, so the team sum's barriers, if any, are in uniform control flow), and lane
+    // q keeps them: afterwards invocation (team, lane) holds row lane·TEAMS + team, and the
+    // per-row math runs on all invocations at once (TEAM rounds = WG / TEAMS).
     let lane = lane_of(ids);
     let team = team_of(ids);
-    for (var round = 0u; round < WG / TEAMS; round++) {
-        let i = round * TEAMS + team;
+    var dots = vec2<f32>(0.0);
+    for (var q = 0u; q < TEAM; q++) {
+        let i = q * TEAMS + team;
         var zu = vec2<f32>(0.0);
-        if (i < n) {
-            let base = (row0 + i) * s4;
-            for (var k = lane; k < s4; k += TEAM) {
+        let base = (row0 + i) * s4;
+        // Two loops rather than a test inside one: a CPU SIMD backend (lavapipe) runs both sides
+        // of a branch under a mask, but leaves a loop no lane enters at once.
+        if (two) {
+            for (var k = lane; i < n && k < s4; k += TEAM) {
                 let xv = xload(base + k);
-                zu.x += dot(xv, load4_theta(k, dim));
-                if (two) {
-                    zu.y += dot(xv, load4_vecb(k, dim));
-                }
+                zu += vec2<f32>(dot(xv, load4_theta(k, dim)), dot(xv, load4_vecb(k, dim)));
+            }
+        } else {
+            for (var k = lane; i < n && k < s4; k += TEAM) {
+                zu.x += dot(xload(base + k), load4_theta(k, dim));
             }
         }
         zu = team_sum(zu, ids);
-        if (lane == 0u) {
-            if (i < n) {
-                row_outputs(part, r0 + i, i, zu.x, zu.y);
-            } else {
-                coef_s[i] = 0.0;
-                loss_s[i] = 0.0;
-            }
+        if (lane == q) {
+            dots = zu;
         }
+    }
+    let i = lane * TEAMS + team;
+    if (i < n) {
+        row_outputs(part, r0 + i, i, dots.x, dots.y);
+    } else {
+        coef_s[i] = 0.0;
+        loss_s[i] = 0.0;
     }
     workgroupBarrier();
 
     let chunk = part.chunk0 + g;
+    let has_loss = mode == MODE_LOSS || mode == MODE_GRAD;
+    if (has_loss && lid < 16u) {
+        // The chunk's loss, first stage: 16 sums of 16 rows in place (a lane reads and writes
+        // only its own 16 entries).
+        var l = 0.0;
+        for (var j = 0u; j < 16u; j++) {
+            l += loss_s[16u * lid + j];
+        }
+        loss_s[16u * lid] = l;
+    }
     if (mode == MODE_FORWARD || mode == MODE_BACKWARD || mode == MODE_GRAD) {
-        // Column phase: `span` = 256 / slices columns (blocks) at a time and as many rows per
-        // slice; invocation (p, kk) = (lid / span, lid % span) adds rows [p·span, (p + 1)·span)
-        // of column block k0 + kk, then a tree over p.
+        // Column phase: `span` = 256 / slices column blocks at a time and as many rows per slice;
+        // invocation (p, kk) = (lid / span, lid % span) adds rows [p·span, (p + 1)·span) of
+        // column block k0 + kk, then the slices' sums are added in slice order. Few barriers:
+        // cheap on a GPU, coroutine switches on lavapipe.
         let slices = rp.slices;
         let span = WG / slices;
         let p = lid / span;
@@ -277,32 +299,30 @@ fn rows(ids: Ids) {
             }
             col_s[lid] = acc;
             workgroupBarrier();
-            for (var h = slices / 2u; h > 0u; h >>= 1u) {
-                if (p < h) {
-                    col_s[lid] += col_s[lid + h * span];
-                }
-                workgroupBarrier();
-            }
             if (p == 0u && k < s4) {
-                let v = col_s[lid];
+                for (var q = 1u; q < slices; q++) {
+                    acc += col_s[q * span + kk];
+                }
                 let j = 4u * k;
-                for (var q = 0u; q < 4u; q++) {
-                    if (j + q < dim) {
-                        sums[part.sums + chunk * dim + j + q] = v[q];
+                for (var c = 0u; c < 4u; c++) {
+                    if (j + c < dim) {
+                        sums[part.sums + chunk * dim + j + c] = acc[c];
                     }
                 }
             }
+            if (k0 + span < s4) {
+                workgroupBarrier(); // the next pass rewrites col_s
+            }
         }
     }
-    if (mode == MODE_LOSS || mode == MODE_GRAD) {
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                loss_s[lid] += loss_s[lid + s];
-            }
-            workgroupBarrier();
-        }
+    if (has_loss) {
+        workgroupBarrier();
         if (lid == 0u) {
-            sums[part.loss + chunk] = loss_s[0];
+            var l = 0.0;
+            for (var j = 0u; j < 16u; j++) {
+                l += loss_s[16u * j];
+            }
+            sums[part.loss + chunk] = l;
         }
     }
 }
@@ -313,7 +333,7 @@ fn rows(ids: Ids) {
 //   backward:  λ = λ_next − η Σ hvp partials + (w/K) Σ dev partials
 //   loss_grad: ∇L = (1/K) Σ partials                          (no v)
 // and, when loss_count > 0, one more workgroup: scalars[out_index] = scale · Σ_i loss partials
-//   (strided per invocation, then a tree). `scalars` is the engine's scalar buffer (loss,
+//   (one invocation, in chunk order: a set has few chunks). `scalars` is the engine's scalar buffer (loss,
 //   loss_grad: read back) or an aligned window of a dev-loss curve with out_index the slot's
 //   offset inside it (forward step: not read back).
 struct FinishParams {
@@ -343,25 +363,15 @@ const FWG: u32 = 64u;
 @group(0) @binding(13) var<storage, read_write> scalars: array<f32>;
 @group(0) @binding(14) var<uniform> fp: FinishParams;
 
-var<workgroup> red_s: array<f32, FWG>;
-
 @compute @workgroup_size(64)
 fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (wid.x >= fp.col_groups) {
-        var s = 0.0;
-        for (var i = lid; i < fp.loss_count; i += FWG) {
-            s += fsums[fp.loss_off + i];
-        }
-        red_s[lid] = s;
-        workgroupBarrier();
-        for (var h = FWG / 2u; h > 0u; h >>= 1u) {
-            if (lid < h) {
-                red_s[lid] += red_s[lid + h];
-            }
-            workgroupBarrier();
-        }
         if (lid == 0u) {
-            scalars[fp.out_index] = red_s[0] * fp.scale;
+            var s = 0.0;
+            for (var i = 0u; i < fp.loss_count; i++) {
+                s += fsums[fp.loss_off + i];
+            }
+            scalars[fp.out_index] = s * fp.scale;
         }
         return;
     }
@@ -370,13 +380,17 @@ fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (j >= dim) {
         return;
     }
+    let chunks1 = fp.chunks1;
+    let off1 = fp.off1;
+    let chunks2 = fp.chunks2;
+    let off2 = fp.off2;
     var s1 = 0.0;
-    for (var c = 0u; c < fp.chunks1; c++) {
-        s1 += fsums[fp.off1 + c * dim + j];
+    for (var c = 0u; c < chunks1; c++) {
+        s1 += fsums[off1 + c * dim + j];
     }
     var s2 = 0.0;
-    for (var c = 0u; c < fp.chunks2; c++) {
-        s2 += fsums[fp.off2 + c * dim + j];
+    for (var c = 0u; c < chunks2; c++) {
+        s2 += fsums[off2 + c * dim + j];
     }
     var o = fp.beta * s1;
     if (fp.chunks2 > 0u) {

@@ -1,8 +1,8 @@
 //! The large-input path: with a storage binding capped at 64 KiB (the device is created with that
 //! limit, so wgpu validates every binding against it) the training matrix is split into many
 //! shards and the policy, ∂J/∂γ and long vectors are bound through aligned windows (the exp-grad
-//! step, max |g| and block sums of rows included). Every operation must give bit-for-bit the unsplit engine's results
-//! (the chunking of the sums is the same), and match the CPU f32 engine. This is how a multi-GiB
+//! step, max |g| and block sums of rows included). Every operation must give bit-for-bit the
+//! unsplit engine's results (the chunking of the sums is the same), and match the CPU f32 engine. This is how a multi-GiB
 //! X runs on lavapipe's 128 MiB limit. The kernels' variant without subgroup operations gives the
 //! same bits as the one with them (where the adapter has them: lavapipe does).
 //! Skips visibly without an adapter (fails with LEARNLAW_REQUIRE_WGPU=1).
@@ -11,22 +11,10 @@ use learnlaw_core::perceptron::CpuPerceptron;
 use learnlaw_core::{Engine, Error, Set};
 use learnlaw_wgpu::{Options, WgpuPerceptron};
 
-const CAP: u64 = 64 << 10;
+mod common;
+use common::engine;
 
-fn engine(data: &PerceptronData, opts: &Options) -> Option<WgpuPerceptron> {
-    match WgpuPerceptron::with_options(data, opts) {
-        Ok(e) => Some(e),
-        Err(Error::Unavailable { reason, .. }) => {
-            assert!(
-                std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
-                "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
-            );
-            println!("SKIPPED: no wgpu adapter ({reason})");
-            None
-        }
-        Err(e) => panic!("wgpu engine: {e}"),
-    }
-}
+const CAP: u64 = 64 << 10;
 
 /// splitmix64 → uniform [0, 1).
 fn uniform(seed: u64, len: usize) -> Vec<f32> {

@@ -4,7 +4,9 @@
 //! projection and of the exp-grad step. Skips without an adapter.
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::{simplex, Engine, Error};
-use learnlaw_wgpu::WgpuPerceptron;
+use learnlaw_wgpu::{Options, WgpuPerceptron};
+
+mod common;
 
 struct Rng(u64);
 impl Rng {
@@ -27,18 +29,7 @@ impl Rng {
 /// The engine on a problem with `n` training examples, or None after a visible skip.
 fn engine(n: usize) -> Option<WgpuPerceptron> {
     let data = PerceptronData::generate(&PerceptronRecipe { dim: 2, n_train: n, n_dev: 1, n_test: 1, ..Default::default() }).unwrap();
-    match WgpuPerceptron::new(&data) {
-        Ok(e) => Some(e),
-        Err(Error::Unavailable { reason, .. }) => {
-            assert!(
-                std::env::var("LEARNLAW_REQUIRE_WGPU").map_or(true, |v| v != "1"),
-                "LEARNLAW_REQUIRE_WGPU=1 but no wgpu adapter: {reason}"
-            );
-            println!("SKIPPED: no wgpu adapter ({reason})");
-            None
-        }
-        Err(err) => panic!("wgpu engine: {err}"),
-    }
+    common::engine(&data, &Options::default())
 }
 
 fn cases(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f64>)> {
