@@ -40,11 +40,13 @@
 mod gpu;
 mod graphs;
 mod perceptron;
+mod vector_ops;
 
 pub use gpu::{compile_ptx, driver_available, nvrtc_available, nvrtc_version, KernelFile};
 pub use graphs::GraphStats;
 pub use learnlaw_core::Storage;
-pub use perceptron::{CudaPerceptron, CudaVec, Options, PASS_PARAMS_BYTES, PERCEPTRON, SIMPLEX, VECTOR};
+pub use perceptron::{CudaPerceptron, Options, PASS_PARAMS_BYTES, PERCEPTRON};
+pub use vector_ops::{CudaVec, SIMPLEX, VECTOR};
 /// Every kernel file the engines use (the CI compile check also compiles every file in
 /// kernels/cuda, and checks that this list covers them).
 pub const KERNEL_FILES: [KernelFile; 3] = [PERCEPTRON, SIMPLEX, VECTOR];

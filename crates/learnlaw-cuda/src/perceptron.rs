@@ -3,12 +3,12 @@
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use learnlaw_core::data::{Examples, PerceptronData};
-use learnlaw_core::engine::{rows_of, rows_of_pair, tie_rows_shape};
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops, Storage};
 use std::sync::Arc;
 
 use crate::gpu::{device_error, drv, function, Device, KernelFile, BACKEND};
 use crate::graphs::{GraphCache, Plan};
+use crate::vector_ops::{check_len, delegate_vector_ops, CudaVec, VectorOps};
 use crate::GraphStats;
 
 /// Threads per block of every kernel (`BLOCK` in the .cu files).
@@ -32,18 +32,7 @@ pub const PERCEPTRON: KernelFile = KernelFile {
     entries: &["pass_r1", "pass_r2", "pass_r4", "pass_smem", "pass_finish", "row_outputs"],
     storages: &Storage::ALL,
 };
-pub const SIMPLEX: KernelFile = KernelFile {
-    name: "simplex.cu",
-    source: include_str!("../../../kernels/cuda/simplex.cu"),
-    entries: &["check_finite", "project_rows", "exp_grad_sums", "exp_grad_apply"],
-    storages: &[Storage::F32],
-};
-pub const VECTOR: KernelFile = KernelFile {
-    name: "vector.cu",
-    source: include_str!("../../../kernels/cuda/vector.cu"),
-    entries: &["axpy", "scale", "max_abs", "tie_rows"],
-    storages: &[Storage::F32],
-};
+
 /// The kernel-side `PassParams` (perceptron.cu): pointers are device addresses (0 = null).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -104,26 +93,6 @@ mod mode {
     pub const GRAD: u32 = 4;
 }
 
-/// A device-resident f32 vector: one allocation (at least one element) and its length.
-#[derive(Debug)]
-pub struct CudaVec {
-    buf: CudaSlice<f32>,
-    len: usize,
-}
-
-impl CudaVec {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// The underlying cudarc allocation (may be longer than `len()` when `len()` is 0).
-    pub fn slice(&self) -> &CudaSlice<f32> {
-        &self.buf
-    }
-}
-
 /// Settings of [`CudaPerceptron::with_options`].
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -169,26 +138,6 @@ struct PassKernels {
     scalar: CudaSlice<f32>,
 }
 
-struct SimplexKernels {
-    _module: Arc<CudaModule>,
-    check_finite: CudaFunction,
-    project_rows: CudaFunction,
-    exp_grad_sums: CudaFunction,
-    exp_grad_apply: CudaFunction,
-    /// [2] u64: non-finite flag, first bad index.
-    flag: CudaSlice<u64>,
-}
-
-struct VectorKernels {
-    _module: Arc<CudaModule>,
-    axpy: CudaFunction,
-    scale: CudaFunction,
-    max_abs: CudaFunction,
-    tie_rows: CudaFunction,
-    /// max_abs's result: the bits of an f32.
-    max_bits: CudaSlice<u32>,
-}
-
 /// The perceptron engine on a CUDA device (f32).
 pub struct CudaPerceptron {
     gpu: Device,
@@ -203,8 +152,7 @@ pub struct CudaPerceptron {
     /// Declared before the kernels: graphs are destroyed before the modules they launch.
     graphs: GraphCache<CudaGraph>,
     pass: Option<PassKernels>,
-    simplex: Option<SimplexKernels>,
-    vector: Option<VectorKernels>,
+    ops: VectorOps,
 }
 
 impl CudaPerceptron {
@@ -253,8 +201,7 @@ impl CudaPerceptron {
             recording: None,
             graphs: GraphCache::default(),
             pass: None,
-            simplex: None,
-            vector: None,
+            ops: VectorOps::default(),
         })
     }
 
@@ -366,50 +313,10 @@ impl CudaPerceptron {
         Ok(())
     }
 
-    fn ensure_simplex(&mut self) -> Result<()> {
-        if self.simplex.is_none() {
-            let module = self.load_module(&SIMPLEX)?;
-            let flag = self.gpu.stream.alloc_zeros::<u64>(2).map_err(drv("allocating the flag"))?;
-            self.simplex = Some(SimplexKernels {
-                check_finite: function(&module, "check_finite")?,
-                project_rows: function(&module, "project_rows")?,
-                exp_grad_sums: function(&module, "exp_grad_sums")?,
-                exp_grad_apply: function(&module, "exp_grad_apply")?,
-                _module: module,
-                flag,
-            });
-        }
-        Ok(())
-    }
-
-    fn ensure_vector(&mut self) -> Result<()> {
-        if self.vector.is_none() {
-            let module = self.load_module(&VECTOR)?;
-            let max_bits = self.gpu.stream.alloc_zeros::<u32>(1).map_err(drv("allocating a scalar"))?;
-            self.vector = Some(VectorKernels {
-                axpy: function(&module, "axpy")?,
-                scale: function(&module, "scale")?,
-                max_abs: function(&module, "max_abs")?,
-                tie_rows: function(&module, "tie_rows")?,
-                max_bits,
-                _module: module,
-            });
-        }
-        Ok(())
-    }
-
     fn set(&self, set: Set) -> &DeviceSet {
         match set {
             Set::Dev => &self.dev,
             Set::Test => &self.test,
-        }
-    }
-
-    fn check_len(what: &str, v: &CudaVec, len: usize) -> Result<()> {
-        if v.len == len {
-            Ok(())
-        } else {
-            Err(Error::shape(what, len, v.len))
         }
     }
 
@@ -584,28 +491,9 @@ impl CudaPerceptron {
         Ok(host[0] as f64)
     }
 
-    /// Clears the simplex kernels' flag: [0, u64::MAX] (nothing flagged, no index yet).
-    fn reset_flag(&mut self) -> Result<()> {
-        let k = self.simplex.as_mut().ok_or_else(|| device_error("simplex kernels not loaded"))?;
-        self.gpu.stream.memcpy_htod(&[0u64, u64::MAX], &mut k.flag).map_err(drv("resetting the policy flag"))
-    }
-
-    /// Waits for the device and reads the flag back: the first flagged index, if any.
-    fn read_flag(&self) -> Result<Option<u64>> {
-        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
-        let mut flag = [0u64; 2];
-        self.gpu.stream.memcpy_dtoh(&k.flag, &mut flag).map_err(drv("reading the policy flag"))?;
-        self.gpu.stream.synchronize().map_err(drv("updating the policy"))?;
-        Ok((flag[0] != 0).then_some(flag[1]))
-    }
-
-    fn grid_for_elems(&self, elems: usize) -> u32 {
-        elems.div_ceil(BLOCK as usize).clamp(1, self.gpu.sms * 8) as u32
-    }
-
-    /// Blocks of a kernel that takes one row per block (grid-stride beyond 16 per SM).
-    fn grid_for_rows(&self, rows: usize) -> u32 {
-        rows.clamp(1, self.gpu.sms * 16) as u32
+    /// Vector operations run in stream order after the steps recorded so far.
+    fn before_vector_op(&mut self) -> Result<()> {
+        self.flush_recorded()
     }
 }
 
@@ -637,171 +525,7 @@ impl Engine for CudaPerceptron {
         learnlaw_core::perceptron::step_flops(self.num_train(), self.dev.rows, self.dim)
     }
 
-    fn zeros(&mut self, len: usize) -> Result<CudaVec> {
-        self.flush_recorded()?;
-        let buf = self.gpu.stream.alloc_zeros::<f32>(len.max(1)).map_err(drv("allocating a vector"))?;
-        Ok(CudaVec { buf, len })
-    }
-
-    fn upload(&mut self, host: &[f32]) -> Result<CudaVec> {
-        let mut v = self.zeros(host.len())?;
-        if !host.is_empty() {
-            self.gpu.stream.memcpy_htod(host, &mut v.buf.slice_mut(..host.len())).map_err(drv("uploading a vector"))?;
-        }
-        Ok(v)
-    }
-
-    fn download(&mut self, v: &CudaVec) -> Result<Vec<f32>> {
-        self.flush_recorded()?;
-        if v.len == 0 {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![0f32; v.len];
-        self.gpu.stream.memcpy_dtoh(&v.buf.slice(..v.len), &mut out).map_err(drv("downloading a vector"))?;
-        self.gpu.stream.synchronize().map_err(drv("downloading a vector"))?;
-        Ok(out)
-    }
-
-    fn copy(&mut self, src: &CudaVec, dst: &mut CudaVec) -> Result<()> {
-        self.flush_recorded()?;
-        Self::check_len("copy destination", dst, src.len)?;
-        if src.len == 0 {
-            return Ok(());
-        }
-        self.gpu.stream.memcpy_dtod(&src.buf.slice(..src.len), &mut dst.buf.slice_mut(..src.len)).map_err(drv("copying a vector"))
-    }
-
-    fn scale(&mut self, a: f64, x: &mut CudaVec) -> Result<()> {
-        self.flush_recorded()?;
-        if x.len == 0 {
-            return Ok(());
-        }
-        self.ensure_vector()?;
-        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
-        let (n, a) = (x.len as u64, a as f32);
-        let grid = self.grid_for_elems(x.len.div_ceil(4));
-        let mut b = self.gpu.stream.launch_builder(&k.scale);
-        b.arg(&mut x.buf).arg(&n).arg(&a);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches `scale(float*, u64, float)`; n ≤ the allocation's length.
-        unsafe { b.launch(cfg) }.map_err(drv("launching scale"))?;
-        Ok(())
-    }
-
-    fn axpy(&mut self, a: f64, x: &CudaVec, y: &mut CudaVec) -> Result<()> {
-        self.flush_recorded()?;
-        Self::check_len("axpy y", y, x.len)?;
-        if x.len == 0 {
-            return Ok(());
-        }
-        self.ensure_vector()?;
-        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
-        let (n, a) = (x.len as u64, a as f32);
-        let grid = self.grid_for_elems(x.len.div_ceil(4));
-        let mut b = self.gpu.stream.launch_builder(&k.axpy);
-        b.arg(&x.buf).arg(&mut y.buf).arg(&n).arg(&a);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches `axpy(const float*, float*, u64, float)`; both hold n elements.
-        unsafe { b.launch(cfg) }.map_err(drv("launching axpy"))?;
-        Ok(())
-    }
-
-    fn project_simplex_rows(&mut self, v: &mut CudaVec, row_len: usize) -> Result<()> {
-        self.flush_recorded()?;
-        let rows = rows_of("policy rows", v.len, row_len)?;
-        if v.len == 0 {
-            return Ok(());
-        }
-        self.ensure_simplex()?;
-        let grid_check = self.grid_for_elems(v.len);
-        let grid_rows = self.grid_for_rows(rows);
-        self.reset_flag()?;
-        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
-        let (len, n, rows_u) = (v.len as u64, row_len as u64, rows as u64);
-        let mut b = self.gpu.stream.launch_builder(&k.check_finite);
-        b.arg(&v.buf).arg(&len).arg(&k.flag);
-        let cfg = LaunchConfig { grid_dim: (grid_check, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches check_finite(const float*, u64, u64*); len ≤ the allocation.
-        unsafe { b.launch(cfg) }.map_err(drv("launching check_finite"))?;
-        let mut b = self.gpu.stream.launch_builder(&k.project_rows);
-        b.arg(&mut v.buf).arg(&n).arg(&rows_u).arg(&k.flag);
-        let cfg = LaunchConfig { grid_dim: (grid_rows, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches project_rows(float*, u64, u64, const u64*); rows·n = len.
-        unsafe { b.launch(cfg) }.map_err(drv("launching project_rows"))?;
-        match self.read_flag()? {
-            Some(i) => Err(Error::non_finite_policy(i as usize, row_len)),
-            None => Ok(()),
-        }
-    }
-
-    fn max_abs(&mut self, x: &CudaVec) -> Result<f64> {
-        self.flush_recorded()?;
-        if x.len == 0 {
-            return Ok(0.0);
-        }
-        self.ensure_vector()?;
-        let grid = self.grid_for_elems(x.len);
-        let k = self.vector.as_mut().ok_or_else(|| device_error("vector kernels not loaded"))?;
-        self.gpu.stream.memcpy_htod(&[0u32], &mut k.max_bits).map_err(drv("resetting max_abs"))?;
-        let n = x.len as u64;
-        let mut b = self.gpu.stream.launch_builder(&k.max_abs);
-        b.arg(&x.buf).arg(&n).arg(&mut k.max_bits);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches max_abs(const float*, u64, u32*); n ≤ the allocation.
-        unsafe { b.launch(cfg) }.map_err(drv("launching max_abs"))?;
-        let mut bits = [0u32];
-        self.gpu.stream.memcpy_dtoh(&k.max_bits, &mut bits).map_err(drv("reading max_abs"))?;
-        self.gpu.stream.synchronize().map_err(drv("reading max_abs"))?;
-        Ok(f32::from_bits(bits[0]) as f64)
-    }
-
-    fn tie_rows(&mut self, v: &mut CudaVec, block: usize, row_len: usize) -> Result<()> {
-        self.flush_recorded()?;
-        let rows = tie_rows_shape(v.len, block, row_len)?;
-        if v.len == 0 {
-            return Ok(());
-        }
-        self.ensure_vector()?;
-        let grid = self.grid_for_elems(rows.div_ceil(block) * row_len);
-        let k = self.vector.as_ref().ok_or_else(|| device_error("vector kernels not loaded"))?;
-        let (n, rows_u, block_u) = (row_len as u64, rows as u64, block as u64);
-        let mut b = self.gpu.stream.launch_builder(&k.tie_rows);
-        b.arg(&mut v.buf).arg(&n).arg(&rows_u).arg(&block_u);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: matches tie_rows(float*, u64, u64, u64); rows·n = len.
-        unsafe { b.launch(cfg) }.map_err(drv("launching tie_rows"))?;
-        Ok(())
-    }
-
-    fn exp_grad_rows(&mut self, gamma: &mut CudaVec, grad: &CudaVec, step: f64, row_len: usize) -> Result<()> {
-        self.flush_recorded()?;
-        let rows = rows_of_pair("exp_grad_rows", gamma.len, grad.len, row_len)?;
-        if gamma.len == 0 {
-            return Ok(());
-        }
-        self.ensure_simplex()?;
-        let grid = self.grid_for_rows(rows);
-        let mut stats = self.gpu.stream.alloc_zeros::<f64>(2 * rows).map_err(drv("allocating row sums"))?;
-        self.reset_flag()?;
-        let k = self.simplex.as_ref().ok_or_else(|| device_error("simplex kernels not loaded"))?;
-        let (n, rows_u) = (row_len as u64, rows as u64);
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.gpu.stream.launch_builder(&k.exp_grad_sums);
-        b.arg(&gamma.buf).arg(&grad.buf).arg(&step).arg(&n).arg(&rows_u).arg(&mut stats).arg(&k.flag);
-        // SAFETY: matches exp_grad_sums(const float*, const float*, double, u64, u64, double*, u64*);
-        // γ and g hold rows·n values, stats 2·rows.
-        unsafe { b.launch(cfg) }.map_err(drv("launching exp_grad_sums"))?;
-        let mut b = self.gpu.stream.launch_builder(&k.exp_grad_apply);
-        b.arg(&mut gamma.buf).arg(&grad.buf).arg(&step).arg(&n).arg(&rows_u).arg(&stats).arg(&k.flag);
-        // SAFETY: matches exp_grad_apply(float*, const float*, double, u64, u64, const double*, const u64*).
-        unsafe { b.launch(cfg) }.map_err(drv("launching exp_grad_apply"))?;
-        match self.read_flag()? {
-            Some(row) => Err(Error::Numerical(format!(
-                "exponentiated-gradient row {row}: Σ γ·exp(−step·g) is not a positive finite number (non-finite ∂J/∂γ?)"
-            ))),
-            None => Ok(()),
-        }
-    }
+    delegate_vector_ops!();
 
     fn forward_step(
         &mut self,
@@ -812,8 +536,8 @@ impl Engine for CudaPerceptron {
         theta_next: &mut CudaVec,
         dev_loss: Option<(&mut CudaVec, usize)>,
     ) -> Result<()> {
-        Self::check_len("theta", theta, self.dim)?;
-        Self::check_len("theta_next", theta_next, self.dim)?;
+        check_len("theta", theta, self.dim)?;
+        check_len("theta_next", theta_next, self.dim)?;
         self.check_policy(gamma, t)?;
         if let Some((curve, i)) = &dev_loss {
             if *i >= curve.len {
@@ -851,11 +575,11 @@ impl Engine for CudaPerceptron {
         grad_gamma: &mut CudaVec,
         lambda: &mut CudaVec,
     ) -> Result<()> {
-        Self::check_len("theta", theta, self.dim)?;
-        Self::check_len("lambda_next", lambda_next, self.dim)?;
-        Self::check_len("lambda", lambda, self.dim)?;
+        check_len("theta", theta, self.dim)?;
+        check_len("lambda_next", lambda_next, self.dim)?;
+        check_len("lambda", lambda, self.dim)?;
         self.check_policy(gamma, t)?;
-        Self::check_len("grad_gamma", grad_gamma, gamma.len)?;
+        check_len("grad_gamma", grad_gamma, gamma.len)?;
         self.ensure_pass()?;
         let n = self.train.rows as u64;
         let p = PassParams {
@@ -893,7 +617,7 @@ impl Engine for CudaPerceptron {
     }
 
     fn loss(&mut self, set: Set, theta: &CudaVec) -> Result<f64> {
-        Self::check_len("theta", theta, self.dim)?;
+        check_len("theta", theta, self.dim)?;
         self.ensure_pass()?;
         let p = PassParams { theta: self.ptr(&theta.buf), out_scalar: self.scalar_ptr(), ..Default::default() };
         self.launch_pass(p, mode::NONE, Some((set, mode::LOSS)))?;
@@ -901,8 +625,8 @@ impl Engine for CudaPerceptron {
     }
 
     fn loss_grad(&mut self, set: Set, theta: &CudaVec, grad: &mut CudaVec) -> Result<f64> {
-        Self::check_len("theta", theta, self.dim)?;
-        Self::check_len("grad", grad, self.dim)?;
+        check_len("theta", theta, self.dim)?;
+        check_len("grad", grad, self.dim)?;
         self.ensure_pass()?;
         let p = PassParams {
             theta: self.ptr(&theta.buf),
@@ -916,16 +640,16 @@ impl Engine for CudaPerceptron {
     }
 
     fn train_losses(&mut self, theta: &CudaVec, out: &mut CudaVec) -> Result<()> {
-        Self::check_len("theta", theta, self.dim)?;
-        Self::check_len("losses", out, self.train.rows)?;
+        check_len("theta", theta, self.dim)?;
+        check_len("losses", out, self.train.rows)?;
         self.ensure_pass()?;
         self.launch_row_outputs(theta, None, out, 0)
     }
 
     fn train_dots(&mut self, theta: &CudaVec, v: &CudaVec, out: &mut CudaVec) -> Result<()> {
-        Self::check_len("theta", theta, self.dim)?;
-        Self::check_len("v", v, self.dim)?;
-        Self::check_len("dots", out, self.train.rows)?;
+        check_len("theta", theta, self.dim)?;
+        check_len("v", v, self.dim)?;
+        check_len("dots", out, self.train.rows)?;
         self.ensure_pass()?;
         self.launch_row_outputs(theta, Some(v), out, 1)
     }
