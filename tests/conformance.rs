@@ -10,7 +10,6 @@ use learnlaw::data::PerceptronData;
 use learnlaw::perceptron::reference;
 use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
 use learnlaw::{simplex, Engine, Real, Set};
-use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 
 /// (dim, n_train, n_eval): tiny, odd, the paper's D, and sizes past the 256-row chunk boundary.
 const SHAPES: [(usize, usize, usize); 5] = [(1, 1, 1), (3, 5, 4), (17, 257, 33), (128, 300, 64), (133, 513, 7)];
@@ -316,17 +315,7 @@ fn cuda_16bit(data: &mut PerceptronData, storage: Storage, force_smem_variant: b
 }
 
 fn cuda_with(data: &PerceptronData, opts: &learnlaw::cuda_backend::Options) -> Option<learnlaw::cuda_backend::CudaPerceptron> {
-    match learnlaw::cuda_backend::CudaPerceptron::with_options(data, opts) {
-        Ok(e) => Some(e),
-        Err(learnlaw::Error::Unavailable { reason, .. }) => {
-            if std::env::var("LEARNLAW_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
-                panic!("LEARNLAW_REQUIRE_CUDA=1 but no CUDA device: {reason}");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIPPED: no CUDA driver ({reason})");
-            None
-        }
-        Err(e) => panic!("cuda engine: {e}"),
-    }
+    common::cuda_or_skip(learnlaw::cuda_backend::CudaPerceptron::with_options(data, opts))
 }
 
 conformance_tests!(cuda_f32, cuda);

@@ -3,6 +3,7 @@
 //! multiples of any workgroup, with and without tangents. Outputs a kernel overwrites are
 //! poisoned with NaN first; outputs it adds into start from random values. Written once,
 //! instantiated per backend by `layer_kernel_tests!`.
+use learnlaw::cuda_backend::CudaKernels;
 use learnlaw::text::PAD;
 use learnlaw::transformer::kernels::{Act, Dims, GemmShape, HostBuffers, Norm, Operand, Output, Param, ParamGrads, Tokens};
 use learnlaw::transformer::CpuKernels;
@@ -11,7 +12,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, rng, uniform, wgpu_or_skip, Tol};
+use common::{assert_close, cuda_or_skip, host_sim_or_skip, rng, uniform, wgpu_or_skip, Tol};
 
 /// Named outputs of one run of a case, downloaded to the host.
 type Outputs = Vec<(&'static str, Vec<f64>)>;
@@ -206,38 +207,48 @@ impl Case for RmsNorm {
 
 struct Attention;
 impl Case for Attention {
+    /// Two shapes per seed, with opposite tangent modes: a head width up to 11 and one above 16
+    /// (attention.cu keeps rows in registers up to 16 and runs plain loops above).
     fn run<K: HostBuffers>(&self, k: &mut K, r: &mut ChaCha8Rng) -> Outputs {
-        let (heads, dh) = (r.random_range(1..4), r.random_range(1..12));
-        let d = Dims { seqs: r.random_range(1..4), len: r.random_range(1..20), heads, hidden: heads * dh };
-        let (tan, scale) = (r.random_bool(0.5), r.random_range(0.1..1.5));
-        let len = d.rows() * d.hidden;
-        let q = random_act(k, r, len, tan);
-        let kk = random_act(k, r, len, tan);
-        let v = random_act(k, r, len, tan);
-        let mut saved = K::Attention::default();
-        let mut o = poisoned_act(k, len, tan);
-        k.attention_forward(d, scale, q.pair(tan), kk.pair(tan), v.pair(tan), &mut saved, o.pair_mut(tan));
-        let go = random_act(k, r, len, tan);
-        let (mut gq, mut gk, mut gv) = (poisoned_act(k, len, tan), poisoned_act(k, len, tan), poisoned_act(k, len, tan));
-        k.attention_backward(
-            d,
-            scale,
-            q.pair(tan),
-            kk.pair(tan),
-            v.pair(tan),
-            &saved,
-            go.pair(tan),
-            gq.pair_mut(tan),
-            gk.pair_mut(tan),
-            gv.pair_mut(tan),
-        );
-        let mut outs = Outputs::new();
-        download_act(k, &o, len, tan, &mut outs, "O", "Ȯ");
-        download_act(k, &gq, len, tan, &mut outs, "gQ", "gQ tangent");
-        download_act(k, &gk, len, tan, &mut outs, "gK", "gK tangent");
-        download_act(k, &gv, len, tan, &mut outs, "gV", "gV tangent");
+        let tan = r.random_bool(0.5);
+        let (small, large) = (r.random_range(1..12), r.random_range(17..24));
+        let mut outs = attention_case(k, r, small, tan);
+        outs.extend(attention_case(k, r, large, !tan));
         outs
     }
+}
+
+fn attention_case<K: HostBuffers>(k: &mut K, r: &mut ChaCha8Rng, dh: usize, tan: bool) -> Outputs {
+    let heads = r.random_range(1..4);
+    let d = Dims { seqs: r.random_range(1..4), len: r.random_range(1..20), heads, hidden: heads * dh };
+    let scale = r.random_range(0.1..1.5);
+    let len = d.rows() * d.hidden;
+    let q = random_act(k, r, len, tan);
+    let kk = random_act(k, r, len, tan);
+    let v = random_act(k, r, len, tan);
+    let mut saved = K::Attention::default();
+    let mut o = poisoned_act(k, len, tan);
+    k.attention_forward(d, scale, q.pair(tan), kk.pair(tan), v.pair(tan), &mut saved, o.pair_mut(tan));
+    let go = random_act(k, r, len, tan);
+    let (mut gq, mut gk, mut gv) = (poisoned_act(k, len, tan), poisoned_act(k, len, tan), poisoned_act(k, len, tan));
+    k.attention_backward(
+        d,
+        scale,
+        q.pair(tan),
+        kk.pair(tan),
+        v.pair(tan),
+        &saved,
+        go.pair(tan),
+        gq.pair_mut(tan),
+        gk.pair_mut(tan),
+        gv.pair_mut(tan),
+    );
+    let mut outs = Outputs::new();
+    download_act(k, &o, len, tan, &mut outs, "O", "Ȯ");
+    download_act(k, &gq, len, tan, &mut outs, "gQ", "gQ tangent");
+    download_act(k, &gk, len, tan, &mut outs, "gK", "gK tangent");
+    download_act(k, &gv, len, tan, &mut outs, "gV", "gV tangent");
+    outs
 }
 
 struct HeadCrossEntropy;
@@ -329,5 +340,15 @@ layer_kernel_tests!(
 layer_kernel_tests!(
     wgpu_small_head_chunks,
     wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_head_chunk_logits(100)),
+    Tol::of::<f32>()
+);
+layer_kernel_tests!(cuda, cuda_or_skip(CudaKernels::open(0)), Tol::of::<f32>());
+layer_kernel_tests!(cuda_small_head_chunks, cuda_or_skip(CudaKernels::open(0)).map(|k| k.with_head_chunk_logits(100)), Tol::of::<f32>());
+// The same CUDA C compiled for the host and run on the CPU (learnlaw_cuda::HostSim): executes
+// every CUDA kernel here and in CI, where no GPU is.
+layer_kernel_tests!(cuda_on_host, host_sim_or_skip(CudaKernels::on_host()), Tol::of::<f32>());
+layer_kernel_tests!(
+    cuda_on_host_small_head_chunks,
+    host_sim_or_skip(CudaKernels::on_host()).map(|k| k.with_head_chunk_logits(100)),
     Tol::of::<f32>()
 );

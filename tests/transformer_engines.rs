@@ -1,8 +1,9 @@
 //! Conformance of the Transformer's engines: every engine operation against `CpuTransformer<f64>`
 //! (random token data with PAD runs, a policy with zero weights, outputs poisoned first), and a
 //! short search whose J history must match the cpu backend's. Written once, instantiated per
-//! backend by `transformer_engine_tests!`; the wgpu instances also run with chunks of a few
+//! backend by `transformer_engine_tests!`; the GPU instances also run with chunks of a few
 //! sequences, so sums over chunks and per-example results placed by chunk are exercised.
+use learnlaw::cuda_backend::CudaTransformer;
 use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
 use learnlaw::text::{TokenData, PAD};
 use learnlaw::transformer::{init_params, AttentionScale, CpuTransformer, TransformerConfig};
@@ -12,7 +13,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, from_f64, random_policy, rng, to_f64, uniform, wgpu_or_skip, Tol};
+use common::{assert_close, cuda_or_skip, from_f64, random_policy, rng, to_f64, uniform, wgpu_or_skip, Tol};
 
 type Make<E> = fn(&TransformerConfig, &TokenData) -> Option<E>;
 
@@ -153,3 +154,5 @@ macro_rules! transformer_engine_tests {
 transformer_engine_tests!(cpu_f32, |cfg, d| Some(CpuTransformer::<f32>::new(cfg, d).unwrap()));
 transformer_engine_tests!(wgpu, |cfg, d| wgpu_or_skip(WgpuTransformer::new(cfg, d)));
 transformer_engine_tests!(wgpu_chunks_of_4, |cfg, d| wgpu_or_skip(WgpuTransformer::new(cfg, d)).map(|e| e.with_chunk_seqs(4)));
+transformer_engine_tests!(cuda, |cfg, d| cuda_or_skip(CudaTransformer::new(cfg, d)));
+transformer_engine_tests!(cuda_chunks_of_4, |cfg, d| cuda_or_skip(CudaTransformer::new(cfg, d)).map(|e| e.with_chunk_seqs(4)));

@@ -99,3 +99,39 @@ pub fn wgpu_or_skip<T>(made: learnlaw::Result<T>) -> Option<T> {
         Err(e) => panic!("wgpu: {e}"),
     }
 }
+
+/// Something made on a CUDA device, or None after a visible SKIPPED line when this machine has no
+/// CUDA driver, NVRTC or device (a failure instead with LEARNLAW_REQUIRE_CUDA=1, as in the GPU
+/// check).
+pub fn cuda_or_skip<T>(made: learnlaw::Result<T>) -> Option<T> {
+    use std::io::Write as _;
+    match made {
+        Ok(e) => Some(e),
+        Err(learnlaw::Error::Unavailable { reason, .. }) => {
+            if std::env::var("LEARNLAW_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("LEARNLAW_REQUIRE_CUDA=1 but no CUDA device: {reason}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED: no CUDA driver ({reason})");
+            None
+        }
+        Err(e) => panic!("cuda: {e}"),
+    }
+}
+
+/// Something made on the CUDA host simulation (the CUDA C compiled for the CPU), or None after a
+/// visible SKIPPED line when there is no C++ compiler; where the CUDA C is checked
+/// (LEARNLAW_REQUIRE_NVRTC=1, as in CI) a missing compiler fails instead.
+pub fn host_sim_or_skip<T>(made: learnlaw::Result<T>) -> Option<T> {
+    use std::io::Write as _;
+    match made {
+        Ok(e) => Some(e),
+        Err(learnlaw::Error::Unavailable { reason, .. }) => {
+            if std::env::var("LEARNLAW_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("LEARNLAW_REQUIRE_NVRTC=1 but the CUDA host simulation is unavailable: {reason}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED: cuda host simulation ({reason})");
+            None
+        }
+        Err(e) => panic!("cuda host simulation: {e}"),
+    }
+}

@@ -281,8 +281,9 @@ macro_rules! with_engine {
                 Backend::Cpu => with_engine!(@arm data, held, |d| CpuTransformer::<f32>::new(model, d), |$e, $h| $body),
                 Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuTransformer::<f64>::new(model, d), |$e, $h| $body),
                 Backend::Wgpu => with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuTransformer::new(model, d), |$e, $h| $body),
+                Backend::Cuda => with_engine!(@arm data, held, |d| learnlaw_cuda::CudaTransformer::new(model, d), |$e, $h| $body),
                 other => anyhow::bail!(
-                    "the Transformer task runs on the cpu, cpu-f64 and wgpu backends so far, not {}",
+                    "the Transformer task runs on the cpu, cpu-f64, wgpu and cuda backends (f32 storage), not {}",
                     clap::ValueEnum::to_possible_value(&other).map_or_else(|| format!("{other:?}"), |v| v.get_name().to_string())
                 ),
             },

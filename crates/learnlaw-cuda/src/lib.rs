@@ -39,14 +39,20 @@
 //! - X is stored with rows zero-padded to a multiple of 4 values (16- or 8-byte vector loads).
 mod gpu;
 mod graphs;
+mod host_sim;
 mod perceptron;
+mod runtime;
+pub mod transformer;
 mod vector_ops;
 
 pub use gpu::{compile_ptx, driver_available, nvrtc_available, nvrtc_version, KernelFile};
 pub use graphs::GraphStats;
+pub use host_sim::HostSim;
 pub use learnlaw_core::Storage;
 pub use perceptron::{CudaPerceptron, Options, PASS_PARAMS_BYTES, PERCEPTRON};
+pub use transformer::kernels::{CudaKernels, ATTENTION, CROSS_ENTROPY, ELEMENTWISE, EMBEDDING, GEMM, RMSNORM};
+pub use transformer::CudaTransformer;
 pub use vector_ops::{CudaVec, SIMPLEX, VECTOR};
 /// Every kernel file the engines use (the CI compile check also compiles every file in
 /// kernels/cuda, and checks that this list covers them).
-pub const KERNEL_FILES: [KernelFile; 3] = [PERCEPTRON, SIMPLEX, VECTOR];
+pub const KERNEL_FILES: [KernelFile; 9] = [PERCEPTRON, SIMPLEX, VECTOR, GEMM, ELEMENTWISE, RMSNORM, ATTENTION, EMBEDDING, CROSS_ENTROPY];

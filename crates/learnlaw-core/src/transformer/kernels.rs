@@ -334,3 +334,36 @@ pub trait HostBuffers: LayerKernels {
     fn upload_ids(&mut self, host: &[u32]) -> Self::Ids;
     fn download_sums(&mut self, s: &Self::Sums, len: usize) -> Vec<f64>;
 }
+
+/// The CSR index of `ids` that GPU embedding backwards sum in row order with (no float atomics):
+/// `start` [max id + 2] and `pos`, where pos[start[u]..start[u + 1]] are the positions of id u,
+/// ascending.
+pub fn positions_by_id(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let vocab = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+    let mut start = vec![0u32; vocab + 1];
+    for &i in ids {
+        start[i as usize + 1] += 1;
+    }
+    for u in 0..vocab {
+        start[u + 1] += start[u];
+    }
+    let mut next = start.clone();
+    let mut pos = vec![0u32; ids.len()];
+    for (p, &i) in ids.iter().enumerate() {
+        pos[next[i as usize] as usize] = p as u32;
+        next[i as usize] += 1;
+    }
+    (start, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_lists_each_ids_positions_in_order() {
+        let (start, pos) = positions_by_id(&[3, 1, 3, 0, 1, 3]);
+        assert_eq!(start, vec![0, 1, 3, 3, 6]);
+        assert_eq!(pos, vec![3, 1, 4, 0, 2, 5]);
+    }
+}

@@ -7,7 +7,7 @@
 //! larger than the device allows) is kept and returned by `flush`, and device errors surface
 //! at the next submission.
 use learnlaw_core::transformer::kernels::{
-    Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
+    positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
 use learnlaw_core::{Error, Result};
 
@@ -992,32 +992,13 @@ fn ce_params(t: &Tokens<DeviceIds>, vocab: usize, r0: usize, rows: usize, tangen
     }
 }
 
-/// The CSR index of `ids`: for each id u < max id + 1, its positions in ascending order.
-fn csr(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let vocab = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
-    let mut start = vec![0u32; vocab + 1];
-    for &i in ids {
-        start[i as usize + 1] += 1;
-    }
-    for u in 0..vocab {
-        start[u + 1] += start[u];
-    }
-    let mut next = start.clone();
-    let mut pos = vec![0u32; ids.len()];
-    for (p, &i) in ids.iter().enumerate() {
-        pos[next[i as usize] as usize] = p as u32;
-        next[i as usize] += 1;
-    }
-    (start, pos)
-}
-
 impl WgpuKernels {
     /// Token rows on the device, with their CSR index.
     pub fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
         if host.len() > u32::MAX as usize {
             return Err(Error::bad_input("token data", format!("{} ids exceed the wgpu kernels' 32-bit indices", host.len())));
         }
-        let (start, pos) = csr(host);
+        let (start, pos) = positions_by_id(host);
         let upload = |gpu: &Gpu, data: &[u32]| {
             let buf = gpu.buffer("tokens", data.len() * 4, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST);
             if !data.is_empty() {
@@ -1087,12 +1068,5 @@ mod tests {
         ] {
             validate(name, src, naga::valid::Capabilities::empty()).unwrap_or_else(|e| panic!("{e}"));
         }
-    }
-
-    #[test]
-    fn csr_lists_each_ids_positions_in_order() {
-        let (start, pos) = csr(&[3, 1, 3, 0, 1, 3]);
-        assert_eq!(start, vec![0, 1, 3, 3, 6]);
-        assert_eq!(pos, vec![3, 1, 4, 0, 2, 5]);
     }
 }

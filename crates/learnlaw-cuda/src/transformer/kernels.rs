@@ -1,0 +1,802 @@
+//! The Transformer's layer kernels on a CUDA device (`LayerKernels` for `model::Model`): the CUDA C
+//! of kernels/cuda/{gemm,elementwise,rmsnorm,attention,embedding,cross_entropy}.cu, compiled by
+//! NVRTC at first use.
+//!
+//! Methods only launch kernels (on the engine's stream: nothing waits). The interface returns no
+//! errors: the first failure (a failed allocation or launch) is kept and returned by `flush`;
+//! asynchronous device faults surface at the next synchronisation. The same kernels run on the
+//! host through [`HostSim`] (`CudaKernels::on_host`), which is how the tests execute them
+//! without a GPU.
+//!
+//! Each kernel takes its buffers as device pointers, in the order of the WGSL twin's bindings
+//! (null where the WGSL binds a dummy), then its parameter struct by value; the structs below
+//! mirror the .cu ones field for field.
+use learnlaw_core::transformer::kernels::{
+    positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
+};
+use learnlaw_core::{Error, Result, Storage};
+
+use crate::gpu::{device_error, Device, KernelFile};
+use crate::host_sim::HostSim;
+use crate::runtime::{Mem, Runtime, Stream, MAX_PARAMS};
+
+pub const GEMM: KernelFile = KernelFile {
+    name: "gemm.cu",
+    source: include_str!("../../../../kernels/cuda/gemm.cu"),
+    entries: &["gemm_value", "gemm_pair"],
+    storages: &[Storage::F32],
+};
+pub const ELEMENTWISE: KernelFile = KernelFile {
+    name: "elementwise.cu",
+    source: include_str!("../../../../kernels/cuda/elementwise.cu"),
+    entries: &["fill", "scale_copy", "axpby", "add", "relu_forward", "relu_backward"],
+    storages: &[Storage::F32],
+};
+pub const RMSNORM: KernelFile = KernelFile {
+    name: "rmsnorm.cu",
+    source: include_str!("../../../../kernels/cuda/rmsnorm.cu"),
+    entries: &["stats", "affine", "backward", "param_partials", "param_reduce"],
+    storages: &[Storage::F32],
+};
+pub const ATTENTION: KernelFile = KernelFile {
+    name: "attention.cu",
+    source: include_str!("../../../../kernels/cuda/attention.cu"),
+    entries: &["forward", "backward_rows", "backward_cols"],
+    storages: &[Storage::F32],
+};
+pub const EMBEDDING: KernelFile = KernelFile {
+    name: "embedding.cu",
+    source: include_str!("../../../../kernels/cuda/embedding.cu"),
+    entries: &["forward", "tokens_backward", "positions_backward"],
+    storages: &[Storage::F32],
+};
+pub const CROSS_ENTROPY: KernelFile = KernelFile {
+    name: "cross_entropy.cu",
+    source: include_str!("../../../../kernels/cuda/cross_entropy.cu"),
+    entries: &["forward_rows", "sequences", "backward_rows"],
+    storages: &[Storage::F32],
+};
+/// The files of the layer kernels.
+pub const TRANSFORMER_FILES: [KernelFile; 6] = [GEMM, ELEMENTWISE, RMSNORM, ATTENTION, EMBEDDING, CROSS_ENTROPY];
+
+/// Threads per block of gemm.cu, elementwise.cu and rmsnorm.cu (their `BLOCK`).
+const BLOCK: u32 = 256;
+/// Threads per block of attention.cu, embedding.cu and cross_entropy.cu (their `WG`, the WGSL
+/// workgroup size).
+const WG: u32 = 64;
+/// Rows per block of rmsnorm.cu's row kernels (a warp each).
+const NORM_ROWS_PER_BLOCK: usize = 8;
+/// Rows per block of rmsnorm.cu's parameter partial sums (its BLOCK_ROWS).
+const NORM_BLOCK_ROWS: usize = 64;
+/// The output tile of gemm.cu (its TILE).
+const GEMM_TILE: usize = 64;
+/// Logits per chunk of the head + cross-entropy ([rows, vocab], value and tangent): bounds its
+/// scratch memory (64 MiB each) whatever the set's size.
+const HEAD_CHUNK_LOGITS: usize = 1 << 24;
+/// Largest grid of the grid-stride kernels (more blocks add nothing but launch cost).
+const MAX_BLOCKS: usize = 1 << 16;
+
+/// A device buffer of f32 (`LayerKernels::Buf`): an allocation these kernels own (reused while
+/// large enough), or a view of memory an engine vector owns. Its length is what the model last
+/// sized it to.
+#[derive(Default)]
+pub struct DeviceBuf {
+    owned: Option<Mem>,
+    /// Device address of element 0 (0: never sized), and the floats there.
+    ptr: u64,
+    cap: usize,
+    len: usize,
+}
+
+impl DeviceBuf {
+    /// A view of `len` floats at `ptr`, which the caller keeps alive (and does not resize) while
+    /// the view is used.
+    pub(crate) fn view(ptr: u64, len: usize) -> Self {
+        DeviceBuf { owned: None, ptr, cap: len, len }
+    }
+    /// Another view of the same memory.
+    pub(crate) fn alias(&self) -> Self {
+        DeviceBuf::view(self.ptr, self.len)
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Token rows on the device (`LayerKernels::Ids`) and the CSR index of their positions per id
+/// that the embedding backward sums in row order with (see embedding.cu).
+pub struct DeviceIds {
+    _mem: [Mem; 3],
+    ids: u64,
+    csr_start: u64,
+    csr_pos: u64,
+    /// Ids 0..csr_vocab have an entry in csr_start.
+    csr_vocab: usize,
+}
+
+/// What attention keeps for its backward: P and Ṗ [B, heads, L, L].
+#[derive(Default)]
+pub struct DeviceAttention {
+    p: DeviceBuf,
+    p_t: DeviceBuf,
+}
+
+/// What the head + cross-entropy keeps: per row [loss, dot, lse, mean], per sequence the non-PAD
+/// label count.
+#[derive(Default)]
+pub struct DeviceHead {
+    stats: DeviceBuf,
+    counts: DeviceBuf,
+}
+
+/// The layer kernels of one CUDA device (f32 storage and accumulation).
+pub struct CudaKernels {
+    rt: Box<dyn Runtime>,
+    /// Scratch: the head's logits chunk [rows, vocab] and its tangent; rmsnorm's parameter
+    /// partials; attention's gS and ġS [B, heads, L, L].
+    logits: DeviceBuf,
+    logits_t: DeviceBuf,
+    norm_partials: DeviceBuf,
+    attention_gs: DeviceBuf,
+    attention_gs_t: DeviceBuf,
+    head_chunk_logits: usize,
+    /// Bytes of the buffers these kernels allocated and still hold.
+    allocated: u64,
+    error: Option<Error>,
+}
+
+macro_rules! params {
+    ($($name:ident { $($field:ident: $ty:ty),* $(,)? })*) => {$(
+        /// The kernel-side struct of the same name (by value, C layout).
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name { $($field: $ty),* }
+        const _: () = assert!(std::mem::size_of::<$name>() <= MAX_PARAMS);
+    )*};
+}
+
+params! {
+    GemmParams { m: u32, n: u32, k: u32, batch: u32, sa: u32, sb: u32, sc: u32, aa: u32, ab: u32, ac: u32, ta: u32, tb: u32,
+                 beta: f32, flags: u32, tiles_m: u32, tiles_n: u32 }
+    ElementwiseParams { len: u32, tangent: u32, value: f32, x_at: u32, y_at: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+    NormParams { rows: u32, h: u32, pw: u32, pb: u32, tangent: u32, want_grad: u32, want_hvp: u32, blocks: u32 }
+    AttentionParams { seqs: u32, len: u32, heads: u32, hidden: u32, scale: f32, tangent: u32, _pad0: u32, _pad1: u32 }
+    EmbeddingParams { at: u32, seqs: u32, seq_len: u32, h: u32, vocab: u32, ptok: u32, ppos: u32, tangent: u32, want_grad: u32,
+                      want_hvp: u32, csr_vocab: u32, _pad: u32 }
+    CrossEntropyParams { at: u32, seqs: u32, seq_len: u32, vocab: u32, r0: u32, rows: u32, tangent: u32, w_at: u32 }
+}
+
+/// Device address of a buffer (0 when absent or never sized: the kernels do not read it).
+fn ptr(b: Option<&DeviceBuf>) -> u64 {
+    b.map_or(0, |b| b.ptr)
+}
+
+/// `b` in tangent mode, else nothing.
+fn when(tangent: bool, b: &DeviceBuf) -> Option<&DeviceBuf> {
+    tangent.then_some(b)
+}
+
+fn u(x: usize) -> u32 {
+    u32::try_from(x).expect("sizes are checked against 32-bit indices when the engine is made")
+}
+
+/// Blocks for `items` at `per_block` items each (the kernels stride beyond `MAX_BLOCKS`).
+fn blocks(items: usize, per_block: usize) -> u32 {
+    items.div_ceil(per_block).clamp(1, MAX_BLOCKS) as u32
+}
+
+impl CudaKernels {
+    /// Compiles (first use in the process) and loads the kernels on `gpu`.
+    pub(crate) fn new(gpu: &Device) -> Result<Self> {
+        Ok(Self::with_runtime(Box::new(Stream::load(gpu, &TRANSFORMER_FILES)?)))
+    }
+
+    /// The kernels compiled for the host and run on the CPU ([`HostSim`]): `Error::Unavailable`
+    /// without a C++ compiler.
+    pub fn on_host() -> Result<Self> {
+        Ok(Self::with_runtime(Box::new(HostSim::new()?)))
+    }
+
+    fn with_runtime(rt: Box<dyn Runtime>) -> Self {
+        CudaKernels {
+            rt,
+            logits: DeviceBuf::default(),
+            logits_t: DeviceBuf::default(),
+            norm_partials: DeviceBuf::default(),
+            attention_gs: DeviceBuf::default(),
+            attention_gs_t: DeviceBuf::default(),
+            head_chunk_logits: HEAD_CHUNK_LOGITS,
+            allocated: 0,
+            error: None,
+        }
+    }
+
+    /// The kernels on device `ordinal`, for the conformance tests.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        Self::new(&Device::open(ordinal)?)
+    }
+
+    /// Chunks of at most `logits` logits in the head (at least one row each): less memory, more
+    /// launches. Tests use it to cross chunk boundaries on small sets.
+    pub fn with_head_chunk_logits(mut self, logits: usize) -> Self {
+        self.head_chunk_logits = logits;
+        self
+    }
+
+    /// Bytes of device memory these kernels hold: activations, saved state and scratch of the
+    /// largest pass so far (not the engine's vectors or data).
+    pub fn working_set_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// The first error since the last flush, if any.
+    pub fn flush(&mut self) -> Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    /// Blocks until every launched kernel has finished; returns the first error.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.rt.sync()
+    }
+
+    fn record_error(&mut self, e: Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Launches `entry` of `file` on `grid` blocks of `block` threads with `ptrs` then `params` as
+    /// arguments (after an error, nothing more is launched until `flush`).
+    fn launch<P: bytemuck::Pod>(&mut self, file: &KernelFile, entry: &str, ptrs: &[u64], params: P, grid: u32, block: u32) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.rt.launch(file, entry, ptrs, bytemuck::bytes_of(&params), grid, block) {
+            self.record_error(e);
+        }
+    }
+
+    fn sized(&mut self, b: &mut DeviceBuf, len: usize) {
+        if b.ptr != 0 && b.owned.is_none() && b.cap < len {
+            // A view cannot grow (the engine sizes its vectors before viewing them).
+            self.record_error(device_error(format!("a view of {} floats sized to {len}", b.cap)));
+        } else if b.ptr == 0 || b.cap < len {
+            if let Some(old) = b.owned.take() {
+                self.allocated = self.allocated.saturating_sub(old.bytes as u64);
+            }
+            match self.rt.alloc(4 * len) {
+                Ok(m) => {
+                    self.allocated += m.bytes as u64;
+                    (b.ptr, b.cap) = (m.ptr, m.bytes / 4);
+                    b.owned = Some(m);
+                }
+                Err(e) => {
+                    self.record_error(e);
+                    (b.ptr, b.cap) = (0, 0);
+                }
+            }
+        }
+        b.len = len;
+    }
+
+    fn elementwise(&mut self, entry: &str, x: Pair<DeviceBuf>, y: Pair<DeviceBuf>, len: usize, a: f32) {
+        if len == 0 {
+            return;
+        }
+        let tangent = y.t.is_some();
+        let params = ElementwiseParams { len: u(len), tangent: tangent as u32, value: a, ..Default::default() };
+        self.launch(&ELEMENTWISE, entry, &[x.v.ptr, ptr(x.t), y.v.ptr, ptr(y.t)], params, blocks(len, BLOCK as usize), BLOCK);
+    }
+
+    fn fill(&mut self, b: &DeviceBuf, len: usize, value: f32) {
+        self.elementwise("fill", Pair { v: &DeviceBuf::default(), t: None }, Pair { v: b, t: None }, len, value);
+    }
+
+    /// y[y_at + i] ← a·x[x_at + i] for i < len.
+    pub(crate) fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
+        if len == 0 {
+            return;
+        }
+        let params = ElementwiseParams { len: u(len), value: a, x_at: u(x_at), y_at: u(y_at), ..Default::default() };
+        self.launch(&ELEMENTWISE, "scale_copy", &[x.ptr, 0, y.ptr, 0], params, blocks(len, BLOCK as usize), BLOCK);
+    }
+
+    /// y ← x + a·y over `len` values.
+    pub(crate) fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
+        self.elementwise("axpby", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
+    /// y ← y + a·x over `len` values.
+    pub(crate) fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
+        self.elementwise("add", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
+    /// Rows of the head's logits per chunk.
+    fn head_chunk_rows(&self, vocab: usize) -> usize {
+        (self.head_chunk_logits / vocab.max(1)).max(1)
+    }
+
+    /// Token rows on the device, with their CSR index.
+    pub fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
+        if host.len() >= u32::MAX as usize {
+            return Err(Error::bad_input("token data", format!("{} ids exceed the CUDA kernels' 32-bit indices", host.len())));
+        }
+        let (start, pos) = positions_by_id(host);
+        let upload = |data: &[u32]| -> Result<Mem> {
+            let mut m = self.rt.alloc(4 * data.len())?;
+            self.rt.upload(&mut m, bytemuck::cast_slice(data))?;
+            Ok(m)
+        };
+        let mem = [upload(host)?, upload(&start)?, upload(&pos)?];
+        let (ids, csr_start, csr_pos) = (mem[0].ptr, mem[1].ptr, mem[2].ptr);
+        Ok(DeviceIds { _mem: mem, ids, csr_start, csr_pos, csr_vocab: start.len() - 1 })
+    }
+
+    pub fn upload_buf(&mut self, host: &[f32]) -> Result<DeviceBuf> {
+        let mut b = DeviceBuf::default();
+        self.sized(&mut b, host.len());
+        self.flush()?;
+        if let Some(m) = b.owned.as_mut() {
+            self.rt.upload(m, bytemuck::cast_slice(host))?;
+        }
+        Ok(b)
+    }
+
+    /// The first `len` values of a buffer these kernels allocated.
+    pub fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
+        self.flush()?;
+        let m = b.owned.as_ref().filter(|_| len <= b.len).ok_or_else(|| {
+            device_error(format!("download of {len} values from a buffer of {} (views are downloaded by their owner)", b.len))
+        })?;
+        let mut out = vec![0f32; len];
+        self.rt.download(m, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+}
+
+impl LayerKernels for CudaKernels {
+    type Buf = DeviceBuf;
+    type Ids = DeviceIds;
+    type Sums = DeviceBuf;
+    type Attention = DeviceAttention;
+    type Head = DeviceHead;
+
+    fn resize(&mut self, b: &mut DeviceBuf, len: usize) {
+        self.sized(b, len);
+    }
+    fn zero(&mut self, b: &mut DeviceBuf, len: usize) {
+        self.sized(b, len);
+        self.fill(b, len, 0.0);
+    }
+    fn copy(&mut self, src: &DeviceBuf, dst: &mut DeviceBuf, len: usize) {
+        self.sized(dst, len);
+        self.scale_copy(1.0, (src, 0), (dst, 0), len);
+    }
+    fn add(&mut self, x: Pair<DeviceBuf>, y: PairMut<DeviceBuf>, len: usize) {
+        let y = Pair { v: &*y.v, t: y.t.as_deref() };
+        self.elementwise("add", x, y, len, 1.0);
+    }
+
+    fn gemm(&mut self, s: GemmShape, a: Operand<DeviceBuf>, b: Operand<DeviceBuf>, beta: f64, c: Output<DeviceBuf>) {
+        if s.m == 0 || s.n == 0 || s.batch == 0 {
+            return;
+        }
+        let tangent = c.t.is_some();
+        let flags = c.v.is_some() as u32 | (tangent as u32) << 1;
+        let (tiles_m, tiles_n) = (s.m.div_ceil(GEMM_TILE), s.n.div_ceil(GEMM_TILE));
+        let params = GemmParams {
+            m: u(s.m),
+            n: u(s.n),
+            k: u(s.k),
+            batch: u(s.batch),
+            sa: u(s.stride_a),
+            sb: u(s.stride_b),
+            sc: u(s.stride_c),
+            aa: u(a.at),
+            ab: u(b.at),
+            ac: u(c.at),
+            ta: a.trans as u32,
+            tb: b.trans as u32,
+            beta: beta as f32,
+            flags,
+            tiles_m: u(tiles_m),
+            tiles_n: u(tiles_n),
+        };
+        let tan = |x: Option<&DeviceBuf>| if tangent { ptr(x) } else { 0 };
+        let ptrs = [a.v.ptr, tan(a.t), b.v.ptr, tan(b.t), ptr(c.v.as_deref()), ptr(c.t.as_deref())];
+        let grid = blocks(s.batch * tiles_m * tiles_n, 1);
+        if tangent {
+            self.launch(&GEMM, "gemm_pair", &ptrs, params, grid, BLOCK);
+        } else {
+            self.launch(&GEMM, "gemm_value", &ptrs, params, grid, BLOCK);
+        }
+    }
+
+    fn embed_forward(&mut self, t: Tokens<DeviceIds>, tok: Param<DeviceBuf>, pos: Param<DeviceBuf>, h: usize, x: PairMut<DeviceBuf>) {
+        let items = t.rows() * h;
+        if items == 0 {
+            return;
+        }
+        let tangent = x.t.is_some();
+        let ptrs = [t.ids.ids, t.ids.csr_start, t.ids.csr_pos, tok.theta.ptr, ptr(tok.dir), 0, 0, x.v.ptr, ptr(x.t.as_deref())];
+        let params = embedding_params(&t, h, 0, (tok.range.start, pos.range.start), tangent, (false, false));
+        self.launch(&EMBEDDING, "forward", &ptrs, params, blocks(items, WG as usize), WG);
+    }
+
+    fn embed_backward(&mut self, t: Tokens<DeviceIds>, g: Pair<DeviceBuf>, h: usize, vocab: usize, out: ParamGrads<DeviceBuf>) {
+        if t.rows() == 0 || (out.grad.is_none() && out.hvp.is_none()) {
+            return;
+        }
+        let want = (out.grad.is_some(), out.hvp.is_some());
+        let tangent = g.t.is_some() && want.1;
+        let (ptok, ppos) = (out.range.start, out.range.start + vocab * h);
+        let params = embedding_params(&t, h, vocab, (ptok, ppos), tangent, want);
+        let g_t = if tangent { ptr(g.t) } else { 0 };
+        let ptrs = [t.ids.ids, t.ids.csr_start, t.ids.csr_pos, 0, 0, g.v.ptr, g_t, ptr(out.grad.as_deref()), ptr(out.hvp.as_deref())];
+        let token_items = vocab.min(t.ids.csr_vocab) * h;
+        self.launch(&EMBEDDING, "tokens_backward", &ptrs, params, blocks(token_items, WG as usize), WG);
+        self.launch(&EMBEDDING, "positions_backward", &ptrs, params, blocks(t.len() * h, WG as usize), WG);
+    }
+
+    fn rmsnorm_forward(
+        &mut self,
+        m: usize,
+        h: usize,
+        x: Pair<DeviceBuf>,
+        w: Param<DeviceBuf>,
+        b: Param<DeviceBuf>,
+        nm: &mut Norm<DeviceBuf>,
+    ) {
+        if m == 0 {
+            return;
+        }
+        let tangent = x.t.is_some();
+        let params =
+            NormParams { rows: u(m), h: u(h), pw: u(w.range.start), pb: u(b.range.start), tangent: tangent as u32, ..Default::default() };
+        let stats = [x.v.ptr, ptr(x.t), 0, 0, 0, 0, 0, 0, nm.n.v.ptr, ptr(when(tangent, &nm.n.t)), nm.r.v.ptr, ptr(when(tangent, &nm.r.t))];
+        let affine = [
+            nm.n.v.ptr,
+            ptr(when(tangent, &nm.n.t)),
+            w.theta.ptr,
+            ptr(w.dir),
+            0,
+            0,
+            0,
+            0,
+            nm.out.v.ptr,
+            ptr(when(tangent, &nm.out.t)),
+            0,
+            0,
+        ];
+        self.launch(&RMSNORM, "stats", &stats, params, blocks(m, NORM_ROWS_PER_BLOCK), BLOCK);
+        self.launch(&RMSNORM, "affine", &affine, params, blocks(m * h, BLOCK as usize), BLOCK);
+    }
+
+    fn rmsnorm_backward(
+        &mut self,
+        m: usize,
+        h: usize,
+        nm: &Norm<DeviceBuf>,
+        _x: Pair<DeviceBuf>,
+        w: Param<DeviceBuf>,
+        gy: Pair<DeviceBuf>,
+        gx: PairMut<DeviceBuf>,
+        out: ParamGrads<DeviceBuf>,
+    ) {
+        if m == 0 {
+            return;
+        }
+        let tangent = gx.t.is_some();
+        let nblocks = m.div_ceil(NORM_BLOCK_ROWS);
+        let (want_grad, want_hvp) = (out.grad.is_some(), out.hvp.is_some() && tangent);
+        let params = NormParams {
+            rows: u(m),
+            h: u(h),
+            pw: u(out.range.start),
+            pb: u(out.range.start + h),
+            tangent: tangent as u32,
+            want_grad: want_grad as u32,
+            want_hvp: want_hvp as u32,
+            blocks: u(nblocks),
+        };
+        let tan = |b: Option<&DeviceBuf>| if tangent { ptr(b) } else { 0 };
+        let backward = [
+            nm.n.v.ptr,
+            ptr(when(tangent, &nm.n.t)),
+            w.theta.ptr,
+            tan(w.dir),
+            gy.v.ptr,
+            tan(gy.t),
+            nm.r.v.ptr,
+            ptr(when(tangent, &nm.r.t)),
+            gx.v.ptr,
+            ptr(gx.t.as_deref()),
+            0,
+            0,
+        ];
+        // The parameter sums write the gradient at pw: the input gradient reads θ's w at its own
+        // offset.
+        let input_params = NormParams { pw: u(w.range.start), pb: u(w.range.start + h), ..params };
+        self.launch(&RMSNORM, "backward", &backward, input_params, blocks(m, NORM_ROWS_PER_BLOCK), BLOCK);
+        if !(want_grad || want_hvp) {
+            return;
+        }
+        let mut partials = std::mem::take(&mut self.norm_partials);
+        self.sized(&mut partials, nblocks * 4 * h);
+        let sums = [nm.n.v.ptr, ptr(when(tangent, &nm.n.t)), 0, 0, gy.v.ptr, tan(gy.t), 0, 0, partials.ptr, 0, 0, 0];
+        let hvp = if want_hvp { ptr(out.hvp.as_deref()) } else { 0 };
+        let reduce = [partials.ptr, 0, 0, 0, 0, 0, 0, 0, ptr(out.grad.as_deref()), hvp, 0, 0];
+        self.launch(&RMSNORM, "param_partials", &sums, params, blocks(nblocks, 1), BLOCK);
+        self.launch(&RMSNORM, "param_reduce", &reduce, params, blocks(2 * h, BLOCK as usize), BLOCK);
+        self.norm_partials = partials;
+    }
+
+    fn relu_forward(&mut self, x: Pair<DeviceBuf>, len: usize, y: PairMut<DeviceBuf>) {
+        let y = Pair { v: &*y.v, t: y.t.as_deref() };
+        self.elementwise("relu_forward", x, y, len, 0.0);
+    }
+    fn relu_backward(&mut self, x: &DeviceBuf, len: usize, g: PairMut<DeviceBuf>) {
+        let g = Pair { v: &*g.v, t: g.t.as_deref() };
+        self.elementwise("relu_backward", Pair { v: x, t: None }, g, len, 0.0);
+    }
+
+    fn attention_forward(
+        &mut self,
+        d: Dims,
+        scale: f64,
+        q: Pair<DeviceBuf>,
+        k: Pair<DeviceBuf>,
+        v: Pair<DeviceBuf>,
+        saved: &mut DeviceAttention,
+        o: PairMut<DeviceBuf>,
+    ) {
+        let items = d.seqs * d.heads * d.len;
+        if items == 0 {
+            return;
+        }
+        let tangent = o.t.is_some();
+        self.sized(&mut saved.p, items * d.len);
+        if tangent {
+            self.sized(&mut saved.p_t, items * d.len);
+        }
+        let ptrs = [
+            q.v.ptr,
+            ptr(q.t),
+            k.v.ptr,
+            ptr(k.t),
+            v.v.ptr,
+            ptr(v.t),
+            saved.p.ptr,
+            ptr(when(tangent, &saved.p_t)),
+            o.v.ptr,
+            ptr(o.t.as_deref()),
+        ];
+        self.launch(&ATTENTION, "forward", &ptrs, attention_params(d, scale, tangent), blocks(items, WG as usize), WG);
+    }
+
+    fn attention_backward(
+        &mut self,
+        d: Dims,
+        scale: f64,
+        q: Pair<DeviceBuf>,
+        k: Pair<DeviceBuf>,
+        v: Pair<DeviceBuf>,
+        saved: &DeviceAttention,
+        go: Pair<DeviceBuf>,
+        gq: PairMut<DeviceBuf>,
+        gk: PairMut<DeviceBuf>,
+        gv: PairMut<DeviceBuf>,
+    ) {
+        let items = d.seqs * d.heads * d.len;
+        if items == 0 {
+            return;
+        }
+        let tangent = gq.t.is_some();
+        let (mut gs, mut gs_t) = (std::mem::take(&mut self.attention_gs), std::mem::take(&mut self.attention_gs_t));
+        self.sized(&mut gs, items * d.len);
+        if tangent {
+            self.sized(&mut gs_t, items * d.len);
+        }
+        let tan = |b: Option<&DeviceBuf>| if tangent { ptr(b) } else { 0 };
+        let p_t = ptr(when(tangent, &saved.p_t));
+        let gs_tp = ptr(when(tangent, &gs_t));
+        let rows =
+            [k.v.ptr, tan(k.t), v.v.ptr, tan(v.t), saved.p.ptr, p_t, go.v.ptr, tan(go.t), gs.ptr, gs_tp, gq.v.ptr, ptr(gq.t.as_deref())];
+        let cols = [
+            q.v.ptr,
+            tan(q.t),
+            gs.ptr,
+            gs_tp,
+            saved.p.ptr,
+            p_t,
+            go.v.ptr,
+            tan(go.t),
+            gk.v.ptr,
+            ptr(gk.t.as_deref()),
+            gv.v.ptr,
+            ptr(gv.t.as_deref()),
+        ];
+        let params = attention_params(d, scale, tangent);
+        let grid = blocks(items, WG as usize);
+        self.launch(&ATTENTION, "backward_rows", &rows, params, grid, WG);
+        self.launch(&ATTENTION, "backward_cols", &cols, params, grid, WG);
+        self.attention_gs = gs;
+        self.attention_gs_t = gs_t;
+    }
+
+    fn head_forward(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        x: Pair<DeviceBuf>,
+        w: Param<DeviceBuf>,
+        h: usize,
+        vocab: usize,
+        head: &mut DeviceHead,
+        losses: &mut DeviceBuf,
+        dots: &mut DeviceBuf,
+    ) {
+        let (m, seqs) = (t.rows(), t.seqs);
+        let tangent = x.t.is_some();
+        self.sized(&mut head.stats, m * 4);
+        self.sized(&mut head.counts, seqs);
+        self.sized(losses, seqs);
+        if tangent {
+            self.sized(dots, seqs);
+        }
+        if m == 0 {
+            return;
+        }
+        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
+        let chunk = self.head_chunk_rows(vocab).min(m);
+        self.sized(&mut z, chunk * vocab);
+        if tangent {
+            self.sized(&mut zt, chunk * vocab);
+        }
+        for r0 in (0..m).step_by(chunk) {
+            let rows = chunk.min(m - r0);
+            let xo = Operand { v: x.v, t: x.t, at: r0 * h, trans: false };
+            let wo = Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false };
+            let out = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
+            self.gemm(GemmShape::single(rows, vocab, h), xo, wo, 0.0, out);
+            let ptrs = [t.ids.ids, z.ptr, ptr(when(tangent, &zt)), head.stats.ptr];
+            self.launch(&CROSS_ENTROPY, "forward_rows", &ptrs, ce_params(&t, vocab, r0, rows, tangent, 0), blocks(rows, 1), WG);
+        }
+        let ptrs = [t.ids.ids, head.stats.ptr, losses.ptr, ptr(when(tangent, dots)), head.counts.ptr];
+        self.launch(&CROSS_ENTROPY, "sequences", &ptrs, ce_params(&t, vocab, 0, m, tangent, 0), blocks(seqs, WG as usize), WG);
+        self.logits = z;
+        self.logits_t = zt;
+    }
+
+    fn head_backward(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        head: &mut DeviceHead,
+        x: Pair<DeviceBuf>,
+        w: Param<DeviceBuf>,
+        h: usize,
+        vocab: usize,
+        (weights, w_at): (&DeviceBuf, usize),
+        gx: PairMut<DeviceBuf>,
+        out: ParamGrads<DeviceBuf>,
+    ) {
+        let m = t.rows();
+        if m == 0 {
+            return;
+        }
+        let tangent = gx.t.is_some();
+        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
+        let chunk = self.head_chunk_rows(vocab).min(m);
+        self.sized(&mut z, chunk * vocab);
+        if tangent {
+            self.sized(&mut zt, chunk * vocab);
+        }
+        let (gxv, mut gxt) = (gx.v, gx.t);
+        let (mut grad, mut hvp) = (out.grad, out.hvp);
+        for r0 in (0..m).step_by(chunk) {
+            let rows = chunk.min(m - r0);
+            let xo = |trans| Operand { v: x.v, t: if tangent { x.t } else { None }, at: r0 * h, trans };
+            let wo = |trans| Operand { v: w.theta, t: if tangent { w.dir } else { None }, at: w.range.start, trans };
+            // The chunk's logits again (value, and tangent in tangent mode), turned into gz.
+            let zo = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
+            self.gemm(GemmShape::single(rows, vocab, h), xo(false), wo(false), 0.0, zo);
+            let ptrs = [t.ids.ids, head.stats.ptr, head.counts.ptr, weights.ptr, z.ptr, ptr(when(tangent, &zt))];
+            let params = ce_params(&t, vocab, r0, rows, tangent, w_at);
+            self.launch(&CROSS_ENTROPY, "backward_rows", &ptrs, params, blocks(rows, 1), WG);
+            // gx[r0..] += gz·Wᵀ; ∇W += x[r0..]ᵀ·gz (and the tangents).
+            let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
+            let gxo = Output { v: Some(&mut *gxv), t: gxt.as_deref_mut(), at: r0 * h };
+            self.gemm(GemmShape::single(rows, h, vocab), gzo, wo(true), 1.0, gxo);
+            if grad.is_some() || hvp.is_some() {
+                let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
+                let wout = Output { v: grad.as_deref_mut(), t: if tangent { hvp.as_deref_mut() } else { None }, at: out.range.start };
+                self.gemm(GemmShape::single(h, vocab, rows), xo(true), gzo, 1.0, wout);
+            }
+        }
+        self.logits = z;
+        self.logits_t = zt;
+    }
+}
+
+/// embedding.cu's parameters; `vocab` bounds the token ids the backward visits.
+fn embedding_params(
+    t: &Tokens<DeviceIds>,
+    h: usize,
+    vocab: usize,
+    (ptok, ppos): (usize, usize),
+    tangent: bool,
+    want: (bool, bool),
+) -> EmbeddingParams {
+    EmbeddingParams {
+        at: u(t.at),
+        seqs: u(t.seqs),
+        seq_len: u(t.seq_len),
+        h: u(h),
+        vocab: u(vocab),
+        ptok: u(ptok),
+        ppos: u(ppos),
+        tangent: tangent as u32,
+        want_grad: want.0 as u32,
+        want_hvp: want.1 as u32,
+        csr_vocab: u(t.ids.csr_vocab),
+        _pad: 0,
+    }
+}
+
+fn attention_params(d: Dims, scale: f64, tangent: bool) -> AttentionParams {
+    AttentionParams {
+        seqs: u(d.seqs),
+        len: u(d.len),
+        heads: u(d.heads),
+        hidden: u(d.hidden),
+        scale: scale as f32,
+        tangent: tangent as u32,
+        ..Default::default()
+    }
+}
+
+fn ce_params(t: &Tokens<DeviceIds>, vocab: usize, r0: usize, rows: usize, tangent: bool, w_at: usize) -> CrossEntropyParams {
+    CrossEntropyParams {
+        at: u(t.at),
+        seqs: u(t.seqs),
+        seq_len: u(t.seq_len),
+        vocab: u(vocab),
+        r0: u(r0),
+        rows: u(rows),
+        tangent: tangent as u32,
+        w_at: u(w_at),
+    }
+}
+
+impl HostBuffers for CudaKernels {
+    fn upload(&mut self, host: &[f64]) -> DeviceBuf {
+        let h: Vec<f32> = host.iter().map(|&x| x as f32).collect();
+        self.upload_buf(&h).expect("cuda upload")
+    }
+    fn download(&mut self, b: &DeviceBuf, len: usize) -> Vec<f64> {
+        self.download_buf(b, len).expect("cuda download").into_iter().map(f64::from).collect()
+    }
+    fn upload_ids(&mut self, host: &[u32]) -> DeviceIds {
+        self.upload_tokens(host).expect("cuda token upload")
+    }
+    fn download_sums(&mut self, s: &DeviceBuf, len: usize) -> Vec<f64> {
+        HostBuffers::download(self, s, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The by-value parameter structs have the .cu structs' sizes (no padding surprises).
+    #[test]
+    fn parameter_structs_have_the_kernel_sizes() {
+        assert_eq!(std::mem::size_of::<GemmParams>(), 64);
+        assert_eq!(std::mem::size_of::<ElementwiseParams>(), 32);
+        assert_eq!(std::mem::size_of::<NormParams>(), 32);
+        assert_eq!(std::mem::size_of::<AttentionParams>(), 32);
+        assert_eq!(std::mem::size_of::<EmbeddingParams>(), 48);
+        assert_eq!(std::mem::size_of::<CrossEntropyParams>(), 32);
+    }
+}
