@@ -1,0 +1,154 @@
+//! CUDA benchmarks of the Transformer task (a bench binary: scripts/gpu-check.sh runs it on the GPU
+//! machine; without a CUDA device it prints SKIPPED).
+//!
+//! At the scaled default (hidden 64, 4 heads, context 32, N = 1024) and at the paper's size
+//! (hidden 128, 8 heads, 2 layers, vocab 5,000, context 64, N = 16,384; random token ids, since
+//! speed does not depend on them): the engine's forward and backward steps in TFLOP/s (the analytic
+//! `step_flops` over the time) beside two GEMM rates measured in the same run on the FFN's first
+//! product over every training token ([tokens, H]·[H, 4H]): gemm.cu's, and cuBLAS's SGEMM
+//! (loaded dynamically; skipped when libcublas is missing). A step's share of the cuBLAS rate says
+//! how far the fused kernels are from the matmul ceiling; gemm.cu's share says what the GEMM
+//! kernel itself leaves. Also printed: the device working set of a step beside the training set's
+//! logits materialised.
+use std::time::Instant;
+
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::CudaContext;
+use learnlaw::cuda_backend::{CudaKernels, CudaTransformer};
+use learnlaw::policy::Policy;
+use learnlaw::text::TokenData;
+use learnlaw::transformer::kernels::{GemmShape, LayerKernels, Operand, Output};
+use learnlaw::transformer::{init_params, TransformerConfig};
+use learnlaw::Engine;
+
+/// Random token rows: the speed of a step does not depend on the ids.
+fn data(n_train: usize, n_dev: usize, seq_len: usize, vocab: usize) -> TokenData {
+    let mut x = 0x2545f4914f6cdd1du64;
+    let mut rows = |n: usize| -> Vec<u32> {
+        (0..n * seq_len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                2 + (x % (vocab as u64 - 2)) as u32
+            })
+            .collect()
+    };
+    let (train, dev, test) = (rows(n_train), rows(n_dev), rows(1));
+    TokenData { vocab_size: vocab, seq_len, train, dev, test, noisy: vec![false; n_train] }
+}
+
+/// Mean milliseconds of `iters` calls of `f` after one warm-up call.
+fn mean_ms(iters: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+/// cuBLAS's SGEMM of row-major [m, k]·[k, n] (as the column-major Cᵀ = Bᵀ·Aᵀ), in ms; None
+/// without libcublas.
+fn cublas_ms(m: usize, n: usize, k: usize) -> Option<f64> {
+    // SAFETY: only tries to dlopen the library's candidate names.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        println!("  (no libcublas: the cuBLAS reference is skipped)");
+        return None;
+    }
+    let ctx = CudaContext::new(0).ok()?;
+    let stream = ctx.default_stream();
+    let blas = CudaBlas::new(stream.clone()).ok()?;
+    let a = stream.clone_htod(&(0..m * k).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).ok()?;
+    let b = stream.clone_htod(&(0..k * n).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).ok()?;
+    let mut c = stream.alloc_zeros::<f32>(m * n).ok()?;
+    let no = cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+    let cfg = GemmConfig {
+        transa: no,
+        transb: no,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: n as i32,
+        ldb: k as i32,
+        beta: 0.0,
+        ldc: n as i32,
+    };
+    Some(mean_ms(5, || {
+        // SAFETY: the shapes match the allocations (column-major views of the row-major matrices).
+        unsafe { blas.gemm(cfg, &b, &a, &mut c) }.expect("cublas sgemm");
+        stream.synchronize().expect("sync");
+    }))
+}
+
+fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
+    let n = data.n_train();
+    let l = data.seq_len - 1;
+    let tokens = n * l;
+    let mut e = match CudaTransformer::new(cfg, data) {
+        Ok(e) => e,
+        Err(err) => return println!("SKIPPED cuda transformer: {err}"),
+    };
+    let up = |e: &mut CudaTransformer, v: &[f32]| e.upload(v).unwrap();
+    let theta = up(&mut e, &init_params(cfg, 10));
+    let gamma = up(&mut e, &Policy::constant(1, n).gamma);
+    let p = e.num_params();
+    let v: Vec<f32> = (0..p).map(|i| ((i as f32) * 0.618).sin() * 1e-2).collect();
+    let v = up(&mut e, &v);
+    let (mut next, mut lambda, mut curve, mut grad) = (e.zeros(p).unwrap(), e.zeros(p).unwrap(), e.zeros(1).unwrap(), e.zeros(n).unwrap());
+    let forward = mean_ms(3, || {
+        e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap();
+        e.sync().unwrap()
+    });
+    let backward = mean_ms(3, || {
+        e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap();
+        e.sync().unwrap()
+    });
+    let (flops, working_set, device) = (e.step_flops(), e.working_set_bytes(), e.device_name().to_string());
+    drop(e);
+
+    // The FFN's first product over every training token, as one GEMM.
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let mut k = CudaKernels::open(0).unwrap();
+    let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
+    let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
+    let mut out = k.upload_buf(&vec![0.0; tokens * f]).unwrap();
+    let gemm = mean_ms(5, || {
+        let op = |x| Operand { v: x, t: None, at: 0, trans: false };
+        k.gemm(GemmShape::single(tokens, f, h), op(&a), op(&w), 0.0, Output { v: Some(&mut out), t: None, at: 0 });
+        k.sync().unwrap()
+    });
+    let blas = cublas_ms(tokens, f, h);
+    let gemm_flops = 2.0 * (tokens * h * f) as f64;
+    let tflops = |fl: f64, ms: f64| fl / (ms * 1e9);
+    let ceiling = blas.map(|ms| tflops(gemm_flops, ms));
+
+    println!("\n{label}: {p} parameters, {n} sequences × {l} tokens on {device}");
+    println!("{:<30} {:>10} {:>10} {:>12}", "case", "ms", "TFLOP/s", "of cuBLAS");
+    let rows = [
+        ("cublas_sgemm_f32", blas, gemm_flops),
+        ("cuda_gemm_f32", Some(gemm), gemm_flops),
+        ("cuda_transformer_forward_step_f32", Some(forward), flops.forward),
+        ("cuda_transformer_backward_step_f32", Some(backward), flops.backward),
+    ];
+    for (id, ms, fl) in rows {
+        let Some(ms) = ms else { continue };
+        let t = tflops(fl, ms);
+        let share = ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * t / c));
+        println!("{id:<30} {ms:>10.3} {t:>10.2} {share:>12}");
+    }
+    let logits = 2 * tokens * cfg.vocab_size * 4;
+    println!(
+        "device working set of a backward step: {:.1} MiB; the training set's logits and tangents materialised: {:.1} MiB",
+        working_set as f64 / (1 << 20) as f64,
+        logits as f64 / (1 << 20) as f64
+    );
+}
+
+fn main() {
+    let small = data(1024, 256, 33, 512);
+    bench("scaled default", &TransformerConfig::small(512, 32), &small);
+    let paper = data(16384, 512, 65, 5000);
+    bench("paper size", &TransformerConfig::paper(), &paper);
+}
