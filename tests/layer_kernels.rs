@@ -352,3 +352,10 @@ layer_kernel_tests!(
     host_sim_or_skip(CudaKernels::on_host()).map(|k| k.with_head_chunk_logits(100)),
     Tol::of::<f32>()
 );
+// gemm.cu's tensor-core entries (bf16 operands, f32 sums) under every kernel, on the host: held to
+// bf16's tolerance (8 significant bits per operand).
+layer_kernel_tests!(
+    cuda_on_host_bf16_gemm,
+    host_sim_or_skip(CudaKernels::on_host()).map(|k| k.with_bf16_gemm()),
+    Tol { atol: 2e-2, rtol: 2e-2 }
+);

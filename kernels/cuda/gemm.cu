@@ -144,3 +144,154 @@ extern "C" __global__ void __launch_bounds__(BLOCK) gemm_pair(const float* __res
                                                               float* c_t, const GemmParams p) {
     gemm_tiles<true>(a, a_t, b, b_t, c, c_t, p);
 }
+
+// ---------------------------------------------------------------------------------------------
+// gemm_bf16_value / gemm_bf16_pair — the same products on tensor cores: operands rounded to bf16
+// (nearest, ties to even) as they are staged in shared memory, products by mma.sync m16n8k16
+// (bf16 × bf16 → f32), accumulation and C in f32. For the `cuda-bf16` Transformer engine: about
+// three significant digits per operand, so its conformance tolerance is bf16's, not f32's.
+// Geometry: blocks of 128 threads (4 warps) per 64×64 tile of C, k in slices of 32; warp w owns
+//   the 32×32 quadrant (w / 2, w % 2): 2 × 4 mma tiles of 16×8, 32 accumulators per thread (and
+//   32 for the tangent: Ċ += Ȧ·B and Ċ += A·Ḃ are two more mma per tile).
+// Fragments (PTX ISA, mma.m16n8k16 with .bf16): lane = 4g + t; A (row-major 16×16) registers
+//   {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]}, B (16×8, by columns) {B[2t..][g],
+//   B[2t+8..][g]}, C {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}; two bf16 per register, the
+//   lower index in the low half. A is staged [row][k] and B as Bᵀ [col][k], so every fragment
+//   register is one 32-bit shared load.
+#define TC_THREADS 128
+#define TC_KS 32
+// Row length of the bf16 tiles in 16-bit units: 8 of padding, so the 8 rows a fragment load
+// touches start in different banks.
+#define TC_LD (TC_KS + 8)
+
+// f32 → bf16 bits, nearest with ties to even; NaN stays a (quiet) NaN.
+__device__ __forceinline__ unsigned int bf16_bits(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+#ifndef LEARNLAW_HOST_SIM
+// d += a·b for one 16×8×16 tile on the warp's tensor cores (the host simulation has its own).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Stages op(X)[r0.., k0..] as bf16 into s[64][TC_LD] (s[r][kk] = op(X)[r0 + r, k0 + kk]), zero
+// outside; `trans` as in `stage`. Consecutive threads read consecutive addresses.
+__device__ __forceinline__ void stage_bf16(unsigned short (*s)[TC_LD], const float* __restrict__ x, unsigned long long base,
+                                           unsigned int trans, unsigned int rows, unsigned int k, unsigned int r0, unsigned int k0,
+                                           unsigned int tid) {
+#pragma unroll 4
+    for (unsigned int e = tid; e < TILE * TC_KS; e += TC_THREADS) {
+        const unsigned int r = trans ? e % TILE : e / TC_KS, kk = trans ? e / TILE : e % TC_KS;
+        const unsigned int gr = r0 + r, gk = k0 + kk;
+        float v = 0.0f;
+        if (gr < rows && gk < k) v = x[base + (trans ? (unsigned long long)gk * rows + gr : (unsigned long long)gr * k + gk)];
+        s[r][kk] = (unsigned short)bf16_bits(v);
+    }
+}
+
+// The A fragment of rows r.. and k.. of a staged tile, and the B fragment of columns n.. .
+__device__ __forceinline__ void frag_a(unsigned int (&a)[4], unsigned short (*s)[TC_LD], unsigned int r, unsigned int k, unsigned int g,
+                                       unsigned int t) {
+    a[0] = *reinterpret_cast<const unsigned int*>(&s[r + g][k + 2 * t]);
+    a[1] = *reinterpret_cast<const unsigned int*>(&s[r + g + 8][k + 2 * t]);
+    a[2] = *reinterpret_cast<const unsigned int*>(&s[r + g][k + 2 * t + 8]);
+    a[3] = *reinterpret_cast<const unsigned int*>(&s[r + g + 8][k + 2 * t + 8]);
+}
+__device__ __forceinline__ void frag_b(unsigned int (&b)[2], unsigned short (*s)[TC_LD], unsigned int n, unsigned int k, unsigned int g,
+                                       unsigned int t) {
+    b[0] = *reinterpret_cast<const unsigned int*>(&s[n + g][k + 2 * t]);
+    b[1] = *reinterpret_cast<const unsigned int*>(&s[n + g][k + 2 * t + 8]);
+}
+
+template <bool TANGENT>
+__device__ __forceinline__ void gemm_tensor_cores(const float* __restrict__ a, const float* __restrict__ a_t, const float* __restrict__ b,
+                                                  const float* __restrict__ b_t, float* c, float* c_t, const GemmParams& p) {
+    __shared__ __align__(16) unsigned short sa[TILE][TC_LD], sb[TILE][TC_LD];
+    __shared__ __align__(16) unsigned short sat[TANGENT ? TILE : 1][TC_LD], sbt[TANGENT ? TILE : 1][TC_LD];
+    const unsigned int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const unsigned int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+    const unsigned int per_batch = p.tiles_m * p.tiles_n, total = p.batch * per_batch;
+    const bool value = (p.flags & 1u) != 0u;
+    const unsigned int b_trans = p.tb ? 0u : 1u;
+    for (unsigned int tile = blockIdx.x; tile < total; tile += gridDim.x) {
+        const unsigned int bi = tile / per_batch, r = tile % per_batch;
+        const unsigned int i0 = (r / p.tiles_n) * TILE, j0 = (r % p.tiles_n) * TILE;
+        const unsigned long long a_base = p.aa + (unsigned long long)bi * p.sa, b_base = p.ab + (unsigned long long)bi * p.sb;
+        float acc[2][4][4], acc_t[2][4][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[mi][ni][q] = acc_t[mi][ni][q] = 0.0f;
+        for (unsigned int k0 = 0; k0 < p.k; k0 += TC_KS) {
+            stage_bf16(sa, a, a_base, p.ta, p.m, p.k, i0, k0, tid);
+            stage_bf16(sb, b, b_base, b_trans, p.n, p.k, j0, k0, tid);
+            if (TANGENT) {
+                stage_bf16(sat, a_t, a_base, p.ta, p.m, p.k, i0, k0, tid);
+                stage_bf16(sbt, b_t, b_base, b_trans, p.n, p.k, j0, k0, tid);
+            }
+            __syncthreads();
+#pragma unroll
+            for (unsigned int kk = 0; kk < TC_KS; kk += 16) {
+                unsigned int fa[2][4], fb[4][2];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) frag_a(fa[mi], sa, wm + 16 * mi, kk, g, t);
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) frag_b(fb[ni], sb, wn + 8 * ni, kk, g, t);
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni) mma_bf16_16816(acc[mi][ni], fa[mi], fb[ni]);
+                if (TANGENT) {
+                    unsigned int fat[2][4], fbt[4][2];
+#pragma unroll
+                    for (int mi = 0; mi < 2; ++mi) frag_a(fat[mi], sat, wm + 16 * mi, kk, g, t);
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni) frag_b(fbt[ni], sbt, wn + 8 * ni, kk, g, t);
+#pragma unroll
+                    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                        for (int ni = 0; ni < 4; ++ni) {
+                            mma_bf16_16816(acc_t[mi][ni], fat[mi], fb[ni]);
+                            mma_bf16_16816(acc_t[mi][ni], fa[mi], fbt[ni]);
+                        }
+                }
+            }
+            __syncthreads();
+        }
+        const unsigned long long c_base = p.ac + (unsigned long long)bi * p.sc;
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const unsigned int i = i0 + wm + 16 * mi + g + 8 * (q / 2), j = j0 + wn + 8 * ni + 2 * t + (q % 2);
+                    if (i < p.m && j < p.n) {
+                        const unsigned long long ix = c_base + (unsigned long long)i * p.n + j;
+                        if (value) c[ix] = p.beta != 0.0f ? acc[mi][ni][q] + p.beta * c[ix] : acc[mi][ni][q];
+                        if (TANGENT) c_t[ix] = p.beta != 0.0f ? acc_t[mi][ni][q] + p.beta * c_t[ix] : acc_t[mi][ni][q];
+                    }
+                }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS) gemm_bf16_value(const float* __restrict__ a, const float* __restrict__ a_t,
+                                                                         const float* __restrict__ b, const float* __restrict__ b_t,
+                                                                         float* c, float* c_t, const GemmParams p) {
+    gemm_tensor_cores<false>(a, a_t, b, b_t, c, c_t, p);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS) gemm_bf16_pair(const float* __restrict__ a, const float* __restrict__ a_t,
+                                                                        const float* __restrict__ b, const float* __restrict__ b_t,
+                                                                        float* c, float* c_t, const GemmParams p) {
+    gemm_tensor_cores<true>(a, a_t, b, b_t, c, c_t, p);
+}

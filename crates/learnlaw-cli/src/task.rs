@@ -282,8 +282,11 @@ macro_rules! with_engine {
                 Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuTransformer::<f64>::new(model, d), |$e, $h| $body),
                 Backend::Wgpu => with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuTransformer::new(model, d), |$e, $h| $body),
                 Backend::Cuda => with_engine!(@arm data, held, |d| learnlaw_cuda::CudaTransformer::new(model, d), |$e, $h| $body),
+                Backend::CudaBf16 => {
+                    with_engine!(@arm data, held, |d| learnlaw_cuda::CudaTransformer::new(model, d).map(|e| e.with_bf16_gemm()), |$e, $h| $body)
+                }
                 other => anyhow::bail!(
-                    "the Transformer task runs on the cpu, cpu-f64, wgpu and cuda backends (f32 storage), not {}",
+                    "the Transformer task runs on the cpu, cpu-f64, wgpu, cuda and cuda-bf16 backends, not {}",
                     clap::ValueEnum::to_possible_value(&other).map_or_else(|| format!("{other:?}"), |v| v.get_name().to_string())
                 ),
             },

@@ -97,7 +97,7 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
             "--out",
             "r",
             "--backend",
-            "cuda-bf16",
+            "cuda-f16",
             "--hidden",
             "8",
             "--heads",
@@ -105,7 +105,7 @@ fn wrong_data_and_missing_backends_are_clear_errors() {
         ],
         tmp.path(),
     );
-    assert!(err.contains("cpu, cpu-f64, wgpu and cuda backends (f32 storage), not cuda-bf16"), "{err}");
+    assert!(err.contains("cpu, cpu-f64, wgpu, cuda and cuda-bf16 backends, not cuda-f16"), "{err}");
 }
 
 /// A user corpus (one story per line) instead of generated stories: its last dev + test stories

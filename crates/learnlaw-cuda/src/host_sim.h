@@ -73,6 +73,8 @@ struct Launch {
     Barrier block_bar, end_bar;
     std::vector<Barrier> warp_bars;
     std::vector<unsigned long long> exchange;
+    // Per warp and lane: the 4 A and 2 B registers of an mma.
+    std::vector<unsigned int> mma;
 };
 
 inline Launch* current = nullptr;
@@ -103,6 +105,7 @@ void run(void (*kernel)(A...), std::tuple<A...> args, unsigned grid, unsigned bl
     const unsigned warps = (block + 31) / 32;
     l.warp_bars = std::vector<Barrier>(warps);
     l.exchange.assign(warps * 32, 0);
+    l.mma.assign(warps * 32 * 6, 0);
     auto reset_block = [&] {
         l.block_bar.reset(block);
         for (unsigned w = 0; w < warps; ++w) l.warp_bars[w].reset(std::min(32u, block - 32 * w));
@@ -171,6 +174,9 @@ int launch(void (*kernel)(A...), const std::uint64_t* ptrs, std::size_t nptrs, c
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+// Kernels use this to take the host's versions of what they write in PTX (see mma_bf16_16816).
+#define LEARNLAW_HOST_SIM 1
 
 inline void __syncthreads() { sim::current->block_bar.wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { sim::current->warp_bars[sim::thread_idx.x / 32].wait(); }
@@ -253,6 +259,32 @@ template <class T>
 T atomicCAS(T* p, T cmp, T v) {
     std::atomic_ref<T>(*p).compare_exchange_strong(cmp, v);
     return cmp;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for one warp: d += a·b with the fragment
+// layout of the PTX ISA (lane = 4g + t; A registers {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+// A[g+8][2t+8..]}, B {B[2t..][g], B[2t+8..][g]}, D {D[g][2t], D[g][2t+1], D[g+8][2t],
+// D[g+8][2t+1]}; two bf16 per register, the lower index in the low half). The lanes post their
+// registers, then each computes its four outputs (in f32, k in order).
+inline void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    sim::Launch& l = *sim::current;
+    const unsigned tid = sim::thread_idx.x, w = tid / 32, lane = tid % 32;
+    unsigned int* regs = &l.mma[w * 32 * 6];
+    l.warp_bars[w].wait();  // the previous mma's reads are done
+    for (int i = 0; i < 4; ++i) regs[lane * 6 + i] = a[i];
+    regs[lane * 6 + 4] = b[0];
+    regs[lane * 6 + 5] = b[1];
+    l.warp_bars[w].wait();
+    auto half = [](unsigned int word, unsigned k) { return __uint_as_float((k & 1 ? word >> 16 : word & 0xffffu) << 16); };
+    auto A = [&](unsigned r, unsigned k) { return half(regs[((r % 8) * 4 + (k % 8) / 2) * 6 + r / 8 + 2 * (k / 8)], k); };
+    auto B = [&](unsigned k, unsigned n) { return half(regs[(n * 4 + (k % 8) / 2) * 6 + 4 + k / 8], k); };
+    const unsigned g = lane / 4, t = lane % 4;
+    for (unsigned q = 0; q < 4; ++q) {
+        const unsigned r = g + 8 * (q / 2), n = 2 * t + q % 2;
+        float s = d[q];
+        for (unsigned k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+        d[q] = s;
+    }
 }
 
 // One `if` per entry of the included .cu file, inside `sim_launch`.

@@ -23,7 +23,7 @@ use crate::runtime::{Mem, Runtime, Stream, MAX_PARAMS};
 pub const GEMM: KernelFile = KernelFile {
     name: "gemm.cu",
     source: include_str!("../../../../kernels/cuda/gemm.cu"),
-    entries: &["gemm_value", "gemm_pair"],
+    entries: &["gemm_value", "gemm_pair", "gemm_bf16_value", "gemm_bf16_pair"],
     storages: &[Storage::F32],
 };
 pub const ELEMENTWISE: KernelFile = KernelFile {
@@ -70,6 +70,8 @@ const NORM_ROWS_PER_BLOCK: usize = 8;
 const NORM_BLOCK_ROWS: usize = 64;
 /// The output tile of gemm.cu (its TILE).
 const GEMM_TILE: usize = 64;
+/// Threads per block of gemm.cu's tensor-core entries (its TC_THREADS).
+const TC_THREADS: u32 = 128;
 /// Logits per chunk of the head + cross-entropy ([rows, vocab], value and tangent): bounds its
 /// scratch memory (64 MiB each) whatever the set's size.
 const HEAD_CHUNK_LOGITS: usize = 1 << 24;
@@ -143,6 +145,8 @@ pub struct CudaKernels {
     attention_gs: DeviceBuf,
     attention_gs_t: DeviceBuf,
     head_chunk_logits: usize,
+    /// GEMMs on tensor cores with bf16 operands (gemm.cu's `gemm_bf16_*`) instead of f32.
+    bf16_gemm: bool,
     /// Bytes of the buffers these kernels allocated and still hold.
     allocated: u64,
     error: Option<Error>,
@@ -209,6 +213,7 @@ impl CudaKernels {
             attention_gs: DeviceBuf::default(),
             attention_gs_t: DeviceBuf::default(),
             head_chunk_logits: HEAD_CHUNK_LOGITS,
+            bf16_gemm: false,
             allocated: 0,
             error: None,
         }
@@ -224,6 +229,17 @@ impl CudaKernels {
     pub fn with_head_chunk_logits(mut self, logits: usize) -> Self {
         self.head_chunk_logits = logits;
         self
+    }
+
+    /// Every GEMM on tensor cores: operands rounded to bf16, products and sums in f32 (about
+    /// three significant digits per operand instead of seven; several times the f32 rate).
+    pub fn with_bf16_gemm(mut self) -> Self {
+        self.set_bf16_gemm(true);
+        self
+    }
+
+    pub(crate) fn set_bf16_gemm(&mut self, on: bool) {
+        self.bf16_gemm = on;
     }
 
     /// Bytes of device memory these kernels hold: activations, saved state and scratch of the
@@ -407,11 +423,13 @@ impl LayerKernels for CudaKernels {
         let tan = |x: Option<&DeviceBuf>| if tangent { ptr(x) } else { 0 };
         let ptrs = [a.v.ptr, tan(a.t), b.v.ptr, tan(b.t), ptr(c.v.as_deref()), ptr(c.t.as_deref())];
         let grid = blocks(s.batch * tiles_m * tiles_n, 1);
-        if tangent {
-            self.launch(&GEMM, "gemm_pair", &ptrs, params, grid, BLOCK);
-        } else {
-            self.launch(&GEMM, "gemm_value", &ptrs, params, grid, BLOCK);
-        }
+        let (entry, threads) = match (self.bf16_gemm, tangent) {
+            (false, false) => ("gemm_value", BLOCK),
+            (false, true) => ("gemm_pair", BLOCK),
+            (true, false) => ("gemm_bf16_value", TC_THREADS),
+            (true, true) => ("gemm_bf16_pair", TC_THREADS),
+        };
+        self.launch(&GEMM, entry, &ptrs, params, grid, threads);
     }
 
     fn embed_forward(&mut self, t: Tokens<DeviceIds>, tok: Param<DeviceBuf>, pos: Param<DeviceBuf>, h: usize, x: PairMut<DeviceBuf>) {

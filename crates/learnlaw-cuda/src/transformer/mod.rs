@@ -73,6 +73,7 @@ pub struct CudaTransformer {
     dev: DeviceSet,
     test: DeviceSet,
     chunk_seqs: usize,
+    bf16_gemm: bool,
     tape: Tape<CudaKernels>,
     /// ∇L_dev of a backward step, and a one-element result for the calls that return a loss.
     dev_grad: DeviceBuf,
@@ -115,6 +116,7 @@ impl CudaTransformer {
             dev,
             test,
             chunk_seqs,
+            bf16_gemm: false,
             tape: Tape::default(),
             dev_grad,
             scalar,
@@ -125,6 +127,14 @@ impl CudaTransformer {
     /// memory, more launches. Tests use it to cross chunk boundaries on small sets.
     pub fn with_chunk_seqs(mut self, seqs: usize) -> Self {
         self.chunk_seqs = seqs.max(1);
+        self
+    }
+
+    /// Every GEMM on tensor cores with bf16 operands (f32 storage and sums): the `cuda-bf16`
+    /// engine, several times faster, to about three significant digits per product.
+    pub fn with_bf16_gemm(mut self) -> Self {
+        self.k.set_bf16_gemm(true);
+        self.bf16_gemm = true;
         self
     }
 
@@ -244,7 +254,7 @@ impl Engine for CudaTransformer {
     type Vec = CudaVec;
 
     fn name(&self) -> String {
-        format!("{BACKEND}-f32")
+        format!("{BACKEND}-{}", if self.bf16_gemm { "bf16" } else { "f32" })
     }
     fn num_params(&self) -> usize {
         self.layout.len
