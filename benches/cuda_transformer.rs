@@ -1,4 +1,4 @@
-//! CUDA benchmarks of the Transformer task (a bench binary: scripts/gpu-check.sh runs it on the GPU
+//! CUDA benchmarks of the Transformer task (f32, and bf16 GEMMs on tensor cores) (a bench binary: scripts/gpu-check.sh runs it on the GPU
 //! machine; without a CUDA device it prints SKIPPED).
 //!
 //! At the scaled default (hidden 64, 4 heads, context 32, N = 1024) and at the paper's size
@@ -19,7 +19,7 @@ use learnlaw::policy::Policy;
 use learnlaw::text::TokenData;
 use learnlaw::transformer::kernels::{GemmShape, LayerKernels, Operand, Output};
 use learnlaw::transformer::{init_params, TransformerConfig};
-use learnlaw::Engine;
+use learnlaw::{Engine, StepFlops};
 
 /// Random token rows: the speed of a step does not depend on the ids.
 fn data(n_train: usize, n_dev: usize, seq_len: usize, vocab: usize) -> TokenData {
@@ -82,14 +82,11 @@ fn cublas_ms(m: usize, n: usize, k: usize) -> Option<f64> {
     }))
 }
 
-fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
+/// The engine's forward and backward steps (ms), its step FLOPs, working set and device.
+fn steps(cfg: &TransformerConfig, data: &TokenData, bf16: bool) -> learnlaw::Result<(f64, f64, StepFlops, u64, String)> {
     let n = data.n_train();
-    let l = data.seq_len - 1;
-    let tokens = n * l;
-    let mut e = match CudaTransformer::new(cfg, data) {
-        Ok(e) => e,
-        Err(err) => return println!("SKIPPED cuda transformer: {err}"),
-    };
+    let e = CudaTransformer::new(cfg, data)?;
+    let mut e = if bf16 { e.with_bf16_gemm() } else { e };
     let up = |e: &mut CudaTransformer, v: &[f32]| e.upload(v).unwrap();
     let theta = up(&mut e, &init_params(cfg, 10));
     let gamma = up(&mut e, &Policy::constant(1, n).gamma);
@@ -105,32 +102,50 @@ fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
         e.backward_step(&theta, &gamma, 0, &v, 0.1, 1e-3, &mut grad, &mut lambda).unwrap();
         e.sync().unwrap()
     });
-    let (flops, working_set, device) = (e.step_flops(), e.working_set_bytes(), e.device_name().to_string());
-    drop(e);
+    Ok((forward, backward, e.step_flops(), e.working_set_bytes(), e.device_name().to_string()))
+}
 
+/// gemm.cu on [m, k]·[k, n] (ms).
+fn gemm_ms(m: usize, n: usize, k: usize, bf16: bool) -> f64 {
+    let kernels = CudaKernels::open(0).unwrap();
+    let mut kernels = if bf16 { kernels.with_bf16_gemm() } else { kernels };
+    let a = kernels.upload_buf(&(0..m * k).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
+    let w = kernels.upload_buf(&(0..k * n).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
+    let mut out = kernels.upload_buf(&vec![0.0; m * n]).unwrap();
+    mean_ms(5, || {
+        let op = |x| Operand { v: x, t: None, at: 0, trans: false };
+        kernels.gemm(GemmShape::single(m, n, k), op(&a), op(&w), 0.0, Output { v: Some(&mut out), t: None, at: 0 });
+        kernels.sync().unwrap()
+    })
+}
+
+fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
+    let n = data.n_train();
+    let l = data.seq_len - 1;
+    let tokens = n * l;
+    let (forward, backward, flops, working_set, device) = match steps(cfg, data, false) {
+        Ok(r) => r,
+        Err(err) => return println!("SKIPPED cuda transformer: {err}"),
+    };
+    let (forward_bf16, backward_bf16, ..) = steps(cfg, data, true).expect("cuda-bf16 engine");
     // The FFN's first product over every training token, as one GEMM.
     let (h, f) = (cfg.hidden, cfg.ffn);
-    let mut k = CudaKernels::open(0).unwrap();
-    let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
-    let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
-    let mut out = k.upload_buf(&vec![0.0; tokens * f]).unwrap();
-    let gemm = mean_ms(5, || {
-        let op = |x| Operand { v: x, t: None, at: 0, trans: false };
-        k.gemm(GemmShape::single(tokens, f, h), op(&a), op(&w), 0.0, Output { v: Some(&mut out), t: None, at: 0 });
-        k.sync().unwrap()
-    });
+    let (gemm, gemm_bf16) = (gemm_ms(tokens, f, h, false), gemm_ms(tokens, f, h, true));
     let blas = cublas_ms(tokens, f, h);
     let gemm_flops = 2.0 * (tokens * h * f) as f64;
     let tflops = |fl: f64, ms: f64| fl / (ms * 1e9);
     let ceiling = blas.map(|ms| tflops(gemm_flops, ms));
 
-    println!("\n{label}: {p} parameters, {n} sequences × {l} tokens on {device}");
+    println!("\n{label}: {} parameters, {n} sequences × {l} tokens on {device}", cfg.layout().len);
     println!("{:<30} {:>10} {:>10} {:>12}", "case", "ms", "TFLOP/s", "of cuBLAS");
     let rows = [
         ("cublas_sgemm_f32", blas, gemm_flops),
         ("cuda_gemm_f32", Some(gemm), gemm_flops),
+        ("cuda_gemm_bf16", Some(gemm_bf16), gemm_flops),
         ("cuda_transformer_forward_step_f32", Some(forward), flops.forward),
         ("cuda_transformer_backward_step_f32", Some(backward), flops.backward),
+        ("cuda_transformer_forward_step_bf16", Some(forward_bf16), flops.forward),
+        ("cuda_transformer_backward_step_bf16", Some(backward_bf16), flops.backward),
     ];
     for (id, ms, fl) in rows {
         let Some(ms) = ms else { continue };
