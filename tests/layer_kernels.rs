@@ -347,6 +347,12 @@ layer_kernel_tests!(cuda_small_head_chunks, cuda_or_skip(CudaKernels::open(0)).m
 // The same CUDA C compiled for the host and run on the CPU (learnlaw_cuda::HostSim): executes
 // every CUDA kernel here and in CI, where no GPU is.
 layer_kernel_tests!(cuda_on_host, host_sim_or_skip(CudaKernels::on_host()), Tol::of::<f32>());
+// attention.cu's kernels that store P, where the flash ones would run (head width ≤ 16).
+layer_kernel_tests!(
+    cuda_on_host_stored_attention,
+    host_sim_or_skip(CudaKernels::on_host()).map(|k| k.with_stored_attention()),
+    Tol::of::<f32>()
+);
 layer_kernel_tests!(
     cuda_on_host_small_head_chunks,
     host_sim_or_skip(CudaKernels::on_host()).map(|k| k.with_head_chunk_logits(100)),

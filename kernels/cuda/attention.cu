@@ -38,7 +38,9 @@
 //     the Ȯ loop (same values stored, one pass over the row less each); backward_cols lets all lanes
 //     of a warp walk i from lane 0's j (a lane adds only its terms i ≥ j, in order), so those
 //     loads are broadcasts too.
-//   Not yet: the flash-style tiled kernel that keeps only the row statistics instead of P.
+//   flash (dh ≤ FLASH_DH, the engine's default there): no P at all, per-row statistics only — see
+//     the section at the end of this file. Next: tiles of rows and columns in shared memory with
+//     the dots on tensor cores, for long sequences.
 
 #define BLOCK 64
 // Head widths up to this run the register variant.
@@ -494,5 +496,225 @@ extern "C" __global__ void __launch_bounds__(BLOCK) backward_cols(
         } else {
             cols_generic(cq, cq_t, cs, cs_t, cp, cp_t, cgo, cgo_t, cgk, cgk_t, cgv, cgv_t, par, it, dh, tan);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// flash_forward / flash_backward_rows / flash_backward_cols — the same forward, backward and
+// tangents without P: no [L, L] matrix in memory, only per-row statistics (the engine's choice
+// for dh ≤ FLASH_DH, i.e. the paper's model). One thread per (sequence, head, row), its own rows
+// and accumulators in registers; every other row is read once per term (a broadcast: the lanes
+// of a warp walk the same j or i).
+//   flash_forward (row i): one pass over j ≤ i with the online softmax (running max m, sum l,
+//     rescaled by e^{m_old − m_new}) accumulating O = Σ e^{s−m} V_j / l and, for the tangent,
+//     μ = Σ P ṡ, Σ P ṡ V_j and Σ P V̇_j, so that Ȯ = Σ P ṡ V − μ·O + Σ P V̇ (= Ṗ V + P V̇ with
+//     Ṗ = P ⊙ (ṡ − μ)). Saves the row's log-sum-exp L = m + log l and μ: stats, stats_t [items].
+//   flash_backward_rows (row i): P_ij = e^{s_ij − L_i} and Ṗ_ij = P_ij (ṡ_ij − μ_i) recomputed;
+//     a first pass over j forms ρ = Σ_j gP P and ρ̇ = Σ_j (ġP P + gP Ṗ) (gP = gO_i·V_j, ġP =
+//     ġO_i·V_j + gO_i·V̇_j), a second gS = P (gP − ρ), ġS = Ṗ (gP − ρ) + P (ġP − ρ̇) and gQ = c Σ_j gS
+//     K_j, ġQ = c Σ_j (ġS K_j + gS K̇_j). ρ, ρ̇ go to rows [items, 2] for the columns.
+//   flash_backward_cols (key row j): the same P, Ṗ, gS, ġS over i ≥ j, summed in i order into gK =
+//     c Σ gS Q_i, gV = Σ P gO_i and their tangents c Σ (ġS Q_i + gS Q̇_i), Σ (Ṗ gO_i + P ġO_i).
+// Parameters: q, q_t, k, k_t, v, v_t, stats, stats_t, then go, go_t, rows for the backward,
+//   then the outputs, then AttentionParams; tangent buffers only with tangent == 1.
+// Memory: 2 + 2 floats per row instead of 2·L (P, Ṗ) + 2·L (gS, ġS); compute: S and Ṡ are
+//   recomputed by each kernel (2·dh flops per term, small against the stored-P traffic at L = 64).
+#define FLASH_DH 16
+
+// Loads dh ≤ FLASH_DH values of row r (zero beyond dh).
+__device__ __forceinline__ void load_row(float (&x)[FLASH_DH], const float* __restrict__ m, size_t at, unsigned int dh) {
+#pragma unroll
+    for (int d = 0; d < FLASH_DH; ++d) x[d] = d < (int)dh ? m[at + d] : 0.0f;
+}
+
+__device__ __forceinline__ float dot_row(const float (&x)[FLASH_DH], const float* __restrict__ m, size_t at, unsigned int dh) {
+    float s = 0.0f;
+#pragma unroll
+    for (int d = 0; d < FLASH_DH; ++d)
+        if (d < (int)dh) s += x[d] * m[at + d];
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) flash_forward(const float* __restrict__ q, const float* __restrict__ q_t,
+                                                                  const float* __restrict__ k, const float* __restrict__ k_t,
+                                                                  const float* __restrict__ v, const float* __restrict__ v_t,
+                                                                  float* stats, float* stats_t, float* o, float* o_t,
+                                                                  const AttentionParams par) {
+    const unsigned int dh = par.hidden / par.heads, total = par.seqs * par.heads * par.len;
+    const bool tan = par.tangent == 1u;
+    for (unsigned int item = blockIdx.x * BLOCK + threadIdx.x; item < total; item += gridDim.x * BLOCK) {
+        const Item it = item_of(par, item);
+        const unsigned int i = it.row;
+        const size_t ri = it.head + (size_t)i * par.hidden;
+        float qi[FLASH_DH], qti[FLASH_DH], acc[FLASH_DH], acc_sv[FLASH_DH], acc_vt[FLASH_DH];
+        load_row(qi, q, ri, dh);
+        if (tan) load_row(qti, q_t, ri, dh);
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d) acc[d] = acc_sv[d] = acc_vt[d] = 0.0f;
+        float m = -3.0e38f, l = 0.0f, acc_mu = 0.0f;
+        for (unsigned int j = 0; j <= i; ++j) {
+            const size_t rj = it.head + (size_t)j * par.hidden;
+            const float s = par.scale * dot_row(qi, k, rj, dh);
+            const float m_new = fmaxf(m, s), corr = expf(m - m_new), e = expf(s - m_new);
+            l = l * corr + e;
+            if (tan) {
+                const float st = par.scale * (dot_row(qti, k, rj, dh) + dot_row(qi, k_t, rj, dh));
+                acc_mu = acc_mu * corr + e * st;
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) {
+                        const float vj = v[rj + d];
+                        acc[d] = acc[d] * corr + e * vj;
+                        acc_sv[d] = acc_sv[d] * corr + e * st * vj;
+                        acc_vt[d] = acc_vt[d] * corr + e * v_t[rj + d];
+                    }
+            } else {
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) acc[d] = acc[d] * corr + e * v[rj + d];
+            }
+            m = m_new;
+        }
+        const float inv = 1.0f / l, mu = acc_mu * inv;
+        stats[item] = m + logf(l);
+        if (tan) stats_t[item] = mu;
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d)
+            if (d < (int)dh) {
+                const float od = acc[d] * inv;
+                o[ri + d] = od;
+                if (tan) o_t[ri + d] = acc_sv[d] * inv - mu * od + acc_vt[d] * inv;
+            }
+    }
+}
+
+// P_ij and Ṗ_ij of query row i (registers qi, qti) and key row j, from the row's statistics.
+__device__ __forceinline__ void probability(const float (&qi)[FLASH_DH], const float (&qti)[FLASH_DH], const float* __restrict__ k,
+                                            const float* __restrict__ k_t, size_t rj, unsigned int dh, float scale, float lse, float mu,
+                                            bool tan, float& p, float& pt) {
+    p = expf(scale * dot_row(qi, k, rj, dh) - lse);
+    pt = tan ? p * (scale * (dot_row(qti, k, rj, dh) + dot_row(qi, k_t, rj, dh)) - mu) : 0.0f;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) flash_backward_rows(
+    const float* __restrict__ q, const float* __restrict__ q_t, const float* __restrict__ k, const float* __restrict__ k_t,
+    const float* __restrict__ v, const float* __restrict__ v_t, const float* __restrict__ stats, const float* __restrict__ stats_t,
+    const float* __restrict__ go, const float* __restrict__ go_t, float* rows, float* gq, float* gq_t, const AttentionParams par) {
+    const unsigned int dh = par.hidden / par.heads, total = par.seqs * par.heads * par.len;
+    const bool tan = par.tangent == 1u;
+    for (unsigned int item = blockIdx.x * BLOCK + threadIdx.x; item < total; item += gridDim.x * BLOCK) {
+        const Item it = item_of(par, item);
+        const unsigned int i = it.row;
+        const size_t ri = it.head + (size_t)i * par.hidden;
+        float qi[FLASH_DH], qti[FLASH_DH], gi[FLASH_DH], gti[FLASH_DH];
+        load_row(qi, q, ri, dh);
+        load_row(gi, go, ri, dh);
+        if (tan) {
+            load_row(qti, q_t, ri, dh);
+            load_row(gti, go_t, ri, dh);
+        }
+        const float lse = stats[item], mu = tan ? stats_t[item] : 0.0f;
+        float rho = 0.0f, rho_t = 0.0f;
+        for (unsigned int j = 0; j <= i; ++j) {
+            const size_t rj = it.head + (size_t)j * par.hidden;
+            float p, pt;
+            probability(qi, qti, k, k_t, rj, dh, par.scale, lse, mu, tan, p, pt);
+            const float gp = dot_row(gi, v, rj, dh);
+            rho += gp * p;
+            if (tan) rho_t += (dot_row(gti, v, rj, dh) + dot_row(gi, v_t, rj, dh)) * p + gp * pt;
+        }
+        rows[2 * (size_t)item] = rho;
+        rows[2 * (size_t)item + 1] = rho_t;
+        float acc[FLASH_DH], acc_t[FLASH_DH];
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d) acc[d] = acc_t[d] = 0.0f;
+        for (unsigned int j = 0; j <= i; ++j) {
+            const size_t rj = it.head + (size_t)j * par.hidden;
+            float p, pt;
+            probability(qi, qti, k, k_t, rj, dh, par.scale, lse, mu, tan, p, pt);
+            const float gp = dot_row(gi, v, rj, dh), gs = p * (gp - rho);
+            if (tan) {
+                const float gpt = dot_row(gti, v, rj, dh) + dot_row(gi, v_t, rj, dh);
+                const float gst = pt * (gp - rho) + p * (gpt - rho_t);
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) {
+                        acc[d] += gs * k[rj + d];
+                        acc_t[d] += gst * k[rj + d] + gs * k_t[rj + d];
+                    }
+            } else {
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) acc[d] += gs * k[rj + d];
+            }
+        }
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d)
+            if (d < (int)dh) {
+                gq[ri + d] = par.scale * acc[d];
+                if (tan) gq_t[ri + d] = par.scale * acc_t[d];
+            }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) flash_backward_cols(
+    const float* __restrict__ q, const float* __restrict__ q_t, const float* __restrict__ k, const float* __restrict__ k_t,
+    const float* __restrict__ v, const float* __restrict__ v_t, const float* __restrict__ stats, const float* __restrict__ stats_t,
+    const float* __restrict__ go, const float* __restrict__ go_t, const float* __restrict__ rows, float* gk, float* gk_t, float* gv,
+    float* gv_t, const AttentionParams par) {
+    const unsigned int dh = par.hidden / par.heads, total = par.seqs * par.heads * par.len;
+    const bool tan = par.tangent == 1u;
+    for (unsigned int item = blockIdx.x * BLOCK + threadIdx.x; item < total; item += gridDim.x * BLOCK) {
+        const Item it = item_of(par, item);
+        const unsigned int j = it.row, row0 = item - j;  // item of row 0 of this (sequence, head)
+        const size_t rj = it.head + (size_t)j * par.hidden;
+        float kj[FLASH_DH], ktj[FLASH_DH], vj[FLASH_DH], vtj[FLASH_DH];
+        load_row(kj, k, rj, dh);
+        load_row(vj, v, rj, dh);
+        if (tan) {
+            load_row(ktj, k_t, rj, dh);
+            load_row(vtj, v_t, rj, dh);
+        }
+        float ak[FLASH_DH], av[FLASH_DH], akt[FLASH_DH], avt[FLASH_DH];
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d) ak[d] = av[d] = akt[d] = avt[d] = 0.0f;
+        for (unsigned int i = j; i < par.len; ++i) {
+            const size_t ri = it.head + (size_t)i * par.hidden;
+            const unsigned int row = row0 + i;
+            const float p = expf(par.scale * dot_row(kj, q, ri, dh) - stats[row]);
+            const float gp = dot_row(vj, go, ri, dh), rho = rows[2 * (size_t)row];
+            const float gs = p * (gp - rho);
+            if (tan) {
+                const float pt = p * (par.scale * (dot_row(kj, q_t, ri, dh) + dot_row(ktj, q, ri, dh)) - stats_t[row]);
+                const float gpt = dot_row(vj, go_t, ri, dh) + dot_row(vtj, go, ri, dh);
+                const float gst = pt * (gp - rho) + p * (gpt - rows[2 * (size_t)row + 1]);
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) {
+                        const float qd = q[ri + d], gd = go[ri + d];
+                        ak[d] += gs * qd;
+                        av[d] += p * gd;
+                        akt[d] += gst * qd + gs * q_t[ri + d];
+                        avt[d] += pt * gd + p * go_t[ri + d];
+                    }
+            } else {
+#pragma unroll
+                for (int d = 0; d < FLASH_DH; ++d)
+                    if (d < (int)dh) {
+                        ak[d] += gs * q[ri + d];
+                        av[d] += p * go[ri + d];
+                    }
+            }
+        }
+#pragma unroll
+        for (int d = 0; d < FLASH_DH; ++d)
+            if (d < (int)dh) {
+                gk[rj + d] = par.scale * ak[d];
+                gv[rj + d] = av[d];
+                if (tan) {
+                    gk_t[rj + d] = par.scale * akt[d];
+                    gv_t[rj + d] = avt[d];
+                }
+            }
     }
 }

@@ -41,7 +41,7 @@ pub const RMSNORM: KernelFile = KernelFile {
 pub const ATTENTION: KernelFile = KernelFile {
     name: "attention.cu",
     source: include_str!("../../../../kernels/cuda/attention.cu"),
-    entries: &["forward", "backward_rows", "backward_cols"],
+    entries: &["forward", "backward_rows", "backward_cols", "flash_forward", "flash_backward_rows", "flash_backward_cols"],
     storages: &[Storage::F32],
 };
 pub const EMBEDDING: KernelFile = KernelFile {
@@ -64,6 +64,8 @@ const BLOCK: u32 = 256;
 /// Threads per block of attention.cu, embedding.cu and cross_entropy.cu (their `WG`, the WGSL
 /// workgroup size).
 const WG: u32 = 64;
+/// Head widths up to this run attention.cu's flash kernels (its FLASH_DH).
+const FLASH_DH: usize = 16;
 /// Rows per block of rmsnorm.cu's row kernels (a warp each).
 const NORM_ROWS_PER_BLOCK: usize = 8;
 /// Rows per block of rmsnorm.cu's parameter partial sums (its BLOCK_ROWS).
@@ -119,11 +121,13 @@ pub struct DeviceIds {
     csr_vocab: usize,
 }
 
-/// What attention keeps for its backward: P and Ṗ [B, heads, L, L].
+/// What attention keeps for its backward: P and Ṗ [B, heads, L, L], or with the flash kernels
+/// each row's log-sum-exp and μ = Σ_j P Ṡ [B, heads, L].
 #[derive(Default)]
 pub struct DeviceAttention {
     p: DeviceBuf,
     p_t: DeviceBuf,
+    flash: bool,
 }
 
 /// What the head + cross-entropy keeps: per row [loss, dot, lse, mean], per sequence the non-PAD
@@ -147,6 +151,8 @@ pub struct CudaKernels {
     head_chunk_logits: usize,
     /// GEMMs on tensor cores with bf16 operands (gemm.cu's `gemm_bf16_*`) instead of f32.
     bf16_gemm: bool,
+    /// Attention through the kernels that store P even where the flash ones apply.
+    stored_attention: bool,
     /// Bytes of the buffers these kernels allocated and still hold.
     allocated: u64,
     error: Option<Error>,
@@ -214,6 +220,7 @@ impl CudaKernels {
             attention_gs_t: DeviceBuf::default(),
             head_chunk_logits: HEAD_CHUNK_LOGITS,
             bf16_gemm: false,
+            stored_attention: false,
             allocated: 0,
             error: None,
         }
@@ -240,6 +247,13 @@ impl CudaKernels {
 
     pub(crate) fn set_bf16_gemm(&mut self, on: bool) {
         self.bf16_gemm = on;
+    }
+
+    /// Attention by the kernels that store P [B, heads, L, L] (attention.cu's first entries) even
+    /// where the flash ones (row statistics only, head width ≤ 16) apply: for tests and benches.
+    pub fn with_stored_attention(mut self) -> Self {
+        self.stored_attention = true;
+        self
     }
 
     /// Bytes of device memory these kernels hold: activations, saved state and scratch of the
@@ -575,9 +589,12 @@ impl LayerKernels for CudaKernels {
             return;
         }
         let tangent = o.t.is_some();
-        self.sized(&mut saved.p, items * d.len);
+        saved.flash = d.hidden / d.heads <= FLASH_DH && !self.stored_attention;
+        // The flash kernels keep two floats per row, the others P and Ṗ.
+        let per_item = if saved.flash { 1 } else { d.len };
+        self.sized(&mut saved.p, items * per_item);
         if tangent {
-            self.sized(&mut saved.p_t, items * d.len);
+            self.sized(&mut saved.p_t, items * per_item);
         }
         let ptrs = [
             q.v.ptr,
@@ -591,7 +608,8 @@ impl LayerKernels for CudaKernels {
             o.v.ptr,
             ptr(o.t.as_deref()),
         ];
-        self.launch(&ATTENTION, "forward", &ptrs, attention_params(d, scale, tangent), blocks(items, WG as usize), WG);
+        let entry = if saved.flash { "flash_forward" } else { "forward" };
+        self.launch(&ATTENTION, entry, &ptrs, attention_params(d, scale, tangent), blocks(items, WG as usize), WG);
     }
 
     fn attention_backward(
@@ -612,34 +630,58 @@ impl LayerKernels for CudaKernels {
             return;
         }
         let tangent = gq.t.is_some();
-        let (mut gs, mut gs_t) = (std::mem::take(&mut self.attention_gs), std::mem::take(&mut self.attention_gs_t));
-        self.sized(&mut gs, items * d.len);
-        if tangent {
-            self.sized(&mut gs_t, items * d.len);
-        }
-        let tan = |b: Option<&DeviceBuf>| if tangent { ptr(b) } else { 0 };
-        let p_t = ptr(when(tangent, &saved.p_t));
-        let gs_tp = ptr(when(tangent, &gs_t));
-        let rows =
-            [k.v.ptr, tan(k.t), v.v.ptr, tan(v.t), saved.p.ptr, p_t, go.v.ptr, tan(go.t), gs.ptr, gs_tp, gq.v.ptr, ptr(gq.t.as_deref())];
-        let cols = [
-            q.v.ptr,
-            tan(q.t),
-            gs.ptr,
-            gs_tp,
-            saved.p.ptr,
-            p_t,
-            go.v.ptr,
-            tan(go.t),
-            gk.v.ptr,
-            ptr(gk.t.as_deref()),
-            gv.v.ptr,
-            ptr(gv.t.as_deref()),
-        ];
         let params = attention_params(d, scale, tangent);
         let grid = blocks(items, WG as usize);
-        self.launch(&ATTENTION, "backward_rows", &rows, params, grid, WG);
-        self.launch(&ATTENTION, "backward_cols", &cols, params, grid, WG);
+        let tan = |b: Option<&DeviceBuf>| if tangent { ptr(b) } else { 0 };
+        let p_t = ptr(when(tangent, &saved.p_t));
+        let (mut gs, mut gs_t) = (std::mem::take(&mut self.attention_gs), std::mem::take(&mut self.attention_gs_t));
+        if saved.flash {
+            // ρ and ρ̇ per row, from the rows kernel to the columns kernel.
+            self.sized(&mut gs, 2 * items);
+            let inputs = [q.v.ptr, tan(q.t), k.v.ptr, tan(k.t), v.v.ptr, tan(v.t), saved.p.ptr, p_t, go.v.ptr, tan(go.t), gs.ptr];
+            let mut rows = inputs.to_vec();
+            rows.extend([gq.v.ptr, ptr(gq.t.as_deref())]);
+            let mut cols = inputs.to_vec();
+            cols.extend([gk.v.ptr, ptr(gk.t.as_deref()), gv.v.ptr, ptr(gv.t.as_deref())]);
+            self.launch(&ATTENTION, "flash_backward_rows", &rows, params, grid, WG);
+            self.launch(&ATTENTION, "flash_backward_cols", &cols, params, grid, WG);
+        } else {
+            self.sized(&mut gs, items * d.len);
+            if tangent {
+                self.sized(&mut gs_t, items * d.len);
+            }
+            let gs_tp = ptr(when(tangent, &gs_t));
+            let rows = [
+                k.v.ptr,
+                tan(k.t),
+                v.v.ptr,
+                tan(v.t),
+                saved.p.ptr,
+                p_t,
+                go.v.ptr,
+                tan(go.t),
+                gs.ptr,
+                gs_tp,
+                gq.v.ptr,
+                ptr(gq.t.as_deref()),
+            ];
+            let cols = [
+                q.v.ptr,
+                tan(q.t),
+                gs.ptr,
+                gs_tp,
+                saved.p.ptr,
+                p_t,
+                go.v.ptr,
+                tan(go.t),
+                gk.v.ptr,
+                ptr(gk.t.as_deref()),
+                gv.v.ptr,
+                ptr(gv.t.as_deref()),
+            ];
+            self.launch(&ATTENTION, "backward_rows", &rows, params, grid, WG);
+            self.launch(&ATTENTION, "backward_cols", &cols, params, grid, WG);
+        }
         self.attention_gs = gs;
         self.attention_gs_t = gs_t;
     }
