@@ -9,6 +9,9 @@
 //   axpby         y_i ← x_i + a·y_i                   (θ − η·g, λ_next − η·Hλ in place)
 //   relu_forward  y_i ← max(x_i, 0), ẏ_i ← ẋ_i·[x_i > 0]
 //   relu_backward y_i ← y_i·[x_i > 0], ẏ_i ← ẏ_i·[x_i > 0]   (ReLU'' = 0 almost everywhere)
+//   sum_slices    y_{y_at+i} ← a·y_{y_at+i} + Σ_{s < S} x_{s·len+i} (a = 0 overwrites), and the
+//                 tangents: the reduction of a split-k GEMM's partial products, slices in order
+//                 (deterministic, unlike atomics)
 // Buffers (f32): x, x_t, y, y_t [len] from element 0 (scale_copy: from x_at, y_at); unused pointers
 //   are null and never read. No restrict qualifiers: x and y may be one buffer.
 // Geometry: blocks of 256 threads, grid-stride over the elements.
@@ -20,7 +23,8 @@ struct ElementwiseParams {
     unsigned int len, tangent;
     float value;
     unsigned int x_at, y_at;
-    unsigned int _pad0, _pad1, _pad2;
+    unsigned int slices;  // sum_slices' S
+    unsigned int _pad1, _pad2;
 };
 
 #define FOR_EACH(i) for (unsigned int i = blockIdx.x * BLOCK + threadIdx.x; i < p.len; i += gridDim.x * BLOCK)
@@ -63,5 +67,18 @@ extern "C" __global__ void __launch_bounds__(BLOCK) relu_backward(const float* x
         const bool on = x[i] > 0.0f;
         y[i] = on ? y[i] : 0.0f;
         if (p.tangent) y_t[i] = on ? y_t[i] : 0.0f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK) sum_slices(const float* x, const float* x_t, float* y, float* y_t,
+                                                               const ElementwiseParams p) {
+    FOR_EACH(i) {
+        float v = 0.0f, t = 0.0f;
+        for (unsigned int s = 0; s < p.slices; ++s) {
+            v += x[(size_t)s * p.len + i];
+            if (p.tangent) t += x_t[(size_t)s * p.len + i];
+        }
+        if (y) y[p.y_at + i] = p.value != 0.0f ? p.value * y[p.y_at + i] + v : v;
+        if (p.tangent) y_t[p.y_at + i] = p.value != 0.0f ? p.value * y_t[p.y_at + i] + t : t;
     }
 }

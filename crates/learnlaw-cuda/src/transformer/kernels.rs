@@ -29,7 +29,7 @@ pub const GEMM: KernelFile = KernelFile {
 pub const ELEMENTWISE: KernelFile = KernelFile {
     name: "elementwise.cu",
     source: include_str!("../../../../kernels/cuda/elementwise.cu"),
-    entries: &["fill", "scale_copy", "axpby", "add", "relu_forward", "relu_backward"],
+    entries: &["fill", "scale_copy", "axpby", "add", "relu_forward", "relu_backward", "sum_slices"],
     storages: &[Storage::F32],
 };
 pub const RMSNORM: KernelFile = KernelFile {
@@ -72,6 +72,12 @@ const NORM_ROWS_PER_BLOCK: usize = 8;
 const NORM_BLOCK_ROWS: usize = 64;
 /// The output tile of gemm.cu (its TILE).
 const GEMM_TILE: usize = 64;
+/// GEMMs of fewer output tiles than this split a long k (see `CudaKernels::gemm_split_k`): about
+/// two blocks per SM of an H200 otherwise idle.
+const SPLIT_TILES: usize = 256;
+/// The k of one slice of a split GEMM (the default of `CudaKernels::split_k`), and the most slices.
+const SPLIT_K: usize = 1024;
+const MAX_SLICES: usize = 64;
 /// Threads per block of gemm.cu's tensor-core entries (its TC_THREADS).
 const TC_THREADS: u32 = 128;
 /// Logits per chunk of the head + cross-entropy ([rows, vocab], value and tangent): bounds its
@@ -153,6 +159,10 @@ pub struct CudaKernels {
     bf16_gemm: bool,
     /// Attention through the kernels that store P even where the flash ones apply.
     stored_attention: bool,
+    /// The k of one slice of a split-k GEMM, and the partial products' scratch (and tangents).
+    split_k: usize,
+    gemm_partials: DeviceBuf,
+    gemm_partials_t: DeviceBuf,
     /// Bytes of the buffers these kernels allocated and still hold.
     allocated: u64,
     error: Option<Error>,
@@ -171,7 +181,7 @@ macro_rules! params {
 params! {
     GemmParams { m: u32, n: u32, k: u32, batch: u32, sa: u32, sb: u32, sc: u32, aa: u32, ab: u32, ac: u32, ta: u32, tb: u32,
                  beta: f32, flags: u32, tiles_m: u32, tiles_n: u32 }
-    ElementwiseParams { len: u32, tangent: u32, value: f32, x_at: u32, y_at: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+    ElementwiseParams { len: u32, tangent: u32, value: f32, x_at: u32, y_at: u32, slices: u32, _pad1: u32, _pad2: u32 }
     NormParams { rows: u32, h: u32, pw: u32, pb: u32, tangent: u32, want_grad: u32, want_hvp: u32, blocks: u32 }
     AttentionParams { seqs: u32, len: u32, heads: u32, hidden: u32, scale: f32, tangent: u32, _pad0: u32, _pad1: u32 }
     EmbeddingParams { at: u32, seqs: u32, seq_len: u32, h: u32, vocab: u32, ptok: u32, ppos: u32, tangent: u32, want_grad: u32,
@@ -221,6 +231,9 @@ impl CudaKernels {
             head_chunk_logits: HEAD_CHUNK_LOGITS,
             bf16_gemm: false,
             stored_attention: false,
+            split_k: SPLIT_K,
+            gemm_partials: DeviceBuf::default(),
+            gemm_partials_t: DeviceBuf::default(),
             allocated: 0,
             error: None,
         }
@@ -247,6 +260,13 @@ impl CudaKernels {
 
     pub(crate) fn set_bf16_gemm(&mut self, on: bool) {
         self.bf16_gemm = on;
+    }
+
+    /// Split-k GEMMs from slices of `k` (instead of 1024) on: tests use it to run that path on
+    /// small shapes.
+    pub fn with_split_k(mut self, k: usize) -> Self {
+        self.split_k = k.max(1);
+        self
     }
 
     /// Attention by the kernels that store P [B, heads, L, L] (attention.cu's first entries) even
@@ -343,6 +363,82 @@ impl CudaKernels {
         self.elementwise("add", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
     }
 
+    /// One launch of gemm.cu for the whole (batched) product.
+    fn gemm_direct(&mut self, s: GemmShape, a: Operand<DeviceBuf>, b: Operand<DeviceBuf>, beta: f64, c: Output<DeviceBuf>) {
+        let tangent = c.t.is_some();
+        let flags = c.v.is_some() as u32 | (tangent as u32) << 1;
+        let (tiles_m, tiles_n) = (s.m.div_ceil(GEMM_TILE), s.n.div_ceil(GEMM_TILE));
+        let params = GemmParams {
+            m: u(s.m),
+            n: u(s.n),
+            k: u(s.k),
+            batch: u(s.batch),
+            sa: u(s.stride_a),
+            sb: u(s.stride_b),
+            sc: u(s.stride_c),
+            aa: u(a.at),
+            ab: u(b.at),
+            ac: u(c.at),
+            ta: a.trans as u32,
+            tb: b.trans as u32,
+            beta: beta as f32,
+            flags,
+            tiles_m: u(tiles_m),
+            tiles_n: u(tiles_n),
+        };
+        let tan = |x: Option<&DeviceBuf>| if tangent { ptr(x) } else { 0 };
+        let ptrs = [a.v.ptr, tan(a.t), b.v.ptr, tan(b.t), ptr(c.v.as_deref()), ptr(c.t.as_deref())];
+        let grid = blocks(s.batch * tiles_m * tiles_n, 1);
+        let (entry, threads) = match (self.bf16_gemm, tangent) {
+            (false, false) => ("gemm_value", BLOCK),
+            (false, true) => ("gemm_pair", BLOCK),
+            (true, false) => ("gemm_bf16_value", TC_THREADS),
+            (true, true) => ("gemm_bf16_pair", TC_THREADS),
+        };
+        self.launch(&GEMM, entry, &ptrs, params, grid, threads);
+    }
+
+    /// C ← op(A)·B + β·C with A transposed, as S slices of k: partial products (a strided batch
+    /// over the slices, and one more for a remainder) into scratch [S, m, n], then their sum in
+    /// slice order (elementwise.cu's sum_slices). Deterministic: S depends on the shape only.
+    fn gemm_split_k(&mut self, s: GemmShape, a: Operand<DeviceBuf>, b: Operand<DeviceBuf>, beta: f64, c: Output<DeviceBuf>) {
+        let tangent = c.t.is_some();
+        let full = (s.k / self.split_k).min(MAX_SLICES);
+        let kc = s.k / full;
+        let rest = s.k - full * kc;
+        let slices = full + (rest > 0) as usize;
+        let mn = s.m * s.n;
+        let (mut part, mut part_t) = (std::mem::take(&mut self.gemm_partials), std::mem::take(&mut self.gemm_partials_t));
+        self.sized(&mut part, slices * mn);
+        if tangent {
+            self.sized(&mut part_t, slices * mn);
+        }
+        // `count` slices of `kc` rows of both operands from row k0, into partials from `slot`.
+        let mut partial = |k: &mut Self, k0: usize, count: usize, kc: usize, slot: usize| {
+            let shape = GemmShape { m: s.m, n: s.n, k: kc, batch: count, stride_a: kc * s.m, stride_b: kc * s.n, stride_c: mn };
+            let ao = Operand { v: a.v, t: a.t, at: a.at + k0 * s.m, trans: true };
+            let bo = Operand { v: b.v, t: b.t, at: b.at + k0 * s.n, trans: false };
+            let out = Output { v: Some(&mut part), t: if tangent { Some(&mut part_t) } else { None }, at: slot * mn };
+            k.gemm_direct(shape, ao, bo, 0.0, out);
+        };
+        partial(self, 0, full, kc, 0);
+        if rest > 0 {
+            partial(self, full * kc, 1, rest, full);
+        }
+        let params = ElementwiseParams {
+            len: u(mn),
+            tangent: tangent as u32,
+            value: beta as f32,
+            y_at: u(c.at),
+            slices: u(slices),
+            ..Default::default()
+        };
+        let ptrs = [part.ptr, ptr(when(tangent, &part_t)), ptr(c.v.as_deref()), ptr(c.t.as_deref())];
+        self.launch(&ELEMENTWISE, "sum_slices", &ptrs, params, blocks(mn, BLOCK as usize), BLOCK);
+        self.gemm_partials = part;
+        self.gemm_partials_t = part_t;
+    }
+
     /// Rows of the head's logits per chunk.
     fn head_chunk_rows(&self, vocab: usize) -> usize {
         (self.head_chunk_logits / vocab.max(1)).max(1)
@@ -413,37 +509,15 @@ impl LayerKernels for CudaKernels {
         if s.m == 0 || s.n == 0 || s.batch == 0 {
             return;
         }
-        let tangent = c.t.is_some();
-        let flags = c.v.is_some() as u32 | (tangent as u32) << 1;
-        let (tiles_m, tiles_n) = (s.m.div_ceil(GEMM_TILE), s.n.div_ceil(GEMM_TILE));
-        let params = GemmParams {
-            m: u(s.m),
-            n: u(s.n),
-            k: u(s.k),
-            batch: u(s.batch),
-            sa: u(s.stride_a),
-            sb: u(s.stride_b),
-            sc: u(s.stride_c),
-            aa: u(a.at),
-            ab: u(b.at),
-            ac: u(c.at),
-            ta: a.trans as u32,
-            tb: b.trans as u32,
-            beta: beta as f32,
-            flags,
-            tiles_m: u(tiles_m),
-            tiles_n: u(tiles_n),
-        };
-        let tan = |x: Option<&DeviceBuf>| if tangent { ptr(x) } else { 0 };
-        let ptrs = [a.v.ptr, tan(a.t), b.v.ptr, tan(b.t), ptr(c.v.as_deref()), ptr(c.t.as_deref())];
-        let grid = blocks(s.batch * tiles_m * tiles_n, 1);
-        let (entry, threads) = match (self.bf16_gemm, tangent) {
-            (false, false) => ("gemm_value", BLOCK),
-            (false, true) => ("gemm_pair", BLOCK),
-            (true, false) => ("gemm_bf16_value", TC_THREADS),
-            (true, true) => ("gemm_bf16_pair", TC_THREADS),
-        };
-        self.launch(&GEMM, entry, &ptrs, params, grid, threads);
+        // Few output tiles over a long k (the weight gradients: k = every token of a chunk): the
+        // k range in slices, one strided batch of partial products into scratch, then their sum
+        // in slice order. Aᵀ and B untransposed (the weight gradients' layout) make each slice a
+        // contiguous block of rows of both operands.
+        let tiles = s.m.div_ceil(GEMM_TILE) * s.n.div_ceil(GEMM_TILE);
+        if s.batch == 1 && a.trans && !b.trans && tiles < SPLIT_TILES && s.k >= 2 * self.split_k {
+            return self.gemm_split_k(s, a, b, beta, c);
+        }
+        self.gemm_direct(s, a, b, beta, c);
     }
 
     fn embed_forward(&mut self, t: Tokens<DeviceIds>, tok: Param<DeviceBuf>, pos: Param<DeviceBuf>, h: usize, x: PairMut<DeviceBuf>) {
