@@ -272,9 +272,16 @@ impl CudaPerceptron {
         &self.gpu.device_name
     }
 
-    /// The NVRTC architecture the kernels are compiled for, e.g. `compute_90`.
+    /// The architecture NVRTC compiles the kernels for: the device's own, e.g. `sm_90` (SASS), or
+    /// an older `compute_XY` (PTX) where NVRTC cannot target it.
+    #[allow(clippy::misnamed_getters)] // not the device's `compute_XY` (`Device::arch`)
     pub fn arch(&self) -> &str {
-        &self.gpu.arch
+        &self.gpu.target
+    }
+
+    /// The device, how its kernels are loaded, and the driver's and NVRTC's versions.
+    pub fn device_info(&self) -> crate::DeviceInfo {
+        self.gpu.info()
     }
 
     /// Blocks until every queued operation of the engine has finished (for timing).
