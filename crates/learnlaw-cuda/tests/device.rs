@@ -164,7 +164,7 @@ fn large_dimension_steps_match_the_reference() {
 #[test]
 fn zero_weight_rows_add_nothing_even_when_their_logit_is_nan() {
     let (dim, n) = (8, 500);
-    let zero_weight = |i: usize| i % 3 == 0;
+    let zero_weight = |i: usize| i.is_multiple_of(3);
     let set = |rows: usize, nan_rows: bool| {
         let mut x = vec![0f32; rows * dim];
         for i in 0..rows {
