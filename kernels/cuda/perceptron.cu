@@ -55,7 +55,9 @@
 //   (γ, y, its X vectors; θ and λ are in registers or shared memory) is issued before the first
 //   of them is used, so a row costs one memory round trip, not three (γ, then X, then y); the
 //   register variants for D ≤ 256 take two rows per iteration (both rows' loads in flight
-//   together), and pass_smem loads fixed tiles of TILE vectors per lane (128 bytes) before using any.
+//   together), and pass_smem loads fixed tiles of TILE vectors per lane (256 bytes) before using
+//   any: at D = 4096, 8 warps of one block per SM keep 64 KiB of loads in flight per SM, about
+//   twice what Little's law asks of an H200 (≈ 33 B/ns per SM × ≈ 0.8 µs).
 // Variants (naive → tuned):
 //   v0 (not kept as a kernel): one thread per row, a second kernel per column summing c_n x_n over
 //     all rows: X read twice, uncoalesced row reads.
@@ -65,8 +67,8 @@
 //     warp.
 //   pass_smem — any D: θ and λ staged in shared memory once per block; each warp accumulates c·x
 //     into its own D-vector in shared memory. The row is read in tiles of TILE vectors per lane
-//     (every tile's loads issued before its dot); when the row fits in one tile (D ≤ 1024 for f32,
-//     2048 for 16-bit X) the accumulation uses those registers, else it re-reads the row tile by
+//     (every tile's loads issued before its dot); when the row fits in one tile (D ≤ 2048 for f32,
+//     4096 for 16-bit X) the accumulation uses those registers, else it re-reads the row tile by
 //     tile (an L1/L2 hit: HBM sees X once). Forward rows with γ = 0 are skipped without reading X
 //     (γ is loaded a row ahead, so the test costs no round trip): sparse policies read less.
 //     Dynamic shared memory (2 + W)·16·⌈D/4⌉ bytes (D = 4096: 160 KiB, one block per SM; above
@@ -125,8 +127,8 @@ __device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w &
 __device__ __forceinline__ float4 widen4(uint2 v) { return make_float4(lo(v.x), hi(v.x), lo(v.y), hi(v.y)); }
 #endif
 __device__ __forceinline__ float4 load_x(const xvec* p) { return widen4(__ldg(p)); }
-// Vectors of X per lane per tile of pass_smem: 128 bytes in flight per lane.
-#define TILE (X_STORAGE == 0 ? 8 : 16)
+// Vectors of X per lane per tile of pass_smem: 256 bytes in flight per lane (64 registers).
+#define TILE (X_STORAGE == 0 ? 16 : 32)
 
 #define MODE_NONE 0u
 #define MODE_FORWARD 1u

@@ -89,10 +89,11 @@ fn kernels_load_as_sass_for_the_device() {
     }
 }
 
-/// Forward and backward steps and the dev gradient at D = 1000 (pass_smem by default; one tile of
-/// 8 float4 per lane holds the row) and D = 2500 (rows re-read tile by tile, also with X in bf16,
-/// whose 16-vector tiles hold 2048 values), with enough rows for many blocks, θ/λ staged or read
-/// through L1, the finish fused into the pass or as its own launch, and several rows per warp.
+/// Forward and backward steps and the dev gradient at D = 1000 and 2500 in f32 (pass_smem by
+/// default; a tile of 16 float4 per lane holds rows of up to 2048 values, so D = 2500 re-reads
+/// them tile by tile) and at D = 2500 and 4500 with X in 16 bits (tiles of 32 vectors: one tile,
+/// then two), with enough rows for many blocks, θ/λ staged or read through L1, the finish fused
+/// into the pass or as its own launch, and several rows per warp.
 #[test]
 fn large_dimension_steps_match_the_reference() {
     let (n, k) = (3000, 700);
@@ -105,6 +106,8 @@ fn large_dimension_steps_match_the_reference() {
         (2500, Storage::F32, Options { force_global_theta: true, force_separate_finish: true, ..base.clone() }),
         (2500, Storage::Bf16, Options { rows_per_warp: 8, ..base.clone() }),
         (2500, Storage::F16, base.clone()),
+        (4500, Storage::Bf16, base.clone()),
+        (4500, Storage::F16, Options { force_global_theta: true, ..base.clone() }),
     ];
     let mut last_dim = 0;
     let mut d = data(1, 1, 1, 5);
@@ -128,7 +131,7 @@ fn large_dimension_steps_match_the_reference() {
         let lambda_next_d = e.upload(&f32s(&lambda_next)).unwrap();
         let (eta, w) = (0.3, 0.01);
         let what = |s: &str| format!("{s} (D = {dim}, N = {n}, X in {}, {variant}, {opts:?})", storage.name());
-        let (atol, rtol) = (2e-5, 2e-4); // f32 sums over 1000-value rows and 3000 rows
+        let (atol, rtol) = (2e-5, 2e-4); // f32 sums over rows of thousands of values and 3000 rows
 
         let mut next = e.upload(&vec![f32::NAN; dim]).unwrap();
         let mut curve = e.upload(&[7.0; 3]).unwrap();
