@@ -10,9 +10,13 @@
 //! and read + written by the copy. The table printed last gives each step's GB/s and its ratio to
 //! the copy's. Names follow `{backend}_{op}_{dtype}` (dtype: X's storage). The outer epoch at the
 //! paper's size runs with its unrolls replayed as CUDA graphs (the default) and launched step by
-//! step (`_direct`); the table gives their ratio. No CUDA device: prints SKIPPED and exits
-//! successfully, unless `LEARNLAW_REQUIRE_CUDA=1`. `LEARNLAW_BENCH_EPOCH=0` skips the outer
-//! epochs.
+//! step (`_direct`); the table gives their ratio. Issue 16's targets are printed beside the
+//! table: each step at ≥ 80% of the copy's bandwidth at the large size, X in bf16 about twice as
+//! fast as in f32. At the paper's size a step is latency-bound, so a sweep of the rows each warp
+//! takes (`Options::rows_per_warp`: 1, 2, 4, 8) times T = 2000 forward and backward steps
+//! replayed as CUDA graphs (the unroll's real setting), in µs per step.
+//! No CUDA device: prints SKIPPED and exits successfully, unless `LEARNLAW_REQUIRE_CUDA=1`.
+//! `LEARNLAW_BENCH_EPOCH=0` skips the outer epochs.
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -72,6 +76,50 @@ fn time_calls(e: &mut CudaPerceptron, iters: u64, name: &str, bytes: f64, mut ca
 fn engine(data: &PerceptronData, storage: Storage, direct_launches: bool) -> CudaPerceptron {
     CudaPerceptron::with_options(data, &Options { storage, direct_launches, ..Default::default() })
         .expect("cuda engine (device checked in main)")
+}
+
+/// µs per step of T forward and of T backward steps at the paper's size for each rows-per-warp
+/// setting, each pass replayed as one CUDA graph (recorded by `run_steps`, captured on its second
+/// sighting, then timed over 5 replays).
+fn rows_per_warp_sweep(data: &PerceptronData) {
+    let (n, d) = (data.train.len(), data.dim);
+    println!("\nrows per warp at the paper's size (T = {STEPS} steps replayed as a CUDA graph; µs per step):");
+    println!("{:>14} {:>8} {:>10} {:>10}", "rows per warp", "blocks", "forward", "backward");
+    for rows_per_warp in [1, 2, 4, 8] {
+        let mut e = CudaPerceptron::with_options(data, &Options { rows_per_warp, ..Default::default() }).expect("cuda engine");
+        let theta = e.upload(&init_theta(d, 10)).unwrap();
+        let gamma = e.upload(&Policy::constant(1, n).gamma).unwrap();
+        let lambda_next = e.upload(&vec![0.01; d]).unwrap();
+        let (mut next, mut lambda, mut grad) = (e.zeros(d).unwrap(), e.zeros(d).unwrap(), e.zeros(n).unwrap());
+        let mut curve = e.zeros(STEPS + 1).unwrap();
+        let mut time = |e: &mut CudaPerceptron, backward: bool| -> f64 {
+            let mut pass = |e: &mut CudaPerceptron| {
+                e.run_steps(|e| {
+                    for t in 0..STEPS {
+                        if backward {
+                            e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda)?;
+                        } else {
+                            e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, t)))?;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap()
+            };
+            pass(e); // direct
+            pass(e); // captured
+            e.synchronize().unwrap();
+            let start = Instant::now();
+            for _ in 0..5 {
+                pass(e);
+            }
+            e.synchronize().unwrap();
+            start.elapsed().as_secs_f64() / (5 * STEPS) as f64 * 1e6
+        };
+        let (fwd, bwd) = (time(&mut e, false), time(&mut e, true));
+        let blocks = n.div_ceil(8 * rows_per_warp) + data.dev.len().div_ceil(8 * rows_per_warp);
+        println!("{rows_per_warp:>14} {blocks:>8} {fwd:>10.2} {bwd:>10.2}");
+    }
 }
 
 /// The forward and backward step of an engine storing X in `storage`.
@@ -225,6 +273,28 @@ fn print_table() {
         if let (Some(graphs), Some(direct)) = (epoch("cuda_outer_epoch_f32"), epoch("cuda_outer_epoch_direct_f32")) {
             println!("outer epoch with CUDA graphs: {:.2}× faster than step-by-step launches", direct / graphs);
         }
+        // Issue 16's targets: ≥ 80% of the copy's bandwidth at the large size; bf16 ≈ 2× f32.
+        for size in ["paper", "large"] {
+            let Some(copy) = t.get(&format!("cuda_copy_floor_f32/{size}")).map(|(ct, cb)| cb / median(ct)) else { continue };
+            for step in ["forward", "backward"] {
+                let (Some((f, bytes)), Some((b, _))) = (
+                    t.get(&format!("cuda_{step}_step_f32/{size}")).map(|(v, bytes)| (median(v), *bytes)),
+                    t.get(&format!("cuda_{step}_step_bf16/{size}")).map(|(v, bytes)| (median(v), *bytes)),
+                ) else {
+                    continue;
+                };
+                let share = 100.0 * bytes / f / copy;
+                let verdict = match size {
+                    "large" if share >= 80.0 => " (target ≥ 80%: met)",
+                    "large" => " (target ≥ 80%: NOT met)",
+                    _ => "",
+                };
+                println!(
+                    "{size} {step} step: f32 at {share:.0}% of the copy's bandwidth{verdict}; bf16 {:.2}× faster than f32 (target ≈ 2×)",
+                    f / b
+                );
+            }
+        }
     });
 }
 
@@ -241,9 +311,14 @@ fn main() {
         }
         Err(e) => panic!("cuda engine: {e}"),
     }
+    match CudaPerceptron::new(&tiny) {
+        Ok(e) => println!("cuda: {}", e.device_info()),
+        Err(e) => println!("cuda: {e}"),
+    }
     let mut c = Criterion::default().configure_from_args();
     let paper = PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe");
     bench_size(&mut c, "paper", &paper, STEPS);
+    rows_per_warp_sweep(&paper);
     drop(paper);
     let large_n: usize = std::env::var("LEARNLAW_BENCH_LARGE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(262_144);
     if large_n > 0 {

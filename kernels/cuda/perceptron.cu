@@ -44,31 +44,60 @@
 //     allocations, so 16-byte aligned); γ row t and out row t: [rows] f32 at an element offset;
 //   partials [blocks0 + blocks1, stride4] float4; loss_partials [blocks0 + blocks1] f64;
 //   counter: one u32, 0 between launches (the last block resets it).
-// Geometry: blocks of 256 threads = 8 warps; a warp per row (rows b·8 + w + k·G·8 for block b of a
-//   segment of G blocks, warp w): lanes read consecutive float4s of the row (coalesced 512-byte
-//   requests), the dot is a butterfly shuffle reduction (every lane ends with the same bits).
-//   G = clamp(⌈rows / (8 warps · 8 rows)⌉, 1, resident blocks) per segment: at the paper's size
-//   (N = 4096, K = 512) 64 + 8 blocks of 8 rows per warp; at N = 1M one wave of resident blocks
-//   that grid-stride over the rows.
+// Geometry: blocks of 256 threads = 8 warps; a warp per row (rows b·W + w + k·G·W for block b of a
+//   segment of G blocks, warp w of W): lanes read consecutive vectors of the row (coalesced
+//   512-byte requests for f32), the dot is a butterfly shuffle reduction (every lane ends with the
+//   same bits). G = clamp(⌈rows / (W warps · ρ rows)⌉, 1, resident blocks) per segment, ρ the
+//   engine's rows per warp (2 by default, `Options::rows_per_warp`): at the paper's size
+//   (N = 4096, K = 512) 256 + 32 blocks of 2 rows per warp, all resident at once; at N = 1M one
+//   wave of resident blocks that grid-stride over the rows.
+// Latency (what the sm_90 machine code shows; the GPU check measures it): every load a row needs
+//   (γ, y, its X vectors; θ and λ are in registers or shared memory) is issued before the first
+//   of them is used, so a row costs one memory round trip, not three (γ, then X, then y); the
+//   register variants for D ≤ 256 take two rows per iteration (both rows' loads in flight
+//   together), and pass_smem loads fixed tiles of TILE vectors per lane (256 bytes) before using
+//   any: at D = 4096, 8 warps of one block per SM keep 64 KiB of loads in flight per SM, about
+//   twice what Little's law asks of an H200 (≈ 33 B/ns per SM × ≈ 0.8 µs).
 // Variants (naive → tuned):
 //   v0 (not kept as a kernel): one thread per row, a second kernel per column summing c_n x_n over
 //     all rows: X read twice, uncoalesced row reads.
-//   pass_smem — any D: each warp accumulates c·x into its own D-vector in shared memory, re-reading
-//     the row it has just read (an L1/L2 hit), so HBM sees X once. Dynamic shared memory
-//     8·4·⌈D/4⌉·4 bytes (D = 4096: 128 KiB; above 48 KiB the engine opts in); the engine lowers the
-//     warps per block when it does not fit (D ≲ 14000 runs at full occupancy of one block per SM).
-//   pass_r{1,2,4} — D ≤ 128·R: the row stays in registers (R float4 per lane) between the dot
+//   v1 (replaced; issue 16): pass_smem with one 16-byte load in flight per lane (a loop of unknown
+//     trip count with branches inside, θ/λ re-read from global memory with a tail test per
+//     vector), and the register variants with γ, X and y loaded one after the other, 8 rows per
+//     warp.
+//   pass_smem — any D: θ and λ staged in shared memory once per block; each warp accumulates c·x
+//     into its own D-vector in shared memory. The row is read in tiles of TILE vectors per lane
+//     (every tile's loads issued before its dot); when the row fits in one tile (D ≤ 2048 for f32,
+//     4096 for 16-bit X) the accumulation uses those registers, else it re-reads the row tile by
+//     tile (an L1/L2 hit: HBM sees X once). Forward rows with γ = 0 are skipped without reading X
+//     (γ is loaded a row ahead, so the test costs no round trip): sparse policies read less.
+//     Dynamic shared memory (2 + W)·16·⌈D/4⌉ bytes (D = 4096: 160 KiB, one block per SM; above
+//     48 KiB the engine opts in); the engine lowers W when it does not fit.
+//   pass_smem_ldg — the same reading θ and λ through the L1 cache (no staging), for D so large
+//     that staging them would cost more than half the warps (D ≳ 16000 on an H200).
+//   pass_r{1,2,4} — D ≤ 128·R: the rows stay in registers (R vectors per lane) between the dot
 //     and the axpy, θ and λ are held in registers for the whole block, and each warp accumulates in
-//     registers (R float4 per lane); shared memory only for the block's final reduction.
+//     registers (R float4 per lane); shared memory only for the block's final reduction. The
+//     γ = 0 skip is a predicate on the accumulation (X is read anyway: at these sizes a step is
+//     latency-bound, and waiting for γ before reading X would add a round trip per row). pass_r1
+//     and pass_r2 take two rows per iteration, so both rows' loads are in flight together.
 //     The paper's D = 128 is pass_r1: one float4 per lane per row. (R = 8 would need ~160
 //     registers a thread, one block per SM: pass_smem is used above D = 512 instead.)
+//   The finish (fused or pass_finish) loads 8 partials per thread before adding them (in block
+//     order); the fused one gives each column up to 32 threads (slices of the blocks, added in
+//     slice order), float4 columns.
 //   16-bit X (X_STORAGE 1/2): the same kernels reading half the bytes; the widening is exact, so
 //     results equal the f32 kernels' on X rounded to f16/bf16 (what the conformance tests check).
-//   Not yet: TMA/cp.async double buffering.
+//   Not yet: TMA/cp.async double buffering, a persistent kernel or programmatic dependent launch
+//     for a whole unroll pass.
 
 #define WARP 32
 #define WARPS 8
 #define BLOCK (WARP * WARPS)
+// Partials a finish thread loads before adding them, and the most threads a fused finish gives
+// one column.
+#define FIN_BATCH 8
+#define MAX_SLICES 32u
 
 // The storage of X, an NVRTC -D option (one module per storage): 0 f32, 1 f16, 2 bf16.
 #ifndef X_STORAGE
@@ -77,7 +106,7 @@
 
 #if X_STORAGE == 0
 typedef float4 xvec;
-__device__ __forceinline__ float4 load_x(const xvec* p) { return __ldg(p); }
+__device__ __forceinline__ float4 widen4(float4 v) { return v; }
 #else
 typedef uint2 xvec;  // 4 16-bit values, element 0 in the low half of .x (little-endian)
 #if X_STORAGE == 1
@@ -95,11 +124,11 @@ __device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w &
 #else
 #error "X_STORAGE must be 0 (f32), 1 (f16) or 2 (bf16)"
 #endif
-__device__ __forceinline__ float4 load_x(const xvec* p) {
-    const uint2 v = __ldg(p);
-    return make_float4(lo(v.x), hi(v.x), lo(v.y), hi(v.y));
-}
+__device__ __forceinline__ float4 widen4(uint2 v) { return make_float4(lo(v.x), hi(v.x), lo(v.y), hi(v.y)); }
 #endif
+__device__ __forceinline__ float4 load_x(const xvec* p) { return widen4(__ldg(p)); }
+// Vectors of X per lane per tile of pass_smem: 256 bytes in flight per lane (64 registers).
+#define TILE (X_STORAGE == 0 ? 16 : 32)
 
 #define MODE_NONE 0u
 #define MODE_FORWARD 1u
@@ -107,7 +136,7 @@ __device__ __forceinline__ float4 load_x(const xvec* p) {
 #define MODE_LOSS 3u
 #define MODE_GRAD 4u
 
-// Mirrors `PassParams` in crates/learnlaw-cuda/src/lib.rs (#[repr(C)]; pointers are 8 bytes).
+// Mirrors `PassParams` in crates/learnlaw-cuda/src/perceptron.rs (#[repr(C)]; pointers are 8 bytes).
 struct PassParams {
     const xvec* x0;          // segment 0 (training set): [rows0, stride4]
     const float* y0;         // [rows0]
@@ -163,11 +192,13 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
     return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
 
+__device__ __forceinline__ float4 zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+
 // v[4k .. 4k+4) as a float4, zero past dim (X's padding is zero too). v is 16-byte aligned.
 __device__ __forceinline__ float4 load4(const float* v, unsigned int k, unsigned int dim) {
     unsigned int j = 4u * k;
     if (j + 3u < dim) return __ldg(reinterpret_cast<const float4*>(v) + k);
-    float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 r = zero4();
     if (j < dim) r.x = v[j];
     if (j + 1u < dim) r.y = v[j + 1u];
     if (j + 2u < dim) r.z = v[j + 2u];
@@ -191,12 +222,13 @@ __device__ __forceinline__ Segment segment_of(const PassParams& p) {
     return s;
 }
 
-// The row's coefficient c (0: nothing to accumulate) and its per-row side effects.
+// The row's coefficient c (0: nothing to accumulate) and its per-row side effects. A forward row
+// with γ = 0 has c = 0 whatever z is (as if skipped: a non-finite θ does not leak through 0·NaN).
 __device__ __forceinline__ float row_coef(const PassParams& p, unsigned int mode, size_t r, float y, float g,
                                           float z, float u, double& lsum) {
     float c = 0.0f;
     if (mode == MODE_FORWARD) {
-        c = g * (sigmoidf_(z) - y);
+        if (g != 0.0f) c = g * (sigmoidf_(z) - y);
     } else if (mode == MODE_BACKWARD) {
         float q = sigmoidf_(z);
         if ((threadIdx.x & (WARP - 1)) == 0) p.out0[r] = p.coef * (q - y) * u;
@@ -211,12 +243,36 @@ __device__ __forceinline__ float row_coef(const PassParams& p, unsigned int mode
 }
 
 // Σ_{b ∈ [b0, b1)} P[b, j], in block order (L2 loads: the partials were written by other blocks).
+// FIN_BATCH loads are issued before any is added; a short last batch loads its last partial again
+// in the unused slots (no predicated loads: those made the compiler issue them a few at a time).
 __device__ __forceinline__ float sum_partials(const PassParams& p, unsigned int j, unsigned int b0, unsigned int b1) {
     const float* P = reinterpret_cast<const float*>(p.partials);
     const size_t st = (size_t)p.stride4 * 4u;
     float t = 0.0f;
-#pragma unroll 8
-    for (unsigned int b = b0; b < b1; b++) t += __ldcg(P + (size_t)b * st + j);
+    for (unsigned int b = b0; b < b1; b += FIN_BATCH) {
+        float v[FIN_BATCH];
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++) v[i] = __ldcg(P + (size_t)min(b + i, b1 - 1u) * st + j);
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++)
+            if (b + i < b1) t += v[i];
+    }
+    return t;
+}
+
+// The same for the 4 columns of float4 column k (the fused finish).
+__device__ __forceinline__ float4 sum_partials4(const PassParams& p, unsigned int k, unsigned int b0, unsigned int b1) {
+    const float4* P = p.partials;
+    const size_t st4 = p.stride4;
+    float4 t = zero4();
+    for (unsigned int b = b0; b < b1; b += FIN_BATCH) {
+        float4 v[FIN_BATCH];
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++) v[i] = __ldcg(P + (size_t)min(b + i, b1 - 1u) * st4 + k);
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++)
+            if (b + i < b1) t = add4(t, v[i]);
+    }
     return t;
 }
 
@@ -229,8 +285,16 @@ __device__ __forceinline__ void finish_column(const PassParams& p, unsigned int 
 }
 
 __device__ __forceinline__ void finish_scalar(const PassParams& p) {
+    const unsigned int b1 = p.blocks0 + p.blocks1;
     double s = 0.0;
-    for (unsigned int b = p.blocks0; b < p.blocks0 + p.blocks1; b++) s += __ldcg(p.loss_partials + b);
+    for (unsigned int b = p.blocks0; b < b1; b += FIN_BATCH) {
+        double v[FIN_BATCH];
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++) v[i] = __ldcg(p.loss_partials + min(b + i, b1 - 1u));
+#pragma unroll
+        for (int i = 0; i < FIN_BATCH; i++)
+            if (b + i < b1) s += v[i];
+    }
     *p.out_scalar = (float)(s * (double)p.s1);
 }
 
@@ -240,7 +304,7 @@ __device__ __forceinline__ void finish_scalar(const PassParams& p) {
 __device__ void retire_and_finish(const PassParams& p) {
     if (!p.fused_finish) return;
     __shared__ bool s_last;
-    __shared__ float s_fin[2][BLOCK];
+    __shared__ float4 s_fin[2][BLOCK];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -250,30 +314,35 @@ __device__ void retire_and_finish(const PassParams& p) {
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    const unsigned int dim = p.dim;
+    const unsigned int st4 = p.stride4, dim = p.dim;
     const bool vec1 = p.mode1 == MODE_GRAD;
     if (p.out_vec) {
-        // `slices` threads per column, each over a contiguous range of blocks, when D < BLOCK, so
-        // more loads are in flight; the slices are then added in order.
-        const unsigned int slices = dim >= BLOCK ? 1u : min(BLOCK / dim, 8u), cols = BLOCK / slices;
+        // `slices` threads per float4 column when there are fewer columns than threads, each over
+        // a contiguous range of blocks, so more loads are in flight; the slices are then added in
+        // order.
+        const unsigned int slices = st4 >= BLOCK ? 1u : min(BLOCK / st4, MAX_SLICES), cols = BLOCK / slices;
         const unsigned int s = threadIdx.x / cols;
-        for (unsigned int j0 = 0; j0 < dim; j0 += cols) {
-            const unsigned int j = j0 + threadIdx.x % cols;
-            float t0 = 0.0f, t1 = 0.0f;
-            if (s < slices && j < dim) {
-                t0 = sum_partials(p, j, p.blocks0 * s / slices, p.blocks0 * (s + 1u) / slices);
-                if (vec1) t1 = sum_partials(p, j, p.blocks0 + p.blocks1 * s / slices, p.blocks0 + p.blocks1 * (s + 1u) / slices);
+        for (unsigned int k0 = 0; k0 < st4; k0 += cols) {
+            const unsigned int k = k0 + threadIdx.x % cols;
+            float4 t0 = zero4(), t1 = zero4();
+            if (s < slices && k < st4) {
+                t0 = sum_partials4(p, k, p.blocks0 * s / slices, p.blocks0 * (s + 1u) / slices);
+                if (vec1) t1 = sum_partials4(p, k, p.blocks0 + p.blocks1 * s / slices, p.blocks0 + p.blocks1 * (s + 1u) / slices);
             }
             s_fin[0][threadIdx.x] = t0;
             s_fin[1][threadIdx.x] = t1;
             __syncthreads();
-            if (s == 0 && j < dim) {
-                float u0 = 0.0f, u1 = 0.0f;
-                for (unsigned int q = 0; q < slices; q++) {
-                    u0 += s_fin[0][q * cols + threadIdx.x];
-                    u1 += s_fin[1][q * cols + threadIdx.x];
+            if (s == 0 && k < st4) {
+                float4 u0 = t0, u1 = t1;
+                for (unsigned int q = 1; q < slices; q++) {
+                    u0 = add4(u0, s_fin[0][q * cols + threadIdx.x]);
+                    u1 = add4(u1, s_fin[1][q * cols + threadIdx.x]);
                 }
-                finish_column(p, j, u0, u1);
+                const unsigned int j = 4u * k;
+                finish_column(p, j, u0.x, u1.x);
+                if (j + 1u < dim) finish_column(p, j + 1u, u0.y, u1.y);
+                if (j + 2u < dim) finish_column(p, j + 2u, u0.z, u1.z);
+                if (j + 3u < dim) finish_column(p, j + 3u, u0.w, u1.w);
             }
             __syncthreads();
         }
@@ -284,7 +353,7 @@ __device__ void retire_and_finish(const PassParams& p) {
 
 // Sums the warps' accumulators acc[w][k] (shared memory, [warps, stride4]) in warp order into the
 // block's partials row, and the warps' losses into its loss partial; then retires.
-__device__ __forceinline__ void block_reduce(const PassParams& p, const Segment& sg, float4* acc, unsigned int warps,
+__device__ __forceinline__ void block_reduce(const PassParams& p, const Segment& sg, const float4* acc, unsigned int warps,
                                              double lsum) {
     __shared__ double s_loss[WARPS];
     const unsigned int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
@@ -305,44 +374,72 @@ __device__ __forceinline__ void block_reduce(const PassParams& p, const Segment&
     retire_and_finish(p);
 }
 
-// Register variant: D ≤ 128·R.
+// Register variant: D ≤ 128·R. Each iteration takes PAIR rows of the warp (r0, r0 + stride, …):
+// all their loads first, then the dots, then the accumulation in row order. Two rows for R ≤ 2;
+// one for R = 4, whose four loads per lane are enough in flight (two rows would spill).
 template <int R>
 __device__ __forceinline__ void pass_reg(const PassParams& p) {
+    constexpr int PAIR = R <= 2 ? 2 : 1;
     extern __shared__ float4 smem4[];
     const Segment sg = segment_of(p);
     const unsigned int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
     const unsigned int st4 = p.stride4;
     const bool two = sg.mode == MODE_BACKWARD;
+    const bool weighted = sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD;
     float4 th[R], lv[R], acc[R];
 #pragma unroll
     for (int i = 0; i < R; i++) {
         unsigned int k = lane + WARP * i;
         th[i] = load4(p.theta, k, p.dim);
-        lv[i] = two ? load4(p.vec, k, p.dim) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        lv[i] = two ? load4(p.vec, k, p.dim) : zero4();
+        acc[i] = zero4();
     }
     double lsum = 0.0;
     if (sg.mode != MODE_NONE) {
-        for (size_t r = (size_t)sg.block * WARPS + warp; r < sg.rows; r += (size_t)sg.blocks * WARPS) {
-            float g = 1.0f;
-            if (sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD) g = p.gamma0[r];
-            if (sg.mode == MODE_FORWARD && g == 0.0f) continue;
-            const xvec* xr = sg.x + r * st4;
-            float4 xv[R];
-            float z = 0.0f, u = 0.0f;
+        const size_t stride = (size_t)sg.blocks * WARPS;
+        for (size_t r0 = (size_t)sg.block * WARPS + warp; r0 < sg.rows; r0 += PAIR * stride) {
+            bool ok[PAIR];
+            float g[PAIR], y[PAIR];
+            xvec xr[PAIR][R];
 #pragma unroll
-            for (int i = 0; i < R; i++) {
-                unsigned int k = lane + WARP * i;
-                xv[i] = k < st4 ? load_x(xr + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                z += dot4(xv[i], th[i]);
-                if (two) u += dot4(xv[i], lv[i]);
+            for (int q = 0; q < PAIR; q++) {
+                const size_t r = r0 + q * stride;
+                ok[q] = r < sg.rows;  // the same for the whole warp
+                g[q] = ok[q] && weighted ? p.gamma0[r] : 1.0f;
+                y[q] = ok[q] ? sg.y[r] : 0.0f;
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    const unsigned int k = lane + WARP * i;
+                    if (ok[q] && k < st4) xr[q][i] = __ldg(sg.x + r * st4 + k);
+                }
             }
-            z = warp_sum(z);
-            if (two) u = warp_sum(u);
-            float c = row_coef(p, sg.mode, r, sg.y[r], g, z, u, lsum);
-            if (c != 0.0f) {
+            float z[PAIR], u[PAIR];
+            float4 xv[PAIR][R];
 #pragma unroll
-                for (int i = 0; i < R; i++) fma4(acc[i], c, xv[i]);
+            for (int q = 0; q < PAIR; q++) {
+                z[q] = 0.0f;
+                u[q] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    const unsigned int k = lane + WARP * i;
+                    xv[q][i] = ok[q] && k < st4 ? widen4(xr[q][i]) : zero4();
+                    z[q] += dot4(xv[q][i], th[i]);
+                    if (two) u[q] += dot4(xv[q][i], lv[i]);
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < PAIR; q++) {
+                z[q] = warp_sum(z[q]);
+                if (two) u[q] = warp_sum(u[q]);
+            }
+#pragma unroll
+            for (int q = 0; q < PAIR; q++) {
+                if (!ok[q]) continue;
+                const float c = row_coef(p, sg.mode, r0 + q * stride, y[q], g[q], z[q], u[q], lsum);
+                if (c != 0.0f) {
+#pragma unroll
+                    for (int i = 0; i < R; i++) fma4(acc[i], c, xv[q][i]);
+                }
             }
         }
     }
@@ -354,51 +451,110 @@ __device__ __forceinline__ void pass_reg(const PassParams& p) {
     block_reduce(p, sg, smem4, WARPS, lsum);
 }
 
-// Shared-memory variant: any D; p.warps warps take rows (the others only help reduce).
+// θ or λ_next as float4 k: from shared memory (STAGE) or through L1.
+template <bool STAGE>
+__device__ __forceinline__ float4 vec4(const float4* staged, const float* v, unsigned int k, unsigned int dim) {
+    return STAGE ? staged[k] : load4(v, k, dim);
+}
+
+// Shared-memory variant: any D; p.warps warps take rows (the others only help reduce). Dynamic
+// shared memory: STAGE: θ [stride4], λ_next [stride4], then the accumulators [warps, stride4];
+// else the accumulators only.
+template <bool STAGE>
 __device__ __forceinline__ void pass_shared(const PassParams& p) {
     extern __shared__ float4 smem4[];
     const Segment sg = segment_of(p);
     const unsigned int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
     const unsigned int st4 = p.stride4, warps = p.warps;
     const bool two = sg.mode == MODE_BACKWARD;
-    for (unsigned int k = threadIdx.x; k < warps * st4; k += BLOCK) smem4[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const bool weighted = sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD;
+    const float4* s_th = smem4;
+    const float4* s_lv = smem4 + st4;
+    float4* accs = STAGE ? smem4 + 2u * st4 : smem4;
+    for (unsigned int k = threadIdx.x; k < warps * st4; k += BLOCK) accs[k] = zero4();
+    if (STAGE && sg.mode != MODE_NONE) {
+        for (unsigned int k = threadIdx.x; k < st4; k += BLOCK) {
+            smem4[k] = load4(p.theta, k, p.dim);
+            if (two) smem4[st4 + k] = load4(p.vec, k, p.dim);
+        }
+    }
     __syncthreads();
     double lsum = 0.0;
     if (sg.mode != MODE_NONE && warp < warps) {
-        float4* acc = smem4 + (size_t)warp * st4;
-        for (size_t r = (size_t)sg.block * warps + warp; r < sg.rows; r += (size_t)sg.blocks * warps) {
-            float g = 1.0f;
-            if (sg.mode == MODE_FORWARD || sg.mode == MODE_BACKWARD) g = p.gamma0[r];
+        float4* acc = accs + (size_t)warp * st4;
+        const size_t stride = (size_t)sg.blocks * warps;
+        size_t r = (size_t)sg.block * warps + warp;
+        // γ of the next row is loaded a row ahead, so the γ = 0 test below costs no round trip.
+        float g_next = weighted && r < sg.rows ? p.gamma0[r] : 1.0f;
+        for (; r < sg.rows; r += stride) {
+            const float g = g_next;
+            if (weighted && r + stride < sg.rows) g_next = p.gamma0[r + stride];
             if (sg.mode == MODE_FORWARD && g == 0.0f) continue;
+            const float y = sg.y[r];
             const xvec* xr = sg.x + r * st4;
+            xvec xt[TILE];
             float z = 0.0f, u = 0.0f;
-#pragma unroll 8
-            for (unsigned int k = lane; k < st4; k += WARP) {
-                float4 xv = load_x(xr + k);
-                z += dot4(xv, load4(p.theta, k, p.dim));
-                if (two) u += dot4(xv, load4(p.vec, k, p.dim));
+            for (unsigned int k0 = 0; k0 < st4; k0 += TILE * WARP) {
+#pragma unroll
+                for (int i = 0; i < TILE; i++) {
+                    const unsigned int k = k0 + lane + WARP * i;
+                    if (k < st4) xt[i] = __ldg(xr + k);
+                }
+#pragma unroll
+                for (int i = 0; i < TILE; i++) {
+                    const unsigned int k = k0 + lane + WARP * i;
+                    if (k < st4) {
+                        const float4 xv = widen4(xt[i]);
+                        z += dot4(xv, vec4<STAGE>(s_th, p.theta, k, p.dim));
+                        if (two) u += dot4(xv, vec4<STAGE>(s_lv, p.vec, k, p.dim));
+                    }
+                }
             }
             z = warp_sum(z);
             if (two) u = warp_sum(u);
-            float c = row_coef(p, sg.mode, r, sg.y[r], g, z, u, lsum);
-            if (c != 0.0f) {
-                // The row was just read by this warp: an L1/L2 hit, not a second pass over HBM.
-#pragma unroll 4
-                for (unsigned int k = lane; k < st4; k += WARP) {
-                    float4 a = acc[k];
-                    fma4(a, c, load_x(xr + k));
-                    acc[k] = a;
+            const float c = row_coef(p, sg.mode, r, y, g, z, u, lsum);
+            if (c == 0.0f) continue;
+            if (st4 <= TILE * WARP) {
+                // The whole row is still in registers.
+#pragma unroll
+                for (int i = 0; i < TILE; i++) {
+                    const unsigned int k = lane + WARP * i;
+                    if (k < st4) {
+                        float4 a = acc[k];
+                        fma4(a, c, widen4(xt[i]));
+                        acc[k] = a;
+                    }
+                }
+            } else {
+                // Re-read the row tile by tile: this warp has just read it (an L1/L2 hit, not a
+                // second pass over HBM).
+                for (unsigned int k0 = 0; k0 < st4; k0 += TILE * WARP) {
+#pragma unroll
+                    for (int i = 0; i < TILE; i++) {
+                        const unsigned int k = k0 + lane + WARP * i;
+                        if (k < st4) xt[i] = __ldg(xr + k);
+                    }
+#pragma unroll
+                    for (int i = 0; i < TILE; i++) {
+                        const unsigned int k = k0 + lane + WARP * i;
+                        if (k < st4) {
+                            float4 a = acc[k];
+                            fma4(a, c, widen4(xt[i]));
+                            acc[k] = a;
+                        }
+                    }
                 }
             }
         }
     }
-    block_reduce(p, sg, smem4, warps, lsum);
+    block_reduce(p, sg, accs, warps, lsum);
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK) pass_r1(const PassParams p) { pass_reg<1>(p); }
 extern "C" __global__ void __launch_bounds__(BLOCK) pass_r2(const PassParams p) { pass_reg<2>(p); }
 extern "C" __global__ void __launch_bounds__(BLOCK) pass_r4(const PassParams p) { pass_reg<4>(p); }
-extern "C" __global__ void __launch_bounds__(BLOCK) pass_smem(const PassParams p) { pass_shared(p); }
+extern "C" __global__ void __launch_bounds__(BLOCK) pass_smem(const PassParams p) { pass_shared<true>(p); }
+extern "C" __global__ void __launch_bounds__(BLOCK) pass_smem_ldg(const PassParams p) { pass_shared<false>(p); }
 
 // The finish as its own launch, a thread per column (⌈D/256⌉ blocks; block 0 also writes the
 // scalar): same sums in the same block order as the fused finish with one slice.

@@ -26,9 +26,9 @@ fn probe(backend: Backend, data: &PerceptronData) -> std::result::Result<String,
         Backend::Cuda | Backend::CudaBf16 | Backend::CudaF16 => {
             let opts = learnlaw_cuda::Options { storage: backend.x_storage(), ..Default::default() };
             let mut e = learnlaw_cuda::CudaPerceptron::with_options(data, &opts)?;
-            e.pass_variant()?; // compiles perceptron.cu for this storage: NVRTC works
-            let nvrtc = learnlaw_cuda::nvrtc_version().map_or("?".into(), |(a, b)| format!("{a}.{b}"));
-            format!("{}: {} ({}, NVRTC {nvrtc})", e.name(), e.device_name(), e.arch())
+            e.pass_variant()?; // compiles and loads perceptron.cu for this storage: NVRTC and the load path work
+                               // e.g. "NVIDIA H200 (sm_90, 132 SMs), kernels as sm_90 SASS; driver CUDA 13.0, NVRTC 13.0"
+            format!("{}: {}", e.name(), e.device_info())
         }
     })
 }
@@ -37,10 +37,15 @@ pub fn run() -> Result<()> {
     let data = PerceptronData::generate(&PerceptronRecipe { dim: 5, n_train: 7, n_dev: 3, n_test: 3, ..Default::default() })?;
     for &backend in Backend::value_variants() {
         let name = backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        // A CUDA backend that cannot run still says which driver and NVRTC it found.
+        let versions = match backend {
+            Backend::Cuda | Backend::CudaBf16 | Backend::CudaF16 => format!(" ({})", learnlaw_cuda::versions()),
+            _ => String::new(),
+        };
         match probe(backend, &data) {
             Ok(device) => println!("{name:<10} ok           {device}"),
-            Err(Error::Unavailable { reason, .. }) => println!("{name:<10} unavailable  {reason}"),
-            Err(e) => println!("{name:<10} failed       {e}"),
+            Err(Error::Unavailable { reason, .. }) => println!("{name:<10} unavailable  {reason}{versions}"),
+            Err(e) => println!("{name:<10} failed       {e}{versions}"),
         }
     }
     println!("(the Transformer task runs on cpu, cpu-f64 and wgpu)");

@@ -7,11 +7,14 @@
 //!   never a panic; so does a driver without a usable device. A kernel that does not compile or a
 //!   failed launch or transfer is `Error::Device`, which tests never treat as a skip.
 //! - Kernels live in `kernels/cuda/*.cu` (one family per file; each header gives the math, the
-//!   buffer shapes, the launch geometry and the variants) and are compiled by NVRTC at first use,
-//!   for the device's architecture (`compute_XY`, JIT-compiled to SASS by the driver). The PTX is
-//!   cached per process and architecture, the loaded module per engine. [`compile_ptx`] is the same
-//!   compilation, used by the CI check that compiles every file for `compute_90` and assembles it
-//!   with `ptxas -arch=sm_90` on a machine without a GPU (tests/nvrtc_compile.rs).
+//!   buffer shapes, the launch geometry and the variants) and are compiled by NVRTC at first use
+//!   to SASS for the device's own architecture (`sm_XY`, a cubin the driver loads as it is, so any
+//!   NVRTC of the driver's major works; PTX for an older architecture only where NVRTC cannot
+//!   target the device; an architecture NVRTC does not support at all is `Error::Unavailable`).
+//!   Outputs are cached per process, the loaded module per engine. [`compile_cubin`] and
+//!   [`compile_ptx`] are the same compilations, used by the CI check that compiles every file to
+//!   an `sm_90` cubin and to `compute_90` PTX assembled with `ptxas -arch=sm_90`, on a machine
+//!   without a GPU (tests/nvrtc_compile.rs); [`versions`] and [`DeviceInfo`] say what was found.
 //! - Semantics match the CPU engine (`learnlaw_core::perceptron::CpuPerceptron<f32>`): f32 storage
 //!   and accumulation (losses summed in f64), γ = 0 rows skipped in the forward step, partial sums
 //!   reduced in a fixed order, so results are reproducible run to run on a given GPU; the
@@ -45,7 +48,10 @@ mod runtime;
 pub mod transformer;
 mod vector_ops;
 
-pub use gpu::{compile_ptx, driver_available, nvrtc_available, nvrtc_version, KernelFile};
+pub use gpu::{
+    compile_cubin, compile_ptx, driver_available, driver_version, nvrtc_available, nvrtc_supported_archs, nvrtc_version, versions,
+    DeviceInfo, KernelFile, Loading,
+};
 pub use graphs::GraphStats;
 pub use host_sim::HostSim;
 pub use learnlaw_core::Storage;

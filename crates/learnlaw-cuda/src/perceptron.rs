@@ -15,11 +15,11 @@ use crate::GraphStats;
 const BLOCK: u32 = 256;
 /// Warps per block of the row kernels (`WARPS` in perceptron.cu).
 const WARPS: u32 = 8;
-/// Rows each warp takes (at least) before the grid is grown: fewer blocks mean a shorter final
-/// reduction, more mean more parallelism; 8 gives 64 + 8 blocks at the paper's size.
-const ROWS_PER_WARP: usize = 8;
-/// Static shared memory of the pass kernels besides the dynamic accumulators (bytes, rounded up).
-const PASS_STATIC_SMEM: u32 = 4096;
+/// Rows each warp takes (at least) before the grid is grown (`Options::rows_per_warp` overrides
+/// it): fewer blocks mean a shorter final reduction, more mean more rows in flight at once. At the
+/// paper's size a step is latency-bound: 2 gives 256 + 32 blocks, every warp's two rows loaded
+/// together by the register variants (8 gave 64 + 8 blocks, 8 dependent row iterations a warp).
+const ROWS_PER_WARP: usize = 2;
 /// The default per-block dynamic shared memory limit without opting in.
 const SMEM_DEFAULT: u32 = 48 * 1024;
 /// Largest partial-sum volume (blocks·D floats) the last block reduces itself; above it the
@@ -29,7 +29,7 @@ const FUSED_FINISH_MAX: usize = 1 << 17;
 pub const PERCEPTRON: KernelFile = KernelFile {
     name: "perceptron.cu",
     source: include_str!("../../../kernels/cuda/perceptron.cu"),
-    entries: &["pass_r1", "pass_r2", "pass_r4", "pass_smem", "pass_finish", "row_outputs"],
+    entries: &["pass_r1", "pass_r2", "pass_r4", "pass_smem", "pass_smem_ldg", "pass_finish", "row_outputs"],
     storages: &Storage::ALL,
 };
 
@@ -101,6 +101,13 @@ pub struct Options {
     /// Force the shared-memory variant of the row kernels (`pass_smem`) whatever D is, to test it
     /// on small problems.
     pub force_smem_variant: bool,
+    /// With the shared-memory variant, read θ and λ through the L1 cache instead of staging them in
+    /// shared memory (`pass_smem_ldg`, otherwise chosen only for D too large to stage them).
+    pub force_global_theta: bool,
+    /// Rows each warp takes before the grid grows (0: the default, 2); a tuning knob for
+    /// benchmarks. Results stay reproducible for a given value, not across values (the
+    /// reduction's grouping changes).
+    pub rows_per_warp: usize,
     /// Force the separate `pass_finish` launch (otherwise used only when blocks·D is large), to
     /// test it on small problems.
     pub force_separate_finish: bool,
@@ -122,6 +129,8 @@ struct DeviceSet {
 /// The loaded perceptron module and its launch plan.
 struct PassKernels {
     _module: Arc<CudaModule>,
+    /// The row kernel's name (`pass_r1`, …, `pass_smem`, `pass_smem_ldg`) and the kernel.
+    variant: &'static str,
     pass: CudaFunction,
     finish: CudaFunction,
     row_outputs: CudaFunction,
@@ -210,9 +219,16 @@ impl CudaPerceptron {
         &self.gpu.device_name
     }
 
-    /// The NVRTC architecture the kernels are compiled for, e.g. `compute_90`.
+    /// The architecture NVRTC compiles the kernels for: the device's own, e.g. `sm_90` (SASS), or
+    /// an older `compute_XY` (PTX) where NVRTC cannot target it.
+    #[allow(clippy::misnamed_getters)] // not the device's `compute_XY` (`Device::arch`)
     pub fn arch(&self) -> &str {
-        &self.gpu.arch
+        &self.gpu.target
+    }
+
+    /// The device, how its kernels are loaded, and the driver's and NVRTC's versions.
+    pub fn device_info(&self) -> crate::DeviceInfo {
+        self.gpu.info()
     }
 
     /// Blocks until every queued operation of the engine has finished (for timing).
@@ -226,19 +242,20 @@ impl CudaPerceptron {
         self.graphs.stats
     }
 
-    /// The pass kernel variant in use (`pass_r1`, …, `pass_smem`), after the first step.
+    /// The pass kernel variant in use (`pass_r1`, …, `pass_smem`, `pass_smem_ldg`), after the first step.
     pub fn pass_variant(&mut self) -> Result<&'static str> {
         self.ensure_pass()?;
-        Ok(self.variant_name())
+        Ok(self.pass.as_ref().map_or("", |k| k.variant))
     }
 
-    fn variant_name(&self) -> &'static str {
+    /// The register variant for this D, if one fits (and the shared-memory one is not forced).
+    fn register_variant(&self) -> Option<&'static str> {
         match self.stride4 {
-            _ if self.opts.force_smem_variant => "pass_smem",
-            0..=32 => "pass_r1",
-            33..=64 => "pass_r2",
-            65..=128 => "pass_r4",
-            _ => "pass_smem",
+            _ if self.opts.force_smem_variant || self.opts.force_global_theta => None,
+            0..=32 => Some("pass_r1"),
+            33..=64 => Some("pass_r2"),
+            65..=128 => Some("pass_r4"),
+            _ => None,
         }
     }
 
@@ -250,8 +267,16 @@ impl CudaPerceptron {
     }
 
     /// Blocks for a segment of `rows` rows.
-    fn blocks_for(rows: usize, warps: u32, resident: usize) -> usize {
-        rows.div_ceil(warps as usize * ROWS_PER_WARP).clamp(1, resident.max(1))
+    fn blocks_for(rows: usize, warps: u32, rows_per_warp: usize, resident: usize) -> usize {
+        rows.div_ceil(warps as usize * rows_per_warp.max(1)).clamp(1, resident.max(1))
+    }
+
+    fn rows_per_warp(&self) -> usize {
+        if self.opts.rows_per_warp == 0 {
+            ROWS_PER_WARP
+        } else {
+            self.opts.rows_per_warp
+        }
     }
 
     /// Compiles and loads perceptron.cu (first use), and plans the pass kernel's launches.
@@ -260,28 +285,32 @@ impl CudaPerceptron {
             return Ok(());
         }
         let module = self.load_module(&PERCEPTRON)?;
-        let variant = self.variant_name();
-        let pass = function(&module, variant)?;
         let finish = function(&module, "pass_finish")?;
         let row_outputs = function(&module, "row_outputs")?;
         let row_bytes = (self.stride4 * 16) as u32;
-        let warps = if variant == "pass_smem" {
-            let avail = self.gpu.smem_optin.max(SMEM_DEFAULT).saturating_sub(PASS_STATIC_SMEM);
-            let w = (avail / row_bytes.max(1)).min(WARPS);
-            if w == 0 {
-                return Err(Error::bad_input(
-                    format!("cuda data (D = {})", self.dim),
-                    format!(
-                        "one row accumulator ({row_bytes} bytes) exceeds the shared memory a block can have on {} ({} bytes)",
-                        self.gpu.device_name, self.gpu.smem_optin
-                    ),
-                ));
+        let (variant, warps, staged) = match self.register_variant() {
+            Some(v) => (v, WARPS, 0),
+            None => {
+                // The static shared memory (the finish's and the reduction's) is the same for both
+                // shared-memory variants.
+                let static_smem = function(&module, "pass_smem")?
+                    .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                    .map_err(drv("querying the static shared memory"))?
+                    .max(0) as u32;
+                let avail = self.gpu.smem_optin.max(SMEM_DEFAULT).saturating_sub(static_smem);
+                smem_plan(row_bytes, avail, self.opts.force_global_theta).ok_or_else(|| {
+                    Error::bad_input(
+                        format!("cuda data (D = {})", self.dim),
+                        format!(
+                            "one row accumulator ({row_bytes} bytes) exceeds the shared memory a block can have on {} ({} bytes)",
+                            self.gpu.device_name, self.gpu.smem_optin
+                        ),
+                    )
+                })?
             }
-            w
-        } else {
-            WARPS
         };
-        let smem = warps * row_bytes;
+        let pass = function(&module, variant)?;
+        let smem = (warps + staged) * row_bytes;
         // Static + dynamic shared memory above 48 KiB needs the opt-in; setting it is always valid.
         pass.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
             .map_err(drv("opting in to more shared memory"))?;
@@ -290,8 +319,9 @@ impl CudaPerceptron {
             return Err(device_error(format!("{variant} cannot run with {smem} bytes of shared memory on {}", self.gpu.device_name)));
         }
         let resident = per_sm as usize * self.gpu.sms;
-        let max_blocks = Self::blocks_for(self.train.rows, warps, resident)
-            + Self::blocks_for(self.dev.rows, warps, resident).max(Self::blocks_for(self.test.rows, warps, resident));
+        let rpw = self.rows_per_warp();
+        let max_blocks = Self::blocks_for(self.train.rows, warps, rpw, resident)
+            + Self::blocks_for(self.dev.rows, warps, rpw, resident).max(Self::blocks_for(self.test.rows, warps, rpw, resident));
         let s = &self.gpu.stream;
         let partials = s.alloc_zeros::<f32>(max_blocks * self.stride4 * 4).map_err(drv("allocating partial sums"))?;
         let loss_partials = s.alloc_zeros::<f64>(max_blocks).map_err(drv("allocating partial sums"))?;
@@ -299,6 +329,7 @@ impl CudaPerceptron {
         let scalar = s.alloc_zeros::<f32>(1).map_err(drv("allocating a scalar"))?;
         self.pass = Some(PassKernels {
             _module: module,
+            variant,
             pass,
             finish,
             row_outputs,
@@ -344,8 +375,9 @@ impl CudaPerceptron {
     /// and its mode.
     fn plan_pass(&self, mut p: PassParams, seg0: u32, seg1: Option<(Set, u32)>) -> Result<Option<PassLaunch>> {
         let k = self.pass.as_ref().ok_or_else(|| device_error("perceptron kernels not loaded"))?;
+        let rpw = self.rows_per_warp();
         let (blocks0, rows0) =
-            if seg0 == mode::NONE { (0, 0) } else { (Self::blocks_for(self.train.rows, k.warps, k.resident), self.train.rows) };
+            if seg0 == mode::NONE { (0, 0) } else { (Self::blocks_for(self.train.rows, k.warps, rpw, k.resident), self.train.rows) };
         p.mode0 = seg0;
         p.rows0 = rows0 as u32;
         p.blocks0 = blocks0 as u32;
@@ -355,7 +387,7 @@ impl CudaPerceptron {
             let s = self.set(set);
             p.mode1 = m;
             p.rows1 = s.rows as u32;
-            p.blocks1 = Self::blocks_for(s.rows, k.warps, k.resident) as u32;
+            p.blocks1 = Self::blocks_for(s.rows, k.warps, rpw, k.resident) as u32;
             p.x1 = self.ptr(&s.x);
             p.y1 = self.ptr(&s.y);
             p.s1 = 1.0 / s.rows as f32;
@@ -494,6 +526,23 @@ impl CudaPerceptron {
     /// Vector operations run in stream order after the steps recorded so far.
     fn before_vector_op(&mut self) -> Result<()> {
         self.flush_recorded()
+    }
+}
+
+/// The shared-memory variant for rows of `row_bytes` accumulator bytes when a block may have
+/// `avail` bytes of dynamic shared memory: (kernel, warps taking rows, staged vectors θ and λ of
+/// `row_bytes` each), or None when not even one accumulator fits. θ and λ are staged unless that
+/// costs more than half the warps (or `force_ldg`).
+fn smem_plan(row_bytes: u32, avail: u32, force_ldg: bool) -> Option<(&'static str, u32, u32)> {
+    let row_bytes = row_bytes.max(1);
+    let unstaged = (avail / row_bytes).min(WARPS);
+    let staged = (avail.saturating_sub(2 * row_bytes) / row_bytes).min(WARPS);
+    if !force_ldg && staged >= 1 && 2 * staged >= unstaged {
+        Some(("pass_smem", staged, 2))
+    } else if unstaged >= 1 {
+        Some(("pass_smem_ldg", unstaged, 0))
+    } else {
+        None
     }
 }
 
@@ -680,11 +729,32 @@ mod tests {
 
     #[test]
     fn blocks_grow_with_rows_up_to_the_resident_count() {
-        assert_eq!(CudaPerceptron::blocks_for(1, 8, 264), 1);
-        assert_eq!(CudaPerceptron::blocks_for(4096, 8, 264), 64);
-        assert_eq!(CudaPerceptron::blocks_for(512, 8, 264), 8);
-        assert_eq!(CudaPerceptron::blocks_for(1 << 20, 8, 264), 264);
-        assert_eq!(CudaPerceptron::blocks_for(0, 8, 264), 1);
+        // The paper's size at the default 2 rows per warp: 256 + 32 blocks, all resident (H200: 132
+        // SMs, 4 blocks of pass_r1 each).
+        assert_eq!(CudaPerceptron::blocks_for(4096, 8, ROWS_PER_WARP, 528), 256);
+        assert_eq!(CudaPerceptron::blocks_for(512, 8, ROWS_PER_WARP, 528), 32);
+        assert_eq!(CudaPerceptron::blocks_for(1, 8, 2, 264), 1);
+        assert_eq!(CudaPerceptron::blocks_for(4096, 8, 8, 264), 64);
+        assert_eq!(CudaPerceptron::blocks_for(512, 8, 8, 264), 8);
+        assert_eq!(CudaPerceptron::blocks_for(1 << 20, 8, 2, 264), 264);
+        assert_eq!(CudaPerceptron::blocks_for(0, 8, 2, 264), 1);
+        assert_eq!(CudaPerceptron::blocks_for(100, 8, 0, 264), 13, "0 rows per warp counts as 1");
+    }
+
+    #[test]
+    fn shared_memory_plan_stages_theta_unless_it_costs_too_many_warps() {
+        // An H200 block may opt in to 227 KiB; the kernels' static shared memory is ~8.1 KiB.
+        let avail = 232_448 - 8_272;
+        let plan = |dim: u32| smem_plan(dim.div_ceil(4) * 16, avail, false);
+        assert_eq!(plan(4096), Some(("pass_smem", 8, 2)), "D = 4096: 160 KiB, one block per SM");
+        assert_eq!(plan(600), Some(("pass_smem", 8, 2)));
+        assert_eq!(plan(10_000), Some(("pass_smem", 3, 2)), "3 warps staged against 5 unstaged");
+        assert_eq!(plan(16_000), Some(("pass_smem_ldg", 3, 0)), "staging would leave 1 warp of 3");
+        assert_eq!(plan(56_000), Some(("pass_smem_ldg", 1, 0)));
+        assert_eq!(plan(57_000), None, "one accumulator no longer fits");
+        assert_eq!(smem_plan(64, avail, true), Some(("pass_smem_ldg", 8, 0)), "forced");
+        // The 48 KiB a block gets without opting in (D = 1000: 4000-byte rows).
+        assert_eq!(smem_plan(4000, 48 * 1024 - 8_272, false), Some(("pass_smem", 8, 2)));
     }
 
     /// Without a driver the engine is an error value, not a panic (on a GPU machine: an engine).

@@ -1,11 +1,13 @@
 //! CUDA engine checks beyond the shared conformance tests (tests/conformance.rs): the kernel
 //! variant chosen per D, the large-problem paths at sizes where they run by default (D > 512 with
-//! many blocks, several finish modes), run-to-run reproducibility, and projection edge cases.
+//! many blocks: rows in one register tile and rows re-read tile by tile, θ/λ staged in shared
+//! memory or read through L1, X in f32 and 16 bits, several finish modes and rows per warp),
+//! run-to-run reproducibility, the load path, and projection edge cases.
 //! They need a GPU: without one they print SKIPPED, with `LEARNLAW_REQUIRE_CUDA=1` they fail.
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::reference;
-use learnlaw_core::{simplex, Engine, Error, Set};
-use learnlaw_cuda::{CudaPerceptron, Options};
+use learnlaw_core::{simplex, Engine, Error, Set, Storage};
+use learnlaw_cuda::{CudaPerceptron, Loading, Options};
 use std::io::Write as _; // a skip is written to stderr directly: test output capture would hide it
 
 fn data(dim: usize, n: usize, k: usize, seed: u64) -> PerceptronData {
@@ -52,23 +54,75 @@ fn theta_of(dim: usize, scale: f64) -> Vec<f64> {
 
 #[test]
 fn variant_follows_the_dimension() {
-    for (dim, want) in
-        [(1, "pass_r1"), (128, "pass_r1"), (129, "pass_r2"), (256, "pass_r2"), (300, "pass_r4"), (512, "pass_r4"), (513, "pass_smem")]
-    {
+    for (dim, want) in [
+        (1, "pass_r1"),
+        (128, "pass_r1"),
+        (129, "pass_r2"),
+        (256, "pass_r2"),
+        (300, "pass_r4"),
+        (512, "pass_r4"),
+        (513, "pass_smem"),
+        (4096, "pass_smem"),
+    ] {
         let d = data(dim, 20, 5, 1);
         let Some(mut e) = engine(&d, &Options::default()) else { return };
         assert_eq!(e.pass_variant().unwrap(), want, "D = {dim}");
     }
+    let d = data(100, 20, 5, 1);
+    let Some(mut e) = engine(&d, &Options { force_global_theta: true, ..Default::default() }) else { return };
+    assert_eq!(e.pass_variant().unwrap(), "pass_smem_ldg");
 }
 
-/// Forward and backward steps and the dev gradient at D = 1000 (pass_smem by default) with enough
-/// rows for many blocks, with the finish fused into the pass and as its own launch.
+/// On a GPU NVRTC knows (an H200 with NVRTC 13.x), kernels load as SASS for the device's own
+/// architecture, not as PTX the driver would have to JIT-compile.
+#[test]
+fn kernels_load_as_sass_for_the_device() {
+    let d = data(8, 20, 5, 1);
+    let Some(mut e) = engine(&d, &Options::default()) else { return };
+    e.pass_variant().unwrap(); // loads perceptron.cu
+    let info = e.device_info();
+    println!("{info}");
+    let (major, minor) = info.compute_capability;
+    if learnlaw_cuda::nvrtc_supported_archs().unwrap_or_default().contains(&(10 * major + minor)) {
+        assert_eq!(info.loading, Loading::Cubin, "{info}");
+        assert_eq!(e.arch(), format!("sm_{major}{minor}"));
+    }
+}
+
+/// Forward and backward steps and the dev gradient at D = 1000 and 2500 in f32 (pass_smem by
+/// default; a tile of 16 float4 per lane holds rows of up to 2048 values, so D = 2500 re-reads
+/// them tile by tile) and at D = 2500 and 4500 with X in 16 bits (tiles of 32 vectors: one tile,
+/// then two), with enough rows for many blocks, θ/λ staged or read through L1, the finish fused
+/// into the pass or as its own launch, and several rows per warp.
 #[test]
 fn large_dimension_steps_match_the_reference() {
-    let (dim, n, k) = (1000, 3000, 700);
-    let d = data(dim, n, k, 5);
-    for separate in [false, true] {
-        let Some(mut e) = engine(&d, &Options { force_separate_finish: separate, ..Default::default() }) else { return };
+    let (n, k) = (3000, 700);
+    let base = Options::default();
+    let cases: Vec<(usize, Storage, Options)> = vec![
+        (1000, Storage::F32, base.clone()),
+        (1000, Storage::F32, Options { force_separate_finish: true, ..base.clone() }),
+        (1000, Storage::F32, Options { force_global_theta: true, rows_per_warp: 1, ..base.clone() }),
+        (2500, Storage::F32, base.clone()),
+        (2500, Storage::F32, Options { force_global_theta: true, force_separate_finish: true, ..base.clone() }),
+        (2500, Storage::Bf16, Options { rows_per_warp: 8, ..base.clone() }),
+        (2500, Storage::F16, base.clone()),
+        (4500, Storage::Bf16, base.clone()),
+        (4500, Storage::F16, Options { force_global_theta: true, ..base.clone() }),
+    ];
+    let mut last_dim = 0;
+    let mut d = data(1, 1, 1, 5);
+    for (dim, storage, opts) in cases {
+        if dim != last_dim {
+            d = data(dim, n, k, 5);
+            last_dim = dim;
+        }
+        // The reference on X as the engine stores it.
+        let mut d = d.clone();
+        for set in [&mut d.train, &mut d.dev, &mut d.test] {
+            set.x.iter_mut().for_each(|v| *v = storage.round(*v));
+        }
+        let Some(mut e) = engine(&d, &Options { storage, ..opts.clone() }) else { return };
+        let variant = e.pass_variant().unwrap();
         let theta = theta_of(dim, 0.05);
         let lambda_next = theta_of(dim, 1.0).iter().rev().copied().collect::<Vec<_>>();
         let gamma: Vec<f64> = (0..2 * n).map(|i| if i % 5 == 0 { 0.0 } else { 1.25 / n as f64 }).collect();
@@ -76,8 +130,8 @@ fn large_dimension_steps_match_the_reference() {
         let gamma_d = e.upload(&f32s(&gamma)).unwrap();
         let lambda_next_d = e.upload(&f32s(&lambda_next)).unwrap();
         let (eta, w) = (0.3, 0.01);
-        let what = |s: &str| format!("{s} (D = {dim}, N = {n}, separate finish: {separate})");
-        let (atol, rtol) = (2e-5, 2e-4); // f32 sums over 1000-value rows and 3000 rows
+        let what = |s: &str| format!("{s} (D = {dim}, N = {n}, X in {}, {variant}, {opts:?})", storage.name());
+        let (atol, rtol) = (2e-5, 2e-4); // f32 sums over rows of thousands of values and 3000 rows
 
         let mut next = e.upload(&vec![f32::NAN; dim]).unwrap();
         let mut curve = e.upload(&[7.0; 3]).unwrap();
@@ -106,10 +160,51 @@ fn large_dimension_steps_match_the_reference() {
     }
 }
 
+/// A forward row with γ = 0 adds nothing even where its coefficient would be NaN (the register
+/// variants read such rows and force c = 0; pass_smem skips them): θ = 3e38 everywhere and X rows
+/// [1, 1, 1, 1, −1, −1, −1, −1] give lane sums +∞ and −∞, so x·θ = NaN, for every γ = 0 row; the
+/// step must equal the same step with those rows zeroed, bit for bit.
+#[test]
+fn zero_weight_rows_add_nothing_even_when_their_logit_is_nan() {
+    let (dim, n) = (8, 500);
+    let zero_weight = |i: usize| i.is_multiple_of(3);
+    let set = |rows: usize, nan_rows: bool| {
+        let mut x = vec![0f32; rows * dim];
+        for i in 0..rows {
+            if zero_weight(i) && nan_rows {
+                x[i * dim..(i + 1) * dim].copy_from_slice(&[1., 1., 1., 1., -1., -1., -1., -1.]);
+            } else {
+                x[i * dim + i % dim] = 1e-30 * (1 + i % 7) as f32;
+            }
+        }
+        learnlaw_core::data::Examples { x, y: (0..rows).map(|i| (i % 2) as f32).collect() }
+    };
+    let make = |nan_rows: bool| PerceptronData { dim, train: set(n, nan_rows), dev: set(40, false), test: set(40, false), theta0: None };
+    let gamma: Vec<f32> = (0..n).map(|i| if zero_weight(i) { 0.0 } else { 1.0 / n as f32 }).collect();
+    for opts in [
+        Options::default(),
+        Options { force_smem_variant: true, ..Default::default() },
+        Options { force_global_theta: true, ..Default::default() },
+    ] {
+        let mut out = Vec::new();
+        for nan_rows in [false, true] {
+            let Some(mut e) = engine(&make(nan_rows), &opts) else { return };
+            let theta = e.upload(&vec![3e38; dim]).unwrap();
+            let gamma_d = e.upload(&gamma).unwrap();
+            let mut next = e.zeros(dim).unwrap();
+            e.forward_step(&theta, &gamma_d, 0, 1e-3, &mut next, None).unwrap();
+            out.push(e.download(&next).unwrap());
+        }
+        assert!(out[1].iter().all(|v| v.is_finite()), "{opts:?}: a γ = 0 row leaked NaN into θ_next: {:?}", out[1]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&out[0]), bits(&out[1]), "{opts:?}: γ = 0 rows changed θ_next");
+    }
+}
+
 /// The same step twice gives the same bits (fixed reduction order).
 #[test]
 fn steps_are_reproducible() {
-    for dim in [128, 700] {
+    for dim in [128, 700, 2500] {
         let d = data(dim, 5000, 600, 9);
         let Some(mut e) = engine(&d, &Options::default()) else { return };
         let n = d.train.len();

@@ -1,8 +1,8 @@
 //! The CUDA kernels' compile check, which needs no GPU and no driver: every `kernels/cuda/*.cu` is
-//! compiled by NVRTC (through cudarc, with the engine's own options; perceptron.cu once per storage
-//! of X: f32, f16, bf16) to PTX for `compute_90`, and
-//! the PTX is assembled by `ptxas -arch=sm_90` (the H200's architecture). A kernel that does not
-//! compile or assemble fails the test.
+//! compiled by NVRTC (with the engine's own options; perceptron.cu once per storage of X: f32,
+//! f16, bf16) to an `sm_90` cubin — the SASS image the engine loads on an H200 — and to PTX for
+//! `compute_90` (the fallback path), which is assembled by `ptxas -arch=sm_90`. A kernel that does
+//! not compile or assemble fails the test.
 //!
 //! NVRTC (libnvrtc.so.13) and ptxas come from the PyPI wheels `nvidia-cuda-nvrtc` and
 //! `nvidia-cuda-nvcc` (13.0; see .ci/run, which puts their lib and bin folders on LD_LIBRARY_PATH
@@ -11,7 +11,7 @@ use std::io::Write as _; // a skip is written to stderr directly: test output ca
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use learnlaw_cuda::{compile_ptx, nvrtc_available, nvrtc_version, KERNEL_FILES, PASS_PARAMS_BYTES};
+use learnlaw_cuda::{compile_cubin, compile_ptx, nvrtc_available, nvrtc_supported_archs, nvrtc_version, KERNEL_FILES, PASS_PARAMS_BYTES};
 
 const ARCH_PTX: &str = "compute_90";
 const ARCH_SASS: &str = "sm_90";
@@ -104,4 +104,31 @@ fn every_kernel_compiles_with_nvrtc_and_assembles_for_sm_90() {
             println!("  {}", line.trim_start_matches("ptxas info    : "));
         }
     }
+}
+
+/// The load path the engine takes on an H200: NVRTC lists sm_90, and compiles every kernel file to
+/// an sm_90 cubin (an ELF image holding every entry point) without a GPU.
+#[test]
+fn every_kernel_compiles_to_an_sm_90_cubin() {
+    if !nvrtc_available() {
+        return skip("no NVRTC library (libnvrtc.so.13) on LD_LIBRARY_PATH");
+    }
+    let (major, minor) = nvrtc_version().expect("NVRTC version");
+    let archs = nvrtc_supported_archs().expect("NVRTC's supported architectures");
+    println!("NVRTC {major}.{minor} compiles for {archs:?}");
+    assert!(archs.contains(&90), "NVRTC {major}.{minor} cannot compile for sm_90: {archs:?}");
+    for (f, storage) in KERNEL_FILES.iter().flat_map(|f| f.storages.iter().map(move |s| (f, *s))) {
+        let cubin = compile_cubin(f, ARCH_SASS, storage).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "{} ({storage:?}): the cubin is not an ELF image", f.name);
+        for entry in f.entries {
+            let name = entry.as_bytes();
+            assert!(cubin.windows(name.len()).any(|w| w == name), "{} ({storage:?}): no {entry} in the cubin", f.name);
+        }
+        // Cached: the same bytes again.
+        assert_eq!(compile_cubin(f, ARCH_SASS, storage).unwrap(), cubin);
+        println!("{} (X in {}): {ARCH_SASS} cubin {} bytes", f.name, storage.name(), cubin.len());
+    }
+    // A virtual architecture has no SASS: an error, not a panic.
+    let err = compile_cubin(&KERNEL_FILES[0], ARCH_PTX, KERNEL_FILES[0].storages[0]).unwrap_err();
+    assert!(err.to_string().contains("cubin"), "{err}");
 }
