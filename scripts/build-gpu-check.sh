@@ -20,15 +20,18 @@ TARGETS=(
   cuda:bench=bench_cuda
   learnlaw:bin=learnlaw
   weighted_training:example=weighted_training
+  layer_kernels:test=layer_kernels
+  transformer_engines:test=transformer_engines
+  cuda_transformer:bench=bench_cuda_transformer
 )
 rm -rf "$STAGE"
 mkdir -p "$STAGE"
 json="$(mktemp)"
 trap 'rm -f "$json"' EXIT
 fmt=(--message-format=json-render-diagnostics --locked)
-cargo test --release --no-run "${fmt[@]}" -p learnlaw --test conformance >>"$json"
+cargo test --release --no-run "${fmt[@]}" -p learnlaw --test conformance --test layer_kernels --test transformer_engines >>"$json"
 cargo test --release --no-run "${fmt[@]}" -p learnlaw-cuda >>"$json"
-cargo bench --no-run "${fmt[@]}" -p learnlaw --bench cuda >>"$json"
+cargo bench --no-run "${fmt[@]}" -p learnlaw --bench cuda --bench cuda_transformer >>"$json"
 cargo build --release "${fmt[@]}" -p learnlaw-cli >>"$json"
 cargo build --release "${fmt[@]}" -p learnlaw --example weighted_training >>"$json"
 python3 - "$json" "$STAGE" "${TARGETS[@]}" <<'PY'

@@ -41,7 +41,14 @@
 #      the Transformer's timings (transformer_timings below);
 #   6. if time allows, compute-sanitizer memcheck on the conformance tests (where the runtime allows it).
 # A short table is printed last.
+#
+#   scripts/gpu-check.sh window        # a second call: the Transformer's GPU window instead
+# runs step 0, then `learnlaw reproduce transformer --gpu-window` (the paper's model and data
+# recipe, N = 1024, T = 250, 4 epochs; WINDOW_BACKEND=cuda by default, or cuda-bf16) and its
+# report: J history, AR on dev and test, s per epoch and the scaling-law fits as rows.
 set -uo pipefail
+MODE="${1:-check}"
+case "$MODE" in check | window) ;; *) echo "usage: $0 [check|window]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BIN="$ROOT/target/gpu-check"
@@ -142,7 +149,7 @@ finish() {
 }
 trap 'row "interrupted" "by a signal after $(($(date +%s) - START)) s"; finish 1' TERM INT
 
-for b in conformance cuda_unit cuda_device nvrtc_compile bench_cuda learnlaw weighted_training; do
+for b in conformance cuda_unit cuda_device nvrtc_compile bench_cuda learnlaw weighted_training layer_kernels transformer_engines bench_cuda_transformer; do
   if [ ! -x "$BIN/$b" ]; then
     row "staged binaries" "missing $BIN/$b: run scripts/build-gpu-check.sh on the development machine and carry target/gpu-check"
     finish 2
@@ -250,6 +257,98 @@ fi
 step backends 60 "$BIN/learnlaw" backends
 row "backends: cuda" "$(grep -E '^cuda ' "$WORK/backends.log" | head -1 | cut -c12-)"
 
+# ============================================================================================
+# The Transformer: validation (its layer kernels and engine against the f64 reference; the CLI's
+# search on cuda and cpu with J compared) and timings (benches/cuda_transformer.rs).
+KEEP_FOR_TRANSFORMER="${KEEP_FOR_TRANSFORMER:-150}"
+archive_runs() {
+  tar -czf "$RUNS_TAR" -C "$WORK" --exclude='*.safetensors' --exclude='.lock' runs 2>/dev/null
+}
+# compare_j LABEL RUN REFERENCE_RUN TARGET: a row with s/epoch, J's largest relative difference
+# (against TARGET, "-" for none) and AR of a run against the reference run.
+compare_j() {
+  [ -f "$2/summary.json" ] && [ -f "$3/summary.json" ] || return 0
+  row "$1" "$(python3 - "$2/summary.json" "$3/summary.json" "$4" <<'PY'
+import json, sys
+try:
+    g, c = (json.load(open(p)) for p in sys.argv[1:3])
+except Exception as e:
+    print(f"no comparison: {e}"); sys.exit(0)
+target = None if sys.argv[3] == "-" else float(sys.argv[3])
+jg, jc = g["j"], c["j"]
+n = min(len(jg), len(jc))
+rel = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(jg[:n], jc[:n])) if n else float("nan")
+sg, sc = g["seconds_per_epoch"], c["seconds_per_epoch"]
+ar = lambda s: "-" if s.get("ar") is None else f"{s['ar']:.3f}"
+verdict = "" if target is None else (" (ok)" if rel <= target else f" (ABOVE {target:g})")
+print(f"s/epoch {sg:.3f} vs {sc:.3f}: {sc / sg:.1f}x | J over {n} values: max rel diff {rel:.2e}{verdict} | AR {ar(g)}, ref {ar(c)}")
+PY
+)"
+}
+transformer_validation() {
+  step transformer_kernels 90 "$BIN/layer_kernels" cuda:: cuda_small_head_chunks:: cuda_bf16_gemm:: cuda_split_k:: cuda_stored_attention:: --test-threads=2
+  result "transformer layer kernels (cuda)" $? transformer_kernels
+  step transformer_engines 120 "$BIN/transformer_engines" cuda:: cuda_chunks_of_4:: --test-threads=2
+  result "transformer engine + 3-epoch J (cuda)" $? transformer_engines
+  local be
+  for be in cuda cuda-bf16 cpu; do
+    step "transformer_$be" 60 "$BIN/learnlaw" reproduce transformer --out "$RUNS/transformer-$be" --backend "$be" \
+      --train 64 --dev 32 --test 32 --steps 20 --epochs 3
+    rc=$?
+    [ $rc -eq 0 ] || { verdict $rc; row "reproduce transformer --backend $be" "$VERDICT"; }
+    archive_runs
+  done
+  compare_j "reproduce transformer cuda (small)" "$RUNS/transformer-cuda" "$RUNS/transformer-cpu" 1e-4
+  compare_j "reproduce transformer cuda-bf16 (small)" "$RUNS/transformer-cuda-bf16" "$RUNS/transformer-cpu" -
+}
+transformer_timings() {
+  step transformer_bench 150 "$BIN/bench_cuda_transformer"
+  verdict $?
+  row "transformer benchmarks" "$VERDICT"
+  local label=""
+  while IFS= read -r l; do
+    case "$l" in
+      "scaled default:"* | "paper size:"*) label="${l%%:*}" ;;
+      cublas_* | cuda_*) row "  $label ${l%% *}" "$(echo "${l#* }" | awk '{printf "%s ms, %s TFLOP/s, %s of cuBLAS", $1, $2, $3}')" ;;
+      "device working set"*) row "  $label memory" "${l#device working set of a backward step: }" ;;
+    esac
+  done <"$WORK/transformer_bench.log"
+}
+# The GPU window (`scripts/gpu-check.sh window`): the largest Transformer search that fits one call.
+transformer_window() {
+  local be="${WINDOW_BACKEND:-cuda}" dir="$RUNS/window-${WINDOW_BACKEND:-cuda}"
+  KEEP=40 step window 500 "$BIN/learnlaw" reproduce transformer --gpu-window --backend "$be" --out "$dir"
+  verdict $?
+  row "reproduce transformer --gpu-window ($be)" "$VERDICT"
+  step window_report 30 "$BIN/learnlaw" report "$dir"
+  archive_runs
+  [ -f "$dir/summary.json" ] || return 0
+  while IFS= read -r l; do row "  ${l%%|*}" "${l#*|}"; done < <(python3 - "$dir" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+s = json.load(open(os.path.join(d, "summary.json")))
+print("J per outer epoch|" + " → ".join(f"{j:.5f}" for j in s.get("j", [])))
+print(f"s per outer epoch|{s.get('seconds_per_epoch', float('nan')):.1f}")
+ar = s.get("ar")
+print(f"AR test|{'not reached' if ar is None else f'{ar:.3f}x'}")
+dev = s.get("ar_dev_by_epoch")
+if dev:
+    print(f"AR dev by epoch|{dev}")
+try:
+    a = json.load(open(os.path.join(d, "report", "analysis.json")))
+    for k, v in a.items():
+        if "fit" in k or "scaling" in k:
+            print(f"{k}|{json.dumps(v)[:300]}")
+except Exception as e:
+    print(f"scaling-law fit|no report: {e}")
+PY
+)
+}
+if [ "$MODE" = window ]; then
+  transformer_window
+  finish "$FAILED"
+fi
+
 # --- 1. compile check with this machine's NVRTC and ptxas, and the unit tests ----------------
 step nvrtc_compile 90 "$BIN/nvrtc_compile" --nocapture --test-threads=1
 result "nvrtc: sm_90 cubins, ptxas sm_90" $? nvrtc_compile
@@ -263,23 +362,6 @@ result "conformance (cuda f32/bf16/f16)" $? conformance
 step cuda_device 120 "$BIN/cuda_device" --test-threads=2 --nocapture
 result "device tests (large D, graphs, SASS)" $? cuda_device
 
-# ============================================================================================
-# The Transformer (issue 16 item 1) adds its checks in these two functions, as
-#   step NAME BUDGET CMD...            then   result "ROW LABEL" $? NAME     (test binaries)
-#                                       or    verdict $? "DETAIL"; row "ROW LABEL" "$VERDICT"
-# e.g.  step transformer_conformance 90 "$BIN/transformer_engines" cuda --test-threads=2
-#       result "transformer conformance (cuda)" $? transformer_conformance
-# Stage its binaries in scripts/build-gpu-check.sh (TARGETS) and list the required ones in the
-# check for missing binaries at the top. Validation runs before any timing; the perceptron
-# benchmarks leave KEEP_FOR_TRANSFORMER seconds (raise it to what transformer_timings needs).
-KEEP_FOR_TRANSFORMER="${KEEP_FOR_TRANSFORMER:-0}"
-transformer_validation() {
-  :
-}
-transformer_timings() {
-  :
-}
-# ============================================================================================
 transformer_validation
 
 # --- 3. the embedding example (examples/weighted_training.rs): a user's step loop and ∂J/∂γ ----
@@ -291,9 +373,6 @@ done
 
 # --- 4. the perceptron search, cuda against cpu, on the same data -----------------------------
 # Run directories under $RUNS; their small files are archived into $OUT after each run.
-archive_runs() {
-  tar -czf "$RUNS_TAR" -C "$WORK" --exclude='*.safetensors' --exclude='.lock' runs 2>/dev/null
-}
 timeout 60 "$BIN/learnlaw" data perceptron --out "$RUNS/data.safetensors" >/dev/null
 for be in cuda cuda-bf16 cpu; do
   step "reproduce_$be" 90 "$BIN/learnlaw" reproduce perceptron --data "$RUNS/data.safetensors" --out "$RUNS/$be" --epochs "$EPOCHS" --backend "$be"

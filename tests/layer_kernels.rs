@@ -358,6 +358,9 @@ layer_kernel_tests!(
     Tol::of::<f32>()
 );
 layer_kernel_tests!(cuda, cuda_or_skip(CudaKernels::open(0)), Tol::of::<f32>());
+layer_kernel_tests!(cuda_bf16_gemm, cuda_or_skip(CudaKernels::open(0)).map(|k| k.with_bf16_gemm()), Tol { atol: 6e-2, rtol: 2e-2 });
+layer_kernel_tests!(cuda_split_k, cuda_or_skip(CudaKernels::open(0)).map(|k| k.with_split_k(3)), Tol::of::<f32>());
+layer_kernel_tests!(cuda_stored_attention, cuda_or_skip(CudaKernels::open(0)).map(|k| k.with_stored_attention()), Tol::of::<f32>());
 layer_kernel_tests!(cuda_small_head_chunks, cuda_or_skip(CudaKernels::open(0)).map(|k| k.with_head_chunk_logits(100)), Tol::of::<f32>());
 // The same CUDA C compiled for the host and run on the CPU (learnlaw_cuda::HostSim): executes
 // every CUDA kernel here and in CI, where no GPU is.
