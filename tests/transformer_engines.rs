@@ -13,7 +13,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{assert_close, cuda_or_skip, from_f64, random_policy, rng, to_f64, uniform, wgpu_or_skip, Tol};
+use common::{assert_close, cuda_or_skip, from_f64, host_sim_or_skip, random_policy, rng, to_f64, uniform, wgpu_or_skip, Tol};
 
 type Make<E> = fn(&TransformerConfig, &TokenData) -> Option<E>;
 
@@ -156,3 +156,6 @@ transformer_engine_tests!(wgpu, |cfg, d| wgpu_or_skip(WgpuTransformer::new(cfg, 
 transformer_engine_tests!(wgpu_chunks_of_4, |cfg, d| wgpu_or_skip(WgpuTransformer::new(cfg, d)).map(|e| e.with_chunk_seqs(4)));
 transformer_engine_tests!(cuda, |cfg, d| cuda_or_skip(CudaTransformer::new(cfg, d)));
 transformer_engine_tests!(cuda_chunks_of_4, |cfg, d| cuda_or_skip(CudaTransformer::new(cfg, d)).map(|e| e.with_chunk_seqs(4)));
+// The CUDA engine on the CPU (learnlaw_cuda::HostSim): its kernels, vector and policy operations
+// executed here and in CI, the search's J against the cpu backend's.
+transformer_engine_tests!(cuda_on_host, |cfg, d| host_sim_or_skip(CudaTransformer::on_host(cfg, d)).map(|e| e.with_chunk_seqs(4)));

@@ -332,7 +332,8 @@ fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
 }
 
 /// A CUDA device as the engines use it: its primary context, the one stream everything runs on,
-/// and the properties launch plans need.
+/// and the properties launch plans need. Clones share the context and the stream.
+#[derive(Clone)]
 pub(crate) struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,

@@ -1,24 +1,27 @@
 // host_sim.h — the CUDA execution model on the host, so the CUDA C of kernels/cuda can be
 // compiled by a C++ compiler and run without a GPU (learnlaw-cuda's `HostSim`, for tests).
 //
-// A launch runs one OS thread per thread of a block; the threads walk the grid's blocks one after
-// the other, so `__shared__` variables can be function-local statics (one block lives at a time).
-// `__syncthreads` is a barrier over the block's threads and the warp shuffles exchange values
-// through a buffer between two barriers over the warp's threads; a thread that returns from the
-// kernel leaves both (as on Volta and later). Atomics are real atomics; memory is the host's (a
-// device pointer is a host address). What it cannot show: timing, races that the sequential block
-// order hides, and precision differences of the GPU's math functions (it uses the host's libm).
+// The threads of a block are fibers (ucontext) on the calling OS thread, run round-robin: each
+// runs until it reaches a synchronisation point (`__syncthreads`, a warp shuffle, an `mma`) or
+// returns, and a round ends when every live thread has; so `__syncthreads` is a barrier over the
+// block's live threads (a thread that returned leaves it, as on Volta and later), and a shuffle
+// posts its value, waits out the round, then reads its source lane's (two exchange buffers, used
+// alternately, so a lane that runs ahead cannot overwrite a value not yet read). Blocks run one
+// after another, so `__shared__` variables can be function-local statics. A kernel without
+// synchronisation runs each thread straight through. Atomics are real atomics; memory is the
+// host's (a device pointer is a host address). What it cannot show: timing, races the sequential
+// schedule hides, and the GPU's math-function rounding (it uses the host's libm).
 #pragma once
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
-#include <thread>
+#include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
+#include <ucontext.h>
 #include <utility>
 #include <vector>
 
@@ -34,132 +37,121 @@ struct alignas(8) float2 {
 
 namespace sim {
 
-// A barrier whose party count drops when a thread leaves.
-class Barrier {
-    std::mutex m;
-    std::condition_variable cv;
-    unsigned parties = 0, waiting = 0;
-    unsigned long long phase = 0;
-    void release() {
-        waiting = 0;
-        ++phase;
-        cv.notify_all();
-    }
+// Bytes of stack per simulated thread.
+constexpr std::size_t STACK = 256 * 1024;
 
-   public:
-    void reset(unsigned n) {
-        std::lock_guard<std::mutex> l(m);
-        parties = n;
-        waiting = 0;
-    }
-    void wait() {
-        std::unique_lock<std::mutex> l(m);
-        const unsigned long long ph = phase;
-        if (++waiting == parties) {
-            release();
-        } else {
-            cv.wait(l, [&] { return phase != ph; });
-        }
-    }
-    void leave() {
-        std::lock_guard<std::mutex> l(m);
-        --parties;
-        if (parties > 0 && waiting == parties) release();
-    }
+struct Fiber {
+    ucontext_t ctx;
+    bool done = false;
+    // Synchronisation points passed: picks the exchange buffer of the next one.
+    unsigned syncs = 0;
 };
 
 struct Launch {
     dim3 grid, block;
-    Barrier block_bar, end_bar;
-    std::vector<Barrier> warp_bars;
+    std::vector<Fiber> fibers;
+    // [2][block] values of a shuffle, [2][block][6] registers of an mma, by parity of `syncs`.
     std::vector<unsigned long long> exchange;
-    // Per warp and lane: the 4 A and 2 B registers of an mma.
     std::vector<unsigned int> mma;
+    ucontext_t scheduler;
+    std::function<void()> body;
 };
 
 inline Launch* current = nullptr;
-inline thread_local dim3 thread_idx, block_idx;
+// The fibers' stacks, shared by every launch (allocated, not touched, until used).
+inline std::vector<std::unique_ptr<char[]>> stacks;
+inline dim3 thread_idx, block_idx;
+inline Fiber* fiber = nullptr;
+
+// Ends this thread's part of the round: back to the scheduler until the next round.
+inline void yield() { swapcontext(&fiber->ctx, &current->scheduler); }
+
+// The parity of this thread's next synchronisation point (its exchange buffer).
+inline unsigned next_parity() { return fiber->syncs++ & 1u; }
 
 template <class T>
 T exchange(T v, unsigned (*source)(unsigned lane, unsigned arg), unsigned arg) {
     static_assert(sizeof(T) <= 8, "shuffles of at most 8 bytes");
     Launch& l = *current;
-    const unsigned t = thread_idx.x, w = t / 32, lane = t % 32;
+    const unsigned t = thread_idx.x, w = t / 32, lane = t % 32, par = next_parity();
+    unsigned long long* buf = &l.exchange[par * l.block.x];
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    l.warp_bars[w].wait();  // the previous exchange's reads are done
-    l.exchange[t] = bits;
-    l.warp_bars[w].wait();
+    buf[t] = bits;
+    yield();
     const unsigned src = source(lane, arg);
-    if (src < 32 && w * 32 + src < l.block.x) std::memcpy(&v, &l.exchange[w * 32 + src], sizeof(T));
+    if (src < 32 && w * 32 + src < l.block.x) std::memcpy(&v, &buf[w * 32 + src], sizeof(T));
     return v;
 }
+
+inline void fiber_entry() {
+    current->body();
+    fiber->done = true;
+}  // returns to uc_link: the scheduler
 
 // Runs `kernel` with `args` on grid × block (x only).
 template <class... A>
 void run(void (*kernel)(A...), std::tuple<A...> args, unsigned grid, unsigned block) {
+    while (stacks.size() < block) stacks.emplace_back(new char[STACK]);
     Launch l;
     l.grid.x = grid;
     l.block.x = block;
-    l.end_bar.reset(block);
-    const unsigned warps = (block + 31) / 32;
-    l.warp_bars = std::vector<Barrier>(warps);
-    l.exchange.assign(warps * 32, 0);
-    l.mma.assign(warps * 32 * 6, 0);
-    auto reset_block = [&] {
-        l.block_bar.reset(block);
-        for (unsigned w = 0; w < warps; ++w) l.warp_bars[w].reset(std::min(32u, block - 32 * w));
-    };
-    reset_block();
+    l.fibers.resize(block);
+    l.exchange.assign(2 * block, 0);
+    l.mma.assign(2 * block * 6, 0);
+    l.body = [&] { std::apply(kernel, args); };
     current = &l;
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; ++t) {
-        threads.emplace_back([&, t] {
-            thread_idx = dim3{t, 0, 0};
-            for (unsigned b = 0; b < grid; ++b) {
-                block_idx = dim3{b, 0, 0};
-                std::apply(kernel, args);
-                l.block_bar.leave();
-                l.warp_bars[t / 32].leave();
-                l.end_bar.wait();
-                if (t == 0) reset_block();
-                l.end_bar.wait();
+    for (unsigned b = 0; b < grid; ++b) {
+        block_idx = dim3{b, 0, 0};
+        for (unsigned t = 0; t < block; ++t) {
+            Fiber& f = l.fibers[t];
+            f.done = false;
+            f.syncs = 0;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = stacks[t].get();
+            f.ctx.uc_stack.ss_size = STACK;
+            f.ctx.uc_link = &l.scheduler;
+            makecontext(&f.ctx, fiber_entry, 0);
+        }
+        for (unsigned live = block; live > 0;) {
+            for (unsigned t = 0; t < block; ++t) {
+                Fiber& f = l.fibers[t];
+                if (f.done) continue;
+                thread_idx = dim3{t, 0, 0};
+                fiber = &f;
+                swapcontext(&l.scheduler, &f.ctx);
+                if (f.done) --live;
             }
-        });
+        }
     }
-    for (auto& th : threads) th.join();
     current = nullptr;
+    fiber = nullptr;
 }
 
-// Launches a kernel whose parameters are pointers then one struct by value, from the pointers'
-// addresses and the struct's bytes. Returns 0, or 1 when the counts or the size disagree.
+// Launches a kernel from one byte slice per parameter (a pointer's 8 address bytes, a scalar, a
+// struct by value). Returns 0, or 1 when the count or a size disagrees with the signature.
 template <class... A, std::size_t... I>
-int launch_indexed(void (*kernel)(A...), const std::uint64_t* ptrs, std::size_t nptrs, const void* params, std::size_t params_len,
-                   unsigned grid, unsigned block, std::index_sequence<I...>) {
+int launch_indexed(void (*kernel)(A...), const void* const* args, const std::size_t* sizes, std::size_t nargs, unsigned grid,
+                   unsigned block, std::index_sequence<I...>) {
     using Args = std::tuple<A...>;
-    constexpr std::size_t n = sizeof...(A);
-    using P = std::tuple_element_t<n - 1, Args>;
-    if (nptrs != n - 1 || params_len != sizeof(P)) return 1;
+    if (nargs != sizeof...(A)) return 1;
+    const bool sizes_match = ((sizes[I] == sizeof(std::tuple_element_t<I, Args>)) && ...);
+    if (!sizes_match) return 1;
     auto arg = [&](auto index) {
         constexpr std::size_t i = decltype(index)::value;
         using T = std::tuple_element_t<i, Args>;
-        if constexpr (i + 1 == n) {
-            T p;
-            std::memcpy(&p, params, sizeof(T));
-            return p;
-        } else {
-            static_assert(std::is_pointer_v<T>, "every parameter but the last is a pointer");
-            return reinterpret_cast<T>(static_cast<std::uintptr_t>(ptrs[i]));
-        }
+        static_assert(std::is_trivially_copyable_v<T>, "kernel parameters are plain data");
+        T t;
+        std::memcpy(static_cast<void*>(&t), args[i], sizeof(T));
+        return t;
     };
     run(kernel, Args{arg(std::integral_constant<std::size_t, I>{})...}, grid, block);
     return 0;
 }
 
 template <class... A>
-int launch(void (*kernel)(A...), const std::uint64_t* ptrs, std::size_t nptrs, const void* params, std::size_t params_len,
-           unsigned grid, unsigned block) {
-    return launch_indexed(kernel, ptrs, nptrs, params, params_len, grid, block, std::index_sequence_for<A...>{});
+int launch(void (*kernel)(A...), const void* const* args, const std::size_t* sizes, std::size_t nargs, unsigned grid, unsigned block) {
+    return launch_indexed(kernel, args, sizes, nargs, grid, block, std::index_sequence_for<A...>{});
 }
 
 }  // namespace sim
@@ -178,8 +170,11 @@ int launch(void (*kernel)(A...), const std::uint64_t* ptrs, std::size_t nptrs, c
 // Kernels use this to take the host's versions of what they write in PTX (see mma_bf16_16816).
 #define LEARNLAW_HOST_SIM 1
 
-inline void __syncthreads() { sim::current->block_bar.wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { sim::current->warp_bars[sim::thread_idx.x / 32].wait(); }
+inline void __syncthreads() {
+    sim::next_parity();
+    sim::yield();
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { __syncthreads(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <class T>
@@ -234,6 +229,16 @@ inline float __int_as_float(int i) {
     std::memcpy(&f, &i, 4);
     return f;
 }
+inline double __longlong_as_double(long long i) {
+    double d;
+    std::memcpy(&d, &i, 8);
+    return d;
+}
+inline long long __double_as_longlong(double d) {
+    long long i;
+    std::memcpy(&i, &d, 8);
+    return i;
+}
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
@@ -252,6 +257,22 @@ T atomicMax(T* p, T v) {
     return old;
 }
 template <class T>
+T atomicMin(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+template <class T>
+T atomicOr(T* p, T v) {
+    return std::atomic_ref<T>(*p).fetch_or(v);
+}
+template <class T>
+T atomicAnd(T* p, T v) {
+    return std::atomic_ref<T>(*p).fetch_and(v);
+}
+template <class T>
 T atomicExch(T* p, T v) {
     return std::atomic_ref<T>(*p).exchange(v);
 }
@@ -265,16 +286,15 @@ T atomicCAS(T* p, T cmp, T v) {
 // layout of the PTX ISA (lane = 4g + t; A registers {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
 // A[g+8][2t+8..]}, B {B[2t..][g], B[2t+8..][g]}, D {D[g][2t], D[g][2t+1], D[g+8][2t],
 // D[g+8][2t+1]}; two bf16 per register, the lower index in the low half). The lanes post their
-// registers, then each computes its four outputs (in f32, k in order).
+// registers, wait out the round, then each computes its four outputs (in f32, k in order).
 inline void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
     sim::Launch& l = *sim::current;
-    const unsigned tid = sim::thread_idx.x, w = tid / 32, lane = tid % 32;
-    unsigned int* regs = &l.mma[w * 32 * 6];
-    l.warp_bars[w].wait();  // the previous mma's reads are done
+    const unsigned tid = sim::thread_idx.x, w = tid / 32, lane = tid % 32, par = sim::next_parity();
+    unsigned int* regs = &l.mma[(par * l.block.x + w * 32) * 6];
     for (int i = 0; i < 4; ++i) regs[lane * 6 + i] = a[i];
     regs[lane * 6 + 4] = b[0];
     regs[lane * 6 + 5] = b[1];
-    l.warp_bars[w].wait();
+    sim::yield();
     auto half = [](unsigned int word, unsigned k) { return __uint_as_float((k & 1 ? word >> 16 : word & 0xffffu) << 16); };
     auto A = [&](unsigned r, unsigned k) { return half(regs[((r % 8) * 4 + (k % 8) / 2) * 6 + r / 8 + 2 * (k / 8)], k); };
     auto B = [&](unsigned k, unsigned n) { return half(regs[(n * 4 + (k % 8) / 2) * 6 + 4 + k / 8], k); };
@@ -289,4 +309,4 @@ inline void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsi
 
 // One `if` per entry of the included .cu file, inside `sim_launch`.
 #define SIM_ENTRY(name) \
-    if (std::strcmp(entry, #name) == 0) return sim::launch(name, ptrs, nptrs, params, params_len, grid, block);
+    if (std::strcmp(entry, #name) == 0) return sim::launch(name, args, sizes, nargs, grid, block);

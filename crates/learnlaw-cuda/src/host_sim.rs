@@ -22,8 +22,8 @@ use crate::runtime::{Mem, Runtime};
 const SHIM: &str = include_str!("host_sim.h");
 const BACKEND: &str = "cuda-host-sim";
 
-/// `sim_launch` of a compiled kernel file.
-type SimLaunch = unsafe extern "C" fn(*const std::ffi::c_char, *const u64, usize, *const u8, usize, u32, u32) -> i32;
+/// `sim_launch(entry, args, sizes, nargs, grid, block)` of a compiled kernel file.
+type SimLaunch = unsafe extern "C" fn(*const std::ffi::c_char, *const *const u8, *const usize, usize, u32, u32) -> i32;
 
 /// Zeroed host memory with the alignment of a device allocation.
 pub(crate) struct HostAlloc {
@@ -100,8 +100,8 @@ fn build(file: &KernelFile) -> Result<PathBuf> {
     let entries: String = file.entries.iter().map(|e| format!("    SIM_ENTRY({e})\n")).collect();
     let wrapper = format!(
         "#include \"host_sim.h\"\n#include \"{name}\"\n\
-         extern \"C\" int sim_launch(const char* entry, const std::uint64_t* ptrs, std::size_t nptrs, const void* params,\n\
-         \x20                          std::size_t params_len, unsigned grid, unsigned block) {{\n{entries}    return 2;\n}}\n",
+         extern \"C\" int sim_launch(const char* entry, const void* const* args, const std::size_t* sizes, std::size_t nargs,\n\
+         \x20                          unsigned grid, unsigned block) {{\n{entries}    return 2;\n}}\n",
         name = file.name
     );
     let flags = ["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-w", "-x", "c++"];
@@ -143,7 +143,7 @@ impl Runtime for HostSim {
     fn alloc(&self, bytes: usize) -> Result<Mem> {
         Ok(Mem::host(HostAlloc::zeroed(bytes)?))
     }
-    fn upload(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
+    fn upload(&self, dst: &Mem, src: &[u8]) -> Result<()> {
         if src.len() > dst.bytes {
             return Err(device_error(format!("upload of {} bytes into an allocation of {}", src.len(), dst.bytes)));
         }
@@ -160,27 +160,38 @@ impl Runtime for HostSim {
         unsafe { std::ptr::copy_nonoverlapping(src.ptr as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
-    fn launch(&self, file: &KernelFile, entry: &str, ptrs: &[u64], params: &[u8], grid: u32, block: u32) -> Result<()> {
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        let _one = LAUNCH.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: both ranges lie in live host allocations (the callers check lengths); `copy`
+        // allows overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+    fn launch(&self, file: &KernelFile, entry: &str, args: &[&[u8]], grid: u32, block: u32) -> Result<()> {
         let lib = self.library(file)?;
         // SAFETY: the symbol has the signature `sim_launch` is defined with in `build`.
         let f = unsafe { lib.get::<SimLaunch>(b"sim_launch\0") }.map_err(|e| device_error(format!("{}: {e}", file.name)))?;
         let name = std::ffi::CString::new(entry).map_err(|e| device_error(e.to_string()))?;
+        let (ptrs, sizes): (Vec<*const u8>, Vec<usize>) = args.iter().map(|a| (a.as_ptr(), a.len())).unzip();
         let _one = LAUNCH.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the pointers are addresses of live host allocations (or 0 where the kernel does
-        // not read them); the shim checks the pointer count and the parameter size.
-        let rc = unsafe { f(name.as_ptr(), ptrs.as_ptr(), ptrs.len(), params.as_ptr(), params.len(), grid, block) };
+        // SAFETY: every argument is a byte slice of its parameter's size (the shim checks the count
+        // and the sizes); pointer arguments are addresses of live host allocations, or 0 where the
+        // kernel does not read them.
+        let rc = unsafe { f(name.as_ptr(), ptrs.as_ptr(), sizes.as_ptr(), args.len(), grid, block) };
         match rc {
             0 => Ok(()),
             1 => Err(device_error(format!(
-                "{entry} of {}: {} pointers and {} parameter bytes do not match its signature",
+                "{entry} of {}: {} arguments of sizes {sizes:?} do not match its signature",
                 file.name,
-                ptrs.len(),
-                params.len()
+                args.len()
             ))),
             _ => Err(device_error(format!("{} has no kernel {entry}", file.name))),
         }
     }
     fn sync(&self) -> Result<()> {
         Ok(())
+    }
+    fn name(&self) -> &str {
+        "the CPU (CUDA host simulation)"
     }
 }

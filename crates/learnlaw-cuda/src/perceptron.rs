@@ -1,14 +1,15 @@
 //! [`CudaPerceptron`]: the perceptron task's engine on a CUDA device.
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaGraph, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use learnlaw_core::data::{Examples, PerceptronData};
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops, Storage};
 use std::sync::Arc;
 
 use crate::gpu::{device_error, drv, function, Device, KernelFile, BACKEND};
 use crate::graphs::{GraphCache, Plan};
-use crate::vector_ops::{check_len, delegate_vector_ops, CudaVec, VectorOps};
+use crate::runtime::{Runtime, Stream};
+use crate::vector_ops::{check_len, delegate_vector_ops, CudaVec};
 use crate::GraphStats;
 
 /// Threads per block of every kernel (`BLOCK` in the .cu files).
@@ -161,7 +162,8 @@ pub struct CudaPerceptron {
     /// Declared before the kernels: graphs are destroyed before the modules they launch.
     graphs: GraphCache<CudaGraph>,
     pass: Option<PassKernels>,
-    ops: VectorOps,
+    /// vector.cu and simplex.cu on the engine's stream (the vector and policy operations).
+    vector_rt: Stream,
 }
 
 impl CudaPerceptron {
@@ -199,6 +201,7 @@ impl CudaPerceptron {
         };
         let (train, dev, test) = (upload_set("train", &data.train)?, upload_set("dev", &data.dev)?, upload_set("test", &data.test)?);
         stream.synchronize().map_err(drv("uploading the data"))?;
+        let vector_rt = Stream::new(gpu.clone());
         Ok(CudaPerceptron {
             gpu,
             opts: opts.clone(),
@@ -210,7 +213,7 @@ impl CudaPerceptron {
             recording: None,
             graphs: GraphCache::default(),
             pass: None,
-            ops: VectorOps::default(),
+            vector_rt,
         })
     }
 
@@ -365,11 +368,6 @@ impl CudaPerceptron {
         p
     }
 
-    fn ptr_mut<T>(&self, s: &mut CudaSlice<T>) -> u64 {
-        let (p, _sync) = s.device_ptr_mut(&self.gpu.stream);
-        p
-    }
-
     /// Fills the parts of `PassParams` that depend on the engine and the segments: the launch of
     /// one step (None: nothing to do). `seg0`: a training-set mode; `seg1`: an evaluation set
     /// and its mode.
@@ -501,7 +499,8 @@ impl CudaPerceptron {
         let (rows_u, dim_u, st_u) = (rows as u32, self.dim as u32, self.stride4 as u32);
         let v_buf = v.unwrap_or(theta);
         let mut b = self.gpu.stream.launch_builder(&k.row_outputs);
-        b.arg(&self.train.x).arg(&self.train.y).arg(&theta.buf).arg(&v_buf.buf).arg(&mut out.buf);
+        let (theta_p, v_p, out_p) = (theta.mem.ptr, v_buf.mem.ptr, out.mem.ptr);
+        b.arg(&self.train.x).arg(&self.train.y).arg(&theta_p).arg(&v_p).arg(&out_p);
         b.arg(&rows_u).arg(&dim_u).arg(&st_u).arg(&m);
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: argument list matches row_outputs; lengths checked by the callers.
@@ -526,6 +525,10 @@ impl CudaPerceptron {
     /// Vector operations run in stream order after the steps recorded so far.
     fn before_vector_op(&mut self) -> Result<()> {
         self.flush_recorded()
+    }
+
+    fn runtime(&self) -> &dyn Runtime {
+        &self.vector_rt
     }
 }
 
@@ -596,16 +599,16 @@ impl Engine for CudaPerceptron {
         self.ensure_pass()?;
         let n = self.train.rows as u64;
         let mut p = PassParams {
-            gamma0: self.ptr(&gamma.buf) + 4 * t as u64 * n,
-            theta: self.ptr(&theta.buf),
-            base: self.ptr(&theta.buf),
-            out_vec: self.ptr_mut(&mut theta_next.buf),
+            gamma0: gamma.mem.ptr + 4 * t as u64 * n,
+            theta: theta.mem.ptr,
+            base: theta.mem.ptr,
+            out_vec: theta_next.mem.ptr,
             a0: -(eta as f32),
             ..Default::default()
         };
         let seg1 = match dev_loss {
             Some((curve, i)) => {
-                p.out_scalar = self.ptr_mut(&mut curve.buf) + 4 * i as u64;
+                p.out_scalar = curve.mem.ptr + 4 * i as u64;
                 Some((Set::Dev, mode::LOSS))
             }
             None => None,
@@ -632,12 +635,12 @@ impl Engine for CudaPerceptron {
         self.ensure_pass()?;
         let n = self.train.rows as u64;
         let p = PassParams {
-            gamma0: self.ptr(&gamma.buf) + 4 * t as u64 * n,
-            out0: self.ptr_mut(&mut grad_gamma.buf) + 4 * t as u64 * n,
-            theta: self.ptr(&theta.buf),
-            vec: self.ptr(&lambda_next.buf),
-            base: self.ptr(&lambda_next.buf),
-            out_vec: self.ptr_mut(&mut lambda.buf),
+            gamma0: gamma.mem.ptr + 4 * t as u64 * n,
+            out0: grad_gamma.mem.ptr + 4 * t as u64 * n,
+            theta: theta.mem.ptr,
+            vec: lambda_next.mem.ptr,
+            base: lambda_next.mem.ptr,
+            out_vec: lambda.mem.ptr,
             coef: -(eta as f32),
             a0: -(eta as f32),
             a1: (dev_weight / self.dev.rows as f64) as f32,
@@ -668,7 +671,7 @@ impl Engine for CudaPerceptron {
     fn loss(&mut self, set: Set, theta: &CudaVec) -> Result<f64> {
         check_len("theta", theta, self.dim)?;
         self.ensure_pass()?;
-        let p = PassParams { theta: self.ptr(&theta.buf), out_scalar: self.scalar_ptr(), ..Default::default() };
+        let p = PassParams { theta: theta.mem.ptr, out_scalar: self.scalar_ptr(), ..Default::default() };
         self.launch_pass(p, mode::NONE, Some((set, mode::LOSS)))?;
         self.read_scalar()
     }
@@ -678,8 +681,8 @@ impl Engine for CudaPerceptron {
         check_len("grad", grad, self.dim)?;
         self.ensure_pass()?;
         let p = PassParams {
-            theta: self.ptr(&theta.buf),
-            out_vec: self.ptr_mut(&mut grad.buf),
+            theta: theta.mem.ptr,
+            out_vec: grad.mem.ptr,
             out_scalar: self.scalar_ptr(),
             a1: 1.0 / self.set(set).rows as f32,
             ..Default::default()

@@ -1,13 +1,13 @@
-//! Where the Transformer's layer kernels run: a CUDA stream ([`Stream`]), or the same CUDA C
-//! compiled by the host's C++ compiler ([`HostSim`](crate::host_sim::HostSim)), which lets the
-//! conformance tests execute every kernel on a machine without a GPU.
+//! Where kernels run: a CUDA stream ([`Stream`]), or the same CUDA C compiled by the host's C++
+//! compiler ([`HostSim`](crate::host_sim::HostSim)), which lets the tests execute the kernels and
+//! the engines built on them on a machine without a GPU.
 //!
-//! A kernel sees only device addresses and its parameter struct's bytes, so both runtimes launch
-//! it the same way: pointers (as 64-bit addresses, 0 for null), then the struct by value.
+//! A kernel sees only its arguments' bytes, so both runtimes launch it the same way: one byte
+//! slice per parameter — a device address (8 bytes, 0 for null), a scalar, or a struct by value.
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use learnlaw_core::{Result, Storage};
 
 use crate::gpu::{device_error, drv, function, Device, KernelFile};
@@ -17,107 +17,164 @@ use crate::host_sim::HostAlloc;
 pub(crate) struct Mem {
     pub ptr: u64,
     pub bytes: usize,
-    keep: Keep,
+    _keep: Keep,
 }
 
 enum Keep {
-    Cuda(CudaSlice<u8>),
+    Cuda(#[allow(dead_code, reason = "held to be freed with the Mem")] CudaSlice<u8>),
     Host(#[allow(dead_code, reason = "held to be freed with the Mem")] HostAlloc),
 }
 
 impl Mem {
     pub(crate) fn host(a: HostAlloc) -> Self {
-        Mem { ptr: a.ptr(), bytes: a.bytes(), keep: Keep::Host(a) }
+        Mem { ptr: a.ptr(), bytes: a.bytes(), _keep: Keep::Host(a) }
     }
 }
 
-/// What the layer kernels need of a device.
+impl std::fmt::Debug for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mem({:#x}, {} bytes)", self.ptr, self.bytes)
+    }
+}
+
+/// What kernels and engines need of a device.
 pub(crate) trait Runtime {
     /// `bytes` of zeroed device memory (at least one byte; 256-byte aligned).
     fn alloc(&self, bytes: usize) -> Result<Mem>;
     /// Copies `src` to the start of `dst`.
-    fn upload(&self, dst: &mut Mem, src: &[u8]) -> Result<()>;
+    fn upload(&self, dst: &Mem, src: &[u8]) -> Result<()>;
     /// Copies the start of `src` to `dst`, after the work launched before.
     fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()>;
-    /// Launches `entry` of `file` on `grid` blocks of `block` threads with the pointers, then the
-    /// parameter struct's bytes, as its arguments.
-    fn launch(&self, file: &KernelFile, entry: &str, ptrs: &[u64], params: &[u8], grid: u32, block: u32) -> Result<()>;
+    /// Copies `bytes` from device address `src` to `dst`, in order with the launches.
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()>;
+    /// Launches `entry` of `file` on `grid` blocks of `block` threads, with one byte slice per
+    /// kernel parameter (`arg` makes them).
+    fn launch(&self, file: &KernelFile, entry: &str, args: &[&[u8]], grid: u32, block: u32) -> Result<()>;
     /// Blocks until the launched work has finished.
     fn sync(&self) -> Result<()>;
+    /// What the kernels run on, e.g. "NVIDIA H200".
+    fn name(&self) -> &str;
 }
 
-/// The largest parameter struct a kernel takes by value (bytes).
+/// A kernel argument's bytes: a device address, a scalar or a `#[repr(C)]` struct.
+pub(crate) fn arg<T: bytemuck::Pod>(x: &T) -> &[u8] {
+    bytemuck::bytes_of(x)
+}
+
+/// The largest by-value parameter a kernel takes (bytes).
 pub(crate) const MAX_PARAMS: usize = 64;
 
-/// A parameter struct's bytes, passed by value: the driver copies the kernel's declared size.
+/// One parameter's bytes: the driver copies the kernel's declared size from the start.
 #[repr(C, align(8))]
 struct ParamBlock([u8; MAX_PARAMS]);
 // SAFETY: plain bytes; the kernel reads its parameter's size (≤ MAX_PARAMS) from the start.
 unsafe impl DeviceRepr for ParamBlock {}
 
-/// A CUDA stream and the loaded modules of some kernel files.
+/// The kernels of a CUDA device's stream, each file compiled and loaded at its first launch.
 pub(crate) struct Stream {
-    stream: Arc<CudaStream>,
-    functions: HashMap<(&'static str, &'static str), CudaFunction>,
-    _modules: Vec<Arc<CudaModule>>,
+    gpu: Device,
+    modules: Mutex<HashMap<&'static str, Module>>,
+}
+
+struct Module {
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
 }
 
 impl Stream {
-    /// Compiles (first use in the process) and loads `files` on `gpu`.
-    pub(crate) fn load(gpu: &Device, files: &[KernelFile]) -> Result<Self> {
-        let mut functions = HashMap::new();
-        let mut modules = Vec::new();
-        for f in files {
-            let module = gpu.load_module(f, Storage::F32)?;
-            for &e in f.entries {
-                functions.insert((f.name, e), function(&module, e)?);
-            }
-            modules.push(module);
+    pub(crate) fn new(gpu: Device) -> Self {
+        Stream { gpu, modules: Mutex::default() }
+    }
+
+    /// Compiles and loads `file` unless it is loaded.
+    pub(crate) fn load(&self, file: &KernelFile) -> Result<()> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if !modules.contains_key(file.name) {
+            let module = self.gpu.load_module(file, Storage::F32)?;
+            let functions = file.entries.iter().map(|&e| Ok((e, function(&module, e)?))).collect::<Result<_>>()?;
+            modules.insert(file.name, Module { _module: module, functions });
         }
-        Ok(Stream { stream: gpu.stream.clone(), functions, _modules: modules })
+        Ok(())
+    }
+
+    fn function(&self, file: &KernelFile, entry: &str) -> Result<CudaFunction> {
+        self.load(file)?;
+        let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules[file.name].functions.get(entry).cloned().ok_or_else(|| device_error(format!("{} has no kernel {entry}", file.name)))
+    }
+
+    fn slice<'a>(m: &'a Mem, bytes: usize, what: &str) -> Result<&'a CudaSlice<u8>> {
+        match &m._keep {
+            Keep::Cuda(s) if bytes <= s.len() => Ok(s),
+            _ => Err(device_error(format!("{what} of {bytes} bytes with an allocation of {}", m.bytes))),
+        }
     }
 }
 
 impl Runtime for Stream {
     fn alloc(&self, bytes: usize) -> Result<Mem> {
-        let s = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(drv("allocating device memory"))?;
-        let ptr = s.device_ptr(&self.stream).0;
-        Ok(Mem { ptr, bytes: s.len(), keep: Keep::Cuda(s) })
+        let s = self.gpu.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(drv("allocating device memory"))?;
+        let ptr = s.device_ptr(&self.gpu.stream).0;
+        Ok(Mem { ptr, bytes: s.len(), _keep: Keep::Cuda(s) })
     }
-    fn upload(&self, dst: &mut Mem, src: &[u8]) -> Result<()> {
-        match &mut dst.keep {
-            Keep::Cuda(s) if src.len() <= s.len() => {
-                self.stream.memcpy_htod(src, &mut s.slice_mut(..src.len())).map_err(drv("uploading to the device"))
-            }
-            _ => Err(device_error(format!("upload of {} bytes into an allocation of {}", src.len(), dst.bytes))),
-        }
+    fn upload(&self, dst: &Mem, src: &[u8]) -> Result<()> {
+        Self::slice(dst, src.len(), "upload")?;
+        self.copy_in(dst.ptr, src)
     }
     fn download(&self, src: &Mem, dst: &mut [u8]) -> Result<()> {
-        match &src.keep {
-            Keep::Cuda(s) if dst.len() <= s.len() => {
-                self.stream.memcpy_dtoh(&s.slice(..dst.len()), dst).map_err(drv("downloading from the device"))?;
-                self.stream.synchronize().map_err(drv("downloading from the device"))
-            }
-            _ => Err(device_error(format!("download of {} bytes from an allocation of {}", dst.len(), src.bytes))),
-        }
+        let s = Self::slice(src, dst.len(), "download")?;
+        self.gpu.stream.memcpy_dtoh(&s.slice(..dst.len()), dst).map_err(drv("downloading from the device"))?;
+        self.gpu.stream.synchronize().map_err(drv("downloading from the device"))
     }
-    fn launch(&self, file: &KernelFile, entry: &str, ptrs: &[u64], params: &[u8], grid: u32, block: u32) -> Result<()> {
-        let f =
-            self.functions.get(&(file.name, entry)).ok_or_else(|| device_error(format!("kernel {entry} of {} not loaded", file.name)))?;
-        let mut block_bytes = ParamBlock([0; MAX_PARAMS]);
-        block_bytes.0[..params.len()].copy_from_slice(params);
-        let mut b = self.stream.launch_builder(f);
-        for p in ptrs {
+    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.gpu.ctx.bind_to_thread().map_err(drv("binding the context"))?;
+        // SAFETY: both ranges lie in live allocations of this context (the callers check lengths).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.gpu.stream.cu_stream()) }
+            .map_err(drv("copying on the device"))
+    }
+    fn launch(&self, file: &KernelFile, entry: &str, args: &[&[u8]], grid: u32, block: u32) -> Result<()> {
+        let f = self.function(file, entry)?;
+        let mut params = Vec::with_capacity(args.len());
+        for a in args {
+            if a.len() > MAX_PARAMS {
+                return Err(device_error(format!("{entry}: a parameter of {} bytes", a.len())));
+            }
+            let mut p = ParamBlock([0; MAX_PARAMS]);
+            p.0[..a.len()].copy_from_slice(a);
+            params.push(p);
+        }
+        let mut b = self.gpu.stream.launch_builder(&f);
+        for p in &params {
             b.arg(p);
         }
-        b.arg(&block_bytes);
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the caller passes the kernel's pointer parameters as 64-bit device addresses of
-        // live allocations (or 0 where the kernel does not read them) and its struct's bytes.
+        // SAFETY: the caller passes one argument per kernel parameter, in order, device addresses
+        // of live allocations (or 0 where the kernel does not read them) for the pointers.
         unsafe { b.launch(cfg) }.map_err(|e| device_error(format!("launching {entry} of {}: {e}", file.name)))?;
         Ok(())
     }
     fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(drv("synchronising"))
+        self.gpu.stream.synchronize().map_err(drv("synchronising"))
+    }
+    fn name(&self) -> &str {
+        &self.gpu.device_name
+    }
+}
+
+impl Stream {
+    /// Host bytes to a device address, in stream order (synchronous for the host buffer).
+    fn copy_in(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.gpu.ctx.bind_to_thread().map_err(drv("binding the context"))?;
+        // SAFETY: dst has room for src (checked by the caller); the sync below keeps `src` alive
+        // until the copy has read it.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.gpu.stream.cu_stream()) }
+            .map_err(drv("uploading to the device"))?;
+        self.gpu.stream.synchronize().map_err(drv("uploading to the device"))
     }
 }

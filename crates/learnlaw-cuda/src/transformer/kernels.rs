@@ -14,11 +14,13 @@
 use learnlaw_core::transformer::kernels::{
     positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
+use std::rc::Rc;
+
 use learnlaw_core::{Error, Result, Storage};
 
 use crate::gpu::{device_error, Device, KernelFile};
 use crate::host_sim::HostSim;
-use crate::runtime::{Mem, Runtime, Stream, MAX_PARAMS};
+use crate::runtime::{arg, Mem, Runtime, Stream, MAX_PARAMS};
 
 pub const GEMM: KernelFile = KernelFile {
     name: "gemm.cu",
@@ -146,7 +148,7 @@ pub struct DeviceHead {
 
 /// The layer kernels of one CUDA device (f32 storage and accumulation).
 pub struct CudaKernels {
-    rt: Box<dyn Runtime>,
+    rt: Rc<dyn Runtime>,
     /// Scratch: the head's logits chunk [rows, vocab] and its tangent; rmsnorm's parameter
     /// partials; attention's gS and ġS [B, heads, L, L].
     logits: DeviceBuf,
@@ -211,16 +213,26 @@ fn blocks(items: usize, per_block: usize) -> u32 {
 impl CudaKernels {
     /// Compiles (first use in the process) and loads the kernels on `gpu`.
     pub(crate) fn new(gpu: &Device) -> Result<Self> {
-        Ok(Self::with_runtime(Box::new(Stream::load(gpu, &TRANSFORMER_FILES)?)))
+        // Compile every file now: a kernel that does not build is an error here, not mid-pass.
+        let rt = Stream::new(gpu.clone());
+        for f in &TRANSFORMER_FILES {
+            rt.load(f)?;
+        }
+        Ok(Self::with_runtime(Rc::new(rt)))
     }
 
     /// The kernels compiled for the host and run on the CPU ([`HostSim`]): `Error::Unavailable`
     /// without a C++ compiler.
     pub fn on_host() -> Result<Self> {
-        Ok(Self::with_runtime(Box::new(HostSim::new()?)))
+        Ok(Self::with_runtime(Rc::new(HostSim::new()?)))
     }
 
-    fn with_runtime(rt: Box<dyn Runtime>) -> Self {
+    /// Where the kernels run (engines share it for their vector operations).
+    pub(crate) fn runtime(&self) -> Rc<dyn Runtime> {
+        self.rt.clone()
+    }
+
+    pub(crate) fn with_runtime(rt: Rc<dyn Runtime>) -> Self {
         CudaKernels {
             rt,
             logits: DeviceBuf::default(),
@@ -303,7 +315,9 @@ impl CudaKernels {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = self.rt.launch(file, entry, ptrs, bytemuck::bytes_of(&params), grid, block) {
+        let mut args: Vec<&[u8]> = ptrs.iter().map(arg).collect();
+        args.push(arg(&params));
+        if let Err(e) = self.rt.launch(file, entry, &args, grid, block) {
             self.record_error(e);
         }
     }
@@ -451,8 +465,8 @@ impl CudaKernels {
         }
         let (start, pos) = positions_by_id(host);
         let upload = |data: &[u32]| -> Result<Mem> {
-            let mut m = self.rt.alloc(4 * data.len())?;
-            self.rt.upload(&mut m, bytemuck::cast_slice(data))?;
+            let m = self.rt.alloc(4 * data.len())?;
+            self.rt.upload(&m, bytemuck::cast_slice(data))?;
             Ok(m)
         };
         let mem = [upload(host)?, upload(&start)?, upload(&pos)?];
@@ -464,7 +478,7 @@ impl CudaKernels {
         let mut b = DeviceBuf::default();
         self.sized(&mut b, host.len());
         self.flush()?;
-        if let Some(m) = b.owned.as_mut() {
+        if let Some(m) = &b.owned {
             self.rt.upload(m, bytemuck::cast_slice(host))?;
         }
         Ok(b)

@@ -9,7 +9,8 @@
 //! reproducible run to run. Nothing is read back inside a step.
 pub mod kernels;
 
-use cudarc::driver::DevicePtr;
+use std::rc::Rc;
+
 use learnlaw_core::text::TokenData;
 use learnlaw_core::transformer::kernels::{GemmShape, LayerKernels, Operand, Output, Tokens};
 use learnlaw_core::transformer::model::{Model, Tape};
@@ -17,7 +18,9 @@ use learnlaw_core::transformer::{check_task, step_flops, Layout, TransformerConf
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops};
 
 use crate::gpu::{Device, BACKEND};
-use crate::vector_ops::{check_len, delegate_vector_ops, CudaVec, VectorOps};
+use crate::host_sim::HostSim;
+use crate::runtime::Runtime;
+use crate::vector_ops::{check_len, delegate_vector_ops, CudaVec};
 use kernels::{CudaKernels, DeviceBuf, DeviceIds};
 
 /// Token positions per chunk of a pass (activations scale with it: at the paper's model about
@@ -63,8 +66,8 @@ enum PerSeq<'a> {
 
 /// The Transformer engine on a CUDA device (f32 storage and accumulation).
 pub struct CudaTransformer {
-    gpu: Device,
-    ops: VectorOps,
+    /// Where everything runs (a CUDA stream, or the host simulation), shared with `k`.
+    rt: Rc<dyn Runtime>,
     k: CudaKernels,
     cfg: TransformerConfig,
     layout: Layout,
@@ -89,11 +92,23 @@ impl CudaTransformer {
     pub fn on_device(cfg: &TransformerConfig, data: &TokenData, ordinal: usize) -> Result<Self> {
         check_task(cfg, data)?;
         let gpu = Device::open(ordinal)?;
-        let mut k = CudaKernels::new(&gpu)?;
+        let k = CudaKernels::new(&gpu)?;
+        Self::with_kernels(cfg, data, k)
+    }
+
+    /// The engine on the CPU through the CUDA host simulation ([`HostSim`]: the same CUDA C
+    /// compiled by the host's C++ compiler), for tests without a GPU; `Error::Unavailable`
+    /// without a C++ compiler. Slow: a correctness tool.
+    pub fn on_host(cfg: &TransformerConfig, data: &TokenData) -> Result<Self> {
+        check_task(cfg, data)?;
+        Self::with_kernels(cfg, data, CudaKernels::with_runtime(Rc::new(HostSim::new()?)))
+    }
+
+    fn with_kernels(cfg: &TransformerConfig, data: &TokenData, mut k: CudaKernels) -> Result<Self> {
         let seq_len = data.seq_len;
         let l = seq_len - 1;
         // Whole sequences per chunk, within the token budget and the kernels' 32-bit indices (the
-        // attention probabilities [B, heads, L, L] and the FFN activations [B·L, ffn] are the
+        // FFN activations [B·L, ffn] and, for wide heads, attention's [B, heads, L, L] are the
         // largest per-chunk buffers).
         let per_seq = (cfg.heads * l * l).max(l * cfg.ffn.max(cfg.hidden));
         let chunk_seqs = (CHUNK_TOKENS / l).min(u32::MAX as usize / per_seq).max(1);
@@ -106,8 +121,7 @@ impl CudaTransformer {
         let p = cfg.layout().len;
         let (dev_grad, scalar) = (k.upload_buf(&vec![0.0; p])?, k.upload_buf(&[0.0])?);
         Ok(CudaTransformer {
-            gpu,
-            ops: VectorOps::default(),
+            rt: k.runtime(),
             k,
             cfg: cfg.clone(),
             layout: cfg.layout(),
@@ -138,9 +152,9 @@ impl CudaTransformer {
         self
     }
 
-    /// The device's name, e.g. "NVIDIA H200".
+    /// What it runs on, e.g. "NVIDIA H200".
     pub fn device_name(&self) -> &str {
-        &self.gpu.device_name
+        self.rt.name()
     }
 
     /// Blocks until all launched work has finished.
@@ -168,7 +182,11 @@ impl CudaTransformer {
 
     /// A view of an engine vector for the kernels (valid while `v` lives unchanged).
     fn view(&self, v: &CudaVec) -> DeviceBuf {
-        DeviceBuf::view(v.buf.device_ptr(&self.gpu.stream).0, v.len)
+        DeviceBuf::view(v.mem.ptr, v.len)
+    }
+
+    fn runtime(&self) -> &dyn Runtime {
+        &*self.rt
     }
 
     /// The engine's vector operations run in stream order after the kernels' launches; only a
@@ -245,7 +263,7 @@ impl CudaTransformer {
 impl Drop for CudaTransformer {
     /// Waits for queued work before the buffers and modules go.
     fn drop(&mut self) {
-        let _ = self.gpu.stream.synchronize();
+        let _ = self.rt.sync();
     }
 }
 
