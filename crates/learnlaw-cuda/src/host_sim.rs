@@ -1,12 +1,13 @@
 //! [`HostSim`]: the CUDA C of kernels/cuda compiled by the host's C++ compiler against
-//! `host_sim.h` (the CUDA execution model on OS threads) and run on the CPU — so the conformance
-//! tests execute the CUDA kernels, not just compile them, on machines without a GPU (CI).
+//! `host_sim.h` (the CUDA execution model with a block's threads as fibers) and run on the CPU —
+//! so the conformance tests execute the CUDA kernels and engines, not just compile them, on
+//! machines without a GPU (CI).
 //!
-//! Each kernel file becomes a shared library with one entry, `sim_launch(entry, pointers,
-//! parameters, grid, block)`, built at first use with `$CXX` (default `c++`) and cached under the
-//! system's temporary directory by a hash of its sources. Launches are serialised (the shim keeps
-//! the running launch in a global). It is a correctness tool: blocks run one after another, the
-//! math is the host's libm, and it is slow.
+//! Each kernel file becomes a shared library with one entry, `sim_launch(entry, arguments' bytes,
+//! grid, block)`, built at first use with `$CXX` (default `c++`) and cached under the system's
+//! temporary directory by a hash of its sources. Launches are serialised (the shim keeps the
+//! running launch in globals). It is a correctness tool: blocks run one after another, the math is
+//! the host's libm, and it is slow.
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
