@@ -125,6 +125,8 @@ fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
     let tokens = n * l;
     let (forward, backward, flops, working_set, device) = match steps(cfg, data, false) {
         Ok(r) => r,
+        // The GPU check sets LEARNLAW_REQUIRE_CUDA=1: there a missing device is a failure.
+        Err(err) if std::env::var("LEARNLAW_REQUIRE_CUDA").is_ok_and(|v| v == "1") => panic!("LEARNLAW_REQUIRE_CUDA=1: {err}"),
         Err(err) => return println!("SKIPPED cuda transformer: {err}"),
     };
     let (forward_bf16, backward_bf16, ..) = steps(cfg, data, true).expect("cuda-bf16 engine");

@@ -336,11 +336,10 @@ if dev:
     print(f"AR dev by epoch|{dev}")
 try:
     a = json.load(open(os.path.join(d, "report", "analysis.json")))
-    for k, v in a.items():
-        if "fit" in k or "scaling" in k:
-            print(f"{k}|{json.dumps(v)[:300]}")
+    for k in ("ar_dev", "ar_test", "fit_dev", "fit_test"):
+        print(f"{k} (report)|{json.dumps(a.get(k))[:300]}")
 except Exception as e:
-    print(f"scaling-law fit|no report: {e}")
+    print(f"scaling-law fits|no report: {e}")
 PY
 )
 }
