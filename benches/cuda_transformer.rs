@@ -8,7 +8,8 @@
 //! product over every training token ([tokens, H]·[H, 4H]): gemm.cu's, and cuBLAS's SGEMM
 //! (loaded dynamically; skipped when libcublas is missing). A step's share of the cuBLAS rate says
 //! how far the fused kernels are from the matmul ceiling; gemm.cu's share says what the GEMM
-//! kernel itself leaves. Also printed: the device working set of a step beside the training set's
+//! kernel itself leaves. The attention family (flash and stored-P) on one chunk, in TFLOP/s of its
+//! own FLOP count. Also printed: the device working set of a step beside the training set's
 //! logits materialised.
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use cudarc::driver::CudaContext;
 use learnlaw::cuda_backend::{CudaKernels, CudaTransformer};
 use learnlaw::policy::Policy;
 use learnlaw::text::TokenData;
-use learnlaw::transformer::kernels::{GemmShape, LayerKernels, Operand, Output};
+use learnlaw::transformer::kernels::{Act, Dims, GemmShape, LayerKernels, Operand, Output};
 use learnlaw::transformer::{init_params, TransformerConfig};
 use learnlaw::{Engine, StepFlops};
 
@@ -119,6 +120,31 @@ fn gemm_ms(m: usize, n: usize, k: usize, bf16: bool) -> f64 {
     })
 }
 
+/// Causal attention with tangents on one chunk (forward, backward) in ms, flash or stored-P.
+fn attention_ms(d: Dims, stored: bool) -> (f64, f64) {
+    let k = CudaKernels::open(0).unwrap();
+    let mut k = if stored { k.with_stored_attention() } else { k };
+    let len = d.rows() * d.hidden;
+    let mut act = |seed: f32| {
+        let host: Vec<f32> = (0..len).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.5).collect();
+        Act { v: k.upload_buf(&host).unwrap(), t: k.upload_buf(&host).unwrap() }
+    };
+    let (q, kk, v, go) = (act(1.0), act(2.0), act(3.0), act(4.0));
+    let (mut o, mut gq, mut gk, mut gv) = (act(0.0), act(0.0), act(0.0), act(0.0));
+    let mut saved = Default::default();
+    let scale = 1.0 / (d.hidden as f64).sqrt();
+    let forward = mean_ms(5, || {
+        k.attention_forward(d, scale, q.pair(true), kk.pair(true), v.pair(true), &mut saved, o.pair_mut(true));
+        k.sync().unwrap()
+    });
+    let backward = mean_ms(5, || {
+        let (p, g) = (true, go.pair(true));
+        k.attention_backward(d, scale, q.pair(p), kk.pair(p), v.pair(p), &saved, g, gq.pair_mut(p), gk.pair_mut(p), gv.pair_mut(p));
+        k.sync().unwrap()
+    });
+    (forward, backward)
+}
+
 fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
     let n = data.n_train();
     let l = data.seq_len - 1;
@@ -154,6 +180,17 @@ fn bench(label: &str, cfg: &TransformerConfig, data: &TokenData) {
         let t = tflops(fl, ms);
         let share = ceiling.map_or("-".into(), |c| format!("{:.0}%", 100.0 * t / c));
         println!("{id:<30} {ms:>10.3} {t:>10.2} {share:>12}");
+    }
+    // Attention alone on one chunk of the engine's size (2^16 tokens), with tangents, against the
+    // stored-P algorithm's FLOPs over the causal triangle: forward S, Ṡ, O, Ȯ (12 per pair and
+    // head dimension), backward gP, gQ, gK, gV and their tangents (24).
+    let seqs = ((1 << 16) / l).min(n);
+    let d = Dims { seqs, len: l, heads: cfg.heads, hidden: cfg.hidden };
+    let pairs = (seqs * cfg.heads * l * (l + 1) / 2 * (cfg.hidden / cfg.heads)) as f64;
+    for (variant, stored) in [("flash", false), ("stored_p", true)] {
+        let (f_ms, b_ms) = attention_ms(d, stored);
+        println!("{:<30} {f_ms:>10.3} {:>10.2} {:>12}", format!("cuda_attention_{variant}_forward"), tflops(12.0 * pairs, f_ms), "-");
+        println!("{:<30} {b_ms:>10.3} {:>10.2} {:>12}", format!("cuda_attention_{variant}_backward"), tflops(24.0 * pairs, b_ms), "-");
     }
     let logits = 2 * tokens * cfg.vocab_size * 4;
     println!(
