@@ -1,4 +1,7 @@
-//! `learnlaw`: generate data, search for a near-optimal learning policy, evaluate it.
+//! `learnlaw`: generate data, search for a near-optimal learning policy, evaluate it and report.
+//! A thin layer over the libraries: `learnlaw-core` (math, CPU engines, search, run directories),
+//! `learnlaw-wgpu` and `learnlaw-cuda` (GPU engines); the `learnlaw` facade re-exports them. Its
+//! rustdoc is off (`doc = false`): the facade library has the same crate name.
 mod backends;
 mod report;
 mod task;

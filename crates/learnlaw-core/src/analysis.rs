@@ -39,7 +39,7 @@ impl ScalingFit {
     }
 }
 
-/// The regression of ln(curve[t] − l0) on ln t over t0 < t < curve.len() (t ≥ 1): the fit and its
+/// The regression of ln(`curve[t]` − l0) on ln t over t0 < t < curve.len() (t ≥ 1): the fit and its
 /// correlation r (positive for a falling curve). None with fewer than 3 points, a point at or
 /// below l0, no spread, or no falling power law (β ≤ 0, or B not a positive finite number).
 pub fn fit_at(curve: &[f64], l0: f64, t0: usize) -> Option<(ScalingFit, f64)> {
@@ -94,7 +94,7 @@ pub fn t0_grid(steps: usize) -> Vec<usize> {
     grid
 }
 
-/// Fits one curve (curve[t] = L(θ_t), t = 0..T), searching t0 and L0 to maximise r.
+/// Fits one curve (`curve[t]` = L(θ_t), t = 0..T), searching t0 and L0 to maximise r.
 pub fn fit_scaling_law(curve: &[f64]) -> Option<ScalingFit> {
     fit_scaling_laws(&[curve]).map(|mut v| v.remove(0))
 }
@@ -428,7 +428,7 @@ impl EvaluatedRun {
 pub struct Heatmap {
     pub rows: usize,
     pub cols: usize,
-    /// Step range of each row: [row_edges[r], row_edges[r+1]).
+    /// Step range of each row: `row_edges[r]..row_edges[r + 1]`.
     pub row_edges: Vec<usize>,
     /// Rank range (in the sorted order) of each column.
     pub col_edges: Vec<usize>,

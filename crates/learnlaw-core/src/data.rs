@@ -1,7 +1,7 @@
 //! Perceptron data: the teacher–student recipe of the paper's App. D and its safetensors file format.
 //!
-//! File layout: `x_train` [N,D], `y_train` [N], `x_dev` [K,D], `y_dev` [K], `x_test` [M,D],
-//! `y_test` [M], optional `theta0` [D]. [`PerceptronData::save`] writes F32; [`PerceptronData::load`]
+//! File layout: `x_train` \[N, D\], `y_train` \[N\], `x_dev` \[K, D\], `y_dev` \[K\], `x_test` \[M, D\],
+//! `y_test` \[M\], optional `theta0` \[D\]. [`PerceptronData::save`] writes F32; [`PerceptronData::load`]
 //! also accepts F64 inputs and F64/I64/I32/U8/BOOL labels (e.g. tensors exported from PyTorch).
 use crate::error::{Error, Result};
 use crate::tensor_file::{self, to_f32, Tensor, Values};
@@ -19,7 +19,7 @@ const Y_DTYPES: &[Dtype] = &[Dtype::F32, Dtype::F64, Dtype::I64, Dtype::I32, Dty
 /// The largest input magnitude whose square is a finite f32 (√f32::MAX ≈ 1.8e19).
 const MAX_INPUT: f32 = 1.844e19;
 
-/// One set of labelled examples: x is [n, dim] row-major f32, y is [n] with values 0.0 or 1.0.
+/// One set of labelled examples: x is \[n, dim\] row-major f32, y is \[n\] with values 0.0 or 1.0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Examples {
     pub x: Vec<f32>,

@@ -226,7 +226,7 @@ pub fn speedup(steps: usize, curve: &[f64], target: f64) -> Option<f64> {
     steps_to(curve, target).map(|t| steps as f64 / t as f64)
 }
 
-/// The paper's AR for a given target: T / min{t ≥ 1 : curve[t] ≤ target}, T = curve.len() − 1.
+/// The paper's AR for a given target: T / min{t ≥ 1 : `curve[t]` ≤ target}, T = curve.len() − 1.
 pub fn acceleration_ratio(curve: &[f64], target: f64) -> Option<f64> {
     speedup(curve.len().checked_sub(1)?, curve, target)
 }

@@ -61,7 +61,7 @@ pub fn policy_row<R>(gamma: &[R], t: usize, n: usize) -> Result<&[R]> {
     gamma.get(t * n..(t + 1) * n).ok_or_else(|| Error::shape("policy", format!("at least {} rows of {n}", t + 1), gamma.len()))
 }
 
-/// curve[i] ← value: a forward step's dev loss written into the unroll's curve.
+/// `curve[i]` ← value: a forward step's dev loss written into the unroll's curve.
 pub fn set_curve_entry<R: Real>(curve: &mut [R], i: usize, value: f64) -> Result<()> {
     let len = curve.len();
     *curve.get_mut(i).ok_or_else(|| Error::shape("dev-loss curve", format!("more than {i} entries"), len))? = R::of(value);

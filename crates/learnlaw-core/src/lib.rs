@@ -1,5 +1,8 @@
 //! learnlaw-core: the Learning Law's math, the CPU reference backend, the policy-search driver
-//! (forward unroll, adjoint pass, outer optimisation) and the file formats.
+//! (forward unroll, adjoint pass, outer optimisation) and the file formats. The GPU engines
+//! implement its [`Engine`] in `learnlaw-wgpu` (WGSL) and `learnlaw-cuda` (CUDA); `learnlaw-cli` is
+//! the `learnlaw` command; the `learnlaw` facade re-exports all three libraries and its front page
+//! shows how to drive an engine from your own training loop.
 //!
 //! - `engine`: the one trait every backend implements (fused forward and adjoint steps).
 //! - `perceptron`: the perceptron task — its math, the plain f64 reference and the CPU engine.

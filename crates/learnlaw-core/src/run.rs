@@ -139,7 +139,7 @@ fn flat_settings(cfg: &RunConfig) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The J history of a search; j[e] = J(γ_e), e = 0 the constant policy.
+/// The J history of a search; `j[e]` = J(γ_e), e = 0 the constant policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     pub j: Vec<f64>,

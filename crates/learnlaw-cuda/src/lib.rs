@@ -1,5 +1,11 @@
-//! learnlaw-cuda: the CUDA backend. [`CudaPerceptron`] is the perceptron task's [`Engine`] on an
-//! NVIDIA GPU, through cudarc (driver API + NVRTC, both loaded dynamically).
+//! learnlaw-cuda: the CUDA backend. [`CudaPerceptron`] is the perceptron task's
+//! [`Engine`](learnlaw_core::Engine) on an NVIDIA GPU, through cudarc (driver API + NVRTC, both
+//! loaded dynamically); [`CudaTransformer`] the Transformer's (module [`transformer`]; the notes
+//! below are the perceptron's).
+//!
+//! The math, the CPU engines and the unroll these engines plug into are in `learnlaw-core`; the
+//! WGSL engines in `learnlaw-wgpu`; the `learnlaw` facade re-exports this crate as
+//! `learnlaw::cuda_backend` and shows the training loop an engine is driven by.
 //!
 //! - The build needs no CUDA toolkit and no GPU. [`CudaPerceptron::new`] first probes for the
 //!   driver library (libcuda) and NVRTC (libnvrtc.so.13, or .12 …) with cudarc's

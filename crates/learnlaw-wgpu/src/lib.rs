@@ -3,6 +3,10 @@
 //! [`WgpuTransformer`] the Transformer's, running the core's model code over [`WgpuKernels`]
 //! (module `transformer`; the notes below are the perceptron's).
 //!
+//! The math, the CPU engines and the unroll these engines plug into are in `learnlaw-core`; the
+//! CUDA engines in `learnlaw-cuda`; the `learnlaw` facade re-exports this crate as
+//! `learnlaw::wgpu_backend` and shows the training loop an engine is driven by.
+//!
 //! - Kernels live in `kernels/wgsl/*.wgsl` (one family per file, each with a header giving the
 //!   math, buffer shapes and workgroup geometry) and are compiled once, when the engine is made;
 //!   the pipelines are cached for the engine's lifetime.

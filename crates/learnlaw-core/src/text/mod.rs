@@ -6,8 +6,8 @@
 //! - `corpus`: reading a user corpus, cutting stories into rows, perturbing training rows.
 //! - here: [`TokenData`] (train/dev/test rows and their safetensors file) and [`TextRecipe`].
 //!
-//! File layout: `train` [N, L], `dev` [K, L], `test` [M, L] as I32 (I64 also read), optional
-//! `noisy` [N] as U8 (1 = perturbed training row), metadata `vocab_size`. L = context length + 1,
+//! File layout: `train` \[N, L\], `dev` \[K, L\], `test` \[M, L\] as I32 (I64 also read), optional
+//! `noisy` \[N\] as U8 (1 = perturbed training row), metadata `vocab_size`. L = context length + 1,
 //! as the official `{train,dev,test}.pt` tensors of width 65: inputs are [:, :-1], labels [:, 1:].
 pub mod bpe;
 pub mod corpus;

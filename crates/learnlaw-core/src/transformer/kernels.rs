@@ -195,7 +195,7 @@ pub trait LayerKernels {
     /// the tangent half needs both operands' tangents. β = 0 overwrites C (NaNs do not propagate).
     fn gemm(&mut self, shape: GemmShape, a: Operand<Self::Buf>, b: Operand<Self::Buf>, beta: f64, c: Output<Self::Buf>);
 
-    /// x[row] = tok[input id] + pos[position], for every row of the chunk (width `hidden`).
+    /// `x[row] = tok[input id] + pos[position]`, for every row of the chunk (width `hidden`).
     fn embed_forward(
         &mut self,
         tokens: Tokens<Self::Ids>,
@@ -235,9 +235,9 @@ pub trait LayerKernels {
         wb: ParamGrads<Self::Buf>,
     );
 
-    /// y = max(x, 0) and ẏ = ẋ ⊙ [x > 0] over `len` values.
+    /// y = max(x, 0) and ẏ = ẋ ⊙ \[x > 0\] over `len` values.
     fn relu_forward(&mut self, x: Pair<Self::Buf>, len: usize, y: PairMut<Self::Buf>);
-    /// g ← g ⊙ [x > 0] in place, both halves (ReLU's second derivative is zero almost everywhere).
+    /// g ← g ⊙ \[x > 0\] in place, both halves (ReLU's second derivative is zero almost everywhere).
     fn relu_backward(&mut self, x: &Self::Buf, len: usize, g: PairMut<Self::Buf>);
 
     /// Causal multi-head attention per sequence and head over [M, hidden] activations:
@@ -336,7 +336,7 @@ pub trait HostBuffers: LayerKernels {
 }
 
 /// The CSR index of `ids` that GPU embedding backwards sum in row order with (no float atomics):
-/// `start` [max id + 2] and `pos`, where pos[start[u]..start[u + 1]] are the positions of id u,
+/// `start` \[max id + 2\] and `pos`, where `pos[start[u]..start[u + 1]]` are the positions of id u,
 /// ascending.
 pub fn positions_by_id(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
     let vocab = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
