@@ -18,6 +18,7 @@ use cudarc::driver::CudaContext;
 use learnlaw::cuda_backend::{CudaKernels, CudaTransformer};
 use learnlaw::policy::Policy;
 use learnlaw::text::TokenData;
+use learnlaw::transformer::device::DeviceKernels;
 use learnlaw::transformer::kernels::{Act, Dims, GemmShape, LayerKernels, Operand, Output};
 use learnlaw::transformer::{init_params, TransformerConfig};
 use learnlaw::{Engine, StepFlops};

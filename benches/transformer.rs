@@ -16,6 +16,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use learnlaw::linalg::{gemm, Mat, MatMut};
 use learnlaw::policy::Policy;
 use learnlaw::text::{TextRecipe, TokenData};
+use learnlaw::transformer::device::DeviceKernels;
 use learnlaw::transformer::kernels::{GemmShape, LayerKernels, Operand, Output};
 use learnlaw::transformer::{init_params, CpuTransformer, TransformerConfig};
 use learnlaw::wgpu_backend::{Options, WgpuKernels, WgpuTransformer};

@@ -9,9 +9,11 @@
 //! - `model`: forward, backward, and their forward-mode tangents (for exact HVPs and per-example
 //!   gradient dots), on a chunk of sequences, written once over the layer kernels of `kernels`;
 //! - `cpu_kernels`: those kernels on the CPU (f64: the reference every backend is held to);
-//! - `cpu`: the CPU engine (multithreaded over chunks of sequences).
+//! - `cpu`: the CPU engine (multithreaded over chunks of sequences);
+//! - `device`: the passes of a device backend's engine (wgpu, CUDA) over its kernels.
 pub mod cpu;
 pub mod cpu_kernels;
+pub mod device;
 pub mod kernels;
 pub mod model;
 

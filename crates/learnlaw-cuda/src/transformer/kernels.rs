@@ -11,6 +11,7 @@
 //! Each kernel takes its buffers as device pointers, in the order of the WGSL twin's bindings
 //! (null where the WGSL binds a dummy), then its parameter struct by value; the structs below
 //! mirror the .cu ones field for field.
+use learnlaw_core::transformer::device::DeviceKernels;
 use learnlaw_core::transformer::kernels::{
     positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
@@ -294,11 +295,6 @@ impl CudaKernels {
         self.allocated
     }
 
-    /// The first error since the last flush, if any.
-    pub fn flush(&mut self) -> Result<()> {
-        self.error.take().map_or(Ok(()), Err)
-    }
-
     /// Blocks until every launched kernel has finished; returns the first error.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
@@ -356,25 +352,6 @@ impl CudaKernels {
 
     fn fill(&mut self, b: &DeviceBuf, len: usize, value: f32) {
         self.elementwise("fill", Pair { v: &DeviceBuf::default(), t: None }, Pair { v: b, t: None }, len, value);
-    }
-
-    /// y[y_at + i] ← a·x[x_at + i] for i < len.
-    pub(crate) fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
-        if len == 0 {
-            return;
-        }
-        let params = ElementwiseParams { len: u(len), value: a, x_at: u(x_at), y_at: u(y_at), ..Default::default() };
-        self.launch(&ELEMENTWISE, "scale_copy", &[x.ptr, 0, y.ptr, 0], params, blocks(len, BLOCK as usize), BLOCK);
-    }
-
-    /// y ← x + a·y over `len` values.
-    pub(crate) fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
-        self.elementwise("axpby", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
-    }
-
-    /// y ← y + a·x over `len` values.
-    pub(crate) fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
-        self.elementwise("add", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
     }
 
     /// One launch of gemm.cu for the whole (batched) product.
@@ -457,9 +434,30 @@ impl CudaKernels {
     fn head_chunk_rows(&self, vocab: usize) -> usize {
         (self.head_chunk_logits / vocab.max(1)).max(1)
     }
+}
+
+impl DeviceKernels for CudaKernels {
+    /// y[y_at + i] ← a·x[x_at + i] for i < len.
+    fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
+        if len == 0 {
+            return;
+        }
+        let params = ElementwiseParams { len: u(len), value: a, x_at: u(x_at), y_at: u(y_at), ..Default::default() };
+        self.launch(&ELEMENTWISE, "scale_copy", &[x.ptr, 0, y.ptr, 0], params, blocks(len, BLOCK as usize), BLOCK);
+    }
+
+    /// y ← x + a·y over `len` values.
+    fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
+        self.elementwise("axpby", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
+    /// y ← y + a·x over `len` values.
+    fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
+        self.elementwise("add", Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
 
     /// Token rows on the device, with their CSR index.
-    pub fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
+    fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
         if host.len() >= u32::MAX as usize {
             return Err(Error::bad_input("token data", format!("{} ids exceed the CUDA kernels' 32-bit indices", host.len())));
         }
@@ -474,7 +472,7 @@ impl CudaKernels {
         Ok(DeviceIds { _mem: mem, ids, csr_start, csr_pos, csr_vocab: start.len() - 1 })
     }
 
-    pub fn upload_buf(&mut self, host: &[f32]) -> Result<DeviceBuf> {
+    fn upload_buf(&mut self, host: &[f32]) -> Result<DeviceBuf> {
         let mut b = DeviceBuf::default();
         self.sized(&mut b, host.len());
         self.flush()?;
@@ -485,7 +483,7 @@ impl CudaKernels {
     }
 
     /// The first `len` values of a buffer these kernels allocated.
-    pub fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
+    fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
         self.flush()?;
         let m = b.owned.as_ref().filter(|_| len <= b.len).ok_or_else(|| {
             device_error(format!("download of {len} values from a buffer of {} (views are downloaded by their owner)", b.len))
@@ -493,6 +491,21 @@ impl CudaKernels {
         let mut out = vec![0f32; len];
         self.rt.download(m, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
+    }
+
+    /// The first error since the last flush, if any.
+    fn flush(&mut self) -> Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    fn alias(b: &DeviceBuf) -> DeviceBuf {
+        b.alias()
+    }
+    fn sums(s: &DeviceBuf) -> &DeviceBuf {
+        s
+    }
+    fn len(b: &DeviceBuf) -> usize {
+        b.len()
     }
 }
 

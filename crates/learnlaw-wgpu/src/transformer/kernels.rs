@@ -6,6 +6,7 @@
 //! returns no errors (a GPU reports them asynchronously anyway): the first failure (a buffer
 //! larger than the device allows) is kept and returned by `flush`, and device errors surface
 //! at the next submission.
+use learnlaw_core::transformer::device::DeviceKernels;
 use learnlaw_core::transformer::kernels::{
     positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
@@ -356,20 +357,6 @@ impl WgpuKernels {
         })
     }
 
-    /// Hands the recorded dispatches to the device context (submitted now, or with the unroll
-    /// pass inside `run_steps`); returns the first error since the last flush.
-    pub fn flush(&mut self) -> Result<()> {
-        if let Some(e) = self.error.take() {
-            self.pending.clear();
-            return Err(e);
-        }
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
-            return Ok(());
-        }
-        self.gpu.submit_step(pending)
-    }
-
     fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, binds: Vec<Bind>, param_binding: u32, params: P, groups: u32) {
         self.pending.push(Dispatch { kernel: kernel.clone(), binds, param_binding, params: bytemuck::bytes_of(&params).to_vec(), groups });
     }
@@ -435,27 +422,6 @@ impl WgpuKernels {
         let binds = Binds::new(self).read(0, None).read(1, None).write(2, Some(b)).write(3, None).list;
         let kernel = self.pipes.fill.clone();
         self.dispatch(&kernel, binds, 4, ElementwiseParams::new(len, false, value), groups(len, 256));
-    }
-
-    /// y[y_at + i] ← a·x[x_at + i] for i < len.
-    pub(crate) fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
-        if len == 0 {
-            return;
-        }
-        let binds = Binds::new(self).read(0, Some(x)).read(1, None).write(2, Some(y)).write(3, None).list;
-        let params = ElementwiseParams { x_at: u(x_at), y_at: u(y_at), ..ElementwiseParams::new(len, false, a) };
-        let kernel = self.pipes.scale_copy.clone();
-        self.dispatch(&kernel, binds, 4, params, groups(len, 256));
-    }
-
-    /// y ← x + a·y over `len` values.
-    pub(crate) fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
-        self.elementwise(|p| &p.axpby, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
-    }
-
-    /// y ← y + a·x over `len` values.
-    pub(crate) fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
-        self.elementwise(|p| &p.add, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
     }
 
     /// Rows of the head's logits per chunk.
@@ -992,9 +958,30 @@ fn ce_params(t: &Tokens<DeviceIds>, vocab: usize, r0: usize, rows: usize, tangen
     }
 }
 
-impl WgpuKernels {
+impl DeviceKernels for WgpuKernels {
+    /// y[y_at + i] ← a·x[x_at + i] for i < len.
+    fn scale_copy(&mut self, a: f32, (x, x_at): (&DeviceBuf, usize), (y, y_at): (&DeviceBuf, usize), len: usize) {
+        if len == 0 {
+            return;
+        }
+        let binds = Binds::new(self).read(0, Some(x)).read(1, None).write(2, Some(y)).write(3, None).list;
+        let params = ElementwiseParams { x_at: u(x_at), y_at: u(y_at), ..ElementwiseParams::new(len, false, a) };
+        let kernel = self.pipes.scale_copy.clone();
+        self.dispatch(&kernel, binds, 4, params, groups(len, 256));
+    }
+
+    /// y ← x + a·y over `len` values.
+    fn axpby(&mut self, x: &DeviceBuf, a: f32, y: &DeviceBuf, len: usize) {
+        self.elementwise(|p| &p.axpby, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
+    /// y ← y + a·x over `len` values.
+    fn axpy(&mut self, a: f32, x: &DeviceBuf, y: &DeviceBuf, len: usize) {
+        self.elementwise(|p| &p.add, Pair { v: x, t: None }, Pair { v: y, t: None }, len, a);
+    }
+
     /// Token rows on the device, with their CSR index.
-    pub fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
+    fn upload_tokens(&mut self, host: &[u32]) -> Result<DeviceIds> {
         if host.len() > u32::MAX as usize {
             return Err(Error::bad_input("token data", format!("{} ids exceed the wgpu kernels' 32-bit indices", host.len())));
         }
@@ -1016,7 +1003,7 @@ impl WgpuKernels {
         Ok(ids)
     }
 
-    pub fn upload_buf(&mut self, host: &[f32]) -> Result<DeviceBuf> {
+    fn upload_buf(&mut self, host: &[f32]) -> Result<DeviceBuf> {
         let mut b = DeviceBuf::default();
         self.sized(&mut b, host.len());
         self.flush()?;
@@ -1028,10 +1015,34 @@ impl WgpuKernels {
         Ok(b)
     }
 
-    pub fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
+    fn download_buf(&mut self, b: &DeviceBuf, len: usize) -> Result<Vec<f32>> {
         self.flush()?;
         let buf = b.buf.as_ref().ok_or_else(|| device_error("download of a buffer that was never sized"))?;
         self.gpu.download_buffer(buf, len)
+    }
+
+    /// Hands the recorded dispatches to the device context (submitted now, or with the unroll
+    /// pass inside `run_steps`); returns the first error since the last flush.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            self.pending.clear();
+            return Err(e);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.gpu.submit_step(pending)
+    }
+
+    fn alias(b: &DeviceBuf) -> DeviceBuf {
+        DeviceBuf::of_shared(b)
+    }
+    fn sums(s: &DeviceBuf) -> &DeviceBuf {
+        s
+    }
+    fn len(b: &DeviceBuf) -> usize {
+        b.len()
     }
 }
 
