@@ -65,5 +65,5 @@ mod transformer;
 pub use gpu::{Options, WgpuVec};
 pub use learnlaw_core::Storage;
 pub use perceptron::WgpuPerceptron;
-pub use transformer::kernels::{DeviceAttention, DeviceBuf, DeviceHead, DeviceIds, WgpuKernels};
+pub use transformer::kernels::{DeviceAttention, DeviceBuf, DeviceIds, WgpuKernels};
 pub use transformer::WgpuTransformer;

@@ -10,7 +10,7 @@
 //! a step.
 use crate::engine::{Set, StepFlops};
 use crate::text::TokenData;
-use crate::transformer::kernels::{GemmShape, LayerKernels, Operand, Output, Tokens};
+use crate::transformer::kernels::{GemmShape, LayerKernels, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens};
 use crate::transformer::model::{Model, Tape};
 use crate::transformer::{check_task, step_flops, Layout, TransformerConfig};
 use crate::{Error, Result};
@@ -37,6 +37,133 @@ pub trait DeviceKernels: LayerKernels {
     fn sums(s: &Self::Sums) -> &Self::Buf;
     /// The values `b` holds.
     fn len(b: &Self::Buf) -> usize;
+
+    // The LM head's cross-entropy kernels, for `head_forward` and `head_backward` below. `z` is a
+    // chunk of logits [rows, vocab] (and its tangent): `chunk` = (r0, rows) of the tokens' rows.
+    /// Per-row [loss, dot, lse, mean] of the chunk into `head.stats`.
+    fn ce_rows(&mut self, t: Tokens<Self::Ids>, z: Pair<Self::Buf>, chunk: (usize, usize), vocab: usize, head: &DeviceHead<Self::Buf>);
+    /// Per-sequence mean losses (and dots) from the rows' statistics; the label counts into `head`.
+    fn ce_sequences(
+        &mut self,
+        t: Tokens<Self::Ids>,
+        vocab: usize,
+        head: &DeviceHead<Self::Buf>,
+        losses: &Self::Buf,
+        dots: Option<&Self::Buf>,
+    );
+    /// The chunk's logits (and tangents) turned in place into gz = γ-weighted ∂l/∂z (and its tangent).
+    fn ce_backward_rows(
+        &mut self,
+        t: Tokens<Self::Ids>,
+        head: &DeviceHead<Self::Buf>,
+        weights: (&Self::Buf, usize),
+        chunk: (usize, usize),
+        vocab: usize,
+        z: Pair<Self::Buf>,
+    );
+    /// Rows of logits per chunk of the head.
+    fn head_chunk_rows(&self, vocab: usize) -> usize;
+    /// The logits scratch (value, tangent): taken by the head and given back.
+    fn take_logits(&mut self) -> (Self::Buf, Self::Buf);
+    fn put_logits(&mut self, z: (Self::Buf, Self::Buf));
+}
+
+/// What the LM head + cross-entropy keeps for its backward on a device: per row [loss, dot, lse,
+/// mean], per sequence the non-PAD label count.
+#[derive(Default)]
+pub struct DeviceHead<B> {
+    pub stats: B,
+    pub counts: B,
+}
+
+/// `LayerKernels::head_forward` on a device: the logits a chunk of rows at a time (never for the
+/// whole set), each chunk's cross-entropy statistics, then the per-sequence losses and dots.
+#[allow(clippy::too_many_arguments)]
+pub fn head_forward<K: DeviceKernels>(
+    k: &mut K,
+    t: Tokens<K::Ids>,
+    x: Pair<K::Buf>,
+    w: Param<K::Buf>,
+    h: usize,
+    vocab: usize,
+    head: &mut DeviceHead<K::Buf>,
+    losses: &mut K::Buf,
+    dots: &mut K::Buf,
+) {
+    let (m, seqs) = (t.rows(), t.seqs);
+    let tangent = x.t.is_some();
+    k.resize(&mut head.stats, m * 4);
+    k.resize(&mut head.counts, seqs);
+    k.resize(losses, seqs);
+    if tangent {
+        k.resize(dots, seqs);
+    }
+    if m == 0 {
+        return;
+    }
+    let (mut z, mut zt) = k.take_logits();
+    let chunk = k.head_chunk_rows(vocab).min(m);
+    k.resize(&mut z, chunk * vocab);
+    if tangent {
+        k.resize(&mut zt, chunk * vocab);
+    }
+    for r0 in (0..m).step_by(chunk) {
+        let rows = chunk.min(m - r0);
+        let xo = Operand { v: x.v, t: x.t, at: r0 * h, trans: false };
+        let wo = Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false };
+        let out = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
+        k.gemm(GemmShape::single(rows, vocab, h), xo, wo, 0.0, out);
+        k.ce_rows(t, Pair { v: &z, t: tangent.then_some(&zt) }, (r0, rows), vocab, head);
+    }
+    k.ce_sequences(t, vocab, head, losses, tangent.then_some(&*dots));
+    k.put_logits((z, zt));
+}
+
+/// `LayerKernels::head_backward` on a device: per chunk of rows, the logits again, turned into
+/// gz, then gx += gz·Wᵀ and ∇W += xᵀ·gz (and the tangents).
+#[allow(clippy::too_many_arguments)]
+pub fn head_backward<K: DeviceKernels>(
+    k: &mut K,
+    t: Tokens<K::Ids>,
+    head: &DeviceHead<K::Buf>,
+    x: Pair<K::Buf>,
+    w: Param<K::Buf>,
+    h: usize,
+    vocab: usize,
+    weights: (&K::Buf, usize),
+    gx: PairMut<K::Buf>,
+    out: ParamGrads<K::Buf>,
+) {
+    let m = t.rows();
+    if m == 0 {
+        return;
+    }
+    let tangent = gx.t.is_some();
+    let (mut z, mut zt) = k.take_logits();
+    let chunk = k.head_chunk_rows(vocab).min(m);
+    k.resize(&mut z, chunk * vocab);
+    if tangent {
+        k.resize(&mut zt, chunk * vocab);
+    }
+    let (gxv, mut gxt) = (gx.v, gx.t);
+    let (mut grad, mut hvp) = (out.grad, out.hvp);
+    for r0 in (0..m).step_by(chunk) {
+        let rows = chunk.min(m - r0);
+        let xo = |trans| Operand { v: x.v, t: if tangent { x.t } else { None }, at: r0 * h, trans };
+        let wo = |trans| Operand { v: w.theta, t: if tangent { w.dir } else { None }, at: w.range.start, trans };
+        let zo = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
+        k.gemm(GemmShape::single(rows, vocab, h), xo(false), wo(false), 0.0, zo);
+        k.ce_backward_rows(t, head, weights, (r0, rows), vocab, Pair { v: &z, t: tangent.then_some(&zt) });
+        let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
+        let gxo = Output { v: Some(&mut *gxv), t: gxt.as_deref_mut(), at: r0 * h };
+        k.gemm(GemmShape::single(rows, h, vocab), gzo, wo(true), 1.0, gxo);
+        if grad.is_some() || hvp.is_some() {
+            let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
+            let wout = Output { v: grad.as_deref_mut(), t: if tangent { hvp.as_deref_mut() } else { None }, at: out.range.start };
+            k.gemm(GemmShape::single(h, vocab, rows), xo(true), gzo, 1.0, wout);
+        }
+    }
+    k.put_logits((z, zt));
 }
 
 /// `b` holds exactly `len` values.

@@ -11,7 +11,7 @@
 //! Each kernel takes its buffers as device pointers, in the order of the WGSL twin's bindings
 //! (null where the WGSL binds a dummy), then its parameter struct by value; the structs below
 //! mirror the .cu ones field for field.
-use learnlaw_core::transformer::device::DeviceKernels;
+use learnlaw_core::transformer::device::{self, DeviceHead, DeviceKernels};
 use learnlaw_core::transformer::kernels::{
     positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
@@ -137,14 +137,6 @@ pub struct DeviceAttention {
     p: DeviceBuf,
     p_t: DeviceBuf,
     flash: bool,
-}
-
-/// What the head + cross-entropy keeps: per row [loss, dot, lse, mean], per sequence the non-PAD
-/// label count.
-#[derive(Default)]
-pub struct DeviceHead {
-    stats: DeviceBuf,
-    counts: DeviceBuf,
 }
 
 /// The layer kernels of one CUDA device (f32 storage and accumulation).
@@ -429,11 +421,6 @@ impl CudaKernels {
         self.gemm_partials = part;
         self.gemm_partials_t = part_t;
     }
-
-    /// Rows of the head's logits per chunk.
-    fn head_chunk_rows(&self, vocab: usize) -> usize {
-        (self.head_chunk_logits / vocab.max(1)).max(1)
-    }
 }
 
 impl DeviceKernels for CudaKernels {
@@ -507,6 +494,52 @@ impl DeviceKernels for CudaKernels {
     fn len(b: &DeviceBuf) -> usize {
         b.len()
     }
+    fn ce_rows(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        z: Pair<DeviceBuf>,
+        (r0, rows): (usize, usize),
+        vocab: usize,
+        head: &DeviceHead<DeviceBuf>,
+    ) {
+        let ptrs = [t.ids.ids, z.v.ptr, ptr(z.t), head.stats.ptr];
+        self.launch(&CROSS_ENTROPY, "forward_rows", &ptrs, ce_params(&t, vocab, r0, rows, z.t.is_some(), 0), blocks(rows, 1), WG);
+    }
+    fn ce_sequences(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        vocab: usize,
+        head: &DeviceHead<DeviceBuf>,
+        losses: &DeviceBuf,
+        dots: Option<&DeviceBuf>,
+    ) {
+        let ptrs = [t.ids.ids, head.stats.ptr, losses.ptr, ptr(dots), head.counts.ptr];
+        let params = ce_params(&t, vocab, 0, t.rows(), dots.is_some(), 0);
+        self.launch(&CROSS_ENTROPY, "sequences", &ptrs, params, blocks(t.seqs, WG as usize), WG);
+    }
+    fn ce_backward_rows(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        head: &DeviceHead<DeviceBuf>,
+        (weights, w_at): (&DeviceBuf, usize),
+        (r0, rows): (usize, usize),
+        vocab: usize,
+        z: Pair<DeviceBuf>,
+    ) {
+        let ptrs = [t.ids.ids, head.stats.ptr, head.counts.ptr, weights.ptr, z.v.ptr, ptr(z.t)];
+        let params = ce_params(&t, vocab, r0, rows, z.t.is_some(), w_at);
+        self.launch(&CROSS_ENTROPY, "backward_rows", &ptrs, params, blocks(rows, 1), WG);
+    }
+    fn head_chunk_rows(&self, vocab: usize) -> usize {
+        (self.head_chunk_logits / vocab.max(1)).max(1)
+    }
+    fn take_logits(&mut self) -> (DeviceBuf, DeviceBuf) {
+        (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t))
+    }
+    fn put_logits(&mut self, (z, zt): (DeviceBuf, DeviceBuf)) {
+        self.logits = z;
+        self.logits_t = zt;
+    }
 }
 
 impl LayerKernels for CudaKernels {
@@ -514,7 +547,7 @@ impl LayerKernels for CudaKernels {
     type Ids = DeviceIds;
     type Sums = DeviceBuf;
     type Attention = DeviceAttention;
-    type Head = DeviceHead;
+    type Head = DeviceHead<DeviceBuf>;
 
     fn resize(&mut self, b: &mut DeviceBuf, len: usize) {
         self.sized(b, len);
@@ -794,89 +827,26 @@ impl LayerKernels for CudaKernels {
         w: Param<DeviceBuf>,
         h: usize,
         vocab: usize,
-        head: &mut DeviceHead,
+        head: &mut DeviceHead<DeviceBuf>,
         losses: &mut DeviceBuf,
         dots: &mut DeviceBuf,
     ) {
-        let (m, seqs) = (t.rows(), t.seqs);
-        let tangent = x.t.is_some();
-        self.sized(&mut head.stats, m * 4);
-        self.sized(&mut head.counts, seqs);
-        self.sized(losses, seqs);
-        if tangent {
-            self.sized(dots, seqs);
-        }
-        if m == 0 {
-            return;
-        }
-        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
-        let chunk = self.head_chunk_rows(vocab).min(m);
-        self.sized(&mut z, chunk * vocab);
-        if tangent {
-            self.sized(&mut zt, chunk * vocab);
-        }
-        for r0 in (0..m).step_by(chunk) {
-            let rows = chunk.min(m - r0);
-            let xo = Operand { v: x.v, t: x.t, at: r0 * h, trans: false };
-            let wo = Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false };
-            let out = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
-            self.gemm(GemmShape::single(rows, vocab, h), xo, wo, 0.0, out);
-            let ptrs = [t.ids.ids, z.ptr, ptr(when(tangent, &zt)), head.stats.ptr];
-            self.launch(&CROSS_ENTROPY, "forward_rows", &ptrs, ce_params(&t, vocab, r0, rows, tangent, 0), blocks(rows, 1), WG);
-        }
-        let ptrs = [t.ids.ids, head.stats.ptr, losses.ptr, ptr(when(tangent, dots)), head.counts.ptr];
-        self.launch(&CROSS_ENTROPY, "sequences", &ptrs, ce_params(&t, vocab, 0, m, tangent, 0), blocks(seqs, WG as usize), WG);
-        self.logits = z;
-        self.logits_t = zt;
+        device::head_forward(self, t, x, w, h, vocab, head, losses, dots);
     }
 
     fn head_backward(
         &mut self,
         t: Tokens<DeviceIds>,
-        head: &mut DeviceHead,
+        head: &mut DeviceHead<DeviceBuf>,
         x: Pair<DeviceBuf>,
         w: Param<DeviceBuf>,
         h: usize,
         vocab: usize,
-        (weights, w_at): (&DeviceBuf, usize),
+        weights: (&DeviceBuf, usize),
         gx: PairMut<DeviceBuf>,
         out: ParamGrads<DeviceBuf>,
     ) {
-        let m = t.rows();
-        if m == 0 {
-            return;
-        }
-        let tangent = gx.t.is_some();
-        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
-        let chunk = self.head_chunk_rows(vocab).min(m);
-        self.sized(&mut z, chunk * vocab);
-        if tangent {
-            self.sized(&mut zt, chunk * vocab);
-        }
-        let (gxv, mut gxt) = (gx.v, gx.t);
-        let (mut grad, mut hvp) = (out.grad, out.hvp);
-        for r0 in (0..m).step_by(chunk) {
-            let rows = chunk.min(m - r0);
-            let xo = |trans| Operand { v: x.v, t: if tangent { x.t } else { None }, at: r0 * h, trans };
-            let wo = |trans| Operand { v: w.theta, t: if tangent { w.dir } else { None }, at: w.range.start, trans };
-            // The chunk's logits again (value, and tangent in tangent mode), turned into gz.
-            let zo = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
-            self.gemm(GemmShape::single(rows, vocab, h), xo(false), wo(false), 0.0, zo);
-            let ptrs = [t.ids.ids, head.stats.ptr, head.counts.ptr, weights.ptr, z.ptr, ptr(when(tangent, &zt))];
-            let params = ce_params(&t, vocab, r0, rows, tangent, w_at);
-            self.launch(&CROSS_ENTROPY, "backward_rows", &ptrs, params, blocks(rows, 1), WG);
-            // gx[r0..] += gz·Wᵀ; ∇W += x[r0..]ᵀ·gz (and the tangents).
-            let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
-            let gxo = Output { v: Some(&mut *gxv), t: gxt.as_deref_mut(), at: r0 * h };
-            self.gemm(GemmShape::single(rows, h, vocab), gzo, wo(true), 1.0, gxo);
-            if grad.is_some() || hvp.is_some() {
-                let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
-                let wout = Output { v: grad.as_deref_mut(), t: if tangent { hvp.as_deref_mut() } else { None }, at: out.range.start };
-                self.gemm(GemmShape::single(h, vocab, rows), xo(true), gzo, 1.0, wout);
-            }
-        }
-        self.logits = z;
-        self.logits_t = zt;
+        device::head_backward(self, t, head, x, w, h, vocab, weights, gx, out);
     }
 }
 

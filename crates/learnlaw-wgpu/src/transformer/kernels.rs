@@ -6,7 +6,7 @@
 //! returns no errors (a GPU reports them asynchronously anyway): the first failure (a buffer
 //! larger than the device allows) is kept and returned by `flush`, and device errors surface
 //! at the next submission.
-use learnlaw_core::transformer::device::DeviceKernels;
+use learnlaw_core::transformer::device::{self, DeviceHead, DeviceKernels};
 use learnlaw_core::transformer::kernels::{
     positions_by_id, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
@@ -71,14 +71,6 @@ pub struct DeviceIds {
 pub struct DeviceAttention {
     p: DeviceBuf,
     p_t: DeviceBuf,
-}
-
-/// What the head + cross-entropy keeps: per row [loss, dot, lse, mean], per sequence the
-/// non-PAD label count.
-#[derive(Default)]
-pub struct DeviceHead {
-    stats: DeviceBuf,
-    counts: DeviceBuf,
 }
 
 struct Pipelines {
@@ -424,11 +416,6 @@ impl WgpuKernels {
         self.dispatch(&kernel, binds, 4, ElementwiseParams::new(len, false, value), groups(len, 256));
     }
 
-    /// Rows of the head's logits per chunk.
-    fn head_chunk_rows(&self, vocab: usize) -> usize {
-        (self.head_chunk_logits / vocab.max(1)).max(1)
-    }
-
     /// GEMMs by gemm.wgsl's baseline (one element per invocation, 16×16 workgroup-memory tiles)
     /// instead of the register-blocked default: for tests and benches of the variants.
     pub fn with_baseline_gemm(mut self) -> Self {
@@ -449,7 +436,7 @@ impl LayerKernels for WgpuKernels {
     type Ids = DeviceIds;
     type Sums = DeviceBuf;
     type Attention = DeviceAttention;
-    type Head = DeviceHead;
+    type Head = DeviceHead<DeviceBuf>;
 
     fn resize(&mut self, b: &mut DeviceBuf, len: usize) {
         self.sized(b, len);
@@ -805,106 +792,26 @@ impl LayerKernels for WgpuKernels {
         w: Param<DeviceBuf>,
         h: usize,
         vocab: usize,
-        head: &mut DeviceHead,
+        head: &mut DeviceHead<DeviceBuf>,
         losses: &mut DeviceBuf,
         dots: &mut DeviceBuf,
     ) {
-        let (m, seqs) = (t.rows(), t.seqs);
-        let tangent = x.t.is_some();
-        self.sized(&mut head.stats, m * 4);
-        self.sized(&mut head.counts, seqs);
-        self.sized(losses, seqs);
-        if tangent {
-            self.sized(dots, seqs);
-        }
-        if m == 0 {
-            return;
-        }
-        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
-        let chunk = self.head_chunk_rows(vocab).min(m);
-        self.sized(&mut z, chunk * vocab);
-        if tangent {
-            self.sized(&mut zt, chunk * vocab);
-        }
-        for r0 in (0..m).step_by(chunk) {
-            let rows = chunk.min(m - r0);
-            let xo = Operand { v: x.v, t: x.t, at: r0 * h, trans: false };
-            let wo = Operand { v: w.theta, t: w.dir, at: w.range.start, trans: false };
-            let out = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
-            self.gemm(GemmShape::single(rows, vocab, h), xo, wo, 0.0, out);
-            let binds =
-                Binds::new(self).buf(0, &t.ids.ids).read(1, Some(&z)).read(2, tangent.then_some(&zt)).write(3, Some(&head.stats)).list;
-            let params = ce_params(&t, vocab, r0, rows, tangent, 0);
-            let kernel = self.pipes.ce_rows.clone();
-            self.dispatch(&kernel, binds, 4, params, groups(rows, 1));
-        }
-        let binds = Binds::new(self)
-            .buf(0, &t.ids.ids)
-            .read(5, Some(&head.stats))
-            .write(6, Some(losses))
-            .write(7, tangent.then_some(&*dots))
-            .write(8, Some(&head.counts))
-            .list;
-        let kernel = self.pipes.ce_sequences.clone();
-        self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, 0, m, tangent, 0), groups(seqs, 64));
-        self.logits = z;
-        self.logits_t = zt;
+        device::head_forward(self, t, x, w, h, vocab, head, losses, dots);
     }
 
     fn head_backward(
         &mut self,
         t: Tokens<DeviceIds>,
-        head: &mut DeviceHead,
+        head: &mut DeviceHead<DeviceBuf>,
         x: Pair<DeviceBuf>,
         w: Param<DeviceBuf>,
         h: usize,
         vocab: usize,
-        (weights, w_at): (&DeviceBuf, usize),
+        weights: (&DeviceBuf, usize),
         gx: PairMut<DeviceBuf>,
         out: ParamGrads<DeviceBuf>,
     ) {
-        let m = t.rows();
-        if m == 0 {
-            return;
-        }
-        let tangent = gx.t.is_some();
-        let (mut z, mut zt) = (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t));
-        let chunk = self.head_chunk_rows(vocab).min(m);
-        self.sized(&mut z, chunk * vocab);
-        if tangent {
-            self.sized(&mut zt, chunk * vocab);
-        }
-        let (gxv, mut gxt) = (gx.v, gx.t);
-        let (mut grad, mut hvp) = (out.grad, out.hvp);
-        for r0 in (0..m).step_by(chunk) {
-            let rows = chunk.min(m - r0);
-            let xo = |trans| Operand { v: x.v, t: if tangent { x.t } else { None }, at: r0 * h, trans };
-            let wo = |trans| Operand { v: w.theta, t: if tangent { w.dir } else { None }, at: w.range.start, trans };
-            // The chunk's logits again (value, and tangent in tangent mode), turned into gz.
-            let zo = Output { v: Some(&mut z), t: if tangent { Some(&mut zt) } else { None }, at: 0 };
-            self.gemm(GemmShape::single(rows, vocab, h), xo(false), wo(false), 0.0, zo);
-            let binds = Binds::new(self)
-                .buf(0, &t.ids.ids)
-                .read(9, Some(&head.stats))
-                .read(10, Some(&head.counts))
-                .read(11, Some(weights))
-                .write(12, Some(&z))
-                .write(13, tangent.then_some(&zt))
-                .list;
-            let kernel = self.pipes.ce_backward.clone();
-            self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, r0, rows, tangent, w_at), groups(rows, 1));
-            // gx[r0..] += gz·Wᵀ; ∇W += x[r0..]ᵀ·gz (and the tangents).
-            let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
-            let gxo = Output { v: Some(&mut *gxv), t: gxt.as_deref_mut(), at: r0 * h };
-            self.gemm(GemmShape::single(rows, h, vocab), gzo, wo(true), 1.0, gxo);
-            if grad.is_some() || hvp.is_some() {
-                let gzo = Operand { v: &z, t: tangent.then_some(&zt), at: 0, trans: false };
-                let wout = Output { v: grad.as_deref_mut(), t: if tangent { hvp.as_deref_mut() } else { None }, at: out.range.start };
-                self.gemm(GemmShape::single(h, vocab, rows), xo(true), gzo, 1.0, wout);
-            }
-        }
-        self.logits = z;
-        self.logits_t = zt;
+        device::head_backward(self, t, head, x, w, h, vocab, weights, gx, out);
     }
 }
 
@@ -1043,6 +950,66 @@ impl DeviceKernels for WgpuKernels {
     }
     fn len(b: &DeviceBuf) -> usize {
         b.len()
+    }
+    fn ce_rows(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        z: Pair<DeviceBuf>,
+        (r0, rows): (usize, usize),
+        vocab: usize,
+        head: &DeviceHead<DeviceBuf>,
+    ) {
+        let binds = Binds::new(self).buf(0, &t.ids.ids).read(1, Some(z.v)).read(2, z.t).write(3, Some(&head.stats)).list;
+        let kernel = self.pipes.ce_rows.clone();
+        self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, r0, rows, z.t.is_some(), 0), groups(rows, 1));
+    }
+    fn ce_sequences(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        vocab: usize,
+        head: &DeviceHead<DeviceBuf>,
+        losses: &DeviceBuf,
+        dots: Option<&DeviceBuf>,
+    ) {
+        let binds = Binds::new(self)
+            .buf(0, &t.ids.ids)
+            .read(5, Some(&head.stats))
+            .write(6, Some(losses))
+            .write(7, dots)
+            .write(8, Some(&head.counts))
+            .list;
+        let kernel = self.pipes.ce_sequences.clone();
+        self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, 0, t.rows(), dots.is_some(), 0), groups(t.seqs, 64));
+    }
+    fn ce_backward_rows(
+        &mut self,
+        t: Tokens<DeviceIds>,
+        head: &DeviceHead<DeviceBuf>,
+        (weights, w_at): (&DeviceBuf, usize),
+        (r0, rows): (usize, usize),
+        vocab: usize,
+        z: Pair<DeviceBuf>,
+    ) {
+        let binds = Binds::new(self)
+            .buf(0, &t.ids.ids)
+            .read(9, Some(&head.stats))
+            .read(10, Some(&head.counts))
+            .read(11, Some(weights))
+            .write(12, Some(z.v))
+            .write(13, z.t)
+            .list;
+        let kernel = self.pipes.ce_backward.clone();
+        self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, r0, rows, z.t.is_some(), w_at), groups(rows, 1));
+    }
+    fn head_chunk_rows(&self, vocab: usize) -> usize {
+        (self.head_chunk_logits / vocab.max(1)).max(1)
+    }
+    fn take_logits(&mut self) -> (DeviceBuf, DeviceBuf) {
+        (std::mem::take(&mut self.logits), std::mem::take(&mut self.logits_t))
+    }
+    fn put_logits(&mut self, (z, zt): (DeviceBuf, DeviceBuf)) {
+        self.logits = z;
+        self.logits_t = zt;
     }
 }
 
