@@ -398,7 +398,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Search(args) => {
             let dir = RunDir::new(&args.out);
-            if search(args.task, &args.data, &dir, &args.settings, Some(&args.model))? == SearchEnd::Stopped {
+            if search(args.task, &args.data, &dir, &args.settings, Some(&args.model), false)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
         }
@@ -427,7 +427,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     )?
                 }
             };
-            if search(TaskKind::Perceptron, &data, &dir, &settings, None)? == SearchEnd::Stopped {
+            if search(TaskKind::Perceptron, &data, &dir, &settings, None, true)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
             evaluate(&dir, Some(settings.backend), None)?;
@@ -461,7 +461,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     generated_data(&dir, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
                 }
             };
-            if search(TaskKind::Transformer, &data, &dir, &settings, Some(&model))? == SearchEnd::Stopped {
+            if search(TaskKind::Transformer, &data, &dir, &settings, Some(&model), true)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
             evaluate(&dir, Some(settings.backend), None)?;
@@ -498,8 +498,20 @@ enum SearchEnd {
     Stopped,
 }
 
-fn search(kind: TaskKind, data_path: &Path, dir: &RunDir, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<SearchEnd> {
+/// Runs (or resumes) a search; with `then_evaluate` (`reproduce`), data without a test set is
+/// refused before the search, since the evaluation after it would need one.
+fn search(
+    kind: TaskKind,
+    data_path: &Path,
+    dir: &RunDir,
+    settings: &SearchSettings,
+    model: Option<&ModelArgs>,
+    then_evaluate: bool,
+) -> Result<SearchEnd> {
     let mut task = Task::for_search(kind, data_path, model)?;
+    if then_evaluate && task.num_test() == 0 {
+        bail!("{} has no test set (0 rows): it can be searched (`learnlaw search`), not evaluated", data_path.display());
+    }
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
     let theta0_file = match &settings.theta0 {
         Some(path) => Some(Theta0File::new(path).with_context(|| format!("reading θ_0 file {}", path.display()))?),
@@ -602,6 +614,9 @@ fn evaluate(dir: &RunDir, backend: Option<Backend>, theta0_file: Option<&Path>) 
     let cfg = dir.read_checked()?.config;
     let kind = TaskKind::parse(&cfg.task)?;
     let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
+    if task.num_test() == 0 {
+        bail!("{} has no test set (0 rows): a search-only token file cannot be evaluated", cfg.data.display());
+    }
     let backend = match backend {
         Some(b) => b,
         None => Backend::from_str(&cfg.backend, true).map_err(|e| anyhow::anyhow!("run config backend: {e}"))?,

@@ -132,7 +132,7 @@ pub struct TextArgs {
     /// Desired-set (dev) sequences K (default 128).
     #[arg(long)]
     pub dev: Option<usize>,
-    /// Test sequences (default 256).
+    /// Test sequences (default 256; 0 makes a file for a search alone: `eval` needs a test set).
     #[arg(long)]
     pub test: Option<usize>,
     /// Context length: tokens per sequence are this + 1 (default 32).
@@ -273,6 +273,14 @@ impl Task {
             Task::Perceptron { data, .. } => widen(data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed))),
             Task::Transformer { model, .. } => widen(init_params(model, seed)),
         })
+    }
+
+    /// Test examples (0 in a search-only token file).
+    pub fn num_test(&self) -> usize {
+        match self {
+            Task::Perceptron { data, .. } => data.test.len(),
+            Task::Transformer { data, .. } => data.n_test(),
+        }
     }
 }
 

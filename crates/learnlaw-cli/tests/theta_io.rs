@@ -1,6 +1,6 @@
-//! θ in and out (`learnlaw export`, `--theta0`), end to end on tiny models: the official state
-//! dict's names and shapes, export → `--theta0` → the same J, f64 θ_0 kept exact on cpu-f64, θ_0
-//! recorded for resumes and evaluations, clear refusals.
+//! θ in and out (`learnlaw export`, `--theta0`) and token files without a test set, end to end on
+//! tiny models: the official state dict's names and shapes, export → `--theta0` → the same J,
+//! f64 θ_0 kept exact on cpu-f64, θ_0 recorded for resumes and evaluations, clear refusals.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -302,4 +302,58 @@ fn bad_theta0_files_and_unexpressible_exports_are_clear_errors() {
     let err = fails(&[&wider[..], &["--theta0", "official/export/theta_0.safetensors"]].concat(), p);
     assert!(err.contains("base_model.word_embed.weight") && err.contains("the file holds") && err.contains("hidden 8"), "{err}");
     assert!(!p.join("bad").exists(), "a refused θ_0 leaves no run behind");
+}
+
+#[test]
+fn a_token_file_without_a_test_set_is_for_searching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    let mut data = vec!["data", "text", "--out", "s.safetensors"];
+    data.extend(TINY_DATA);
+    assert_eq!(data[8], "--test");
+    data[9] = "0";
+    let out = ok(&data, p);
+    assert!(out.contains("test 0"), "{out}");
+    assert_eq!(header(&p.join("s.safetensors"))["test"]["shape"], serde_json::json!([0, 9]));
+    let mut search = vec!["search", "--task", "transformer", "--data", "s.safetensors", "--epochs", "2"];
+    search.extend(TINY_MODEL);
+    let out = ok(&[&search[..], &["--out", "r"]].concat(), p);
+    assert!(out.contains("search done"), "{out}");
+    assert_eq!(j_history(&p.join("r")).len(), 3);
+    ok(&["export", "r"], p);
+    // The wgpu engine takes an empty set too (lavapipe in CI).
+    let on_wgpu = common::learnlaw(&[&search[..], &["--out", "rw", "--backend", "wgpu"]].concat(), p);
+    let stderr = common::text(&on_wgpu.stderr);
+    if !on_wgpu.status.success() && stderr.contains("no adapter") && std::env::var("LEARNLAW_REQUIRE_WGPU").is_err() {
+        eprintln!("SKIPPED: no wgpu adapter");
+    } else {
+        assert!(on_wgpu.status.success(), "{stderr}");
+        let (gpu, cpu) = (j_history(&p.join("rw")), j_history(&p.join("r")));
+        assert!(gpu.iter().zip(&cpu).all(|(g, c)| (g - c).abs() <= 1e-4 * c.abs()), "wgpu {gpu:?} vs cpu {cpu:?}");
+    }
+    let err = fails(&["eval", "r"], p);
+    assert!(err.contains("no test set") && err.contains("search-only"), "{err}");
+    let mut reproduce = vec!["reproduce", "transformer", "--data", "s.safetensors", "--out", "rr", "--epochs", "2"];
+    reproduce.extend(TINY_MODEL);
+    let err = fails(&reproduce, p);
+    assert!(err.contains("no test set"), "{err}");
+    assert!(!p.join("rr/policy.safetensors").exists(), "refused before the search");
+}
+
+/// scripts/convert_official_data.py on files laid out like the official data (written by
+/// torch.save when torch is importable, else by the test's stand-in for its zip format), and
+/// `learnlaw search`/`eval` on what it writes; skipped, visibly, without python3.
+#[test]
+fn the_official_data_converts_to_files_learnlaw_reads() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test_convert_official_data.py");
+    let out = match std::process::Command::new("python3").arg(&script).args(["--learnlaw", env!("CARGO_BIN_EXE_learnlaw")]).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED: scripts/test_convert_official_data.py (no python3: {e})");
+            return;
+        }
+    };
+    let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
+    assert!(out.status.success() && stdout.contains("OK: convert_official_data.py"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("learnlaw searched the converted files"), "{stdout}");
 }
