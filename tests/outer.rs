@@ -55,6 +55,7 @@ fn run_config(p: &Problem, search: SearchConfig) -> RunConfig {
         data: p.path.clone(),
         data_fingerprint: run::fingerprint(&p.path).unwrap(),
         init_seed: 10,
+        theta0: None,
         model: None,
         search,
     }

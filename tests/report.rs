@@ -37,6 +37,7 @@ fn searched_run(evaluate: bool) -> Run {
         data: path.clone(),
         data_fingerprint: run::fingerprint(&path).unwrap(),
         init_seed: 10,
+        theta0: None,
         model: None,
         search: SearchConfig {
             steps: STEPS,

@@ -57,6 +57,7 @@ fn run_config(p: &Problem, backend: &str, search: SearchConfig) -> RunConfig {
         data: p.path.clone(),
         data_fingerprint: run::fingerprint(&p.path).unwrap(),
         init_seed: 10,
+        theta0: None,
         model: None,
         search,
     }
@@ -295,12 +296,18 @@ fn resuming_a_different_search_fails_naming_the_directory() {
     other_seed.init_seed = 11;
     let mut other_blocks = cfg.clone();
     other_blocks.search.block_steps = Some(3);
+    let mut other_theta0 = cfg.clone();
+    other_theta0.theta0 = Some(learnlaw::run::Theta0File { path: root.join("theta0.safetensors"), fingerprint: "0123456789abcdef".into() });
     let changes = [
         (other_lr, "--outer-lr: 1.0 in the run, 0.5 now"),
         (more_epochs, "--epochs: 2 in the run, 4 now"),
         (other_data, "the data file's contents (fingerprint): "),
         (other_seed, "--init-seed: 10 in the run, 11 now"),
         (other_blocks, "--block-steps: not set in the run, 3 now"),
+        (
+            other_theta0,
+            "the --theta0 file's contents (fingerprint): none (θ_0 from --init-seed or the data) in the run, 0123456789abcdef now",
+        ),
     ];
     for (changed, named) in changes {
         match search_to_end(&mut e, &dir, &changed, &p.theta0) {

@@ -280,6 +280,7 @@ fn search_on_generated_stories_lowers_j_and_resumes() {
         data: path.clone(),
         data_fingerprint: run::fingerprint(&path).unwrap(),
         init_seed: 10,
+        theta0: None,
         model: Some(model.clone()),
         search,
     };

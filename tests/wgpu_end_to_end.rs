@@ -25,6 +25,7 @@ fn run_config(path: &Path, backend: &str) -> RunConfig {
         data: path.to_path_buf(),
         data_fingerprint: run::fingerprint(path).unwrap(),
         init_seed: 10,
+        theta0: None,
         model: None,
         search: SearchConfig {
             steps: 50,

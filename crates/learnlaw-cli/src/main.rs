@@ -3,6 +3,7 @@
 //! `learnlaw-wgpu` and `learnlaw-cuda` (GPU engines); the `learnlaw` facade re-exports them. Its
 //! rustdoc is off (`doc = false`): the facade library has the same crate name.
 mod backends;
+mod export;
 mod report;
 mod task;
 
@@ -16,7 +17,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
 use learnlaw_core::perceptron::CpuPerceptron;
-use learnlaw_core::run::{self, Evaluation, RunConfig, RunDir};
+use learnlaw_core::run::{self, Evaluation, RunConfig, RunDir, Theta0File};
 use learnlaw_core::search::{OuterOptimizer, SearchConfig};
 use learnlaw_core::text::TokenData;
 use learnlaw_core::transformer::CpuTransformer;
@@ -50,6 +51,10 @@ enum Command {
     Reproduce(ReproduceCommand),
     /// Which --backend values work on this machine, and on what device (or why not).
     Backends,
+    /// Write a run's θ_0 and its trained θ_T (the evaluated policy's, retrained on the CPU), and
+    /// θ_t at chosen steps, as safetensors files loadable by PyTorch's `load_state_dict` on the
+    /// official module (or as learnlaw's flat θ), with each θ's per-example training losses.
+    Export(export::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +184,13 @@ struct SearchSettings {
     /// Seed of θ_0 when the data file has no `theta0` (the official scripts' --seed).
     #[arg(long, default_value_t = 10)]
     init_seed: u64,
+    /// θ_0 from this file instead of --init-seed (and of a perceptron data file's `theta0`): the
+    /// official PyTorch module's state dict as safetensors (what `learnlaw export` writes; for the
+    /// Transformer keys `base_model.…`, for the perceptron `linear.weight` [1, D]) or learnlaw's
+    /// flat `theta` [P]. f64 values stay f64 on cpu-f64. Recorded (path and fingerprint) in
+    /// config.toml: a resume and `eval` start from the same θ_0.
+    #[arg(long, value_name = "FILE")]
+    theta0: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
 }
@@ -247,6 +259,10 @@ struct EvalArgs {
     /// Backend for the retraining (default: the one the search used).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// Where the run's θ_0 file (its `--theta0`) is now, if it moved: its contents must be the
+    /// ones the search started from (default: the path in config.toml).
+    #[arg(long, value_name = "FILE")]
+    theta0: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -385,17 +401,18 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Search(args) => {
             let dir = RunDir::new(&args.out);
-            if search(args.task, &args.data, &dir, &args.settings, Some(&args.model))? == SearchEnd::Stopped {
+            if search(args.task, &args.data, &dir, &args.settings, Some(&args.model), false)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
         }
         Command::Eval(args) => {
-            evaluate(&RunDir::new(&args.run_dir), args.backend)?;
+            evaluate(&RunDir::new(&args.run_dir), args.backend, args.theta0.as_deref())?;
         }
         Command::Report(args) => {
             report::run(&args)?;
         }
         Command::Backends => backends::run()?,
+        Command::Export(args) => export::run(&args)?,
         Command::Reproduce(ReproduceCommand::Perceptron { out, data, recipe, settings }) => {
             settings.search_config(TaskKind::Perceptron)?;
             // One owner for the data, the search and the evaluation.
@@ -413,10 +430,10 @@ fn run(command: Command) -> Result<ExitCode> {
                     )?
                 }
             };
-            if search(TaskKind::Perceptron, &data, &dir, &settings, None)? == SearchEnd::Stopped {
+            if search(TaskKind::Perceptron, &data, &dir, &settings, None, true)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
-            evaluate(&dir, Some(settings.backend))?;
+            evaluate(&dir, Some(settings.backend), None)?;
         }
         Command::Reproduce(ReproduceCommand::Transformer { out, data, paper, gpu_window, mut text, mut model, mut settings }) => {
             if gpu_window {
@@ -447,10 +464,10 @@ fn run(command: Command) -> Result<ExitCode> {
                     generated_data(&dir, "TinyStories-like token data", &generated, save, |p| Ok(TokenData::load(p)?))?
                 }
             };
-            if search(TaskKind::Transformer, &data, &dir, &settings, Some(&model))? == SearchEnd::Stopped {
+            if search(TaskKind::Transformer, &data, &dir, &settings, Some(&model), true)? == SearchEnd::Stopped {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
-            evaluate(&dir, Some(settings.backend))?;
+            evaluate(&dir, Some(settings.backend), None)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -484,19 +501,39 @@ enum SearchEnd {
     Stopped,
 }
 
-fn search(kind: TaskKind, data_path: &Path, dir: &RunDir, settings: &SearchSettings, model: Option<&ModelArgs>) -> Result<SearchEnd> {
+/// Runs (or resumes) a search; with `then_evaluate` (`reproduce`), data without a test set is
+/// refused before the search, since the evaluation after it would need one.
+fn search(
+    kind: TaskKind,
+    data_path: &Path,
+    dir: &RunDir,
+    settings: &SearchSettings,
+    model: Option<&ModelArgs>,
+    then_evaluate: bool,
+) -> Result<SearchEnd> {
     let mut task = Task::for_search(kind, data_path, model)?;
+    if then_evaluate && task.num_test() == 0 {
+        bail!("{} has no test set (0 rows): it can be searched (`learnlaw search`), not evaluated", data_path.display());
+    }
     let data_abs = std::fs::canonicalize(data_path).with_context(|| format!("resolving {}", data_path.display()))?;
+    let theta0_file = match &settings.theta0 {
+        Some(path) => Some(Theta0File::new(path).with_context(|| format!("reading θ_0 file {}", path.display()))?),
+        None => None,
+    };
     let cfg = RunConfig {
         task: kind.name().into(),
         backend: settings.backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
         data: data_abs,
         data_fingerprint: run::fingerprint(data_path)?,
         init_seed: settings.init_seed,
+        theta0: theta0_file,
         model: task.model().cloned(),
         search: settings.search_config(kind)?,
     };
-    let theta0 = task.theta0(settings.init_seed);
+    let theta0 = task.theta0(settings.init_seed, settings.theta0.as_deref())?;
+    if let Some(path) = settings.theta0.as_ref().filter(|_| matches!(&task, Task::Perceptron { data, .. } if data.theta0.is_some())) {
+        println!("θ_0 from {} (not the data file's theta0)", path.display());
+    }
     if let Some(f) = cfg.search.holdout {
         let (held, all) = task.hold_out(f)?;
         println!("holding out {held} of the {all} dev examples");
@@ -575,16 +612,19 @@ fn print_resume_notes(dir: &RunDir, cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-fn evaluate(dir: &RunDir, backend: Option<Backend>) -> Result<Evaluation> {
+fn evaluate(dir: &RunDir, backend: Option<Backend>, theta0_file: Option<&Path>) -> Result<Evaluation> {
     dir.open()?;
     let cfg = dir.read_checked()?.config;
     let kind = TaskKind::parse(&cfg.task)?;
     let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
+    if task.num_test() == 0 {
+        bail!("{} has no test set (0 rows): a search-only token file cannot be evaluated", cfg.data.display());
+    }
     let backend = match backend {
         Some(b) => b,
         None => Backend::from_str(&cfg.backend, true).map_err(|e| anyhow::anyhow!("run config backend: {e}"))?,
     };
-    let theta0 = task.theta0(cfg.init_seed);
+    let theta0 = run_theta0(&task, &cfg, theta0_file)?;
     let bar = ProgressBar::new(2 * cfg.search.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -618,6 +658,29 @@ fn evaluate(dir: &RunDir, backend: Option<Backend>) -> Result<Evaluation> {
         println!("evaluated the policy of epoch {epoch}{}", if summary.best_epoch.is_some() { " (best by held-out J)" } else { "" });
     }
     Ok(ev)
+}
+
+/// The θ_0 a run's search started from: its θ_0 file (config.toml's path, or `given` where it
+/// moved, which must hold the same contents), else the seed or the data's `theta0`.
+fn run_theta0(task: &Task, cfg: &RunConfig, given: Option<&Path>) -> Result<Vec<f64>> {
+    let file = match (given, &cfg.theta0) {
+        (Some(path), Some(recorded)) => {
+            recorded.check_same(path)?;
+            Some(path.to_path_buf())
+        }
+        (Some(path), None) => bail!(
+            "the run's search started from the θ_0 of --init-seed {} (or the data's theta0), not from a file: \
+             --theta0 {} can only say where the run's own θ_0 file moved",
+            cfg.init_seed,
+            path.display()
+        ),
+        (None, Some(recorded)) if !recorded.path.exists() => {
+            bail!("the run's θ_0 file {} is gone: restore it, or pass --theta0 with where it is now", recorded.path.display())
+        }
+        (None, Some(recorded)) => Some(recorded.path.clone()),
+        (None, None) => None,
+    };
+    task.theta0(cfg.init_seed, file.as_deref())
 }
 
 fn print_evaluation(ev: &Evaluation, steps: usize) {

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use learnlaw_core::data::{init_theta, PerceptronData};
 use learnlaw_core::search::OuterOptimizer;
 use learnlaw_core::text::{TextRecipe, TokenData};
+use learnlaw_core::theta::{self, ThetaModel};
 use learnlaw_core::transformer::{init_params, AttentionScale, TransformerConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -131,7 +132,7 @@ pub struct TextArgs {
     /// Desired-set (dev) sequences K (default 128).
     #[arg(long)]
     pub dev: Option<usize>,
-    /// Test sequences (default 256).
+    /// Test sequences (default 256; 0 makes a file for a search alone: `eval` needs a test set).
     #[arg(long)]
     pub test: Option<usize>,
     /// Context length: tokens per sequence are this + 1 (default 32).
@@ -252,10 +253,33 @@ impl Task {
         })
     }
 
-    pub fn theta0(&self, seed: u64) -> Vec<f32> {
+    /// The model whose θ the task trains (for reading and writing θ files).
+    pub fn theta_model(&self) -> ThetaModel<'_> {
         match self {
-            Task::Perceptron { data, .. } => data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed)),
-            Task::Transformer { model, .. } => init_params(model, seed),
+            Task::Perceptron { data, .. } => ThetaModel::Perceptron { dim: data.dim },
+            Task::Transformer { model, .. } => ThetaModel::Transformer(model),
+        }
+    }
+
+    /// θ_0: read from `file` (official or learnlaw format; f64 values stay f64), else a
+    /// perceptron data file's `theta0`, else PyTorch's default initialisation seeded with `seed`.
+    pub fn theta0(&self, seed: u64, file: Option<&Path>) -> Result<Vec<f64>> {
+        if let Some(path) = file {
+            let t = theta::load(path, self.theta_model()).with_context(|| format!("reading θ_0 from {}", path.display()))?;
+            return Ok(t.values);
+        }
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+        Ok(match self {
+            Task::Perceptron { data, .. } => widen(data.theta0.clone().unwrap_or_else(|| init_theta(data.dim, seed))),
+            Task::Transformer { model, .. } => widen(init_params(model, seed)),
+        })
+    }
+
+    /// Test examples (0 in a search-only token file).
+    pub fn num_test(&self) -> usize {
+        match self {
+            Task::Perceptron { data, .. } => data.test.len(),
+            Task::Transformer { data, .. } => data.n_test(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - `files`: atomic and staged writes; `memory`: refusing sizes that cannot fit before allocating.
 //! - `text`: the Transformer task's token data — BPE tokenizer, story generator, corpus reading, noise.
 //! - `storage`: how a GPU backend stores X (f32, f16, bf16).
+//! - `theta`: θ files in and out, in the official PyTorch modules' format or learnlaw's flat θ.
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
 //! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
 pub mod analysis;
@@ -33,6 +34,7 @@ pub mod simplex;
 pub mod storage;
 mod tensor_file;
 pub mod text;
+pub mod theta;
 pub mod transformer;
 pub mod unroll;
 

@@ -52,12 +52,48 @@ pub struct RunConfig {
     pub data: PathBuf,
     /// FNV-1a 64 of the data file's bytes, so a changed file is not silently resumed over.
     pub data_fingerprint: String,
-    /// Seed of θ_0 when the data file has no `theta0`.
+    /// Seed of θ_0 when the data file has no `theta0` (and no `theta0` file is given).
     pub init_seed: u64,
+    /// θ_0 from a file (`--theta0`, official or learnlaw format, see `theta`): it takes the place
+    /// of the seed and of a perceptron data file's `theta0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub theta0: Option<Theta0File>,
     /// The Transformer task's model (None for the perceptron, whose model is fixed by the data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<TransformerConfig>,
     pub search: SearchConfig,
+}
+
+/// A θ_0 file of a run: where it is and what it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Theta0File {
+    /// The file (safetensors), absolute.
+    pub path: PathBuf,
+    /// FNV-1a 64 of its bytes, so a changed file is not silently resumed or evaluated from.
+    pub fingerprint: String,
+}
+
+impl Theta0File {
+    /// The file at `path` (made absolute) and its fingerprint.
+    pub fn new(path: &Path) -> Result<Self> {
+        let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        Ok(Theta0File { fingerprint: fingerprint(&abs)?, path: abs })
+    }
+
+    /// Errors unless the file at `path` holds what this one held (its fingerprint).
+    pub fn check_same(&self, path: &Path) -> Result<()> {
+        let now = fingerprint(path)?;
+        if now != self.fingerprint {
+            let problem = format!(
+                "is not the θ_0 the search started from ({}, fingerprint {}; this file's is {now})",
+                self.path.display(),
+                self.fingerprint
+            );
+            return Err(Error::bad_input(path.display().to_string(), problem));
+        }
+        Ok(())
+    }
 }
 
 /// A setting that differs between a run's config.toml and a new search's configuration.
@@ -79,7 +115,7 @@ impl Difference {
             "backend" => {
                 Some("the saved policy is a valid start on any backend; results agree to the backends' tolerance, not bit for bit")
             }
-            "data" => Some("the file moved; its contents (fingerprint) are the same"),
+            "data" | "theta0.path" => Some("the file moved; its contents (fingerprint) are the same"),
             _ => None,
         }
     }
@@ -88,6 +124,8 @@ impl Difference {
     pub fn setting(&self) -> String {
         match self.key.as_str() {
             "data_fingerprint" => "the data file's contents (fingerprint)".into(),
+            "theta0.path" => "--theta0".into(),
+            "theta0.fingerprint" => "the --theta0 file's contents (fingerprint)".into(),
             "model.vocab_size" => "the data's vocabulary size".into(),
             "model.context" => "the data's context length".into(),
             "search.reg_l2" => "--reg L2".into(),
@@ -98,7 +136,12 @@ impl Difference {
 
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} in the run, {} now", self.setting(), self.old, self.new)
+        // Without a θ_0 file, θ_0 comes from the seed (or a perceptron data file's theta0).
+        let value = |v: &str| match (self.key.starts_with("theta0."), v) {
+            (true, "not set") => "none (θ_0 from --init-seed or the data)".to_string(),
+            _ => v.to_string(),
+        };
+        write!(f, "{}: {} in the run, {} now", self.setting(), value(&self.old), value(&self.new))
     }
 }
 
@@ -318,6 +361,21 @@ pub struct CheckedRun {
     pub summary: Option<Summary>,
 }
 
+impl CheckedRun {
+    /// The policy an evaluation (and an export) retrains with, and its epoch: the best one by
+    /// held-out J when the search had a held-out part, else the last saved.
+    pub fn evaluated_policy(&self, dir: &RunDir) -> Result<(Policy, usize)> {
+        let (policy, history) = self
+            .saved
+            .as_ref()
+            .ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
+        Ok(match &self.best {
+            Some((best, epoch)) if self.config.search.holdout.is_some() => (best.clone(), *epoch),
+            _ => (policy.clone(), history.epochs_done()),
+        })
+    }
+}
+
 impl RunDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RunDir { root: root.into(), lock: OnceLock::new() }
@@ -434,6 +492,7 @@ impl RunDir {
     pub fn read_checked(&self) -> Result<CheckedRun> {
         let config = self.read_config()?;
         let examples = check_data(&config)?;
+        check_theta0(&config)?;
         let (steps, epochs) = (config.search.steps, config.search.epochs);
         let check_shape = |path: PathBuf, p: &Policy| {
             let n = examples.unwrap_or(p.examples);
@@ -604,6 +663,17 @@ fn check_data(cfg: &RunConfig) -> Result<Option<usize>> {
     Ok(Some(t.shape().first().copied().unwrap_or(0)))
 }
 
+/// Checks the run's θ_0 file, if it has one and it is still there, against its fingerprint.
+fn check_theta0(cfg: &RunConfig) -> Result<()> {
+    match &cfg.theta0 {
+        Some(t) if t.path.exists() => t.check_same(&t.path).map_err(|_| {
+            let problem = "changed since the search ran (fingerprint mismatch): restore it, or search again in a new folder";
+            Error::bad_input(format!("θ_0 file {}", t.path.display()), problem)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// curves.csv's text: dev and test loss per step, constant and optimised policy.
 fn curves_csv(constant: &Curves, policy: &Curves) -> String {
     let mut out = String::from("step,dev_constant,test_constant,dev_policy,test_policy\n");
@@ -623,8 +693,9 @@ fn fingerprint_of(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn to_real<R: Real>(v: &[f32]) -> Vec<R> {
-    v.iter().map(|&x| R::of(x as f64)).collect()
+/// Values of θ_0 or γ (f32, or f64 kept exact for an f64 engine) for an engine of precision `R`.
+fn to_real<R: Real, T: Copy + Into<f64>>(v: &[T]) -> Vec<R> {
+    v.iter().map(|&x| R::of(x.into())).collect()
 }
 fn to_f32<R: Real>(v: &[R]) -> Vec<f32> {
     v.iter().map(|x| x.f64() as f32).collect()
@@ -646,11 +717,11 @@ pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// `SAVE_INTERVAL`). Returns the history: J for the constant policy, every epoch's policy and,
 /// once all epochs are done, the final one. `on_epoch` runs after each epoch; `Break` saves and
 /// stops the search there, and the same call later resumes it.
-pub fn search<E: Engine>(
+pub fn search<E: Engine, T: Copy + Into<f64>>(
     e: &mut E,
     dir: &RunDir,
     cfg: &RunConfig,
-    theta0: &[f32],
+    theta0: &[T],
     on_epoch: impl FnMut(&EpochEvent) -> ControlFlow<()>,
 ) -> Result<History> {
     search_with_holdout(e, None, dir, cfg, theta0, on_epoch)
@@ -664,7 +735,7 @@ struct HeldOut<'a, E: Engine> {
 }
 
 impl<'a, E: Engine> HeldOut<'a, E> {
-    fn new(e: &'a mut E, cfg: &SearchConfig, theta0: &[f32]) -> Result<Self> {
+    fn new<T: Copy + Into<f64>>(e: &'a mut E, cfg: &SearchConfig, theta0: &[T]) -> Result<Self> {
         // A forward pass only needs its running θ; √T checkpoints keep the unused buffers small.
         let every = (cfg.steps as f64).sqrt().ceil() as usize;
         let ws = Workspace::new(e, cfg.unroll(), every)?;
@@ -692,12 +763,12 @@ pub fn take_for_search<E: Engine>(e: &E, dir: &RunDir, cfg: &RunConfig) -> Resul
 /// part of the desired set, see `PerceptronData::split_dev`), also records each policy's J on the
 /// held-out part and keeps the best one in best_policy.safetensors (early stopping). `e`'s dev set
 /// is then the search part.
-pub fn search_with_holdout<E: Engine>(
+pub fn search_with_holdout<E: Engine, T: Copy + Into<f64>>(
     e: &mut E,
     heldout: Option<&mut E>,
     dir: &RunDir,
     cfg: &RunConfig,
-    theta0: &[f32],
+    theta0: &[T],
     mut on_epoch: impl FnMut(&EpochEvent) -> ControlFlow<()>,
 ) -> Result<History> {
     if heldout.is_some() != cfg.search.holdout.is_some() {
@@ -832,23 +903,24 @@ impl Summary {
 /// Retrains with the saved policy (the best one by held-out J when the search had a held-out part)
 /// and with the constant policy on the whole data of the run (all of the desired set), writes
 /// curves.csv and the evaluation into summary.json, and returns it.
-pub fn evaluate<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32]) -> Result<Evaluation> {
+pub fn evaluate<E: Engine, T: Copy + Into<f64>>(e: &mut E, dir: &RunDir, theta0: &[T]) -> Result<Evaluation> {
     evaluate_with_progress(e, dir, theta0, &mut || {})
 }
 
 /// `evaluate`, calling `step_done` after each of the 2·T retraining steps (constant policy first).
 /// curves.csv and summary.json are written together, the summary last: a failed write (a full
 /// disk) leaves both as they were.
-pub fn evaluate_with_progress<E: Engine>(e: &mut E, dir: &RunDir, theta0: &[f32], step_done: &mut dyn FnMut()) -> Result<Evaluation> {
+pub fn evaluate_with_progress<E: Engine, T: Copy + Into<f64>>(
+    e: &mut E,
+    dir: &RunDir,
+    theta0: &[T],
+    step_done: &mut dyn FnMut(),
+) -> Result<Evaluation> {
     dir.open()?;
     let run = dir.read_checked()?;
     let cfg = &run.config;
-    let (policy, history) =
-        run.saved.ok_or_else(|| Error::bad_input(dir.root.display().to_string(), "no policy.safetensors: run a search first"))?;
-    let (policy, evaluated_epoch) = match run.best {
-        Some((best, epoch)) if cfg.search.holdout.is_some() => (best, epoch),
-        _ => (policy, history.epochs_done()),
-    };
+    let (policy, evaluated_epoch) = run.evaluated_policy(dir)?;
+    let history = run.saved.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
     if policy.examples != e.num_train() {
         return Err(Error::shape("policy examples", e.num_train(), policy.examples));
     }

@@ -9,6 +9,7 @@
 //! File layout: `train` \[N, L\], `dev` \[K, L\], `test` \[M, L\] as I32 (I64 also read), optional
 //! `noisy` \[N\] as U8 (1 = perturbed training row), metadata `vocab_size`. L = context length + 1,
 //! as the official `{train,dev,test}.pt` tensors of width 65: inputs are [:, :-1], labels [:, 1:].
+//! The test set may be empty (M = 0, shape [0, L]) in a file meant only for a search.
 pub mod bpe;
 pub mod corpus;
 pub mod stories;
@@ -86,7 +87,8 @@ impl TextRecipe {
     }
 
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("n_train", self.n_train), ("n_dev", self.n_dev), ("n_test", self.n_test)] {
+        // n_test = 0 makes a file for a search alone (the test set only serves evaluations).
+        for (name, v) in [("n_train", self.n_train), ("n_dev", self.n_dev)] {
             if v == 0 {
                 return Err(Error::config(name, v, "must be > 0"));
             }
@@ -172,8 +174,9 @@ impl TokenData {
         Ok((with_dev(&self.dev[..cut]), with_dev(&self.dev[cut..])))
     }
 
-    /// Checks shared by `from_texts`, `load` and `save`: whole non-empty rows, ids below
-    /// `vocab_size`, and at least one non-PAD label (positions 1..seq_len) in every row.
+    /// Checks shared by `from_texts`, `load` and `save`: whole rows, non-empty train and dev sets
+    /// (the test set may be empty: a file for a search alone), ids below `vocab_size`, and at least
+    /// one non-PAD label (positions 1..seq_len) in every row.
     pub fn validate(&self) -> Result<()> {
         let seq_len = self.seq_len;
         if seq_len < 2 {
@@ -184,7 +187,7 @@ impl TokenData {
         }
         for (set, rows) in SETS.iter().zip(self.sets()) {
             let what = format!("{set} set");
-            if rows.is_empty() {
+            if rows.is_empty() && *set != "test" {
                 return Err(Error::bad_input(what, "is empty (0 rows)"));
             }
             if rows.len() % seq_len != 0 {
@@ -488,6 +491,26 @@ mod tests {
         let bad = TokenData { vocab_size: 9, ..hand() };
         assert!(bad.save(&dir.path().join("bad.safetensors")).is_err());
         assert!(!dir.path().join("bad.safetensors").exists());
+    }
+
+    /// A file for a search alone: an empty test set ([0, L]) generates, saves and loads; an empty
+    /// train or dev set is still an error.
+    #[test]
+    fn empty_test_set_for_a_search_alone() {
+        let (d, _) = TokenData::generate(&TextRecipe { n_test: 0, ..small(4) }).unwrap();
+        assert_eq!((d.n_train(), d.n_dev(), d.n_test()), (64, 16, 0));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("search-only.safetensors");
+        d.save(&path).unwrap();
+        assert_eq!(TokenData::load(&path).unwrap(), d);
+        let mut raw = raw_of(&hand());
+        set(&mut raw, "test", Dtype::I32, vec![0, 4], Vec::new());
+        assert_eq!(load_raw(&raw, Some("10")).unwrap().n_test(), 0);
+        set(&mut raw, "train", Dtype::I32, vec![0, 4], Vec::new());
+        let e = load_raw(&raw, Some("10")).unwrap_err();
+        assert!(e.to_string().contains("train set") && e.to_string().contains("empty"), "{e}");
+        let e = TokenData::generate(&TextRecipe { n_train: 0, ..small(4) }).unwrap_err();
+        assert!(e.to_string().contains("n_train"), "{e}");
     }
 
     #[test]

@@ -16,9 +16,11 @@ pub mod cpu_kernels;
 pub mod device;
 pub mod kernels;
 pub mod model;
+pub mod params;
 
 pub use cpu::CpuTransformer;
 pub use cpu_kernels::CpuKernels;
+pub use params::{ParamSpec, OFFICIAL_PREFIX};
 
 use std::ops::Range;
 
