@@ -5,7 +5,7 @@
 //!   `base_model.word_embed.weight`, … with `nn.Linear` weights as [out, in] (see
 //!   [`crate::transformer::params`]; a `BaseTransformer`'s keys, without `base_model.`, are read
 //!   too). The perceptron: `perceptron_model.PerceptronModel`, one key `linear.weight` [1, D].
-//! - **learnlaw**: learnlaw's own flat θ, one tensor `theta` [P] (`theta0` is read too, as in a
+//! - **learnlaw**: learnlaw's own flat θ, one tensor `theta` \[P\] (`theta0` is read too, as in a
 //!   perceptron data file), in learnlaw's order and [in, out] matrices.
 //!
 //! Reading checks the names (missing and unknown keys are errors naming them), the shapes (with
@@ -36,7 +36,7 @@ pub const LEARNLAW_KEY_THETA0: &str = "theta0";
 pub enum ThetaFormat {
     /// The official PyTorch module's state dict.
     Official,
-    /// learnlaw's flat θ (`theta` [P]).
+    /// learnlaw's flat θ (`theta` \[P\]).
     Learnlaw,
 }
 
