@@ -57,6 +57,7 @@ fn run_config(p: &Problem, search: SearchConfig) -> RunConfig {
         init_seed: 10,
         model: None,
         search,
+        trained: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn run_config(p: &Problem, backend: &str, search: SearchConfig) -> RunConfig {
         init_seed: 10,
         model: None,
         search,
+        trained: None,
     }
 }
 
