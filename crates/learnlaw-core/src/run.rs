@@ -850,6 +850,24 @@ impl Summary {
     }
 }
 
+/// Takes `dir` for a `learnlaw train` run of `cfg` (`RunDir::create`), refusing a folder that
+/// holds another run (a search, or a train run of other settings); the same run is replaced.
+pub fn take_for_train(dir: &RunDir, cfg: &RunConfig) -> Result<()> {
+    dir.create()?;
+    if dir.config_path().exists() {
+        let differences = dir.read_config()?.differences(cfg)?;
+        if !differences.is_empty() {
+            let list: Vec<String> = differences.iter().map(|d| d.to_string()).collect();
+            return Err(Error::config(
+                "output directory",
+                dir.root.display(),
+                format!("holds another run ({}); use another folder", list.join("; ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes the run of `learnlaw train` into `dir` (taken with `RunDir::create`): config.toml, the
 /// policy it trained with as policy.safetensors with a one-epoch history (epoch 0: the constant
 /// policy, whose desired-loss curve is `constant_dev`; epoch 1: the policy, `policy_dev`, over
@@ -877,18 +895,7 @@ pub fn write_trained(
             return Err(Error::shape(format!("{what} desired-loss curve"), steps + 1, curve.len()));
         }
     }
-    dir.create()?;
-    if dir.config_path().exists() {
-        let differences = dir.read_config()?.differences(cfg)?;
-        if !differences.is_empty() {
-            let list: Vec<String> = differences.iter().map(|d| d.to_string()).collect();
-            return Err(Error::config(
-                "output directory",
-                dir.root.display(),
-                format!("holds another run ({}); use another folder", list.join("; ")),
-            ));
-        }
-    }
+    take_for_train(dir, cfg)?;
     dir.start_fresh(cfg)?;
     let mut history = History::default();
     let j = |dev: &[f64]| dev.iter().sum::<f64>() / steps as f64;
