@@ -282,6 +282,7 @@ fn search_on_generated_stories_lowers_j_and_resumes() {
         init_seed: 10,
         model: Some(model.clone()),
         search,
+        trained: None,
     };
     let theta0 = init_params(&model, 10);
     let dir = RunDir::new(tmp.path().join("run"));

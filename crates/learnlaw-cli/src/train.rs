@@ -234,12 +234,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     println!(
-        "trained with {label}: J {:.6} (constant {:.6}, {:+.2}%), CR {:.3} (constant {:.3}), {:.2} s; policy in {}",
+        "trained with {label}: J {:.6} (constant {:.6}, {:+.2}%), CR {:.3} (constant {:.3}){}, {:.2} s; policy in {}",
         history.j[1],
         history.j[0],
         100.0 * (history.j[1] - history.j[0]) / history.j[0],
         history.cr[1],
         history.cr[0],
+        if args.gate_holdout.is_some() { " on the part of the desired set the rule saw" } else { "" },
         history.seconds_per_epoch(),
         dir.policy_path().display()
     );

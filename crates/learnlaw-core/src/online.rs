@@ -115,10 +115,10 @@ impl OnlineConfig {
     }
 
     pub fn validate(&self, n: usize) -> Result<()> {
-        if !(self.temperature > 0.0) || self.temperature.is_nan() {
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err(Error::config("temperature", self.temperature, "must be > 0 (use a large value for the constant policy)"));
         }
-        if !(self.strength > 0.0) || self.strength.is_nan() {
+        if self.strength.is_nan() || self.strength <= 0.0 {
             return Err(Error::config("strength", self.strength, "must be > 0 (use a large value for uniform weight on CT > 0)"));
         }
         if !(0.0..=1.0).contains(&self.mix) {
@@ -291,7 +291,8 @@ impl<E: Engine> OnlinePolicy<E> {
 /// the training step itself (`forward`), plus the dev gradient and the per-example dots, counted as
 /// one adjoint step (`backward`, which also holds an HVP the rules do not need: an upper bound),
 /// plus for `Greats` (rounds − 1) × (a weighted-gradient step + a dot pass), counted as
-/// forward + backward each.
+/// forward + backward each. A held-out gate (`train_online`) adds one adjoint step's count of the
+/// held-out engine (its dev gradient and N dots).
 pub fn step_flops(config: &OnlineConfig, sf: crate::StepFlops) -> f64 {
     let extra = if config.kind == OnlineKind::Greats { (config.rounds - 1) as f64 * (sf.forward + sf.backward) } else { 0.0 };
     sf.forward + sf.backward + extra
