@@ -11,14 +11,25 @@
 //! T·(forward + backward) for the unroll and its adjoint (all θ_t are kept at these sizes, so
 //! nothing is recomputed), plus the outer update's per-entry count on the [T, N] policy (below).
 //!
+//! Beside the searches, the online policies (`learnlaw::online`, issue 14): one training run each,
+//! γ_t set from step t's contributions, on the CPU f32 engine (the rules are written once over
+//! `Engine`, so the FLOP count is the same on every backend). Their FLOPs: T × `online::step_flops`
+//! (the training step, plus the dev gradient and per-example dots counted as one adjoint step;
+//! with a held-out gate one more adjoint step's count on the held-out engine),
+//! and the table gives them as a share of each search's FLOPs.
+//!
 //! `cargo bench --bench auc_per_flop`. Settings by environment (defaults: the paper's size):
 //! LEARNLAW_BENCH_EPOCHS (50), LEARNLAW_BENCH_STEPS (T, 2000), LEARNLAW_BENCH_BACKENDS
-//! ("cpu,wgpu,cuda"), LEARNLAW_BENCH_LABEL_NOISE (0: the recipe as printed).
+//! ("cpu,wgpu,cuda"; "none" for the online table only), LEARNLAW_BENCH_LABEL_NOISE (0: the recipe
+//! as printed), LEARNLAW_BENCH_ONLINE (the online rules, `;`-separated, each
+//! `rule[,key=value…]` with keys t (τ), l (λ), k, r, a (α), gate (held-out fraction); default:
+//! `ONLINE_DEFAULT`; "none" to skip).
 use std::time::Instant;
 
 use learnlaw::cuda_backend::CudaPerceptron;
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::eval::{acceleration_ratio, retrain, Curves};
+use learnlaw::online::{self, OnlineConfig, OnlineKind};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
@@ -124,6 +135,91 @@ fn fmt_ar(a: Option<f64>) -> String {
     a.map_or("-".into(), |a| format!("{a:.2}"))
 }
 
+/// The online rules measured by default (`LEARNLAW_BENCH_ONLINE`).
+const ONLINE_DEFAULT: &str = "lookahead;lookahead,a=0.3;lookahead,gate=0.5;law;law,a=0.3;law,gate=0.5;greats;greats,r=4,a=0.3;\
+                              greats,gate=0.5";
+
+/// An online rule of `LEARNLAW_BENCH_ONLINE` and its held-out gate fraction.
+fn parse_online(spec: &str) -> (OnlineConfig, Option<f64>) {
+    let mut parts = spec.split(',').map(str::trim);
+    let kind = OnlineKind::parse(parts.next().unwrap_or_default()).unwrap_or_else(|e| panic!("LEARNLAW_BENCH_ONLINE {spec:?}: {e}"));
+    let mut cfg = OnlineConfig::new(kind);
+    let mut gate = None;
+    for kv in parts {
+        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("LEARNLAW_BENCH_ONLINE {spec:?}: {kv:?} is not key=value"));
+        let x: f64 = v.parse().unwrap_or_else(|_| panic!("LEARNLAW_BENCH_ONLINE {spec:?}: {v:?} is not a number"));
+        match k {
+            "t" => cfg.temperature = x,
+            "l" => cfg.strength = x,
+            "k" => cfg.batch = x as usize,
+            "r" => cfg.rounds = x as usize,
+            "a" => cfg.mix = x,
+            "gate" => gate = Some(x),
+            other => panic!("LEARNLAW_BENCH_ONLINE {spec:?}: unknown key {other:?} (t, l, k, r, a, gate)"),
+        }
+    }
+    (cfg, gate)
+}
+
+/// FLOPs of E epochs of each search case (for the online rules' share).
+fn search_flops(sf: learnlaw::StepFlops, t: usize, n: usize, epochs: usize) -> Vec<(&'static str, f64)> {
+    cases()
+        .iter()
+        .map(|c| (c.name, epochs as f64 * (t as f64 * (sf.forward + sf.backward) + (t * n) as f64 * update_flops_per_entry(c.optimizer))))
+        .collect()
+}
+
+/// One training run per online rule (CPU f32), and its table.
+fn run_online(data: &PerceptronData, ev: &mut Evaluator, specs: &str, epochs: usize) -> Result<()> {
+    let mut e = CpuPerceptron::<f32>::new(data)?;
+    let (t, n) = (ev.unroll.steps, e.num_train());
+    let searches = search_flops(e.step_flops(), t, n, epochs);
+    let j0 = ev.measure(&Policy::constant(t, n).gamma)?.0;
+    println!("\n## online policies on {} (T = {t}, N = {n}; FLOP shares against the searches' E = {epochs} epochs)", e.name());
+    println!(
+        "| rule | J (dev AUC) | AUC saved | GFLOPs | AUC saved / GFLOP | % of {} FLOPs | s | AR dev | AR test | final test (const {:.5}) | gated steps |",
+        searches.iter().map(|s| s.0).collect::<Vec<_>>().join(" / "),
+        ev.constant.test[t]
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for spec in specs.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (cfg, gate) = parse_online(spec);
+        let mut held = match gate {
+            Some(f) => {
+                let (search, held) = data.split_dev(f)?;
+                e = CpuPerceptron::<f32>::new(&search)?;
+                Some(CpuPerceptron::<f32>::new(&held)?)
+            }
+            None => {
+                e = CpuPerceptron::<f32>::new(data)?;
+                None
+            }
+        };
+        let run = online::train_online(&mut e, held.as_mut(), &ev.theta0, ev.unroll, &cfg, &mut |_, _| {})?;
+        let (j, ar_dev, ar_test) = ev.measure(&run.gamma)?;
+        let (curves, _) = retrain(&mut ev.cpu, &ev.theta0, &run.gamma, ev.unroll, false)?;
+        // The gate's dev gradient and N dots on the held-out engine: one more adjoint step's count.
+        let gate_flops = held.as_ref().map_or(0.0, |h| h.step_flops().backward);
+        let flops = t as f64 * (online::step_flops(&cfg, e.step_flops()) + gate_flops);
+        let shares: Vec<String> = searches.iter().map(|s| format!("{:.2}", 100.0 * flops / s.1)).collect();
+        let saved = j0 - j;
+        println!(
+            "| {}{} | {j:.5} | {saved:.5} | {:.2} | {:.2e} | {} | {:.2} | {} | {} | {:.5} | {} |",
+            cfg.label(),
+            gate.map_or(String::new(), |f| format!(" gate={f}")),
+            flops / 1e9,
+            saved / (flops / 1e9),
+            shares.join(" / "),
+            run.seconds,
+            fmt_ar(ar_dev),
+            fmt_ar(ar_test),
+            curves.test[t],
+            if gate.is_some() { run.gated_steps.to_string() } else { "-".into() }
+        );
+    }
+    Ok(())
+}
+
 /// Runs every case on one backend's engine and prints its table.
 fn run_backend<E: Engine>(mut e: E, ev: &mut Evaluator, epochs: usize) -> Result<()> {
     println!("\n## {} (T = {}, N = {}, E = {epochs})", e.name(), ev.unroll.steps, e.num_train());
@@ -188,8 +284,13 @@ fn main() -> Result<()> {
         recipe.train_label_noise,
         unroll.eta
     );
+    let specs: String = env("LEARNLAW_BENCH_ONLINE", ONLINE_DEFAULT.to_string());
+    if specs != "none" {
+        run_online(&data, &mut ev, &specs, epochs)?;
+    }
     for backend in backends.split(',').map(str::trim) {
         match backend {
+            "none" => {}
             "cpu" => run_backend(CpuPerceptron::<f32>::new(&data)?, &mut ev, epochs)?,
             "wgpu" => {
                 if let Some(e) = available("wgpu", WgpuPerceptron::new(&data)) {

@@ -58,6 +58,7 @@ fn run_config(p: &Problem, search: SearchConfig) -> RunConfig {
         theta0: None,
         model: None,
         search,
+        trained: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn searched_run(evaluate: bool) -> Run {
             reg_l2: None,
             block_steps: None,
         },
+        trained: None,
     };
     let dir = RunDir::new(tmp.path().join("run"));
     let mut e = CpuPerceptron::<f64>::new(&data).unwrap();

@@ -60,6 +60,7 @@ fn run_config(p: &Problem, backend: &str, search: SearchConfig) -> RunConfig {
         theta0: None,
         model: None,
         search,
+        trained: None,
     }
 }
 

@@ -283,6 +283,7 @@ fn search_on_generated_stories_lowers_j_and_resumes() {
         theta0: None,
         model: Some(model.clone()),
         search,
+        trained: None,
     };
     let theta0 = init_params(&model, 10);
     let dir = RunDir::new(tmp.path().join("run"));

@@ -38,6 +38,7 @@ fn run_config(path: &Path, backend: &str) -> RunConfig {
             reg_l2: None,
             block_steps: None,
         },
+        trained: None,
     }
 }
 

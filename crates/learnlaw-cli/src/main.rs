@@ -6,6 +6,7 @@ mod backends;
 mod export;
 mod report;
 mod task;
+mod train;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ enum Command {
     /// Search for a near-optimal policy (resumes if RUN_DIR holds the same search; a resume may
     /// change --checkpoint-every and --backend, and refuses any other difference, naming it).
     Search(SearchArgs),
+    /// Train once with a given policy — an online rule (`--policy online:lookahead|law|greats`:
+    /// γ_t from step t's contributions, no search), `constant`, or a searched RUN_DIR — and write a
+    /// run directory like a search's (then evaluated), for `eval` and `report`.
+    Train(train::TrainArgs),
     /// Retrain with the run's policy and the constant policy; report AR, AUC and the Learning Law.
     /// AR = the steps the constant policy needs to reach its own final loss over those the policy
     /// needs (1 for equal curves; "not reached" when the policy never gets there).
@@ -405,6 +410,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::from(INTERRUPTED));
             }
         }
+        Command::Train(args) => train::run(&args)?,
         Command::Eval(args) => {
             evaluate(&RunDir::new(&args.run_dir), args.backend, args.theta0.as_deref())?;
         }
@@ -529,6 +535,7 @@ fn search(
         theta0: theta0_file,
         model: task.model().cloned(),
         search: settings.search_config(kind)?,
+        trained: None,
     };
     let theta0 = task.theta0(settings.init_seed, settings.theta0.as_deref())?;
     if let Some(path) = settings.theta0.as_ref().filter(|_| matches!(&task, Task::Perceptron { data, .. } if data.theta0.is_some())) {

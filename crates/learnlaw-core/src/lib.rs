@@ -8,6 +8,7 @@
 //! - `perceptron`: the perceptron task — its math, the plain f64 reference and the CPU engine.
 //! - `transformer`: the Transformer LM task — its forward/backward/tangent math and CPU engine.
 //! - `unroll`: J(γ) and ∂J/∂γ through the whole training run (adjoint with HVPs, checkpointing).
+//! - `online`: online policies that set γ_t from step t's contributions alone (no unroll).
 //! - `search`: the outer optimisation of the policy; `eval`: AR, CR, CT, SIM; `run`: run directories.
 //! - `data`, `policy`, `simplex`: data sets and their generator, policies, simplex projection.
 //! - `files`: atomic and staged writes; `memory`: refusing sizes that cannot fit before allocating.
@@ -25,6 +26,7 @@ pub mod files;
 pub mod host;
 pub mod linalg;
 pub mod memory;
+pub mod online;
 pub mod perceptron;
 pub mod policy;
 pub mod real;

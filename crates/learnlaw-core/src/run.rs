@@ -62,6 +62,27 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<TransformerConfig>,
     pub search: SearchConfig,
+    /// A run of `learnlaw train` (no search): where its policy came from. Its `search` section then
+    /// holds T and η, with one "epoch" whose policy is the one trained with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained: Option<TrainedPolicy>,
+}
+
+/// The policy of a `learnlaw train` run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedPolicy {
+    /// `constant`, `online` or `run` (a searched policy from another run directory).
+    pub source: String,
+    /// The online rule (source `online`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<crate::online::OnlineConfig>,
+    /// The fraction of the desired set held out to gate the online rule (the last ⌈F·K⌉ examples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_holdout: Option<f64>,
+    /// The run directory the policy was read from (source `run`), absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
 }
 
 /// A θ_0 file of a run: where it is and what it holds.
@@ -898,6 +919,65 @@ impl Summary {
         self.ar_dev_by_epoch = history.ar_dev.clone();
         self.epochs_to_ar_dev = history.epochs_to_ar_dev(&AR_TARGETS);
     }
+}
+
+/// Takes `dir` for a `learnlaw train` run of `cfg` (`RunDir::create`), refusing a folder that
+/// holds another run (a search, or a train run of other settings); the same run is replaced.
+pub fn take_for_train(dir: &RunDir, cfg: &RunConfig) -> Result<()> {
+    dir.create()?;
+    if dir.config_path().exists() {
+        let differences = dir.read_config()?.differences(cfg)?;
+        if !differences.is_empty() {
+            let list: Vec<String> = differences.iter().map(|d| d.to_string()).collect();
+            return Err(Error::config(
+                "output directory",
+                dir.root.display(),
+                format!("holds another run ({}); use another folder", list.join("; ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the run of `learnlaw train` into `dir` (taken with `RunDir::create`): config.toml, the
+/// policy it trained with as policy.safetensors with a one-epoch history (epoch 0: the constant
+/// policy, whose desired-loss curve is `constant_dev`; epoch 1: the policy, `policy_dev`, over
+/// θ_0..θ_T) and summary.json, so that `evaluate` and the report read it like a search's. A folder
+/// holding another run (a search, or a train run of other settings) is refused.
+pub fn write_trained(
+    dir: &RunDir,
+    cfg: &RunConfig,
+    policy: &Policy,
+    constant_dev: &[f64],
+    policy_dev: &[f64],
+    seconds: f64,
+    classes: usize,
+) -> Result<History> {
+    if cfg.trained.is_none() || cfg.search.epochs != 1 {
+        return Err(Error::config("trained", format!("{:?}", cfg.trained), "a train run has a policy source and one epoch"));
+    }
+    policy.validate()?;
+    let steps = cfg.search.steps;
+    if policy.steps != steps {
+        return Err(Error::shape("trained policy steps", steps, policy.steps));
+    }
+    for (what, curve) in [("constant", constant_dev), ("policy", policy_dev)] {
+        if curve.len() != steps + 1 {
+            return Err(Error::shape(format!("{what} desired-loss curve"), steps + 1, curve.len()));
+        }
+    }
+    take_for_train(dir, cfg)?;
+    dir.start_fresh(cfg)?;
+    let mut history = History::default();
+    let j = |dev: &[f64]| dev.iter().sum::<f64>() / steps as f64;
+    history.record(&crate::unroll::Forward { j: j(constant_dev), dev: constant_dev.to_vec() }, classes);
+    history.record(&crate::unroll::Forward { j: j(policy_dev), dev: policy_dev.to_vec() }, classes);
+    history.seconds.push(seconds);
+    dir.write_policy(policy, &history, None)?;
+    let mut summary = Summary::default();
+    summary.set_search(cfg, &history);
+    dir.write_summary(&summary)?;
+    Ok(history)
 }
 
 /// Retrains with the saved policy (the best one by held-out J when the search had a held-out part)
