@@ -175,13 +175,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             block_steps: None,
         },
         trained: Some(trained),
+        theta0: None,
     };
     cfg.search.validate()?;
     if let Some(f) = args.gate_holdout {
         let (held, all) = task.hold_out(f)?;
         println!("gating the online rule on {held} held-out of the {all} dev examples");
     }
-    let theta0 = task.theta0(args.init_seed);
+    let theta0 = task.theta0(args.init_seed, None)?;
     let dir = RunDir::new(&args.out);
     let unroll = cfg.search.unroll();
     let label = match &source {
@@ -196,7 +197,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         run::take_for_train(&dir, &cfg)?;
         let n = e.num_train();
         let real = |v: &[f32]| v.iter().map(|&x| Real::of(x as f64)).collect::<Vec<_>>();
-        let theta0 = real(&theta0);
+        let theta0: Vec<_> = theta0.iter().map(|&x| Real::of(x)).collect();
         let constant = Policy::constant(steps, n);
         // The constant policy's desired-loss curve: epoch 0 of the run's history (AR dev's target).
         let (c, _) = retrain(&mut e, &theta0, &real(&constant.gamma), unroll, false)?;
@@ -245,6 +246,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         dir.policy_path().display()
     );
     drop(dir);
-    crate::evaluate(&RunDir::new(&args.out), Some(args.backend))?;
+    crate::evaluate(&RunDir::new(&args.out), Some(args.backend), None)?;
     Ok(())
 }
