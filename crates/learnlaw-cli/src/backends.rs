@@ -48,6 +48,6 @@ pub fn run() -> Result<()> {
             Err(e) => println!("{name:<10} failed       {e}{versions}"),
         }
     }
-    println!("(the Transformer task runs on cpu, cpu-f64 and wgpu)");
+    println!("(the Transformer task runs on cpu, cpu-f64, wgpu, cuda and cuda-bf16: f32 storage; cuda-bf16 puts its GEMMs on tensor cores)");
     Ok(())
 }
