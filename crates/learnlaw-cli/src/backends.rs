@@ -48,6 +48,8 @@ pub fn run() -> Result<()> {
             Err(e) => println!("{name:<10} failed       {e}{versions}"),
         }
     }
-    println!("(the Transformer task runs on cpu, cpu-f64, wgpu, cuda and cuda-bf16: f32 storage; cuda-bf16 puts its GEMMs on tensor cores)");
+    println!(
+        "(the Transformer task runs on cpu, cpu-f64, wgpu, cuda and cuda-bf16: f32 storage; cuda-bf16 puts its GEMMs on tensor cores)"
+    );
     Ok(())
 }
