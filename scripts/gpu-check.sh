@@ -264,24 +264,28 @@ KEEP_FOR_TRANSFORMER="${KEEP_FOR_TRANSFORMER:-150}"
 archive_runs() {
   tar -czf "$RUNS_TAR" -C "$WORK" --exclude='*.safetensors' --exclude='.lock' runs 2>/dev/null
 }
-# compare_j LABEL RUN REFERENCE_RUN TARGET: a row with s/epoch, J's largest relative difference
-# (against TARGET, "-" for none) and AR of a run against the reference run.
+# compare_j LABEL RUN REFERENCE_RUN TARGET [SPEED_TARGET]: a row with s/epoch and the speed-up
+# (against SPEED_TARGET×, if given), J's largest relative difference (against TARGET, "-" for
+# none) and AR of a run against the reference run.
 compare_j() {
   [ -f "$2/summary.json" ] && [ -f "$3/summary.json" ] || return 0
-  row "$1" "$(python3 - "$2/summary.json" "$3/summary.json" "$4" <<'PY'
+  row "$1" "$(python3 - "$2/summary.json" "$3/summary.json" "$4" "${5:--}" <<'PY'
 import json, sys
 try:
     g, c = (json.load(open(p)) for p in sys.argv[1:3])
 except Exception as e:
     print(f"no comparison: {e}"); sys.exit(0)
 target = None if sys.argv[3] == "-" else float(sys.argv[3])
+speed_target = None if sys.argv[4] == "-" else float(sys.argv[4])
 jg, jc = g["j"], c["j"]
 n = min(len(jg), len(jc))
 rel = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(jg[:n], jc[:n])) if n else float("nan")
 sg, sc = g["seconds_per_epoch"], c["seconds_per_epoch"]
 ar = lambda s: "-" if s.get("ar") is None else f"{s['ar']:.3f}"
 verdict = "" if target is None else (" (ok)" if rel <= target else f" (ABOVE {target:g})")
-print(f"s/epoch {sg:.3f} vs {sc:.3f}: {sc / sg:.1f}x | J over {n} values: max rel diff {rel:.2e}{verdict} | AR {ar(g)}, ref {ar(c)}")
+speed = sc / sg
+met = "" if speed_target is None else f" (target {speed_target:g}x: {'met' if speed >= speed_target else 'not met'})"
+print(f"s/epoch {sg:.4f} vs {sc:.4f}: {speed:.1f}x{met} | J over {n} values: max rel diff {rel:.2e}{verdict} | AR {ar(g)}, ref {ar(c)}")
 PY
 )"
 }
@@ -379,28 +383,8 @@ for be in cuda cuda-bf16 cpu; do
   [ $rc -eq 0 ] || { verdict $rc; row "reproduce --backend $be" "$VERDICT"; }
   archive_runs
 done
-for be in cuda cuda-bf16; do
-  [ -f "$RUNS/$be/summary.json" ] && [ -f "$RUNS/cpu/summary.json" ] || continue
-  CMP="$(python3 - "$be" "$RUNS/$be/summary.json" "$RUNS/cpu/summary.json" <<'PY'
-import json, sys
-be = sys.argv[1]
-try:
-    g, c = (json.load(open(p)) for p in sys.argv[2:4])
-except Exception as e:
-    print(f"no comparison: {e}"); sys.exit(0)
-jg, jc = g["j"], c["j"]
-n = min(len(jg), len(jc))
-rel = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(jg[:n], jc[:n])) if n else float("nan")
-sg, sc = g["seconds_per_epoch"], c["seconds_per_epoch"]
-ar = lambda s: "-" if s.get("ar") is None else f"{s['ar']:.3f}"
-verdict = "" if be != "cuda" else (" (ok)" if rel <= 1e-4 else " (ABOVE 1e-4)")
-speed = sc / sg
-print(f"s/epoch {sg:.4f} vs cpu {sc:.4f}: {speed:.1f}x{' (target 20x: met)' if speed >= 20 else ' (target 20x: not met)'} "
-      f"| J over {n} values: max rel diff {rel:.2e}{verdict} | AR {ar(g)}, cpu {ar(c)}")
-PY
-)"
-  row "reproduce $be, $EPOCHS epochs" "$CMP"
-done
+compare_j "reproduce cuda, $EPOCHS epochs" "$RUNS/cuda" "$RUNS/cpu" 1e-4 20
+compare_j "reproduce cuda-bf16, $EPOCHS epochs" "$RUNS/cuda-bf16" "$RUNS/cpu" - 20
 
 # --- 5. benchmarks (the bench prints its table, repeated in the summary) ---------------------
 KEEP="$KEEP_FOR_TRANSFORMER" step bench 240 "$BIN/bench_cuda" --bench

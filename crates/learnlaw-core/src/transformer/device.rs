@@ -15,6 +15,18 @@ use crate::transformer::model::{Model, Tape};
 use crate::transformer::{check_task, step_flops, Layout, TransformerConfig};
 use crate::{Error, Result};
 
+/// Token positions per chunk of a pass by default (activations scale with it).
+const CHUNK_TOKENS: usize = 1 << 16;
+
+/// Whole sequences per chunk of a pass: within `CHUNK_TOKENS`, and the largest per-chunk buffer
+/// (the FFN activations [B·L, ffn], or attention's [B, heads, L, L] where that is larger) within
+/// `max_buffer` values (one storage binding, 32-bit indices).
+pub fn chunk_seqs(cfg: &TransformerConfig, seq_len: usize, max_buffer: usize) -> usize {
+    let l = seq_len.max(2) - 1;
+    let per_seq = (cfg.heads * l * l).max(l * cfg.ffn.max(cfg.hidden));
+    (CHUNK_TOKENS / l).min(max_buffer / per_seq.max(1)).max(1)
+}
+
 /// What a device backend adds to its layer kernels for these passes.
 pub trait DeviceKernels: LayerKernels {
     /// y\[y_at + i\] ← a·x\[x_at + i\] for i < len.

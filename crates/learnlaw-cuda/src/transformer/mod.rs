@@ -7,7 +7,7 @@ pub mod kernels;
 use std::rc::Rc;
 
 use learnlaw_core::text::TokenData;
-use learnlaw_core::transformer::device::DevicePasses;
+use learnlaw_core::transformer::device::{self, DevicePasses};
 use learnlaw_core::transformer::TransformerConfig;
 use learnlaw_core::{Engine, Result, Set, StepFlops};
 
@@ -16,10 +16,6 @@ use crate::host_sim::HostSim;
 use crate::runtime::Runtime;
 use crate::vector_ops::{delegate_vector_ops, CudaVec};
 use kernels::{CudaKernels, DeviceBuf};
-
-/// Token positions per chunk of a pass (activations scale with it: at the paper's model a few
-/// GiB of activations and saved state per 2^16 tokens).
-const CHUNK_TOKENS: usize = 1 << 16;
 
 /// The Transformer engine on a CUDA device (f32 storage and accumulation; `cuda-bf16`: the GEMMs
 /// on tensor cores with bf16 operands).
@@ -51,12 +47,8 @@ impl CudaTransformer {
     }
 
     fn with_kernels(cfg: &TransformerConfig, data: &TokenData, k: CudaKernels) -> Result<Self> {
-        // Whole sequences per chunk, within the token budget and the kernels' 32-bit indices (the
-        // FFN activations [B·L, ffn] and, for wide heads, attention's [B, heads, L, L] are the
-        // largest per-chunk buffers).
-        let l = data.seq_len.max(2) - 1;
-        let per_seq = (cfg.heads * l * l).max(l * cfg.ffn.max(cfg.hidden));
-        let chunk_seqs = (CHUNK_TOKENS / l).min(u32::MAX as usize / per_seq.max(1));
+        // Every per-chunk buffer within the kernels' 32-bit indices.
+        let chunk_seqs = device::chunk_seqs(cfg, data.seq_len, u32::MAX as usize);
         let rt = k.runtime();
         Ok(CudaTransformer { rt, passes: DevicePasses::new(k, cfg, data, chunk_seqs)?, bf16_gemm: false })
     }

@@ -6,15 +6,12 @@
 pub mod kernels;
 
 use learnlaw_core::text::TokenData;
-use learnlaw_core::transformer::device::DevicePasses;
+use learnlaw_core::transformer::device::{self, DevicePasses};
 use learnlaw_core::transformer::TransformerConfig;
 use learnlaw_core::{Engine, Error, Result, Set, StepFlops, Storage};
 
 use crate::gpu::{delegate_to_gpu, Gpu, Options, WgpuVec, BACKEND};
 use kernels::{DeviceBuf, WgpuKernels};
-
-/// Token positions per chunk of a pass (activations scale with it).
-const CHUNK_TOKENS: usize = 1 << 16;
 
 /// The Transformer engine on a wgpu device (f32 storage and accumulation).
 pub struct WgpuTransformer {
@@ -36,12 +33,8 @@ impl WgpuTransformer {
             ));
         }
         let k = WgpuKernels::new(Gpu::new(opts)?)?;
-        // Whole sequences per chunk: within the token budget, and every per-chunk buffer (the
-        // attention probabilities [B, heads, L, L] and the FFN activations [B·L, ffn] are the
-        // largest) within one storage binding.
-        let l = data.seq_len.max(2) - 1;
-        let per_seq = (cfg.heads * l * l).max(l * cfg.ffn.max(cfg.hidden)) * 4;
-        let chunk_seqs = (CHUNK_TOKENS / l).min(k.gpu.max_binding as usize / per_seq.max(1));
+        // Every per-chunk buffer within one storage binding (of f32).
+        let chunk_seqs = device::chunk_seqs(cfg, data.seq_len, k.gpu.max_binding as usize / 4);
         Ok(WgpuTransformer { passes: DevicePasses::new(k, cfg, data, chunk_seqs)? })
     }
 
