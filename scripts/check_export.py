@@ -160,15 +160,16 @@ def torch_modules():
             h = cfg["hidden_size"]
             self.heads, self.hidden = cfg["num_head"], h
             self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(h, h, bias=False) for _ in range(4))
-            mask = torch.tril(torch.ones(cfg["max_len"], cfg["max_len"], dtype=torch.bool))
-            self.register_buffer("causal", mask, persistent=False)
+            # The official buffer (its spelling, shape and dtype); non-persistent, so not in the state dict.
+            mask = torch.tril(torch.ones(1, 1, cfg["max_len"], cfg["max_len"], dtype=torch.long))
+            self.register_buffer("casual_mask", mask, persistent=False)
 
         def forward(self, x):
             b, n, h = x.shape
             split = lambda t: t.view(b, n, self.heads, h // self.heads).transpose(1, 2)
             q, k, v = split(self.w_q(x)), split(self.w_k(x)), split(self.w_v(x))
             s = q @ k.transpose(-1, -2) / self.hidden**0.5
-            s = s.masked_fill(~self.causal[:n, :n], torch.finfo(s.dtype).min)
+            s = s.masked_fill(self.casual_mask[:, :, :n, :n] == 0, torch.finfo(s.dtype).min)
             o = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, n, h)
             return self.w_o(o)
 
@@ -208,14 +209,23 @@ def torch_modules():
                 x = blk(x)
             return self.lm_head(self.ln_end(x))
 
+    class ToyOutput:  # the official forward's return value: the logits, as .logits
+        def __init__(self, logits):
+            self.logits = logits
+
     class Transformer(nn.Module):
         def __init__(self, cfg):
             super().__init__()
             self.base_model = BaseTransformer(cfg)
 
+        def forward(self, ids):
+            return ToyOutput(self.base_model(ids))
+
         def losses(self, data):
+            """Per-example losses of token rows [B, L+1]: inputs row[:-1], labels row[1:], the
+            token cross-entropy averaged over label positions that are not PAD (official compute_loss)."""
             ids, labels = data[:, :-1], data[:, 1:]
-            logits = self.base_model(ids)
+            logits = self(ids).logits
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none").view(labels.shape)
             mask = (labels != PAD).to(ce.dtype)
             return (ce * mask).sum(-1) / mask.sum(-1)
@@ -225,10 +235,16 @@ def torch_modules():
             super().__init__()
             self.linear = nn.Linear(cfg["hidden_size"], 1, bias=False)
 
+        def forward(self, x):
+            return self.linear(x)
+
         def losses(self, x, y):
-            return F.binary_cross_entropy_with_logits(self.linear(x).squeeze(-1), y, reduction="none")
+            return F.binary_cross_entropy_with_logits(self(x).squeeze(-1), y, reduction="none")
 
     return torch, Transformer, PerceptronModel
+
+
+ROWS_PER_BATCH = 64  # Transformer rows per forward pass: f64 logits of all N rows at once need N·L·V·8 bytes
 
 
 def torch_losses(task, cfg, path, data):
@@ -236,13 +252,14 @@ def torch_losses(task, cfg, path, data):
     from safetensors.torch import load_file
 
     state = load_file(path)
-    model = Transformer(cfg) if task == "transformer" else PerceptronModel(cfg)
+    # f64 before loading, so a file of any float dtype keeps its values (an f32 one converts exactly).
+    model = (Transformer(cfg) if task == "transformer" else PerceptronModel(cfg)).double()
     model.load_state_dict(state, strict=True)  # names and shapes exactly the official module's
-    model = model.double()
     with torch.no_grad():
         if task == "transformer":
             shape, flat = data["train"]
-            return model.losses(torch.tensor(flat, dtype=torch.long).view(*shape)).tolist()
+            ids = torch.tensor(flat, dtype=torch.long).view(*shape)
+            return [v for chunk in ids.split(ROWS_PER_BATCH) for v in model.losses(chunk).tolist()]
         (xs, xf), (_, yf) = data["x_train"], data["y_train"]
         return model.losses(torch.tensor(xf, dtype=torch.float64).view(*xs), torch.tensor(yf, dtype=torch.float64)).tolist()
 
@@ -271,7 +288,8 @@ def main():
     data, _ = read_safetensors(args.data)
     use_torch = have_torch() and not args.no_torch
     if not use_torch:
-        print("SKIPPED: the load_state_dict check (torch or safetensors not importable); "
+        why = "--no-torch" if args.no_torch else "torch or safetensors not importable"
+        print(f"SKIPPED: the load_state_dict check ({why}); "
               f"checking with the pure-Python reference of the official forward pass, first {args.max_examples} rows")
     worst = 0.0
     failed = False
@@ -283,8 +301,14 @@ def main():
         task, cfg = meta["learnlaw_task"], json.loads(meta["config"])
         ref = learnlaw_losses[stem][1]
         got = torch_losses(task, cfg, path, data) if use_torch else python_losses(task, cfg, state, data, args.max_examples)
+        want = len(ref) if use_torch else min(len(ref), args.max_examples)
+        if len(got) != want:
+            # zip below would compare a prefix: a --data file of another run must not pass.
+            print(f"{stem}: {len(got)} losses from --data but learnlaw wrote {len(ref)}: is --data this run's data file?")
+            failed = True
+            continue
         bad = [(n, g, r) for n, (g, r) in enumerate(zip(got, ref)) if not abs(g - r) <= args.atol + args.rtol * abs(r)]
-        err = max(abs(g - r) / max(abs(r), 1e-12) for g, r in zip(got, ref))
+        err = max((abs(g - r) / max(abs(r), 1e-12) for g, r in zip(got, ref)), default=0.0)
         worst = max(worst, err)
         print(f"{stem}: {len(got)} per-example losses, largest relative difference {err:.2e}"
               + (f"; {len(bad)} differ, first: example {bad[0][0]} {bad[0][1]!r} vs learnlaw {bad[0][2]!r}" if bad else ""))

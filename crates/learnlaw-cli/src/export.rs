@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use learnlaw_core::perceptron::CpuPerceptron;
-use learnlaw_core::run::RunDir;
+use learnlaw_core::run::{CheckedRun, RunDir};
 use learnlaw_core::theta::{self, Precision, ThetaFormat};
 use learnlaw_core::transformer::CpuTransformer;
 use learnlaw_core::unroll::Unroll;
 use learnlaw_core::{Engine, Real};
 
+use crate::progress::Progress;
 use crate::task::{with_engine, Task, TaskKind};
 use crate::{run_theta0, Backend};
 
@@ -88,19 +88,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
     }
 
-    let kind = TaskKind::parse(&cfg.task)?;
-    let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
-    let theta0 = run_theta0(&task, cfg, args.theta0.as_deref())?;
-    let backend = args.backend.unwrap_or(if cfg.backend == "cpu-f64" { Backend::CpuF64 } else { Backend::Cpu });
-    let bar = ProgressBar::new(*at.last().unwrap_or(&0) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("retraining with the run's policy [{bar:30}] {pos}/{len} steps ({elapsed} < {eta})")?
-            .progress_chars("=> "),
-    );
-    let unroll = cfg.search.unroll();
-    let thetas = with_engine!(backend, &task, |e, _held| replay(&mut e, &theta0, &policy.gamma, unroll, &at, &mut || bar.inc(1))?);
-    bar.finish_and_clear();
-
+    let Replay { task, backend, thetas } = replay_run(&run, &policy.gamma, &at, args.backend, args.theta0.as_deref())?;
     let precision = match (format, backend) {
         (ThetaFormat::Learnlaw, Backend::CpuF64) => Precision::F64,
         _ => Precision::F32,
@@ -135,6 +123,32 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 
 fn display_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// A run retrained under a policy: θ_t and l_n(θ_t) at the chosen steps.
+pub struct Replay {
+    /// The run's task (its data and model).
+    pub task: Task,
+    /// The backend the retraining ran on.
+    pub backend: Backend,
+    /// (t, θ_t, l_n(θ_t)) at each chosen step, in increasing t.
+    pub thetas: Vec<(usize, Vec<f64>, Vec<f64>)>,
+}
+
+/// Retrains a run from its θ_0 (its θ_0 file, or `theta0` where it moved) under `gamma` \[T, N\]
+/// on `backend` (default cpu, or cpu-f64 for a cpu-f64 run), keeping θ_t at the steps `at`
+/// (sorted, each ≤ T).
+pub fn replay_run(run: &CheckedRun, gamma: &[f32], at: &[usize], backend: Option<Backend>, theta0: Option<&Path>) -> Result<Replay> {
+    let cfg = &run.config;
+    let kind = TaskKind::parse(&cfg.task)?;
+    let task = Task::load(kind, &cfg.data, cfg.model.as_ref())?;
+    let theta0 = run_theta0(&task, cfg, theta0)?;
+    let backend = backend.unwrap_or(if cfg.backend == "cpu-f64" { Backend::CpuF64 } else { Backend::Cpu });
+    let bar = Progress::new("retraining with the run's policy", "steps", *at.last().unwrap_or(&0) as u64)?;
+    let unroll = cfg.search.unroll();
+    let thetas = with_engine!(backend, &task, |e, _held| replay(&mut e, &theta0, gamma, unroll, at, &mut || bar.inc(1))?);
+    bar.finish_and_clear();
+    Ok(Replay { task, backend, thetas })
 }
 
 /// θ_t (f64) and the per-example training losses l_n(θ_t) at each step of `at`, retraining from

@@ -5,10 +5,14 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use learnlaw_core::data::{init_theta, PerceptronData};
+use learnlaw_core::host_engine::{HostEngine, OnHost};
+use learnlaw_core::perceptron::CpuPerceptron;
 use learnlaw_core::search::OuterOptimizer;
 use learnlaw_core::text::{TextRecipe, TokenData};
 use learnlaw_core::theta::{self, ThetaModel};
-use learnlaw_core::transformer::{init_params, AttentionScale, TransformerConfig};
+use learnlaw_core::transformer::{init_params, AttentionScale, CpuTransformer, TransformerConfig};
+
+use crate::Backend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TaskKind {
@@ -318,6 +322,7 @@ macro_rules! with_engine {
     };
     (@arm $data:expr, $held:expr, |$d:ident| $make:expr, |$e:ident, $h:ident| $body:expr) => {{
         let make = |$d| $make;
+        #[allow(unused_mut)]
         let mut $e = make(&*$data)?;
         #[allow(unused_mut)]
         let mut $h = match $held.as_ref() {
@@ -328,3 +333,9 @@ macro_rules! with_engine {
     }};
 }
 pub(crate) use with_engine;
+
+/// The engine of `backend` for the task's data, behind the object-safe host-array interface (for
+/// a program that brings its own arrays). Not `Send`: a CUDA engine stays on the thread that made it.
+pub fn host_engine(backend: Backend, task: &Task) -> Result<Box<dyn HostEngine>> {
+    Ok(with_engine!(backend, task, |e, _held| Box::new(OnHost(e)) as Box<dyn HostEngine>))
+}

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use learnlaw_core::eval::retrain;
 use learnlaw_core::online::{self, OnlineConfig, OnlineKind};
 use learnlaw_core::perceptron::CpuPerceptron;
@@ -17,6 +16,7 @@ use learnlaw_core::search::{OuterOptimizer, SearchConfig};
 use learnlaw_core::transformer::CpuTransformer;
 use learnlaw_core::{Engine, Real};
 
+use crate::progress::Progress;
 use crate::task::{with_engine, ModelArgs, Task, TaskKind};
 use crate::Backend;
 
@@ -190,9 +190,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Source::Online(c) => format!("online {}", c.label()),
         Source::Run(p, _) => format!("the policy of {}", p.display()),
     };
-    let bar = ProgressBar::new(2 * steps as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")?.progress_chars("=> "));
-    bar.set_prefix(format!("training with {label}"));
+    let bar = Progress::new(format!("training with {label}"), "steps", 2 * steps as u64)?;
     let history = with_engine!(args.backend, &task, |e, held| {
         run::take_for_train(&dir, &cfg)?;
         let n = e.num_train();

@@ -239,6 +239,19 @@ fn flat_training_reads_as_what_it_is() {
     assert!(out.status.success() && !all.contains("NaN"), "{all}");
 }
 
+/// An inner learning rate so large that the losses stay finite but the policy gradient swamps
+/// f32: the update would leave γ off the simplex, so the search fails saying so and saves no
+/// policy that `eval` would then refuse.
+#[test]
+fn an_update_off_the_simplex_is_an_error_not_a_saved_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    data(cwd);
+    let err = fails(&search("huge", &["--epochs", "1", "--eta", "1e30"]), cwd);
+    assert!(err.contains("off the simplex") && err.contains("lower the outer learning rate"), "{err}");
+    assert!(!cwd.join("huge/policy.safetensors").exists());
+}
+
 /// A user's mistake prints its message, never a backtrace, even with RUST_BACKTRACE set.
 #[test]
 fn errors_print_no_backtrace() {

@@ -15,6 +15,7 @@
 //! - `text`: the Transformer task's token data — BPE tokenizer, story generator, corpus reading, noise.
 //! - `storage`: how a GPU backend stores X (f32, f16, bf16).
 //! - `theta`: θ files in and out, in the official PyTorch modules' format or learnlaw's flat θ.
+//! - `host_engine`: every engine behind one object-safe interface over host f64 arrays.
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
 //! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
 pub mod analysis;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod files;
 pub mod host;
+pub mod host_engine;
 pub mod linalg;
 pub mod memory;
 pub mod online;

@@ -852,12 +852,22 @@ pub fn search_with_holdout<E: Engine, T: Copy + Into<f64>>(
         Ok(())
     };
     let classes = e.num_classes();
-    // Saves γ with the history; with `only_valid`, only a policy that passes `Policy::validate`
-    // (after a failed epoch γ may hold what the failing update left).
+    // Saves γ with the history, never a policy off the simplex: after a failed epoch (`only_valid`)
+    // γ may hold what the failing update left, and is then not saved; otherwise such a γ means
+    // the update's numbers were too large for the precision, an error.
     let save_policy = |search: &Search<E>, e: &mut E, history: &History, only_valid: bool| -> Result<()> {
         let policy = Policy { steps: cfg.search.steps, examples: n, gamma: to_f32(&search.policy(e)?) };
-        if only_valid && policy.validate().is_err() {
-            return Ok(());
+        match policy.validate() {
+            Err(_) if only_valid => return Ok(()),
+            Err(err) => {
+                let j = history.j.last().copied().unwrap_or(f64::NAN);
+                return Err(Error::Numerical(format!(
+                    "the outer update left the policy off the simplex ({err}) at J = {j:e}: the policy gradient is too large \
+                     for the precision; lower the outer learning rate or the inner learning rate η = {:?}",
+                    cfg.search.eta
+                )));
+            }
+            Ok(()) => {}
         }
         dir.write_policy(&policy, history, search.adam_state())
     };

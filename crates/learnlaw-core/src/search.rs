@@ -77,7 +77,7 @@ pub struct SearchConfig {
 }
 
 /// Memory the θ history may take before the unroll switches to √T checkpointing.
-const THETA_HISTORY_BUDGET: usize = 2 << 30;
+pub const THETA_HISTORY_BUDGET: usize = 2 << 30;
 
 impl SearchConfig {
     /// The official perceptron script: T = 2000, η = 0.1, 500 epochs at outer lr 0.001.
