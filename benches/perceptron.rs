@@ -4,7 +4,10 @@
 //! pass y = Xθ over the same training matrix, i.e. the cost of reading X once. The forward step
 //! reads X once, the backward step once (two dots and an axpy per row), so ratios near 1 mean the
 //! fusion works. A full outer epoch (forward unroll, adjoint, update, projection) is timed too.
-//! Names follow `{backend}_{op}_{dtype}`; the ratio table is printed last.
+//! Where a step's time goes: its training pass alone (the forward step without L_dev), the desired
+//! set's pass (L_dev, and L_dev with ∇L_dev as the backward step needs), and each on one thread
+//! against the floor on one thread (what the second core buys, and the fork–join's cost).
+//! Names follow `{backend}_{op}_{dtype}`; the ratio table is printed last, under the CPU's name.
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, Throughput};
@@ -12,11 +15,11 @@ use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
-use learnlaw::{simplex, Engine};
+use learnlaw::{simplex, Engine, Set};
 use rayon::prelude::*;
 
 mod common;
-use common::median_ns;
+use common::{cpu_model, median_ns};
 
 const STEPS: usize = 2000;
 
@@ -55,13 +58,39 @@ fn steps(c: &mut Criterion) {
     let mut g = c.benchmark_group("step");
     g.throughput(Throughput::Bytes(bytes));
     let (mut y, theta_host) = (vec![0.0f32; n], init_theta(d, 10));
-    g.bench_function("cpu_gemv_floor_f32", |b| b.iter(|| gemv(&data.train.x, &theta_host, &mut y)));
-    g.bench_function("cpu_forward_step_f32", |b| {
-        b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap())
-    });
-    g.bench_function("cpu_backward_step_f32", |b| {
-        b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
-    });
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for (suffix, threads) in [("", None), ("_1thread", Some(&one_thread))] {
+        let on = |f: &mut (dyn FnMut() + Send)| match threads {
+            Some(pool) => pool.install(f),
+            None => f(),
+        };
+        g.bench_function(format!("cpu_gemv_floor_f32{suffix}"), |b| b.iter(|| on(&mut || gemv(&data.train.x, &theta_host, &mut y))));
+        g.bench_function(format!("cpu_forward_step_f32{suffix}"), |b| {
+            b.iter(|| on(&mut || e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap()))
+        });
+        g.bench_function(format!("cpu_backward_step_f32{suffix}"), |b| {
+            b.iter(|| {
+                on(&mut || e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
+            })
+        });
+        g.bench_function(format!("cpu_forward_train_pass_f32{suffix}"), |b| {
+            b.iter(|| on(&mut || e.forward_step(&theta, &gamma, 0, 0.1, &mut next, None).unwrap()))
+        });
+        g.bench_function(format!("cpu_dev_loss_f32{suffix}"), |b| {
+            b.iter(|| {
+                on(&mut || {
+                    std::hint::black_box(e.loss(Set::Dev, &theta).unwrap());
+                })
+            })
+        });
+        g.bench_function(format!("cpu_dev_loss_grad_f32{suffix}"), |b| {
+            b.iter(|| {
+                on(&mut || {
+                    std::hint::black_box(e.loss_grad(Set::Dev, &theta, &mut lambda).unwrap());
+                })
+            })
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("policy");
@@ -104,19 +133,23 @@ criterion_group!(benches, steps, outer_epoch);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let floor = median_ns("step", "cpu_gemv_floor_f32");
-    println!("\n{:<32} {:>12} {:>14}", "benchmark", "median", "vs GEMV floor");
-    for (group, id) in [
-        ("step", "cpu_gemv_floor_f32"),
-        ("step", "cpu_forward_step_f32"),
-        ("step", "cpu_backward_step_f32"),
-        ("policy", "cpu_project_simplex_rows_f32"),
-        ("policy", "cpu_project_simplex_rows_sorted_f32"),
-        ("search", "cpu_outer_epoch_f32"),
-    ] {
+    println!("\n{}", cpu_model());
+    println!("{:<36} {:>12} {:>14}", "benchmark", "median", "vs GEMV floor");
+    let ops = ["gemv_floor", "forward_step", "backward_step", "forward_train_pass", "dev_loss", "dev_loss_grad"];
+    for suffix in ["", "_1thread"] {
+        let floor = median_ns("step", &format!("cpu_gemv_floor_f32{suffix}"));
+        for op in ops {
+            let id = format!("cpu_{op}_f32{suffix}");
+            let Some(t) = median_ns("step", &id) else { continue };
+            let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
+            println!("{id:<36} {:>10.3} ms {ratio:>14}", t / 1e6);
+        }
+    }
+    for (group, id) in
+        [("policy", "cpu_project_simplex_rows_f32"), ("policy", "cpu_project_simplex_rows_sorted_f32"), ("search", "cpu_outer_epoch_f32")]
+    {
         let Some(t) = median_ns(group, id) else { continue };
-        let ratio = floor.map_or(String::from("-"), |f| format!("{:.2}×", t / f));
-        println!("{id:<32} {:>10.3} ms {ratio:>14}", t / 1e6);
+        println!("{id:<36} {:>10.3} ms", t / 1e6);
     }
     if let Some(t) = median_ns("search", "cpu_outer_epoch_f32") {
         println!("outer epoch at the paper's size (N=4096, D=128, T=2000): {:.3} s", t / 1e9);

@@ -14,6 +14,14 @@ pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     v["median"]["point_estimate"].as_f64()
 }
 
+/// The CPU's model name (from /proc/cpuinfo on Linux), for the tables' header.
+#[allow(dead_code)]
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()));
+    format!("{}, {} threads", model.unwrap_or_else(|| std::env::consts::ARCH.to_string()), rayon::current_num_threads())
+}
+
 /// One exp-grad step implementation over (engine, γ, ∂J/∂γ, step, row length).
 #[allow(dead_code)] // not every bench times the policy updates
 pub type ExpGrad<E> = fn(&mut E, &mut <E as Engine>::Vec, &<E as Engine>::Vec, f64, usize) -> learnlaw::Result<()>;

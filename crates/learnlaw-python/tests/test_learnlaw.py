@@ -162,6 +162,49 @@ def test_f32_engine_agrees_with_f64():
         np.testing.assert_allclose(e32.hvp(theta, np.full(48, 1 / 48), g64), e64.hvp(theta, np.full(48, 1 / 48), g64), rtol=1e-4, atol=1e-6)
 
 
+PERCEPTRON_BACKENDS = ["cpu", "wgpu", "wgpu-f16", "cuda", "cuda-bf16", "cuda-f16"]
+TRANSFORMER_BACKENDS = ["cpu", "wgpu", "cuda", "cuda-bf16"]
+
+
+def engine_or_skip(make, backend):
+    """The engine on `backend`, or a visible skip where this machine has no such device (a failure
+    for wgpu under LEARNLAW_REQUIRE_WGPU=1, as in CI, where lavapipe must run it)."""
+    try:
+        return make(backend)
+    except learnlaw.UnavailableError as e:
+        if backend.startswith("wgpu") and os.environ.get("LEARNLAW_REQUIRE_WGPU") == "1":
+            raise
+        pytest.skip(f"{backend} unavailable here: {e}")
+
+
+@pytest.mark.parametrize("task,backend", [("perceptron", b) for b in PERCEPTRON_BACKENDS] + [("transformer", b) for b in TRANSFORMER_BACKENDS])
+def test_every_backend_present_agrees_with_cpu_f64(task, backend):
+    if task == "perceptron":
+        arrays = perceptron_arrays(n=40, k=12, d=5)
+        make = lambda b: learnlaw.Perceptron(*arrays, backend=b)  # noqa: E731
+        # 16-bit storage of X rounds the inputs: the tolerance of their rounding.
+        tol = {"wgpu-f16": 2e-3, "cuda-f16": 2e-3, "cuda-bf16": 1e-2}.get(backend, 1e-4)
+    else:
+        rows = token_rows(10, 9, 30, 5), token_rows(4, 9, 30, 6)
+        make = lambda b: learnlaw.Transformer(*rows, 30, hidden=8, heads=2, layers=1, backend=b)  # noqa: E731
+        tol = 3e-2 if backend == "cuda-bf16" else 1e-4
+    engine = engine_or_skip(make, backend)
+    with engine, make("cpu-f64") as reference:
+        theta = reference.theta0()
+        n = reference.num_train
+        gamma = np.full(n, 1.0 / n)
+        _, v = reference.loss_grad(theta)
+        for name, args in [("losses", (theta,)), ("dots", (theta, v)), ("hvp", (theta, gamma, v)), ("step", (theta, gamma, 0.5))]:
+            got, want = getattr(engine, name)(*args), getattr(reference, name)(*args)
+            scale = np.abs(want).max()
+            assert np.abs(got - want).max() <= tol * scale, f"{backend} {name}: max error {np.abs(got - want).max():.3g}, scale {scale:.3g}"
+        g = np.full((3, n), 1.0 / n)
+        j, _, dj = engine.unroll_gradient(theta, g, 0.5)
+        j_ref, _, dj_ref = reference.unroll_gradient(theta, g, 0.5)
+        assert j == pytest.approx(j_ref, rel=tol)
+        assert np.abs(dj - dj_ref).max() <= 10 * tol * np.abs(dj_ref).max()
+
+
 def test_bad_input_raises_input_error_with_the_library_message():
     x, y, xd, yd = perceptron_arrays()
     engine = learnlaw.Perceptron(x, y, xd, yd)

@@ -1,9 +1,12 @@
 //! The perceptron on the CPU: the fast backend (f32) and the f64 one the finite-difference tests use.
 //!
 //! Each step is one pass over the training matrix, split into fixed chunks of rows that rayon
-//! spreads over the cores. A row is loaded once and used for all its dots and its axpy while it is
-//! in L1. Chunk partial sums are reduced in a fixed order, so results do not depend on the thread
-//! count or on scheduling (a resumed f32 search reproduces an uninterrupted one bit for bit).
+//! spreads over the cores, with the desired set's pass beside it (one fork–join per step). Rows go
+//! in blocks of 16: their dots (the backward step's two per row for 4 rows at once, so the FMA
+//! chains overlap), their sigmoids in one vectorised loop, then their axpys while the block is in
+//! L1, with 64 columns of the accumulator in registers across the block's rows. Chunk partial sums
+//! are reduced in a fixed order, so results do not depend on the thread count or on scheduling (a
+//! resumed f32 search reproduces an uninterrupted one bit for bit).
 use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
@@ -33,6 +36,54 @@ impl<R: Real> Matrix<R> {
     fn rows(&self) -> usize {
         self.y.len()
     }
+
+    /// Mean loss at θ and, when `grad` is given, its gradient (1/n) Σ (σ(z_n) − y_n) x_n, with
+    /// `partials` (a D-vector per chunk) as the chunks' scratch.
+    fn mean_loss_grad(&self, theta: &[R], partials: &mut [R], grad: Option<&mut [R]>) -> f64 {
+        let dim = theta.len();
+        let chunks = self.rows().div_ceil(CHUNK_ROWS);
+        let want_grad = grad.is_some();
+        let losses: Vec<f64> = partials[..chunks * dim]
+            .par_chunks_mut(dim)
+            .zip(self.x.par_chunks(CHUNK_ROWS * dim).zip(self.y.par_chunks(CHUNK_ROWS)))
+            .map(|(g, (x, y))| {
+                g.fill(R::zero());
+                let mut loss = 0.0;
+                for (xb, yb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)) {
+                    let mut z = [R::zero(); BLOCK];
+                    block_dots(xb, theta, &mut z[..yb.len()]);
+                    for (&zn, &yn) in z.iter().zip(yb) {
+                        loss += bce_with_logits(zn, yn).f64();
+                    }
+                    if want_grad {
+                        let mut c = [R::zero(); BLOCK];
+                        for ((cn, &zn), &yn) in c.iter_mut().zip(&z).zip(yb) {
+                            *cn = sigmoid(zn) - yn;
+                        }
+                        block_axpy(xb, &c, g);
+                    }
+                }
+                loss
+            })
+            .collect();
+        let n = self.rows() as f64;
+        if let Some(grad) = grad {
+            reduce_partials(partials, dim, chunks, grad);
+            let inv = R::of(1.0 / n);
+            grad.iter_mut().for_each(|g| *g = *g * inv);
+        }
+        losses.iter().sum::<f64>() / n
+    }
+}
+
+/// Σ over chunks of `partials`, in chunk order, into `out`.
+fn reduce_partials<R: Real>(partials: &[R], dim: usize, chunks: usize, out: &mut [R]) {
+    out.fill(R::zero());
+    for p in partials[..chunks * dim].chunks_exact(dim) {
+        for (o, &v) in out.iter_mut().zip(p) {
+            *o = *o + v;
+        }
+    }
 }
 
 pub struct CpuPerceptron<R: Real> {
@@ -40,13 +91,24 @@ pub struct CpuPerceptron<R: Real> {
     train: Matrix<R>,
     dev: Matrix<R>,
     test: Matrix<R>,
-    /// Per-chunk partial sums of a D-vector, reduced in chunk order.
+    /// Per-chunk partial sums of a D-vector over the training rows, reduced in chunk order.
     partials: Vec<R>,
+    /// The same for the desired or test set's pass, which runs beside the training pass.
+    set_partials: Vec<R>,
     /// Scratch for ∇L_dev in the backward step.
     dev_grad: Vec<R>,
 }
 
 impl<R: Real> CpuPerceptron<R> {
+    /// An evaluation set and the scratch of its pass.
+    fn set(&mut self, set: Set) -> (&Matrix<R>, &mut [R]) {
+        let m = match set {
+            Set::Dev => &self.dev,
+            Set::Test => &self.test,
+        };
+        (m, &mut self.set_partials)
+    }
+
     pub fn new(data: &PerceptronData) -> Result<Self> {
         data.validate()?;
         let dim = data.dim;
@@ -56,82 +118,87 @@ impl<R: Real> CpuPerceptron<R> {
             train: Matrix::new(&data.train),
             dev: Matrix::new(&data.dev),
             test: Matrix::new(&data.test),
-            partials: vec![R::zero(); chunks.iter().max().copied().unwrap_or(0) * dim],
+            partials: vec![R::zero(); chunks[0] * dim],
+            set_partials: vec![R::zero(); chunks[1].max(chunks[2]) * dim],
             dev_grad: vec![R::zero(); dim],
         })
     }
+}
 
-    /// Σ over chunks of `partials`, in chunk order, into `out`.
-    fn reduce_partials(partials: &[R], dim: usize, chunks: usize, out: &mut [R]) {
-        out.fill(R::zero());
-        for p in partials[..chunks * dim].chunks_exact(dim) {
-            for (o, &v) in out.iter_mut().zip(p) {
-                *o = *o + v;
+/// Rows whose dots run together: their independent accumulator chains keep the FMA units busy
+/// where one row's chain would wait on each add's latency.
+const DOT_ROWS: usize = 4;
+
+/// out\[r\] = x_r·a for the rows of `xb` (rows of `a.len()`).
+#[inline(always)]
+fn block_dots<R: Real>(xb: &[R], a: &[R], out: &mut [R]) {
+    for (o, row) in out.iter_mut().zip(xb.chunks_exact(a.len())) {
+        *o = dot(row, a);
+    }
+}
+
+/// (x_r·a, x_r·b) for the rows of `xb` in one pass over them, `DOT_ROWS` at a time, each pair
+/// summed in 8 lanes then the tail.
+#[inline(always)]
+fn block_dots2<R: Real>(xb: &[R], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut [R]) {
+    let d = a.len();
+    let ((a8, at), (b8, bt)) = (a.as_chunks::<8>(), b[..d].as_chunks::<8>());
+    let tail_at = d - at.len();
+    for (k, group) in xb.chunks(DOT_ROWS * d).enumerate() {
+        let rows = group.len() / d;
+        let mut p = [[R::zero(); 8]; DOT_ROWS];
+        let mut q = [[R::zero(); 8]; DOT_ROWS];
+        for (s, (av, bv)) in a8.iter().zip(b8).enumerate() {
+            for r in 0..rows {
+                let x = &group[r * d + 8 * s..r * d + 8 * s + 8];
+                for i in 0..8 {
+                    p[r][i] = p[r][i] + x[i] * av[i];
+                    q[r][i] = q[r][i] + x[i] * bv[i];
+                }
             }
         }
+        for r in 0..rows {
+            let x = &group[r * d + tail_at..(r + 1) * d];
+            let (mut pt, mut qt) = (R::zero(), R::zero());
+            for ((&xi, &ai), &bi) in x.iter().zip(at).zip(bt) {
+                pt = pt + xi * ai;
+                qt = qt + xi * bi;
+            }
+            out_a[k * DOT_ROWS + r] = p[r].iter().copied().sum::<R>() + pt;
+            out_b[k * DOT_ROWS + r] = q[r].iter().copied().sum::<R>() + qt;
+        }
     }
+}
 
-    /// Mean loss of `m` at θ and, when `grad` is given, its gradient (1/n) Σ (σ(z_n) − y_n) x_n.
-    fn mean_loss_grad(&mut self, which: Set, theta: &[R], grad: Option<&mut [R]>) -> f64 {
-        let dim = self.dim;
-        let m = match which {
-            Set::Dev => &self.dev,
-            Set::Test => &self.test,
-        };
-        let chunks = m.rows().div_ceil(CHUNK_ROWS);
-        let want_grad = grad.is_some();
-        let losses: Vec<f64> = self.partials[..chunks * dim]
-            .par_chunks_mut(dim)
-            .zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS)))
-            .map(|(g, (x, y))| {
-                g.fill(R::zero());
-                let mut loss = 0.0;
-                for (xn, &yn) in x.chunks_exact(dim).zip(y) {
-                    let z = dot(xn, theta);
-                    loss += bce_with_logits(z, yn).f64();
-                    if want_grad {
-                        axpy(sigmoid(z) - yn, xn, g);
-                    }
+/// Columns of `g` held in registers while a block's rows are added in (8 vectors of 8).
+const ACC_COLS: usize = 64;
+
+/// g ← g + Σ_r c_r x_r over the rows of `xb` (in row order, so it sums exactly like one axpy per
+/// row), skipping rows with c_r = 0. `ACC_COLS` columns of g stay in registers across the rows,
+/// instead of a load and a store of all of g per row.
+#[inline(always)]
+fn block_axpy<R: Real>(xb: &[R], c: &[R], g: &mut [R]) {
+    let d = g.len();
+    let (g64, gt) = g.as_chunks_mut::<ACC_COLS>();
+    for (s, gs) in g64.iter_mut().enumerate() {
+        let mut acc = *gs;
+        for (row, &cr) in xb.chunks_exact(d).zip(c) {
+            if cr != R::zero() {
+                let x = &row[ACC_COLS * s..ACC_COLS * s + ACC_COLS];
+                for i in 0..ACC_COLS {
+                    acc[i] = acc[i] + cr * x[i];
                 }
-                loss
-            })
-            .collect();
-        let n = m.rows() as f64;
-        if let Some(grad) = grad {
-            Self::reduce_partials(&self.partials, dim, chunks, grad);
-            let inv = R::of(1.0 / n);
-            grad.iter_mut().for_each(|g| *g = *g * inv);
+            }
         }
-        losses.iter().sum::<f64>() / n
+        *gs = acc;
     }
-}
-
-/// Both a·b and a·c in one pass over a.
-#[inline(always)]
-fn dot2<R: Real>(a: &[R], b: &[R], c: &[R]) -> (R, R) {
-    let (a8, at) = a.as_chunks::<8>();
-    let (b8, bt) = b[..a.len()].as_chunks::<8>();
-    let (c8, ct) = c[..a.len()].as_chunks::<8>();
-    let (mut p, mut q) = ([R::zero(); 8], [R::zero(); 8]);
-    for ((x, y), w) in a8.iter().zip(b8).zip(c8) {
-        for i in 0..8 {
-            p[i] = p[i] + x[i] * y[i];
-            q[i] = q[i] + x[i] * w[i];
+    let tail_at = d - gt.len();
+    for (row, &cr) in xb.chunks_exact(d).zip(c) {
+        if cr != R::zero() {
+            for (gi, &xi) in gt.iter_mut().zip(&row[tail_at..]) {
+                *gi = *gi + cr * xi;
+            }
         }
-    }
-    let (mut pt, mut qt) = (R::zero(), R::zero());
-    for ((&x, &y), &w) in at.iter().zip(bt).zip(ct) {
-        pt = pt + x * y;
-        qt = qt + x * w;
-    }
-    (p.iter().copied().sum::<R>() + pt, q.iter().copied().sum::<R>() + qt)
-}
-
-/// y ← y + a·x.
-#[inline(always)]
-fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi = *yi + a * xi;
     }
 }
 
@@ -171,35 +238,38 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("theta_next", theta_next, dim)?;
         let gamma_t = host::policy_row(gamma, t, n)?;
         let chunks = n.div_ceil(CHUNK_ROWS);
-        let train = &self.train;
-        self.partials[..chunks * dim]
-            .par_chunks_mut(dim)
-            .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
-            .zip(gamma_t.par_chunks(CHUNK_ROWS))
-            .for_each(|((g, (x, y)), w)| {
-                g.fill(R::zero());
-                for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
-                    let mut p = [R::zero(); BLOCK];
-                    for ((pn, xn), &wn) in p.iter_mut().zip(xb.chunks_exact(dim)).zip(wb) {
-                        if wn != R::zero() {
-                            *pn = dot(xn, theta);
+        let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
+        // The training pass and L_dev(θ) side by side: one fork–join for the step.
+        let train_pass = || {
+            self.partials[..chunks * dim]
+                .par_chunks_mut(dim)
+                .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
+                .zip(gamma_t.par_chunks(CHUNK_ROWS))
+                .for_each(|((g, (x, y)), w)| {
+                    g.fill(R::zero());
+                    for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
+                        if wb.iter().all(|&wn| wn == R::zero()) {
+                            continue; // a block the policy drops (sparse γ): no pass over its rows
                         }
-                    }
-                    p = p.map(sigmoid);
-                    for (((&pn, xn), &yn), &wn) in p.iter().zip(xb.chunks_exact(dim)).zip(yb).zip(wb) {
-                        if wn != R::zero() {
-                            axpy(wn * (pn - yn), xn, g);
+                        let mut p = [R::zero(); BLOCK];
+                        block_dots(xb, theta, &mut p[..yb.len()]);
+                        let mut c = [R::zero(); BLOCK];
+                        for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p.map(sigmoid)).zip(yb).zip(wb) {
+                            *cn = wn * (pn - yn);
                         }
+                        block_axpy(xb, &c, g);
                     }
-                }
-            });
-        Self::reduce_partials(&self.partials, dim, chunks, theta_next);
+                })
+        };
+        let want_dev = dev_loss.is_some();
+        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(theta, set_partials, None)));
+        reduce_partials(&self.partials, dim, chunks, theta_next);
         let eta = R::of(eta);
         for (next, &th) in theta_next.iter_mut().zip(theta) {
             *next = th - eta * *next;
         }
-        if let Some((curve, i)) = dev_loss {
-            host::set_curve_entry(curve, i, self.mean_loss_grad(Set::Dev, theta, None))?;
+        if let (Some((curve, i)), Some(value)) = (dev_loss, dev_value) {
+            host::set_curve_entry(curve, i, value)?;
         }
         Ok(())
     }
@@ -224,50 +294,51 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         let grad_t = &mut grad_gamma[t * n..(t + 1) * n];
         let chunks = n.div_ceil(CHUNK_ROWS);
         let neg_eta = R::of(-eta);
-        let train = &self.train;
+        let (train, dev, set_partials, g_dev) = (&self.train, &self.dev, &mut self.set_partials, &mut self.dev_grad);
         // Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ = −η (σ(z) − y) u; the HVP term
-        // γ σ'(z) u x accumulates into the chunk's partial.
-        self.partials[..chunks * dim]
-            .par_chunks_mut(dim)
-            .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
-            .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
-            .for_each(|((h, (x, y)), (w, out))| {
-                h.fill(R::zero());
-                let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
-                for ((xb, yb), (wb, ob)) in blocks {
-                    let (mut p, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
-                    for ((pn, un), xn) in p.iter_mut().zip(&mut u).zip(xb.chunks_exact(dim)) {
-                        (*pn, *un) = dot2(xn, theta, lambda_next);
-                    }
-                    p = p.map(sigmoid);
-                    for ((((&pn, &un), xn), (&yn, &wn)), o) in p.iter().zip(&u).zip(xb.chunks_exact(dim)).zip(yb.iter().zip(wb)).zip(ob) {
-                        *o = neg_eta * (pn - yn) * un;
-                        if wn != R::zero() {
-                            axpy(wn * pn * (R::one() - pn) * un, xn, h);
+        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ) runs beside it.
+        let train_pass = || {
+            self.partials[..chunks * dim]
+                .par_chunks_mut(dim)
+                .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
+                .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
+                .for_each(|((h, (x, y)), (w, out))| {
+                    h.fill(R::zero());
+                    let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
+                    for ((xb, yb), (wb, ob)) in blocks {
+                        let rows = yb.len();
+                        let (mut p, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
+                        block_dots2(xb, theta, lambda_next, &mut p[..rows], &mut u[..rows]);
+                        let mut c = [R::zero(); BLOCK];
+                        for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p.map(sigmoid)).zip(&u).zip(yb.iter().zip(wb))
+                        {
+                            *o = neg_eta * (pn - yn) * un;
+                            *cn = wn * pn * (R::one() - pn) * un;
                         }
+                        block_axpy(xb, &c, h);
                     }
-                }
-            });
-        // λ holds H λ_next for now; `mean_loss_grad` reuses `partials`, so reduce first.
-        Self::reduce_partials(&self.partials, dim, chunks, lambda);
-        let mut g_dev = std::mem::take(&mut self.dev_grad);
-        self.mean_loss_grad(Set::Dev, theta, Some(&mut g_dev));
+                })
+        };
+        rayon::join(train_pass, || dev.mean_loss_grad(theta, set_partials, Some(g_dev)));
+        // λ holds H λ_next for now.
+        reduce_partials(&self.partials, dim, chunks, lambda);
         let (w, e) = (R::of(dev_weight), R::of(eta));
-        for ((l, &gd), &ln) in lambda.iter_mut().zip(&g_dev).zip(lambda_next) {
+        for ((l, &gd), &ln) in lambda.iter_mut().zip(&self.dev_grad).zip(lambda_next) {
             *l = w * gd + ln - e * *l;
         }
-        self.dev_grad = g_dev;
         Ok(())
     }
 
     fn loss(&mut self, set: Set, theta: &Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
-        Ok(self.mean_loss_grad(set, theta, None))
+        let (m, partials) = self.set(set);
+        Ok(m.mean_loss_grad(theta, partials, None))
     }
     fn loss_grad(&mut self, set: Set, theta: &Vec<R>, grad: &mut Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
         host::check_len("grad", grad, self.dim)?;
-        Ok(self.mean_loss_grad(set, theta, Some(grad)))
+        let (m, partials) = self.set(set);
+        Ok(m.mean_loss_grad(theta, partials, Some(grad)))
     }
     fn train_losses(&mut self, theta: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
         let dim = self.dim;
@@ -275,8 +346,9 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("losses", out, self.num_train())?;
         let m = &self.train;
         out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
-            for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
-                *on = bce_with_logits(dot(xn, theta), yn);
+            for ((ob, xb), yb) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
+                block_dots(xb, theta, ob);
+                ob.iter_mut().zip(yb).for_each(|(on, &yn)| *on = bce_with_logits(*on, yn));
             }
         });
         Ok(())
@@ -288,9 +360,12 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("dots", out, self.num_train())?;
         let m = &self.train;
         out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
-            for ((on, xn), &yn) in o.iter_mut().zip(x.chunks_exact(dim)).zip(y) {
-                let (z, u) = dot2(xn, theta, v);
-                *on = (sigmoid(z) - yn) * u;
+            for ((ob, xb), yb) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
+                let mut z = [R::zero(); BLOCK];
+                block_dots2(xb, theta, v, &mut z[..yb.len()], ob);
+                for ((on, &zn), &yn) in ob.iter_mut().zip(&z).zip(yb) {
+                    *on = (sigmoid(zn) - yn) * *on;
+                }
             }
         });
         Ok(())
