@@ -60,35 +60,27 @@ fn steps(c: &mut Criterion) {
     let (mut y, theta_host) = (vec![0.0f32; n], init_theta(d, 10));
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     for (suffix, threads) in [("", None), ("_1thread", Some(&one_thread))] {
+        // The whole measurement on a worker of the pool (this thread is worker 0 of the global
+        // one, as in the CLI), so the steps' parallel loops start from inside it.
         let on = |f: &mut (dyn FnMut() + Send)| match threads {
             Some(pool) => pool.install(f),
             None => f(),
         };
-        g.bench_function(format!("cpu_gemv_floor_f32{suffix}"), |b| b.iter(|| on(&mut || gemv(&data.train.x, &theta_host, &mut y))));
+        g.bench_function(format!("cpu_gemv_floor_f32{suffix}"), |b| on(&mut || b.iter(|| gemv(&data.train.x, &theta_host, &mut y))));
         g.bench_function(format!("cpu_forward_step_f32{suffix}"), |b| {
-            b.iter(|| on(&mut || e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap()))
+            on(&mut || b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap()))
         });
         g.bench_function(format!("cpu_backward_step_f32{suffix}"), |b| {
-            b.iter(|| {
-                on(&mut || e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
+            on(&mut || {
+                b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
             })
         });
         g.bench_function(format!("cpu_forward_train_pass_f32{suffix}"), |b| {
-            b.iter(|| on(&mut || e.forward_step(&theta, &gamma, 0, 0.1, &mut next, None).unwrap()))
+            on(&mut || b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, None).unwrap()))
         });
-        g.bench_function(format!("cpu_dev_loss_f32{suffix}"), |b| {
-            b.iter(|| {
-                on(&mut || {
-                    std::hint::black_box(e.loss(Set::Dev, &theta).unwrap());
-                })
-            })
-        });
+        g.bench_function(format!("cpu_dev_loss_f32{suffix}"), |b| on(&mut || b.iter(|| e.loss(Set::Dev, &theta).unwrap())));
         g.bench_function(format!("cpu_dev_loss_grad_f32{suffix}"), |b| {
-            b.iter(|| {
-                on(&mut || {
-                    std::hint::black_box(e.loss_grad(Set::Dev, &theta, &mut lambda).unwrap());
-                })
-            })
+            on(&mut || b.iter(|| e.loss_grad(Set::Dev, &theta, &mut lambda).unwrap()))
         });
     }
     g.finish();
@@ -131,6 +123,8 @@ fn outer_epoch(c: &mut Criterion) {
 criterion_group!(benches, steps, outer_epoch);
 
 fn main() {
+    // As in the CLI: this thread is worker 0 of the global pool.
+    rayon::ThreadPoolBuilder::new().use_current_thread().build_global().expect("the global thread pool");
     benches();
     Criterion::default().configure_from_args().final_summary();
     println!("\n{}", cpu_model());
