@@ -4,7 +4,8 @@
 //! spreads over the cores, with the desired set's pass beside it (one fork–join per step). Rows go
 //! in blocks of 16: their dots (the backward step's two per row for 4 rows at once, so the FMA
 //! chains overlap), their sigmoids in one vectorised loop, then their axpys while the block is in
-//! L1, with 64 columns of the accumulator in registers across the block's rows. Chunk partial sums
+//! L1, with 64 columns of the accumulator in registers across the block's rows (those two in fused
+//! multiply-adds). The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums
 //! are reduced in a fixed order, so results do not depend on the thread count or on scheduling (a
 //! resumed f32 search reproduces an uninterrupted one bit for bit).
 use rayon::prelude::*;
@@ -37,9 +38,9 @@ impl<R: Real> Matrix<R> {
         self.y.len()
     }
 
-    /// Mean loss at θ and, when `grad` is given, its gradient (1/n) Σ (σ(z_n) − y_n) x_n, with
-    /// `partials` (a D-vector per chunk) as the chunks' scratch.
-    fn mean_loss_grad(&self, theta: &[R], partials: &mut [R], grad: Option<&mut [R]>) -> f64 {
+    /// Mean loss at θ (with `want_loss`; else 0) and, when `grad` is given, its gradient
+    /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` (a D-vector per chunk) as the chunks' scratch.
+    fn mean_loss_grad(&self, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
         let dim = theta.len();
         let chunks = self.rows().div_ceil(CHUNK_ROWS);
         let want_grad = grad.is_some();
@@ -52,8 +53,10 @@ impl<R: Real> Matrix<R> {
                 for (xb, yb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)) {
                     let mut z = [R::zero(); BLOCK];
                     block_dots(xb, theta, &mut z[..yb.len()]);
-                    for (&zn, &yn) in z.iter().zip(yb) {
-                        loss += bce_with_logits(zn, yn).f64();
+                    if want_loss {
+                        for (&zn, &yn) in z.iter().zip(yb) {
+                            loss += bce_with_logits(zn, yn).f64();
+                        }
                     }
                     if want_grad {
                         let mut c = [R::zero(); BLOCK];
@@ -138,35 +141,49 @@ fn block_dots<R: Real>(xb: &[R], a: &[R], out: &mut [R]) {
 }
 
 /// (x_r·a, x_r·b) for the rows of `xb` in one pass over them, `DOT_ROWS` at a time, each pair
-/// summed in 8 lanes then the tail.
+/// summed in 8 lanes with fused multiply-adds, then the tail.
 #[inline(always)]
 fn block_dots2<R: Real>(xb: &[R], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut [R]) {
     let d = a.len();
     let ((a8, at), (b8, bt)) = (a.as_chunks::<8>(), b[..d].as_chunks::<8>());
     let tail_at = d - at.len();
-    for (k, group) in xb.chunks(DOT_ROWS * d).enumerate() {
-        let rows = group.len() / d;
+    let finish = |row: &[R], p: &[R; 8], q: &[R; 8]| -> (R, R) {
+        let (mut pt, mut qt) = (R::zero(), R::zero());
+        for ((&xi, &ai), &bi) in row[tail_at..].iter().zip(at).zip(bt) {
+            pt = xi.mul_add(ai, pt);
+            qt = xi.mul_add(bi, qt);
+        }
+        (p.iter().copied().sum::<R>() + pt, q.iter().copied().sum::<R>() + qt)
+    };
+    let mut groups = xb.chunks_exact(DOT_ROWS * d);
+    let mut k = 0;
+    for group in &mut groups {
         let mut p = [[R::zero(); 8]; DOT_ROWS];
         let mut q = [[R::zero(); 8]; DOT_ROWS];
         for (s, (av, bv)) in a8.iter().zip(b8).enumerate() {
-            for r in 0..rows {
-                let x = &group[r * d + 8 * s..r * d + 8 * s + 8];
+            for r in 0..DOT_ROWS {
+                let x: &[R; 8] = group[r * d + 8 * s..r * d + 8 * s + 8].try_into().unwrap();
                 for i in 0..8 {
-                    p[r][i] = p[r][i] + x[i] * av[i];
-                    q[r][i] = q[r][i] + x[i] * bv[i];
+                    p[r][i] = x[i].mul_add(av[i], p[r][i]);
+                    q[r][i] = x[i].mul_add(bv[i], q[r][i]);
                 }
             }
         }
-        for r in 0..rows {
-            let x = &group[r * d + tail_at..(r + 1) * d];
-            let (mut pt, mut qt) = (R::zero(), R::zero());
-            for ((&xi, &ai), &bi) in x.iter().zip(at).zip(bt) {
-                pt = pt + xi * ai;
-                qt = qt + xi * bi;
-            }
-            out_a[k * DOT_ROWS + r] = p[r].iter().copied().sum::<R>() + pt;
-            out_b[k * DOT_ROWS + r] = q[r].iter().copied().sum::<R>() + qt;
+        for r in 0..DOT_ROWS {
+            (out_a[k], out_b[k]) = finish(&group[r * d..(r + 1) * d], &p[r], &q[r]);
+            k += 1;
         }
+    }
+    for row in groups.remainder().chunks_exact(d) {
+        let (mut p, mut q) = ([R::zero(); 8], [R::zero(); 8]);
+        for ((x, av), bv) in row.as_chunks::<8>().0.iter().zip(a8).zip(b8) {
+            for i in 0..8 {
+                p[i] = x[i].mul_add(av[i], p[i]);
+                q[i] = x[i].mul_add(bv[i], q[i]);
+            }
+        }
+        (out_a[k], out_b[k]) = finish(row, &p, &q);
+        k += 1;
     }
 }
 
@@ -186,7 +203,7 @@ fn block_axpy<R: Real>(xb: &[R], c: &[R], g: &mut [R]) {
             if cr != R::zero() {
                 let x = &row[ACC_COLS * s..ACC_COLS * s + ACC_COLS];
                 for i in 0..ACC_COLS {
-                    acc[i] = acc[i] + cr * x[i];
+                    acc[i] = cr.mul_add(x[i], acc[i]);
                 }
             }
         }
@@ -262,7 +279,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
                 })
         };
         let want_dev = dev_loss.is_some();
-        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(theta, set_partials, None)));
+        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(theta, set_partials, true, None)));
         reduce_partials(&self.partials, dim, chunks, theta_next);
         let eta = R::of(eta);
         for (next, &th) in theta_next.iter_mut().zip(theta) {
@@ -319,7 +336,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
                     }
                 })
         };
-        rayon::join(train_pass, || dev.mean_loss_grad(theta, set_partials, Some(g_dev)));
+        rayon::join(train_pass, || dev.mean_loss_grad(theta, set_partials, false, Some(g_dev)));
         // λ holds H λ_next for now.
         reduce_partials(&self.partials, dim, chunks, lambda);
         let (w, e) = (R::of(dev_weight), R::of(eta));
@@ -332,13 +349,13 @@ impl<R: Real> Engine for CpuPerceptron<R> {
     fn loss(&mut self, set: Set, theta: &Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
         let (m, partials) = self.set(set);
-        Ok(m.mean_loss_grad(theta, partials, None))
+        Ok(m.mean_loss_grad(theta, partials, true, None))
     }
     fn loss_grad(&mut self, set: Set, theta: &Vec<R>, grad: &mut Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
         host::check_len("grad", grad, self.dim)?;
         let (m, partials) = self.set(set);
-        Ok(m.mean_loss_grad(theta, partials, Some(grad)))
+        Ok(m.mean_loss_grad(theta, partials, true, Some(grad)))
     }
     fn train_losses(&mut self, theta: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
         let dim = self.dim;
