@@ -1,6 +1,7 @@
 //! `learnlaw._native`: the Python package's compiled half. The package (`python/learnlaw`) wraps
 //! it in Python-friendly calls; this module holds only what needs Rust:
-//! - `run`: a `learnlaw` command by its arguments, the GIL released, progress to a callback;
+//! - `run`: a `learnlaw` command by its arguments on rayon's pool, the GIL released, progress to a
+//!   callback;
 //! - `read_run`, `replay_run`: a run directory as numpy arrays (γ, history, curves, θ_t);
 //! - `Engine`: a task's engine operations on numpy arrays, for every backend present.
 //!
@@ -8,8 +9,10 @@
 //! library's error, carrying its message.
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use clap::ValueEnum;
 use learnlaw_cli::progress::{self, Event};
@@ -85,25 +88,31 @@ fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-/// Runs `learnlaw ARGS…` with the GIL released. After each progress update the GIL is taken back
-/// to check for Ctrl-C and to call `progress(event: dict)`; a Ctrl-C, an exception in `progress`,
-/// or `progress` returning False stops a search after its current epoch with its policy saved
-/// (other jobs run to their end), and the exception is raised then. Returns True when the
-/// command finished, False when a search stopped (the same call resumes it).
+/// Runs `learnlaw ARGS…` on a worker of rayon's pool (so the CPU engines' parallel loops start from
+/// inside it, as under the `learnlaw` binary), the GIL released. This thread waits, checking for
+/// Ctrl-C every 0.1 s; after each progress update the job takes the GIL to call `progress(event:
+/// dict)`. A Ctrl-C, an exception in `progress`, or `progress` returning False stops a search after
+/// its current epoch with its policy saved (other jobs run to their end), and the exception is
+/// raised then. Returns True when the command finished, False when a search stopped (the same call
+/// resumes it).
 #[pyfunction]
 #[pyo3(signature = (args, progress=None))]
 fn run(py: Python<'_>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResult<bool> {
+    let stop = Arc::new(AtomicBool::new(false));
     let (pending_tx, pending_rx) = mpsc::channel::<PyErr>();
-    let outcome = py.detach(move || {
+    let (done_tx, done) = mpsc::channel::<anyhow::Result<Outcome>>();
+    let stop_job = stop.clone();
+    rayon::spawn(move || {
         let observer = move |event: &Event| -> ControlFlow<()> {
+            if stop_job.load(Ordering::SeqCst) {
+                return ControlFlow::Break(());
+            }
+            let Some(callback) = &progress else { return ControlFlow::Continue(()) };
             Python::attach(|py| {
-                let answer = py.check_signals().and_then(|()| match &progress {
-                    Some(callback) => Ok(!callback.call1(py, (event_dict(py, event)?,))?.bind(py).is(false.into_pyobject(py)?)),
-                    None => Ok(true),
-                });
+                let answer = event_dict(py, event).and_then(|d| callback.call1(py, (d,)));
                 match answer {
-                    Ok(true) => ControlFlow::Continue(()),
-                    Ok(false) => ControlFlow::Break(()),
+                    Ok(a) if a.bind(py).is(false.into_pyobject(py).expect("a bool")) => ControlFlow::Break(()),
+                    Ok(_) => ControlFlow::Continue(()),
                     Err(e) => {
                         let _ = pending_tx.send(e);
                         ControlFlow::Break(())
@@ -111,9 +120,29 @@ fn run(py: Python<'_>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResu
                 }
             })
         };
-        progress::with_observer(Box::new(observer), || learnlaw_cli::run_args(args))
+        // A panic must not unwind into rayon (which would abort the process): it becomes an error.
+        let job = std::panic::AssertUnwindSafe(|| progress::with_observer(Box::new(observer), || learnlaw_cli::run_args(args)));
+        let outcome =
+            std::panic::catch_unwind(job).unwrap_or_else(|_| Err(anyhow::anyhow!("learnlaw panicked (a bug): see the message above")));
+        let _ = done_tx.send(outcome);
     });
-    if let Ok(e) = pending_rx.try_recv() {
+    let (mut interrupted, mut done) = (None, done);
+    let outcome = loop {
+        // The receiver moves into the GIL-free wait and back (it is `Send`, not `Sync`).
+        let received;
+        (received, done) = py.detach(move || (done.recv_timeout(Duration::from_millis(100)), done));
+        match received {
+            Ok(outcome) => break outcome,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    stop.store(true, Ordering::SeqCst);
+                    interrupted.get_or_insert(e);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Err(anyhow::anyhow!("the job's thread ended without a result")),
+        }
+    };
+    if let Some(e) = interrupted.or_else(|| pending_rx.try_recv().ok()) {
         return Err(e);
     }
     Ok(outcome.or_py(py)? == Outcome::Done)

@@ -76,6 +76,26 @@ def test_returning_false_stops_a_search_which_the_same_call_resumes(perceptron_d
     assert learnlaw.open_run(out).finished
 
 
+def test_ctrl_c_stops_a_search_with_its_policy_saved(perceptron_data, tmp_path):
+    import signal
+    import threading
+    import time
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learnlaw.search(tmp_path / "r", perceptron_data, steps=20, epochs=10**8)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - start < 30
+    run = learnlaw.open_run(tmp_path / "r")
+    assert run.epochs_done >= 1 and not run.finished
+
+
 def test_an_exception_in_the_callback_stops_the_search_and_is_raised(perceptron_data, tmp_path):
     def fail(event):
         raise KeyError("from the callback")
