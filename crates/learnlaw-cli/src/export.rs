@@ -68,12 +68,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         model.check_official().context("the official PyTorch module cannot express this run's model")?;
     }
     let steps = cfg.search.steps;
-    if let Some(&t) = args.steps.iter().find(|&&t| t > steps) {
-        bail!("--steps {t}: the run has T = {steps} inner steps (θ_0 … θ_{steps})");
-    }
-    let mut at: Vec<usize> = args.steps.iter().copied().chain([0, steps]).collect();
-    at.sort_unstable();
-    at.dedup();
+    let at = replay_steps(args.steps.iter().copied().chain([0, steps]), steps)?;
 
     let out = args.out.clone().unwrap_or_else(|| dir.root.join("export"));
     if out.exists() && !out.is_dir() {
@@ -123,6 +118,18 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 
 fn display_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The inner steps to keep θ_t at, sorted and without repeats; one past the run's T inner steps is
+/// an input error.
+pub fn replay_steps(steps: impl IntoIterator<Item = usize>, total: usize) -> learnlaw_core::Result<Vec<usize>> {
+    let mut at: Vec<usize> = steps.into_iter().collect();
+    if let Some(&t) = at.iter().find(|&&t| t > total) {
+        return Err(learnlaw_core::Error::bad_input("--steps", format!("{t}: the run has T = {total} inner steps (θ_0 … θ_{total})")));
+    }
+    at.sort_unstable();
+    at.dedup();
+    Ok(at)
 }
 
 /// A run retrained under a policy: θ_t and l_n(θ_t) at the chosen steps.

@@ -45,9 +45,10 @@ pub fn with_observer<T>(observer: Observer, job: impl FnOnce() -> T) -> T {
     job()
 }
 
-fn notify(event: &Event) -> ControlFlow<()> {
+/// Tells the observer, if any, of the event `event` builds (only built when there is one).
+fn notify(event: impl FnOnce() -> Event) -> ControlFlow<()> {
     OBSERVER.with(|o| match o.borrow_mut().as_mut() {
-        Some(observer) => observer(event),
+        Some(observer) => observer(&event()),
         None => ControlFlow::Continue(()),
     })
 }
@@ -85,7 +86,7 @@ impl Progress {
     /// `n` more steps done.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
-        let _ = notify(&self.event());
+        let _ = notify(|| self.event());
     }
 
     /// A search's epoch `epoch` done, with the history so far; the observer's answer.
@@ -96,7 +97,7 @@ impl Progress {
             let ar = ar_dev.map_or(String::new(), |a| format!(", AR dev {a:.2}×"));
             self.bar.set_message(format!("J {first:.5} → {j:.5}{ar}"));
         }
-        notify(&Event { j_first: history.j.first().copied(), j: history.j.last().copied(), ar_dev, ..self.event() })
+        notify(|| Event { j_first: history.j.first().copied(), j: history.j.last().copied(), ar_dev, ..self.event() })
     }
 
     pub fn set_message(&self, message: String) {

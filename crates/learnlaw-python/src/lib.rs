@@ -28,7 +28,7 @@ use learnlaw_core::{Error, Set};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict};
 
 /// The package's exception class for an error: by the kind of the first library error in its
 /// chain (`learnlaw.LearnlawError` when there is none); the message is the whole chain.
@@ -111,7 +111,7 @@ fn run(py: Python<'_>, args: Vec<String>, progress: Option<Py<PyAny>>) -> PyResu
             Python::attach(|py| {
                 let answer = event_dict(py, event).and_then(|d| callback.call1(py, (d,)));
                 match answer {
-                    Ok(a) if a.bind(py).is(false.into_pyobject(py).expect("a bool")) => ControlFlow::Break(()),
+                    Ok(a) if a.bind(py).is(PyBool::new(py, false)) => ControlFlow::Break(()),
                     Ok(_) => ControlFlow::Continue(()),
                     Err(e) => {
                         let _ = pending_tx.send(e);
@@ -231,13 +231,7 @@ fn replay_run<'py>(
         dir.open()?;
         let run = dir.read_checked()?;
         let (policy, _) = run.evaluated_policy(&dir)?;
-        let total = run.config.search.steps;
-        if let Some(&t) = steps.iter().find(|&&t| t > total) {
-            anyhow::bail!(Error::bad_input("steps", format!("{t} is past the run's T = {total}")));
-        }
-        let mut at = steps.clone();
-        at.sort_unstable();
-        at.dedup();
+        let at = learnlaw_cli::export::replay_steps(steps, run.config.search.steps)?;
         learnlaw_cli::export::replay_run(&run, &policy.gamma, &at, backend, theta0.as_deref())
     });
     let thetas = replay.or_py(py)?.thetas;
