@@ -120,8 +120,11 @@ fn wgpu_steps(c: &mut Criterion) {
     // The FFN's first product [tokens, H]·[H, F], the CPU's ceiling above, as one GEMM.
     let (h, f) = (cfg.hidden, cfg.ffn);
     let mut gemms = Vec::new();
-    for (variant, baseline) in [("wgpu_gemm_f32", false), ("wgpu_gemm_baseline_f32", true)] {
-        let k = WgpuKernels::open(&Options::default()).unwrap();
+    // The default (gemm_sg8 where subgroups are 8 lanes, as on lavapipe), gemm_blocked (what
+    // runs without subgroups) and the baseline.
+    let variants = [("wgpu_gemm_f32", false, false), ("wgpu_gemm_blocked_f32", true, false), ("wgpu_gemm_baseline_f32", false, true)];
+    for (variant, no_subgroups, baseline) in variants {
+        let k = WgpuKernels::open(&Options { no_subgroups, ..Options::default() }).unwrap();
         let mut k = if baseline { k.with_baseline_gemm() } else { k };
         let a = k.upload_buf(&(0..tokens * h).map(|i| (i as f32 * 0.1).cos()).collect::<Vec<_>>()).unwrap();
         let w = k.upload_buf(&(0..h * f).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>()).unwrap();
@@ -144,6 +147,7 @@ fn wgpu_steps(c: &mut Criterion) {
     let rows = [
         (gemms[0].0, gemms[0].1, gemm_flops, cpu_gemm),
         (gemms[1].0, gemms[1].1, gemm_flops, cpu_gemm),
+        (gemms[2].0, gemms[2].1, gemm_flops, cpu_gemm),
         ("wgpu_forward_step_f32", forward, flops.forward, cpu_ms("cpu_forward_step_f32")),
         ("wgpu_backward_step_f32", backward, flops.backward, cpu_ms("cpu_backward_step_f32")),
     ];

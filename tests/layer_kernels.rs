@@ -102,9 +102,15 @@ impl Case for Gemm {
     fn run<K: HostBuffers>(&self, k: &mut K, r: &mut ChaCha8Rng) -> Outputs {
         let (m, n, kk, batch) = (r.random_range(1..40), r.random_range(1..40), r.random_range(1..40), r.random_range(1..4));
         let (ta, tb) = (r.random_bool(0.5), r.random_bool(0.5));
-        let mut outs = gemm_case(k, r, (m, n, kk, batch), (ta, tb));
+        let mut outs = gemm_case(k, r, (m, n, kk, batch), (ta, tb), 1);
         let (m, n, kk) = (r.random_range(1..40), r.random_range(1..40), r.random_range(1..200));
-        outs.extend(gemm_case(k, r, (m, n, kk, 1), (true, false)));
+        outs.extend(gemm_case(k, r, (m, n, kk, 1), (true, false), 1));
+        // Sizes, starts and strides in whole vec4 (wgpu's gemm_sg8 on subgroups of 8), across
+        // its 64 × 64 tiles.
+        let q = |r: &mut ChaCha8Rng, hi: usize| 4 * r.random_range(1..hi);
+        let (m, n, kk, batch) = (q(r, 36), q(r, 36), q(r, 30), r.random_range(1..3));
+        let (ta, tb) = (r.random_bool(0.5), r.random_bool(0.5));
+        outs.extend(gemm_case(k, r, (m, n, kk, batch), (ta, tb), 4));
         outs
     }
 }
@@ -114,11 +120,14 @@ fn gemm_case<K: HostBuffers>(
     r: &mut ChaCha8Rng,
     (m, n, kk, batch): (usize, usize, usize, usize),
     (ta, tb): (bool, bool),
+    align: usize,
 ) -> Outputs {
     let (tan, accumulate) = (r.random_bool(0.5), r.random_bool(0.5));
-    // Strided batches with gaps between matrices, operands at odd offsets.
-    let (sa, sb, sc) = (m * kk + r.random_range(0..3), kk * n + r.random_range(0..3), m * n + r.random_range(0..3));
-    let (aa, ab, ac) = (r.random_range(0..5), r.random_range(0..5), r.random_range(0..5));
+    // Strided batches with gaps between matrices, operands at offsets that are multiples of
+    // `align` (odd ones for 1).
+    let gap = |r: &mut ChaCha8Rng, hi: usize| align * r.random_range(0..hi);
+    let (sa, sb, sc) = (m * kk + gap(r, 3), kk * n + gap(r, 3), m * n + gap(r, 3));
+    let (aa, ab, ac) = (gap(r, 5), gap(r, 5), gap(r, 5));
     let a = random_act(k, r, aa + batch * sa, tan);
     let b = random_act(k, r, ab + batch * sb, tan);
     let c_len = ac + batch * sc;
@@ -349,6 +358,12 @@ layer_kernel_tests!(wgpu, wgpu_or_skip(WgpuKernels::open(&Options::default())), 
 layer_kernel_tests!(
     wgpu_baseline_gemm,
     wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_baseline_gemm()),
+    Tol::of::<f32>()
+);
+// Without subgroups: gemm.wgsl's register-blocked variant for every GEMM (no gemm_sg8).
+layer_kernel_tests!(
+    wgpu_no_subgroups,
+    wgpu_or_skip(WgpuKernels::open(&Options { no_subgroups: true, ..Options::default() })),
     Tol::of::<f32>()
 );
 // The head in chunks of a few rows (its logits never exist for a whole set).

@@ -13,12 +13,15 @@
 //   matrix, so any size fits 65535 groups):
 //   gemm          the baseline: 16×16 invocations, one C element (and its tangent) each, k walked
 //                 in tiles of 16 through workgroup memory (A, B and, for the tangent, Ȧ and Ḃ).
-//   gemm_blocked  the default: 64 invocations, each 4×4 elements of C in registers (a workgroup
-//                 covers 32×32, rows and columns interleaved by 8), A and B read straight from
-//                 memory with the reuse left to the caches: no workgroup memory, no barriers. On lavapipe (Mesa's Vulkan on the CPU)
-//                 it is ~20× the baseline, whose barriers split every k tile into separate loops
-//                 over the invocations; on a GPU the next step is workgroup-memory tiles of
-//                 64×64 feeding these register blocks.
+//   gemm_blocked  the default where gemm_sg8.wgsl does not run (subgroups not exactly 8 lanes, as
+//                 on GPUs, or `Options::no_subgroups`; sizes, starts or strides not in whole vec4):
+//                 64 invocations, each 4×4 elements of C in registers (a workgroup covers 32×32,
+//                 rows and columns interleaved by 8), A and B read straight from memory with the
+//                 reuse left to the caches: no workgroup memory, no barriers. On lavapipe (Mesa's
+//                 Vulkan on the CPU) it is 2–5× the baseline, whose barriers split every k tile
+//                 into separate loops over the invocations, but its scalar loads (0.5 per FMA)
+//                 cap it near 1 GFLOP/s there (gemm_sg8.wgsl: ~10); on a GPU the next step is
+//                 workgroup-memory tiles of 64×64 feeding these register blocks.
 // Summation: each element adds its k products in order, in f32 (deterministic).
 
 struct Params {

@@ -220,6 +220,11 @@ impl Gpu {
         kernel(&self.device, module, entry, binds)
     }
 
+    /// `kernel` with values for the module's `override` constants.
+    pub fn kernel_with(&self, module: &wgpu::ShaderModule, entry: &str, binds: &[(u32, Access)], constants: &[(&str, f64)]) -> Kernel {
+        kernel_with(&self.device, module, entry, binds, constants)
+    }
+
     /// The adapter's smallest and largest subgroup size when the device has subgroup operations
     /// (wgpu Features::SUBGROUP, requested unless `Options::no_subgroups`).
     pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
@@ -576,6 +581,17 @@ fn buffer(device: &wgpu::Device, label: &str, size: usize, usage: wgpu::BufferUs
 
 /// A compute pipeline for `entry` of `module` with a bind group of the given bindings.
 pub(crate) fn kernel(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, binds: &[(u32, Access)]) -> Kernel {
+    kernel_with(device, module, entry, binds, &[])
+}
+
+/// `kernel` with values for the module's `override` constants.
+pub(crate) fn kernel_with(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    binds: &[(u32, Access)],
+    constants: &[(&str, f64)],
+) -> Kernel {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
         .iter()
         .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
@@ -605,7 +621,7 @@ pub(crate) fn kernel(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: 
         module,
         entry_point: Some(entry),
         // Every kernel writes its workgroup memory before reading it.
-        compilation_options: wgpu::PipelineCompilationOptions { constants: &[], zero_initialize_workgroup_memory: false },
+        compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
         cache: None,
     });
     Kernel { pipeline, layout }

@@ -54,6 +54,8 @@
 //! - Subgroups: where the adapter offers wgpu `Features::SUBGROUP` (lavapipe does) the kernels
 //!   sum a row's dot products with subgroup shuffles, else through workgroup memory
 //!   ([`Options::no_subgroups`] forces the latter); both add in the same order, so the bits agree.
+//!   The Transformer's GEMMs use them only on subgroups of exactly 8 lanes (lavapipe):
+//!   kernels/wgsl/gemm_sg8.wgsl, ~10× gemm.wgsl's register-blocked default there.
 //!
 //! Not done yet: smaller chunks (or a split-K row phase) for more workgroups per dispatch at the
 //! paper's N = 4096 (16 chunks: too few to fill a large GPU).

@@ -1,5 +1,5 @@
 //! The Transformer's layer kernels on a wgpu device (`LayerKernels` for `model::Model`): the
-//! WGSL of kernels/wgsl/{gemm,elementwise,rmsnorm,attention,embedding,cross_entropy}.wgsl.
+//! WGSL of kernels/wgsl/{gemm,gemm_sg8,elementwise,rmsnorm,attention,embedding,cross_entropy}.wgsl.
 //!
 //! Methods only record dispatches; `flush` hands them to the device context, which submits them
 //! at once or, inside `Engine::run_steps`, with the rest of the unroll pass. The interface
@@ -15,6 +15,7 @@ use learnlaw_core::{Error, Result};
 use crate::gpu::{device_error, Access, Bind, Dispatch, Gpu, Kernel};
 
 const GEMM_WGSL: &str = include_str!("../../../../kernels/wgsl/gemm.wgsl");
+const GEMM_SG8_WGSL: &str = include_str!("../../../../kernels/wgsl/gemm_sg8.wgsl");
 const ELEMENTWISE_WGSL: &str = include_str!("../../../../kernels/wgsl/elementwise.wgsl");
 const RMSNORM_WGSL: &str = include_str!("../../../../kernels/wgsl/rmsnorm.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../../../kernels/wgsl/attention.wgsl");
@@ -76,6 +77,9 @@ pub struct DeviceAttention {
 struct Pipelines {
     gemm: Kernel,
     gemm_blocked: Kernel,
+    /// gemm_sg8.wgsl where the device's subgroups are exactly 8 lanes; its pipelines (one per
+    /// transposition and tangent, see `sg8_index`) are compiled on first use.
+    gemm_sg8: Option<wgpu::ShaderModule>,
     fill: Kernel,
     scale_copy: Kernel,
     axpby: Kernel,
@@ -116,6 +120,7 @@ impl Pipelines {
         Pipelines {
             gemm: gpu.kernel(&gemm, "gemm", &seq(0, &[R, R, R, R, W, W, U])),
             gemm_blocked: gpu.kernel(&gemm, "gemm_blocked", &seq(0, &[R, R, R, R, W, W, U])),
+            gemm_sg8: (gpu.subgroup_sizes() == Some((8, 8))).then(|| gpu.module("gemm_sg8.wgsl", GEMM_SG8_WGSL)),
             fill: gpu.kernel(&ew, "fill", &ew_binds),
             scale_copy: gpu.kernel(&ew, "scale_copy", &ew_binds),
             axpby: gpu.kernel(&ew, "axpby", &ew_binds),
@@ -160,8 +165,10 @@ pub struct WgpuKernels {
     /// Bytes of the buffers these kernels allocated and still hold (activations, saved state,
     /// scratch): the working set of a pass.
     allocated: u64,
-    /// Run gemm.wgsl's baseline variant instead of the register-blocked one.
+    /// Run gemm.wgsl's baseline variant instead of gemm_sg8 or the register-blocked one.
     baseline_gemm: bool,
+    /// gemm_sg8.wgsl's pipelines compiled so far, by `sg8_index`.
+    gemm_sg8: [Option<Kernel>; 8],
     pending: Vec<Dispatch>,
     error: Option<Error>,
 }
@@ -344,6 +351,7 @@ impl WgpuKernels {
             head_chunk_logits: HEAD_CHUNK_LOGITS,
             allocated: 0,
             baseline_gemm: false,
+            gemm_sg8: Default::default(),
             pending: Vec::new(),
             error: None,
         })
@@ -355,6 +363,31 @@ impl WgpuKernels {
 
     fn record_error(&mut self, e: Error) {
         self.error.get_or_insert(e);
+    }
+
+    /// gemm_sg8.wgsl's pipeline for the transpositions and tangent (compiled on first use), or
+    /// None where it does not apply: no subgroups of 8, the baseline forced, or a row it would
+    /// touch not whole vec4 (starts, strides, k, n, and m when A is transposed, multiples of 4).
+    fn sg8_kernel(&mut self, s: &GemmShape, a: &Operand<DeviceBuf>, b: &Operand<DeviceBuf>, c_at: usize, tangent: bool) -> Option<Kernel> {
+        let module = self.pipes.gemm_sg8.clone().filter(|_| !self.baseline_gemm)?;
+        let strides = if s.batch > 1 { [s.stride_a, s.stride_b, s.stride_c] } else { [0; 3] };
+        let fits = [s.k, s.n, if a.trans { s.m } else { 0 }, a.at, b.at, c_at].into_iter().chain(strides).all(|x| x % 4 == 0);
+        if !fits {
+            return None;
+        }
+        let index = a.trans as usize | (b.trans as usize) << 1 | (tangent as usize) << 2;
+        if self.gemm_sg8[index].is_none() {
+            let constants = [("TA", a.trans as u32 as f64), ("TB", b.trans as u32 as f64), ("TAN", tangent as u32 as f64)];
+            let binds: Vec<(u32, Access)> = [R, R, R, R, W, W, U].into_iter().enumerate().map(|(i, x)| (i as u32, x)).collect();
+            match self.gpu.compile(|gpu| gpu.kernel_with(&module, "gemm_sg8", &binds, &constants)) {
+                Ok(k) => self.gemm_sg8[index] = Some(k),
+                Err(e) => {
+                    self.record_error(e);
+                    return None;
+                }
+            }
+        }
+        self.gemm_sg8[index].clone()
     }
 
     /// A new storage buffer of `len` f32 (at least one element).
@@ -417,7 +450,8 @@ impl WgpuKernels {
     }
 
     /// GEMMs by gemm.wgsl's baseline (one element per invocation, 16×16 workgroup-memory tiles)
-    /// instead of the register-blocked default: for tests and benches of the variants.
+    /// instead of gemm_sg8.wgsl or the register-blocked variant: for tests and benches of the
+    /// variants.
     pub fn with_baseline_gemm(mut self) -> Self {
         self.baseline_gemm = true;
         self
@@ -467,7 +501,14 @@ impl LayerKernels for WgpuKernels {
             .write(4, c.v.as_deref())
             .write(5, c.t.as_deref())
             .list;
-        let tile = if self.baseline_gemm { 16 } else { 32 };
+        let sg8 = self.sg8_kernel(&s, &a, &b, c.at, tangent);
+        let tile = if sg8.is_some() {
+            64
+        } else if self.baseline_gemm {
+            16
+        } else {
+            32
+        };
         let (tiles_m, tiles_n) = (s.m.div_ceil(tile), s.n.div_ceil(tile));
         let params = GemmParams {
             m: u(s.m),
@@ -487,7 +528,11 @@ impl LayerKernels for WgpuKernels {
             tiles_m: u(tiles_m),
             tiles_n: u(tiles_n),
         };
-        let kernel = if self.baseline_gemm { self.pipes.gemm.clone() } else { self.pipes.gemm_blocked.clone() };
+        let kernel = match sg8 {
+            Some(k) => k,
+            None if self.baseline_gemm => self.pipes.gemm.clone(),
+            None => self.pipes.gemm_blocked.clone(),
+        };
         self.dispatch(&kernel, binds, 6, params, groups(s.batch * tiles_m * tiles_n, 1));
     }
 
@@ -1046,5 +1091,15 @@ mod tests {
         ] {
             validate(name, src, naga::valid::Capabilities::empty()).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    /// gemm_sg8.wgsl validates with subgroup operations, and needs them.
+    #[test]
+    fn gemm_sg8_validates_with_naga() {
+        let module = naga::front::wgsl::parse_str(GEMM_SG8_WGSL).unwrap();
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SUBGROUP);
+        validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        validator.validate(&module).unwrap_or_else(|e| panic!("gemm_sg8.wgsl: {}", e.emit_to_string(GEMM_SG8_WGSL)));
+        assert!(validate("gemm_sg8.wgsl", GEMM_SG8_WGSL, naga::valid::Capabilities::empty()).is_err());
     }
 }
