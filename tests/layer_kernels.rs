@@ -98,7 +98,7 @@ fn operand<B>(x: &Act<B>, at: usize, trans: bool, tan: bool) -> Operand<'_, B> {
 struct Gemm;
 impl Case for Gemm {
     /// A random product, then one of the weight gradients' layout (Aᵀ·B, one matrix, k up to
-    /// 200: the shape CUDA splits over k).
+    /// 200: the shape CUDA splits over k), then a product in whole vec4 (wgpu's gemm_sg8).
     fn run<K: HostBuffers>(&self, k: &mut K, r: &mut ChaCha8Rng) -> Outputs {
         let (m, n, kk, batch) = (r.random_range(1..40), r.random_range(1..40), r.random_range(1..40), r.random_range(1..4));
         let (ta, tb) = (r.random_bool(0.5), r.random_bool(0.5));
@@ -358,6 +358,13 @@ layer_kernel_tests!(wgpu, wgpu_or_skip(WgpuKernels::open(&Options::default())), 
 layer_kernel_tests!(
     wgpu_baseline_gemm,
     wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_baseline_gemm()),
+    Tol::of::<f32>()
+);
+// gemm_sg8.wgsl's barriers on every GEMM (by default only past k = 1024, too long a sum for f32
+// tolerances on random operands).
+layer_kernel_tests!(
+    wgpu_gemm_barriers,
+    wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_gemm_barriers()),
     Tol::of::<f32>()
 );
 // Without subgroups: gemm.wgsl's register-blocked variant for every GEMM (no gemm_sg8).

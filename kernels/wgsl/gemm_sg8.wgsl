@@ -10,13 +10,17 @@
 // Buffers: gemm.wgsl's bindings, read as vec4<f32>: the host uses this kernel only when every
 //   start (aa, ab, ac) and batch stride is a multiple of 4 floats, k and n are, and so is m when A
 //   is transposed (then every row this kernel reads or writes is whole vec4).
-// Specialisation: overrides TA, TB (operand stored transposed) and TAN (tangent pairs): 8
-//   pipelines, compiled on first use.
+// Specialisation: overrides TA, TB (operand stored transposed), TAN (tangent pairs) and SHARE
+//   (barriers for long k): up to 16 pipelines, compiled on first use.
 // Geometry: 64 invocations = 8 subgroups; a workgroup covers 64 × 64 of C: subgroup s rows
 //   8s..8s+8, lane l columns 8l..8l+8, all 8 rows (two vec4 per row) in registers. Per 4 k a lane
 //   loads one vec4 of A (lane r: row r over the 4 k; transposed: k row r / 2, rows 4(r % 2)..+4)
 //   and the subgroup broadcasts the eight to every lane (subgroupBroadcast: a register shuffle on
 //   lavapipe), and it loads its 8 vec4 of B (4 k rows × 8 columns, or 8 columns × 4 k).
+//   Lavapipe runs a workgroup's subgroups one after the other up to each barrier: with k in the
+//   thousands (weight gradients, k = tokens) the operands stream from memory once per subgroup
+//   unless a barrier every SHARE = 16 blocks (64 k) keeps the subgroups in step on the same rows
+//   of A and B; the host sets it for k > 1024 (3× there; the barrier costs ~25% on short k).
 // Why (lavapipe, Mesa 22.3): every storage-buffer load is a loop over the 8 lanes with a bounds
 //   check per element (even for an address uniform across the subgroup), about 25 FMAs' worth per
 //   float loaded one at a time and 10 per float of a vec4: `gemm_blocked` (4 × 4 per invocation,
@@ -57,6 +61,8 @@ struct Params {
 override TA: bool = false;
 override TB: bool = false;
 override TAN: bool = false;
+// k blocks (of 4) between workgroup barriers; 0: none (see Geometry).
+override SHARE: u32 = 0u;
 
 // Eight columns of a row: two vec4.
 struct Row8 {
@@ -199,6 +205,9 @@ fn gemm_sg8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
                     b_t[bs[4] + bo], b_t[bs[5] + bo], b_t[bs[6] + bo], b_t[bs[7] + bo],
                 ));
                 acc_t = fma_block(fma_block(acc_t, xt, y), x, yt);
+            }
+            if (SHARE != 0u && kb % max(SHARE, 1u) == SHARE - 1u) {
+                workgroupBarrier();
             }
         }
         let cbase = (p.ac + bi * p.sc) / 4u;

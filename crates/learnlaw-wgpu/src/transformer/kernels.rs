@@ -29,6 +29,10 @@ const NORM_BLOCK_ROWS: usize = 64;
 /// Logits per chunk of the head + cross-entropy ([rows, vocab], value and tangent) by default:
 /// bounds its scratch memory (16 MiB each) whatever the set's size.
 const HEAD_CHUNK_LOGITS: usize = 1 << 22;
+/// gemm_sg8.wgsl's barriers (its SHARE, in blocks of 4 k) where k exceeds SG8_SHARE_K: the weight
+/// gradients' long sums, whose operands no longer stay in cache between subgroups.
+const SG8_SHARE_K: usize = 1024;
+const SG8_SHARE_BLOCKS: f64 = 16.0;
 /// Workgroups per dispatch (kernels stride over their items beyond it).
 const MAX_GROUPS: usize = 65535;
 
@@ -78,7 +82,7 @@ struct Pipelines {
     gemm: Kernel,
     gemm_blocked: Kernel,
     /// gemm_sg8.wgsl where the device's subgroups are exactly 8 lanes; its pipelines (one per
-    /// transposition and tangent, see `sg8_index`) are compiled on first use.
+    /// transpositions, tangent and barriers) are compiled on first use.
     gemm_sg8: Option<wgpu::ShaderModule>,
     fill: Kernel,
     scale_copy: Kernel,
@@ -167,8 +171,10 @@ pub struct WgpuKernels {
     allocated: u64,
     /// Run gemm.wgsl's baseline variant instead of gemm_sg8 or the register-blocked one.
     baseline_gemm: bool,
-    /// gemm_sg8.wgsl's pipelines compiled so far, by `sg8_index`.
-    gemm_sg8: [Option<Kernel>; 8],
+    /// gemm_sg8.wgsl's pipelines compiled so far, by transpositions, tangent and barriers.
+    gemm_sg8: [Option<Kernel>; 16],
+    /// gemm_sg8.wgsl's barriers where k exceeds this (`SG8_SHARE_K`).
+    sg8_share_k: usize,
     pending: Vec<Dispatch>,
     error: Option<Error>,
 }
@@ -352,6 +358,7 @@ impl WgpuKernels {
             allocated: 0,
             baseline_gemm: false,
             gemm_sg8: Default::default(),
+            sg8_share_k: SG8_SHARE_K,
             pending: Vec::new(),
             error: None,
         })
@@ -375,9 +382,12 @@ impl WgpuKernels {
         if !fits {
             return None;
         }
-        let index = a.trans as usize | (b.trans as usize) << 1 | (tangent as usize) << 2;
+        let share = s.k > self.sg8_share_k;
+        let index = a.trans as usize | (b.trans as usize) << 1 | (tangent as usize) << 2 | (share as usize) << 3;
         if self.gemm_sg8[index].is_none() {
-            let constants = [("TA", a.trans as u32 as f64), ("TB", b.trans as u32 as f64), ("TAN", tangent as u32 as f64)];
+            let flag = |x: bool| x as u32 as f64;
+            let share = if share { SG8_SHARE_BLOCKS } else { 0.0 };
+            let constants = [("TA", flag(a.trans)), ("TB", flag(b.trans)), ("TAN", flag(tangent)), ("SHARE", share)];
             let binds: Vec<(u32, Access)> = [R, R, R, R, W, W, U].into_iter().enumerate().map(|(i, x)| (i as u32, x)).collect();
             match self.gpu.compile(|gpu| gpu.kernel_with(&module, "gemm_sg8", &binds, &constants)) {
                 Ok(k) => self.gemm_sg8[index] = Some(k),
@@ -454,6 +464,12 @@ impl WgpuKernels {
     /// variants.
     pub fn with_baseline_gemm(mut self) -> Self {
         self.baseline_gemm = true;
+        self
+    }
+
+    /// gemm_sg8.wgsl's barriers on every GEMM, not only on long k: for tests of the variant.
+    pub fn with_gemm_barriers(mut self) -> Self {
+        self.sg8_share_k = 0;
         self
     }
 
