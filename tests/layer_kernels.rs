@@ -367,10 +367,12 @@ layer_kernel_tests!(
     wgpu_or_skip(WgpuKernels::open(&Options::default())).map(|k| k.with_gemm_barriers()),
     Tol::of::<f32>()
 );
-// Without subgroups: gemm.wgsl's register-blocked variant for every GEMM (no gemm_sg8).
+// As on a GPU: without subgroups, gemm.wgsl's register-blocked variant for every GEMM (no
+// gemm_sg8), and a workgroup per reduced row (rmsnorm, cross-entropy; CPU adapters default to
+// one invocation per row).
 layer_kernel_tests!(
     wgpu_no_subgroups,
-    wgpu_or_skip(WgpuKernels::open(&Options { no_subgroups: true, ..Options::default() })),
+    wgpu_or_skip(WgpuKernels::open(&Options { no_subgroups: true, ..Options::default() })).map(|k| k.with_workgroup_rows()),
     Tol::of::<f32>()
 );
 // The head in chunks of a few rows (its logits never exist for a whole set).

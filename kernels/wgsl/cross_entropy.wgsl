@@ -17,7 +17,9 @@
 // Geometry: forward_rows/backward_rows: a workgroup of 64 per row (workgroups stride over the
 //   chunk's rows), row max and sums by trees in workgroup memory; sequences: one invocation per
 //   sequence.
-// Variants: the only one.
+// Variants: forward_per_row, one invocation per row (max and sums over the vocabulary in order,
+//   no workgroup memory or barriers): the default on CPU adapters (lavapipe), which split the
+//   shader at each of the trees' barriers; forward_rows elsewhere.
 
 struct Params {
     at: u32,
@@ -111,6 +113,37 @@ fn forward_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             stats[row * 4u + 2u] = lse;
             stats[row * 4u + 3u] = mean;
         }
+    }
+}
+
+// forward_rows, one invocation per row.
+@compute @workgroup_size(64)
+fn forward_per_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let v = p.vocab;
+    for (var lr = gid.x; lr < p.rows; lr += nwg.x * WG) {
+        let row = p.r0 + lr;
+        let y = label(row);
+        let zr = lr * v;
+        var mx = -3.0e38;
+        for (var c = 0u; c < v; c++) {
+            mx = max(mx, z[zr + c]);
+        }
+        var se = 0.0;
+        for (var c = 0u; c < v; c++) {
+            se = se + exp(z[zr + c] - mx);
+        }
+        let lse = mx + log(se);
+        var mean = 0.0;
+        if (p.tangent == 1u) {
+            for (var c = 0u; c < v; c++) {
+                mean = mean + exp(z[zr + c] - lse) * z_t[zr + c];
+            }
+        }
+        let pad = y == PAD;
+        stats[row * 4u] = select(lse - z[zr + y], 0.0, pad);
+        stats[row * 4u + 1u] = select(select(0.0, mean - z_t[zr + y], p.tangent == 1u), 0.0, pad);
+        stats[row * 4u + 2u] = lse;
+        stats[row * 4u + 3u] = mean;
     }
 }
 

@@ -17,7 +17,11 @@
 // Geometry: stats/affine/backward: one workgroup of 64 per row (workgroups stride over rows),
 //   row sums by a tree in workgroup memory; param_partials: a workgroup per 64-row block, one
 //   invocation per column; param_reduce: one invocation per column.
-// Variants: the only one; H ≤ a few hundred, so a row fits one workgroup's pass.
+// Variants: stats and backward (H ≤ a few hundred, so a row fits one workgroup's pass) as above,
+//   the default on GPUs; stats_per_row and backward_per_row, one invocation per row summing its H
+//   columns in order, no workgroup memory or barriers: the default on CPU adapters (lavapipe),
+//   which run a workgroup's invocations as SIMD lanes and split the shader at every barrier, so
+//   the tree's six barriers per row cost ~5 µs a row there; per row it is ~10× faster.
 
 struct Params {
     rows: u32,
@@ -104,6 +108,39 @@ fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
+// stats, one invocation per row (columns summed in order).
+@compute @workgroup_size(64)
+fn stats_per_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let h = p.h;
+    let tan = p.tangent == 1u;
+    for (var row = gid.x; row < p.rows; row += nwg.x * WG) {
+        var s2 = 0.0;
+        var sxt = 0.0;
+        for (var c = 0u; c < h; c++) {
+            let v = x[row * h + c];
+            s2 = s2 + v * v;
+            if (tan) {
+                sxt = sxt + v * x_t[row * h + c];
+            }
+        }
+        let hr = f32(h);
+        let r = sqrt(s2 / hr);
+        let s = r + EPS;
+        let rt = select(0.0, sxt / (hr * r), r > 0.0);
+        out2[row] = r;
+        if (tan) {
+            out2_t[row] = rt;
+        }
+        for (var c = 0u; c < h; c++) {
+            let n = x[row * h + c] / s;
+            out[row * h + c] = n;
+            if (tan) {
+                out_t[row * h + c] = (x_t[row * h + c] - n * rt) / s;
+            }
+        }
+    }
+}
+
 // n (binding 0, + x_t) → out = w ⊙ n + b (out, + out_t).
 @compute @workgroup_size(256)
 fn affine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -144,6 +181,45 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         at = sums.y;
         let rt = select(0.0, r_in_t[row], tan);
         for (var c = lid; c < h; c += WG) {
+            let i = row * h + c;
+            let n = x[i];
+            let gn = gy[i] * theta[p.pw + c];
+            let q = select(0.0, n * s / (hr * r), r > 0.0);
+            let gxc = (gn - a * q) / s;
+            out[i] = out[i] + gxc;
+            if (tan) {
+                let nt = x_t[i];
+                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
+                let xt = nt * s + n * rt;
+                let qt = select(0.0, xt / (hr * r) - q * rt / r, r > 0.0);
+                out_t[i] = out_t[i] + (gnt - at * q - a * qt - gxc * rt) / s;
+            }
+        }
+    }
+}
+
+// backward, one invocation per row (columns summed in order).
+@compute @workgroup_size(64)
+fn backward_per_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let h = p.h;
+    let tan = p.tangent == 1u;
+    let hr = f32(h);
+    for (var row = gid.x; row < p.rows; row += nwg.x * WG) {
+        let r = r_in[row];
+        let s = r + EPS;
+        var a = 0.0;
+        var at = 0.0;
+        for (var c = 0u; c < h; c++) {
+            let i = row * h + c;
+            let gn = gy[i] * theta[p.pw + c];
+            a = a + gn * x[i];
+            if (tan) {
+                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
+                at = at + gnt * x[i] + gn * x_t[i];
+            }
+        }
+        let rt = select(0.0, r_in_t[row], tan);
+        for (var c = 0u; c < h; c++) {
             let i = row * h + c;
             let n = x[i];
             let gn = gy[i] * theta[p.pw + c];

@@ -91,8 +91,10 @@ struct Pipelines {
     relu_forward: Kernel,
     relu_backward: Kernel,
     norm_stats: Kernel,
+    norm_stats_rows: Kernel,
     norm_affine: Kernel,
     norm_backward: Kernel,
+    norm_backward_rows: Kernel,
     norm_partials: Kernel,
     norm_reduce: Kernel,
     attention_forward: Kernel,
@@ -102,6 +104,7 @@ struct Pipelines {
     embed_tokens: Kernel,
     embed_positions: Kernel,
     ce_rows: Kernel,
+    ce_rows_per_row: Kernel,
     ce_sequences: Kernel,
     ce_backward: Kernel,
 }
@@ -132,8 +135,10 @@ impl Pipelines {
             relu_forward: gpu.kernel(&ew, "relu_forward", &ew_binds),
             relu_backward: gpu.kernel(&ew, "relu_backward", &ew_binds),
             norm_stats: gpu.kernel(&norm, "stats", &norm_binds),
+            norm_stats_rows: gpu.kernel(&norm, "stats_per_row", &norm_binds),
             norm_affine: gpu.kernel(&norm, "affine", &norm_binds),
             norm_backward: gpu.kernel(&norm, "backward", &norm_binds),
+            norm_backward_rows: gpu.kernel(&norm, "backward_per_row", &norm_binds),
             norm_partials: gpu.kernel(&norm, "param_partials", &norm_binds),
             norm_reduce: gpu.kernel(&norm, "param_reduce", &norm_binds),
             attention_forward: gpu.kernel(&att, "forward", &seq(0, &[R, R, R, R, R, R, W, W, W, W, U])),
@@ -143,6 +148,7 @@ impl Pipelines {
             embed_tokens: gpu.kernel(&emb, "tokens_backward", &seq(0, &[R, R, R, R, R, R, R, W, W, U])),
             embed_positions: gpu.kernel(&emb, "positions_backward", &seq(0, &[R, R, R, R, R, R, R, W, W, U])),
             ce_rows: gpu.kernel(&ce, "forward_rows", &seq(0, &[R, R, R, W, U])),
+            ce_rows_per_row: gpu.kernel(&ce, "forward_per_row", &seq(0, &[R, R, R, W, U])),
             ce_sequences: gpu.kernel(&ce, "sequences", &[(0, R), (4, U), (5, R), (6, W), (7, W), (8, W)]),
             ce_backward: gpu.kernel(&ce, "backward_rows", &[(0, R), (4, U), (9, R), (10, R), (11, R), (12, W), (13, W)]),
         }
@@ -175,6 +181,9 @@ pub struct WgpuKernels {
     gemm_sg8: [Option<Kernel>; 16],
     /// gemm_sg8.wgsl's barriers where k exceeds this (`SG8_SHARE_K`).
     sg8_share_k: usize,
+    /// One invocation per row (CPU adapters) instead of a workgroup per row where a row is
+    /// reduced: rmsnorm.wgsl's stats and backward, cross_entropy.wgsl's forward.
+    per_row: bool,
     pending: Vec<Dispatch>,
     error: Option<Error>,
 }
@@ -344,6 +353,7 @@ impl WgpuKernels {
         let pipes = gpu.compile(Pipelines::new)?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let dummy = |label: &str| gpu.buffer(label, 16, usage);
+        let per_row = gpu.info.device_type == wgpu::DeviceType::Cpu;
         Ok(WgpuKernels {
             dummy_read: dummy("dummy_read"),
             dummy_write: [dummy("dummy_write0"), dummy("dummy_write1"), dummy("dummy_write2"), dummy("dummy_write3")],
@@ -359,6 +369,7 @@ impl WgpuKernels {
             baseline_gemm: false,
             gemm_sg8: Default::default(),
             sg8_share_k: SG8_SHARE_K,
+            per_row,
             pending: Vec::new(),
             error: None,
         })
@@ -470,6 +481,13 @@ impl WgpuKernels {
     /// gemm_sg8.wgsl's barriers on every GEMM, not only on long k: for tests of the variant.
     pub fn with_gemm_barriers(mut self) -> Self {
         self.sg8_share_k = 0;
+        self
+    }
+
+    /// A workgroup per reduced row (rmsnorm's stats and backward, the cross-entropy's forward:
+    /// the GPU default) on any adapter: for tests of the variants.
+    pub fn with_workgroup_rows(mut self) -> Self {
+        self.per_row = false;
         self
     }
 
@@ -653,8 +671,14 @@ impl LayerKernels for WgpuKernels {
             .write(10, None)
             .write(11, None)
             .list;
-        let (k_stats, k_affine) = (self.pipes.norm_stats.clone(), self.pipes.norm_affine.clone());
-        self.dispatch(&k_stats, stats, 12, params, groups(m, 1));
+        let k_affine = self.pipes.norm_affine.clone();
+        if self.per_row {
+            let k_stats = self.pipes.norm_stats_rows.clone();
+            self.dispatch(&k_stats, stats, 12, params, groups(m, 64));
+        } else {
+            let k_stats = self.pipes.norm_stats.clone();
+            self.dispatch(&k_stats, stats, 12, params, groups(m, 1));
+        }
         self.dispatch(&k_affine, affine, 12, params, groups(m * h, 256));
     }
 
@@ -702,8 +726,13 @@ impl LayerKernels for WgpuKernels {
         // The parameter gradient reads θ's w at pw: here pw is the gradient's offset, so the
         // input-gradient dispatch gets θ's own offsets.
         let input_params = NormParams { pw: u(w.range.start), pb: u(w.range.start + h), ..params };
-        let k_backward = self.pipes.norm_backward.clone();
-        self.dispatch(&k_backward, backward, 12, input_params, groups(m, 1));
+        if self.per_row {
+            let k_backward = self.pipes.norm_backward_rows.clone();
+            self.dispatch(&k_backward, backward, 12, input_params, groups(m, 64));
+        } else {
+            let k_backward = self.pipes.norm_backward.clone();
+            self.dispatch(&k_backward, backward, 12, input_params, groups(m, 1));
+        }
         if !(want_grad || want_hvp) {
             return;
         }
@@ -1021,8 +1050,14 @@ impl DeviceKernels for WgpuKernels {
         head: &DeviceHead<DeviceBuf>,
     ) {
         let binds = Binds::new(self).buf(0, &t.ids.ids).read(1, Some(z.v)).read(2, z.t).write(3, Some(&head.stats)).list;
-        let kernel = self.pipes.ce_rows.clone();
-        self.dispatch(&kernel, binds, 4, ce_params(&t, vocab, r0, rows, z.t.is_some(), 0), groups(rows, 1));
+        let params = ce_params(&t, vocab, r0, rows, z.t.is_some(), 0);
+        if self.per_row {
+            let kernel = self.pipes.ce_rows_per_row.clone();
+            self.dispatch(&kernel, binds, 4, params, groups(rows, 64));
+        } else {
+            let kernel = self.pipes.ce_rows.clone();
+            self.dispatch(&kernel, binds, 4, params, groups(rows, 1));
+        }
     }
     fn ce_sequences(
         &mut self,
