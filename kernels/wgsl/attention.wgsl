@@ -13,7 +13,8 @@
 //   P, Ṗ, gS, ġS [B, heads, L, L] (only j ≤ i is written or read), kept by the engine.
 // Geometry: one invocation per (sequence, head, row) — of a query row i (forward,
 //   backward_rows) or of a key row j (backward_cols, so gK and gV are sums over i in order, no
-//   atomics); workgroups of 64 stride over them.
+//   atomics); workgroups of 64 stride over them. backward_rows computes gP and ġP once per
+//   (i, j), parked in gS's buffers (on lavapipe every load is a per-lane loop: they dominate).
 // Variants: this naive one stores P ([B, heads, L, L]: small at L = 64); the tuned path is a
 //   flash-style tiled kernel that keeps only the row statistics (see kernels/cuda for it).
 
@@ -168,12 +169,27 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         let it = item_of(rpar, item);
         let i = it.row;
         let pr = it.pblock + i * rpar.len;
+        // gP (and ġP) are computed once per (i, j) and parked in rs (rs_t) until gS replaces
+        // them: each costs dh loads of two rows.
         var rho = 0.0;
         for (var j = 0u; j <= i; j++) {
-            rho = rho + rp[pr + j] * grad_p(it, i, j, dh);
+            let gp = grad_p(it, i, j, dh);
+            rs[pr + j] = gp;
+            rho = rho + rp[pr + j] * gp;
+        }
+        if (tan) {
+            var rho_t = 0.0;
+            for (var j = 0u; j <= i; j++) {
+                let gpt = grad_p_t(it, i, j, dh);
+                rs_t[pr + j] = gpt;
+                rho_t = rho_t + gpt * rp[pr + j] + rs[pr + j] * rp_t[pr + j];
+            }
+            for (var j = 0u; j <= i; j++) {
+                rs_t[pr + j] = rp_t[pr + j] * (rs[pr + j] - rho) + rp[pr + j] * (rs_t[pr + j] - rho_t);
+            }
         }
         for (var j = 0u; j <= i; j++) {
-            rs[pr + j] = rp[pr + j] * (grad_p(it, i, j, dh) - rho);
+            rs[pr + j] = rp[pr + j] * (rs[pr + j] - rho);
         }
         for (var d = 0u; d < dh; d++) {
             var acc = 0.0;
@@ -183,14 +199,6 @@ fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
             rgq[ix(rpar, it, i, d)] = c * acc;
         }
         if (tan) {
-            var rho_t = 0.0;
-            for (var j = 0u; j <= i; j++) {
-                rho_t = rho_t + grad_p_t(it, i, j, dh) * rp[pr + j] + grad_p(it, i, j, dh) * rp_t[pr + j];
-            }
-            for (var j = 0u; j <= i; j++) {
-                let gp = grad_p(it, i, j, dh);
-                rs_t[pr + j] = rp_t[pr + j] * (gp - rho) + rp[pr + j] * (grad_p_t(it, i, j, dh) - rho_t);
-            }
             for (var d = 0u; d < dh; d++) {
                 var acc = 0.0;
                 for (var j = 0u; j <= i; j++) {
