@@ -76,9 +76,15 @@ cpu), reads each run's J and seconds per epoch from policy.safetensors' metadata
 outer epoch from every engine and backend, the largest relative J difference between any two, and
 seconds per epoch (median and min over epochs) with learnlaw's speed-up over each PyTorch engine
 and the PyTorch engines' split into forward, adjoint and SGD + projection (time.perf_counter).
-It checks every PyTorch engine's J against every learnlaw backend's (all epochs) and exits 1 after
-the tables if the largest relative difference is above --j-rtol (default 1e-9 for torch float64
-against cpu-f64, 1e-4 otherwise), so the implementations cannot silently diverge.
+It checks every PyTorch engine's J against every learnlaw backend's and exits 1 after the tables if
+the largest relative difference is above the tolerance, so the implementations cannot silently
+diverge: torch float64 against cpu-f64 at every epoch to 1e-9 (the same computation to rounding:
+measured 1e-16 to 4e-16 on the Transformer, T = 5 and 200); a pair with f32 in it to 1e-4, at
+every epoch for the perceptron but at epoch 0 only (the constant policy) for the Transformer,
+whose search amplifies rounding: at the scaled default learnlaw's own cpu and cpu-f64 J differ by
+1% after one outer epoch. So the Transformer's exactness check is the float64 run (above, on a
+small config: torch float64 at the scaled default takes several times its f32 time). --j-rtol X: X for
+every pair at every epoch.
 """
 import argparse
 import warnings
@@ -490,79 +496,90 @@ def main():
         torch.set_num_threads(args.threads)
     data = load_file(args.data)
     work = tempfile.mkdtemp(prefix="compare_torch_")
-    setup = transformer_setup if args.task == "transformer" else perceptron_setup
-    make, data_path, task_flags, desc = setup(args, data, work)
-    load_start = load_avg()
+    try:
+        setup = transformer_setup if args.task == "transformer" else perceptron_setup
+        make, data_path, task_flags, desc = setup(args, data, work)
+        load_start = load_avg()
 
-    # Every implementation's (J per epoch, s per epoch, torch phase split per epoch or None).
-    dtype = getattr(torch, args.dtype)
-    runs, searches = {}, {}
-    for name in engines:
-        s = searches[name] = make(name)
-        runs[s.name] = s.run(args.epochs, args.outer_lr)
-    backends = args.backends.split(",")
-    for backend in backends:
-        j, secs = learnlaw_search(args.learnlaw, data_path, backend, args, os.path.join(work, backend), task_flags)
-        runs[f"learnlaw {backend}"] = (j, secs, None)
-
-    print(f"\n{cpu_model()}; {desc} η={args.eta} outer lr={args.outer_lr} E={args.epochs}; "
-          f"torch {torch.__version__} {args.device} {args.dtype}, {torch.get_num_threads()} threads; "
-          f"learnlaw RAYON_NUM_THREADS={args.threads if args.threads > 0 else 'default'}; "
-          f"load average (1/5/15 min) {load_start} at the start, {load_avg()} at the end")
-
-    names = list(runs)
-    print("\n| epoch | " + " | ".join(f"J {b}" for b in names) + " | max rel diff |")
-    print("|---" * (2 + len(names)) + "|")
-    worst, pair = 0.0, None
-    for e in range(args.epochs + 1):
-        js = {b: runs[b][0][e] for b in names}
-        rels = {(a, b): abs(js[a] - js[b]) / abs(js[b]) for a in names for b in names}
-        spread = max(rels.values())
-        if spread > worst:
-            worst, pair = spread, max(rels, key=rels.get)
-        print(f"| {e} | " + " | ".join(f"{j:.10f}" for j in js.values()) + f" | {spread:.1e} |")
-    print(f"\nmax relative J difference between all of them: {worst:.2e}"
-          + (f" ({pair[0]} vs {pair[1]})" if pair else ""))
-
-    # Each torch engine's J against each learnlaw backend's, over all epochs: a failure exits 1.
-    j_ok = True
-    for name in engines:
-        a = searches[name].name
+        # Every implementation's (J per epoch, s per epoch, torch phase split per epoch or None).
+        dtype = getattr(torch, args.dtype)
+        runs, searches = {}, {}
+        for name in engines:
+            s = searches[name] = make(name)
+            runs[s.name] = s.run(args.epochs, args.outer_lr)
+        backends = args.backends.split(",")
         for backend in backends:
-            b = f"learnlaw {backend}"
-            tol = args.j_rtol if args.j_rtol is not None else (
-                1e-9 if dtype == torch.float64 and backend == "cpu-f64" else 1e-4)
-            rel = max(abs(x - y) / abs(y) for x, y in zip(runs[a][0], runs[b][0]))
-            ok = rel <= tol
-            j_ok &= ok
-            print(f"J, {a} vs {b}: max relative difference {rel:.2e} ({'ok' if ok else 'MISMATCH'}, tolerance {tol:g})")
+            j, secs = learnlaw_search(args.learnlaw, data_path, backend, args, os.path.join(work, backend), task_flags)
+            runs[f"learnlaw {backend}"] = (j, secs, None)
 
-    grad_ok = True
-    if "closed" in searches and "func" in searches:
-        gc, gf = searches["closed"].first_grad, searches["func"].first_grad
-        rel = ((gc - gf).abs().max() / gf.abs().max()).item()
-        tol = 1e-3 if dtype == torch.float32 else 1e-9
-        grad_ok = rel <= tol
-        print(f"∂J/∂γ on the first epoch, closed vs torch.func: max|Δ| / max|∂J/∂γ| = {rel:.2e} "
-              f"({'ok' if grad_ok else 'MISMATCH'}, tolerance {tol:g})")
+        print(f"\n{cpu_model()}; {desc} η={args.eta} outer lr={args.outer_lr} E={args.epochs}; "
+              f"torch {torch.__version__} {args.device} {args.dtype}, {torch.get_num_threads()} threads; "
+              f"learnlaw RAYON_NUM_THREADS={args.threads if args.threads > 0 else 'default'}; "
+              f"load average (1/5/15 min) {load_start} at the start, {load_avg()} at the end")
 
-    # Median and minimum over epochs: the first epoch carries one-off set-up (torch.func's first
-    # calls, allocations), and on a shared machine the minimum is the least disturbed epoch.
-    med = {b: float(np.median(runs[b][1])) for b in names}
-    low = {b: float(np.min(runs[b][1])) for b in names}
-    refs = [searches[name].name for name in engines]
-    print("\n| implementation | s / outer epoch, median | min | forward | adjoint | SGD + projection | "
-          + " | ".join(f"{r} / this, median (min)" for r in refs) + " |")
-    print("|---" * (6 + len(refs)) + "|")
-    for b in names:
-        parts = runs[b][2]
-        split = [f"{float(np.median(p)):.4g}" for p in zip(*parts)] if parts else ["—"] * 3
-        ratios = [f"{med[r] / med[b]:.3g}× ({low[r] / low[b]:.3g}×)" for r in refs]
-        print(f"| {b} | {med[b]:.4g} | {low[b]:.4g} | " + " | ".join(split + ratios) + " |")
-    if args.keep:
-        print(f"\nkept {work}")
-    else:
-        shutil.rmtree(work)  # each run dir holds a [T, N] policy (32 MiB at the paper's size)
+        names = list(runs)
+        print("\n| epoch | " + " | ".join(f"J {b}" for b in names) + " | max rel diff |")
+        print("|---" * (2 + len(names)) + "|")
+        worst, pair = 0.0, None
+        for e in range(args.epochs + 1):
+            js = {b: runs[b][0][e] for b in names}
+            rels = {(a, b): abs(js[a] - js[b]) / abs(js[b]) for a in names for b in names}
+            spread = max(rels.values())
+            if spread > worst:
+                worst, pair = spread, max(rels, key=rels.get)
+            print(f"| {e} | " + " | ".join(f"{j:.10f}" for j in js.values()) + f" | {spread:.1e} |")
+        print(f"\nmax relative J difference between all of them: {worst:.2e}"
+              + (f" ({pair[0]} vs {pair[1]})" if pair else ""))
+
+        # Each torch engine's J against each learnlaw backend's: a failure exits 1. torch float64 vs
+        # cpu-f64 is the same computation to f64 rounding: every epoch, 1e-9. A pair with f32 in it
+        # differs by f32 rounding: the perceptron's J agree to ~1e-7 at every epoch, but the
+        # Transformer's search amplifies rounding (at the scaled default learnlaw's own cpu and cpu-f64
+        # differ by 1% after one outer epoch, torch f32 by 2-3%), so there only epoch 0 (the constant
+        # policy's unrolled training: same model, data and θ_0) is checked, at 1e-4. --j-rtol: that
+        # tolerance for every pair at every epoch.
+        j_ok = True
+        for name in engines:
+            a = searches[name].name
+            for backend in backends:
+                b = f"learnlaw {backend}"
+                exact = dtype == torch.float64 and backend == "cpu-f64"
+                tol = args.j_rtol if args.j_rtol is not None else (1e-9 if exact else 1e-4)
+                every = exact or args.j_rtol is not None or args.task == "perceptron"
+                pairs = list(zip(runs[a][0], runs[b][0]))[: None if every else 1]
+                rel = max(abs(x - y) / abs(y) for x, y in pairs)
+                ok = rel <= tol
+                j_ok &= ok
+                print(f"J, {a} vs {b}, {'every epoch' if every else 'epoch 0 (f32 rounding: later epochs not checked)'}: "
+                      f"max relative difference {rel:.2e} ({'ok' if ok else 'MISMATCH'}, tolerance {tol:g})")
+
+        grad_ok = True
+        if "closed" in searches and "func" in searches:
+            gc, gf = searches["closed"].first_grad, searches["func"].first_grad
+            rel = ((gc - gf).abs().max() / gf.abs().max()).item()
+            tol = 1e-3 if dtype == torch.float32 else 1e-9
+            grad_ok = rel <= tol
+            print(f"∂J/∂γ on the first epoch, closed vs torch.func: max|Δ| / max|∂J/∂γ| = {rel:.2e} "
+                  f"({'ok' if grad_ok else 'MISMATCH'}, tolerance {tol:g})")
+
+        # Median and minimum over epochs: the first epoch carries one-off set-up (torch.func's first
+        # calls, allocations), and on a shared machine the minimum is the least disturbed epoch.
+        med = {b: float(np.median(runs[b][1])) for b in names}
+        low = {b: float(np.min(runs[b][1])) for b in names}
+        refs = [searches[name].name for name in engines]
+        print("\n| implementation | s / outer epoch, median | min | forward | adjoint | SGD + projection | "
+              + " | ".join(f"{r} / this, median (min)" for r in refs) + " |")
+        print("|---" * (6 + len(refs)) + "|")
+        for b in names:
+            parts = runs[b][2]
+            split = [f"{float(np.median(p)):.4g}" for p in zip(*parts)] if parts else ["—"] * 3
+            ratios = [f"{med[r] / med[b]:.3g}× ({low[r] / low[b]:.3g}×)" for r in refs]
+            print(f"| {b} | {med[b]:.4g} | {low[b]:.4g} | " + " | ".join(split + ratios) + " |")
+    finally:  # also after an error or Ctrl-C: each run dir holds a [T, N] policy (32 MiB at the paper's size)
+        if args.keep:
+            print(f"\nkept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if not j_ok:
         sys.exit("J of a torch engine and of learnlaw disagree beyond the tolerance")
     if not grad_ok:
