@@ -38,12 +38,15 @@ impl Real for f32 {
     /// Cody–Waite reduction x = k·ln2 + r, |r| ≤ ln2/2, then a degree-7 Taylor polynomial
     /// (truncation < 3e-9 relative) and 2ᵏ built in the exponent bits: within 2 ulp of `exp`,
     /// branch-free. Saturates to 0 below −87 and to f32::MAX·… above 88, like `exp` in practice.
+    /// k is rounded by adding and subtracting 1.5·2²³ (exact for |k| < 2²²), not `round()`,
+    /// which is a library call below SSE4.1 and would stop the loop vectorising there.
     #[inline(always)]
     fn exp_inline(self) -> Self {
         const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: k·LN2_HI is exact for |k| < 2⁹
         const LN2_LO: f32 = -2.121_944_4e-4;
+        const ROUND: f32 = 12_582_912.0;
         let x = self.clamp(-87.0, 88.0);
-        let k = (x * std::f32::consts::LOG2_E).round();
+        let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
         let r = (x - k * LN2_HI) - k * LN2_LO;
         let p = 1.0
             + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));

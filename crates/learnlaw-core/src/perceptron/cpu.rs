@@ -8,6 +8,7 @@
 //! multiply-adds). The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums
 //! are reduced in a fixed order, so results do not depend on the thread count or on scheduling (a
 //! resumed f32 search reproduces an uninterrupted one bit for bit).
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
@@ -47,27 +48,7 @@ impl<R: Real> Matrix<R> {
         let losses: Vec<f64> = partials[..chunks * dim]
             .par_chunks_mut(dim)
             .zip(self.x.par_chunks(CHUNK_ROWS * dim).zip(self.y.par_chunks(CHUNK_ROWS)))
-            .map(|(g, (x, y))| {
-                g.fill(R::zero());
-                let mut loss = 0.0;
-                for (xb, yb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)) {
-                    let mut z = [R::zero(); BLOCK];
-                    block_dots(xb, theta, &mut z[..yb.len()]);
-                    if want_loss {
-                        for (&zn, &yn) in z.iter().zip(yb) {
-                            loss += bce_with_logits(zn, yn).f64();
-                        }
-                    }
-                    if want_grad {
-                        let mut c = [R::zero(); BLOCK];
-                        for ((cn, &zn), &yn) in c.iter_mut().zip(&z).zip(yb) {
-                            *cn = sigmoid(zn) - yn;
-                        }
-                        block_axpy(xb, &c, g);
-                    }
-                }
-                loss
-            })
+            .map(|(g, (x, y))| loss_grad_chunk(x, y, theta, want_loss, want_grad.then_some(g)))
             .collect();
         let n = self.rows() as f64;
         if let Some(grad) = grad {
@@ -160,9 +141,11 @@ fn block_dots2<R: Real>(xb: &[R], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut
     for group in &mut groups {
         let mut p = [[R::zero(); 8]; DOT_ROWS];
         let mut q = [[R::zero(); 8]; DOT_ROWS];
-        for (s, (av, bv)) in a8.iter().zip(b8).enumerate() {
-            for r in 0..DOT_ROWS {
-                let x: &[R; 8] = group[r * d + 8 * s..r * d + 8 * s + 8].try_into().unwrap();
+        // The rows as chunks of 8, walked by iterators: no bounds check in the loop, which would
+        // keep the vectoriser from turning each row's 8 lanes into one vector.
+        let [x0, x1, x2, x3]: [&[[R; 8]]; DOT_ROWS] = std::array::from_fn(|r| group[r * d..(r + 1) * d].as_chunks::<8>().0);
+        for ((av, bv), (x01, x23)) in a8.iter().zip(b8).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+            for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
                 for i in 0..8 {
                     p[r][i] = x[i].mul_add(av[i], p[r][i]);
                     q[r][i] = x[i].mul_add(bv[i], q[r][i]);
@@ -219,6 +202,117 @@ fn block_axpy<R: Real>(xb: &[R], c: &[R], g: &mut [R]) {
     }
 }
 
+/// σ of a whole block (rows past its end included: a fixed trip count, so it vectorises).
+#[inline(always)]
+fn sigmoids<R: Real>(z: &[R; BLOCK]) -> [R; BLOCK] {
+    let mut p = [R::zero(); BLOCK];
+    for i in 0..BLOCK {
+        p[i] = sigmoid(z[i]);
+    }
+    p
+}
+
+// The passes over one chunk of rows, what a step's parallel loop runs. Each is compiled for every
+// x86-64 level (v4: AVX-512; v3: AVX2 + FMA; v2; the baseline) and the best one the CPU has is
+// picked at run time (multiversion): the binary runs on any x86-64, and the loops above, inlined
+// into these, get the widest vectors and fused multiply-adds the machine has. Everything inside
+// must inline (a call out of a clone runs baseline code), hence plain loops, not `array::map`, and
+// fixed trip counts or iterators where a bounds check would stop the vectoriser.
+
+/// Σ of the chunk's losses (with `want_loss`; else 0) and, with `g`, its rows' (σ(z_n) − y_n) x_n
+/// summed into `g`.
+#[multiversion(targets = "simd")]
+fn loss_grad_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], want_loss: bool, mut g: Option<&mut [R]>) -> f64 {
+    let dim = theta.len();
+    if let Some(g) = g.as_deref_mut() {
+        g.fill(R::zero());
+    }
+    let mut loss = 0.0;
+    for (xb, yb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)) {
+        let mut z = [R::zero(); BLOCK];
+        block_dots(xb, theta, &mut z[..yb.len()]);
+        if want_loss {
+            for (&zn, &yn) in z.iter().zip(yb) {
+                loss += bce_with_logits(zn, yn).f64();
+            }
+        }
+        if let Some(g) = g.as_deref_mut() {
+            let p = sigmoids(&z);
+            let mut c = [R::zero(); BLOCK];
+            for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(yb) {
+                *cn = pn - yn;
+            }
+            block_axpy(xb, &c, g);
+        }
+    }
+    loss
+}
+
+/// g ← Σ_n w_n (σ(x_n·θ) − y_n) x_n over the chunk's rows (the forward step's gradient).
+#[multiversion(targets = "simd")]
+fn forward_chunk<R: Real>(x: &[R], y: &[R], w: &[R], theta: &[R], g: &mut [R]) {
+    let dim = theta.len();
+    g.fill(R::zero());
+    for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
+        if wb.iter().all(|&wn| wn == R::zero()) {
+            continue; // a block the policy drops (sparse γ): no pass over its rows
+        }
+        let mut z = [R::zero(); BLOCK];
+        block_dots(xb, theta, &mut z[..yb.len()]);
+        let p = sigmoids(&z);
+        let mut c = [R::zero(); BLOCK];
+        for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p).zip(yb).zip(wb) {
+            *cn = wn * (pn - yn);
+        }
+        block_axpy(xb, &c, g);
+    }
+}
+
+/// Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ_n = −η (σ(z) − y) u into `out`; the HVP
+/// term w σ'(z) u x summed into `h`.
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk<R: Real>(x: &[R], y: &[R], w: &[R], theta: &[R], lambda_next: &[R], neg_eta: R, out: &mut [R], h: &mut [R]) {
+    let dim = theta.len();
+    h.fill(R::zero());
+    let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
+    for ((xb, yb), (wb, ob)) in blocks {
+        let rows = yb.len();
+        let (mut z, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
+        block_dots2(xb, theta, lambda_next, &mut z[..rows], &mut u[..rows]);
+        let p = sigmoids(&z);
+        let mut c = [R::zero(); BLOCK];
+        for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p).zip(&u).zip(yb.iter().zip(wb)) {
+            *o = neg_eta * (pn - yn) * un;
+            *cn = wn * pn * (R::one() - pn) * un;
+        }
+        block_axpy(xb, &c, h);
+    }
+}
+
+/// The chunk's per-example losses.
+#[multiversion(targets = "simd")]
+fn losses_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], out: &mut [R]) {
+    let dim = theta.len();
+    for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
+        block_dots(xb, theta, ob);
+        ob.iter_mut().zip(yb).for_each(|(on, &yn)| *on = bce_with_logits(*on, yn));
+    }
+}
+
+/// The chunk's per-example dots ∇l_n·v = (σ(x_n·θ) − y_n)(x_n·v).
+#[multiversion(targets = "simd")]
+fn dots_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], v: &[R], out: &mut [R]) {
+    let dim = theta.len();
+    for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
+        let mut z = [R::zero(); BLOCK];
+        block_dots2(xb, theta, v, &mut z[..yb.len()], ob);
+        for ((on, &pn), &yn) in ob.iter_mut().zip(&sigmoids(&z)).zip(yb) {
+            *on = (pn - yn) * *on;
+        }
+    }
+}
+
 impl<R: Real> Engine for CpuPerceptron<R> {
     type Real = R;
     type Vec = Vec<R>;
@@ -262,21 +356,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
                 .par_chunks_mut(dim)
                 .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
                 .zip(gamma_t.par_chunks(CHUNK_ROWS))
-                .for_each(|((g, (x, y)), w)| {
-                    g.fill(R::zero());
-                    for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
-                        if wb.iter().all(|&wn| wn == R::zero()) {
-                            continue; // a block the policy drops (sparse γ): no pass over its rows
-                        }
-                        let mut p = [R::zero(); BLOCK];
-                        block_dots(xb, theta, &mut p[..yb.len()]);
-                        let mut c = [R::zero(); BLOCK];
-                        for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p.map(sigmoid)).zip(yb).zip(wb) {
-                            *cn = wn * (pn - yn);
-                        }
-                        block_axpy(xb, &c, g);
-                    }
-                })
+                .for_each(|((g, (x, y)), w)| forward_chunk(x, y, w, theta, g))
         };
         let want_dev = dev_loss.is_some();
         let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(theta, set_partials, true, None)));
@@ -319,22 +399,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
                 .par_chunks_mut(dim)
                 .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
                 .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
-                .for_each(|((h, (x, y)), (w, out))| {
-                    h.fill(R::zero());
-                    let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
-                    for ((xb, yb), (wb, ob)) in blocks {
-                        let rows = yb.len();
-                        let (mut p, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
-                        block_dots2(xb, theta, lambda_next, &mut p[..rows], &mut u[..rows]);
-                        let mut c = [R::zero(); BLOCK];
-                        for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p.map(sigmoid)).zip(&u).zip(yb.iter().zip(wb))
-                        {
-                            *o = neg_eta * (pn - yn) * un;
-                            *cn = wn * pn * (R::one() - pn) * un;
-                        }
-                        block_axpy(xb, &c, h);
-                    }
-                })
+                .for_each(|((h, (x, y)), (w, out))| backward_chunk(x, y, w, theta, lambda_next, neg_eta, out, h))
         };
         rayon::join(train_pass, || dev.mean_loss_grad(theta, set_partials, false, Some(g_dev)));
         // λ holds H λ_next for now.
@@ -362,12 +427,9 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("theta", theta, dim)?;
         host::check_len("losses", out, self.num_train())?;
         let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
-            for ((ob, xb), yb) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
-                block_dots(xb, theta, ob);
-                ob.iter_mut().zip(yb).for_each(|(on, &yn)| *on = bce_with_logits(*on, yn));
-            }
-        });
+        out.par_chunks_mut(CHUNK_ROWS)
+            .zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS)))
+            .for_each(|(o, (x, y))| losses_chunk(x, y, theta, o));
         Ok(())
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
@@ -376,15 +438,9 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         host::check_len("v", v, dim)?;
         host::check_len("dots", out, self.num_train())?;
         let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(o, (x, y))| {
-            for ((ob, xb), yb) in o.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
-                let mut z = [R::zero(); BLOCK];
-                block_dots2(xb, theta, v, &mut z[..yb.len()], ob);
-                for ((on, &zn), &yn) in ob.iter_mut().zip(&z).zip(yb) {
-                    *on = (sigmoid(zn) - yn) * *on;
-                }
-            }
-        });
+        out.par_chunks_mut(CHUNK_ROWS)
+            .zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS)))
+            .for_each(|(o, (x, y))| dots_chunk(x, y, theta, v, o));
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
 use std::marker::PhantomData;
 
+use multiversion::multiversion;
+
 use super::kernels::{
     linear_backward, Act, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
@@ -261,9 +263,6 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         }
     }
 
-    /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
-    /// Loops over j ≤ i with head_dim-long dots and axpys: the per-head products are too small
-    /// (L × head_dim) for a GEMM's packing to pay, and the causal half is skipped.
     fn attention_forward(
         &mut self,
         d: Dims,
@@ -274,60 +273,9 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         p: &mut Act<Vec<R>>,
         o: PairMut<Vec<R>>,
     ) {
-        let (l, c) = (d.len, R::of(c));
-        let tan = q.t.is_some();
-        let mut ot = o.t;
-        p.v.resize(d.seqs * d.heads * l * l, R::zero());
-        p.v.fill(R::zero());
-        if tan {
-            p.t.resize(p.v.len(), R::zero());
-            p.t.fill(R::zero());
-        }
-        o.v.fill(R::zero());
-        if let Some(ot) = ot.as_deref_mut() {
-            ot.fill(R::zero());
-        }
-        let mut st = vec![R::zero(); l];
-        for s in 0..d.seqs {
-            for hd in 0..d.heads {
-                let at = (s * d.heads + hd) * l * l;
-                let row = |i| head_row(d, s, hd, i);
-                for i in 0..l {
-                    let pr = &mut p.v[at + i * l..at + i * l + i + 1];
-                    let qi = &q.v[row(i)];
-                    let mut max = R::neg_infinity();
-                    for (j, x) in pr.iter_mut().enumerate() {
-                        *x = c * dot(qi, &k.v[row(j)]);
-                        max = max.max(*x);
-                    }
-                    pr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
-                    let inv = R::one() / sum(pr);
-                    pr.iter_mut().for_each(|x| *x = *x * inv);
-                    let oi = &mut o.v[row(i)];
-                    for (j, &pij) in pr.iter().enumerate() {
-                        axpy(pij, &v.v[row(j)], oi);
-                    }
-                    if let (Some(ot), Some(qt), Some(kt), Some(vt)) = (ot.as_deref_mut(), q.t, k.t, v.t) {
-                        let qti = &qt[row(i)];
-                        for (j, sj) in st[..=i].iter_mut().enumerate() {
-                            *sj = c * (dot(qti, &k.v[row(j)]) + dot(qi, &kt[row(j)]));
-                        }
-                        let mean = dot(pr, &st[..=i]);
-                        let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
-                        let oti = &mut ot[row(i)];
-                        for j in 0..=i {
-                            ptr[j] = pr[j] * (st[j] - mean);
-                            axpy(ptr[j], &v.v[row(j)], oti);
-                            axpy(pr[j], &vt[row(j)], oti);
-                        }
-                    }
-                }
-            }
-        }
+        attention_forward(d, c, q, k, v, p, o)
     }
 
-    /// gP = gO Vᵀ, gV = Pᵀ gO, gS = P ⊙ (gP − ρ) with ρ = rowsum(gP ⊙ P), gQ = c·gS K,
-    /// gK = c·gSᵀ Q; and their tangents (the product rule on each factor).
     fn attention_backward(
         &mut self,
         d: Dims,
@@ -341,53 +289,7 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         gk: PairMut<Vec<R>>,
         gv: PairMut<Vec<R>>,
     ) {
-        let (l, c) = (d.len, R::of(c));
-        let (mut gqt, mut gkt, mut gvt) = (gq.t, gk.t, gv.t);
-        for g in
-            [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut())
-        {
-            g.fill(R::zero());
-        }
-        let (mut gp, mut gs, mut gpt) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
-        for s in 0..d.seqs {
-            for hd in 0..d.heads {
-                let at = (s * d.heads + hd) * l * l;
-                let row = |i| head_row(d, s, hd, i);
-                for i in 0..l {
-                    let pr = &p.v[at + i * l..at + i * l + i + 1];
-                    let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
-                    for j in 0..=i {
-                        gp[j] = dot(goi, &v.v[row(j)]);
-                        axpy(pr[j], goi, &mut gv.v[row(j)]);
-                    }
-                    let rho = dot(pr, &gp[..=i]);
-                    for j in 0..=i {
-                        gs[j] = pr[j] * (gp[j] - rho);
-                        axpy(c * gs[j], &k.v[row(j)], &mut gq.v[row(i)]);
-                        axpy(c * gs[j], qi, &mut gk.v[row(j)]);
-                    }
-                    if let (Some(gqt), Some(gkt), Some(gvt)) = (gqt.as_deref_mut(), gkt.as_deref_mut(), gvt.as_deref_mut()) {
-                        let tangent = "tangent mode has tangents";
-                        let ptr = &p.t[at + i * l..at + i * l + i + 1];
-                        let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
-                        let (kt, vt) = (k.t.expect(tangent), v.t.expect(tangent));
-                        for j in 0..=i {
-                            gpt[j] = dot(goti, &v.v[row(j)]) + dot(goi, &vt[row(j)]);
-                            axpy(ptr[j], goi, &mut gvt[row(j)]);
-                            axpy(pr[j], goti, &mut gvt[row(j)]);
-                        }
-                        let rho_t = dot(&gpt[..=i], pr) + dot(&gp[..=i], ptr);
-                        for j in 0..=i {
-                            let gst = ptr[j] * (gp[j] - rho) + pr[j] * (gpt[j] - rho_t);
-                            axpy(c * gst, &k.v[row(j)], &mut gqt[row(i)]);
-                            axpy(c * gs[j], &kt[row(j)], &mut gqt[row(i)]);
-                            axpy(c * gst, qi, &mut gkt[row(j)]);
-                            axpy(c * gs[j], qti, &mut gkt[row(j)]);
-                        }
-                    }
-                }
-            }
-        }
+        attention_backward(d, c, q, k, v, p, go, gq, gk, gv)
     }
 
     /// The logits go into `probs`, which the softmax then overwrites in place (zero rows at PAD
@@ -516,12 +418,140 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
     }
 }
 
+// The attention loops, the CPU step's largest part outside the GEMMs (matrixmultiply picks its
+// own kernels at run time): compiled for every x86-64 level and picked at run time like the
+// perceptron's passes (multiversion), everything they call inlined into them.
+
+/// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
+/// Loops over j ≤ i with head_dim-long dots and axpys: the per-head products are too small
+/// (L × head_dim) for a GEMM's packing to pay, and the causal half is skipped.
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>, v: Pair<Vec<R>>, p: &mut Act<Vec<R>>, o: PairMut<Vec<R>>) {
+    let (l, c) = (d.len, R::of(c));
+    let tan = q.t.is_some();
+    let mut ot = o.t;
+    p.v.resize(d.seqs * d.heads * l * l, R::zero());
+    p.v.fill(R::zero());
+    if tan {
+        p.t.resize(p.v.len(), R::zero());
+        p.t.fill(R::zero());
+    }
+    o.v.fill(R::zero());
+    if let Some(ot) = ot.as_deref_mut() {
+        ot.fill(R::zero());
+    }
+    let mut st = vec![R::zero(); l];
+    for s in 0..d.seqs {
+        for hd in 0..d.heads {
+            let at = (s * d.heads + hd) * l * l;
+            let row = |i| head_row(d, s, hd, i);
+            for i in 0..l {
+                let pr = &mut p.v[at + i * l..at + i * l + i + 1];
+                let qi = &q.v[row(i)];
+                let mut max = R::neg_infinity();
+                for (j, x) in pr.iter_mut().enumerate() {
+                    *x = c * dot(qi, &k.v[row(j)]);
+                    max = max.max(*x);
+                }
+                pr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
+                let inv = R::one() / sum(pr);
+                pr.iter_mut().for_each(|x| *x = *x * inv);
+                let oi = &mut o.v[row(i)];
+                for (j, &pij) in pr.iter().enumerate() {
+                    axpy(pij, &v.v[row(j)], oi);
+                }
+                if let (Some(ot), Some(qt), Some(kt), Some(vt)) = (ot.as_deref_mut(), q.t, k.t, v.t) {
+                    let qti = &qt[row(i)];
+                    for (j, sj) in st[..=i].iter_mut().enumerate() {
+                        *sj = c * (dot(qti, &k.v[row(j)]) + dot(qi, &kt[row(j)]));
+                    }
+                    let mean = dot(pr, &st[..=i]);
+                    let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
+                    let oti = &mut ot[row(i)];
+                    for j in 0..=i {
+                        ptr[j] = pr[j] * (st[j] - mean);
+                        axpy(ptr[j], &v.v[row(j)], oti);
+                        axpy(pr[j], &vt[row(j)], oti);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// gP = gO Vᵀ, gV = Pᵀ gO, gS = P ⊙ (gP − ρ) with ρ = rowsum(gP ⊙ P), gQ = c·gS K,
+/// gK = c·gSᵀ Q; and their tangents (the product rule on each factor).
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+fn attention_backward<R: Real>(
+    d: Dims,
+    c: f64,
+    q: Pair<Vec<R>>,
+    k: Pair<Vec<R>>,
+    v: Pair<Vec<R>>,
+    p: &Act<Vec<R>>,
+    go: Pair<Vec<R>>,
+    gq: PairMut<Vec<R>>,
+    gk: PairMut<Vec<R>>,
+    gv: PairMut<Vec<R>>,
+) {
+    let (l, c) = (d.len, R::of(c));
+    let (mut gqt, mut gkt, mut gvt) = (gq.t, gk.t, gv.t);
+    for g in [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut())
+    {
+        g.fill(R::zero());
+    }
+    let (mut gp, mut gs, mut gpt) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
+    for s in 0..d.seqs {
+        for hd in 0..d.heads {
+            let at = (s * d.heads + hd) * l * l;
+            let row = |i| head_row(d, s, hd, i);
+            for i in 0..l {
+                let pr = &p.v[at + i * l..at + i * l + i + 1];
+                let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
+                for j in 0..=i {
+                    gp[j] = dot(goi, &v.v[row(j)]);
+                    axpy(pr[j], goi, &mut gv.v[row(j)]);
+                }
+                let rho = dot(pr, &gp[..=i]);
+                for j in 0..=i {
+                    gs[j] = pr[j] * (gp[j] - rho);
+                    axpy(c * gs[j], &k.v[row(j)], &mut gq.v[row(i)]);
+                    axpy(c * gs[j], qi, &mut gk.v[row(j)]);
+                }
+                if let (Some(gqt), Some(gkt), Some(gvt)) = (gqt.as_deref_mut(), gkt.as_deref_mut(), gvt.as_deref_mut()) {
+                    let tangent = "tangent mode has tangents";
+                    let ptr = &p.t[at + i * l..at + i * l + i + 1];
+                    let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
+                    let (kt, vt) = (k.t.expect(tangent), v.t.expect(tangent));
+                    for j in 0..=i {
+                        gpt[j] = dot(goti, &v.v[row(j)]) + dot(goi, &vt[row(j)]);
+                        axpy(ptr[j], goi, &mut gvt[row(j)]);
+                        axpy(pr[j], goti, &mut gvt[row(j)]);
+                    }
+                    let rho_t = dot(&gpt[..=i], pr) + dot(&gp[..=i], ptr);
+                    for j in 0..=i {
+                        let gst = ptr[j] * (gp[j] - rho) + pr[j] * (gpt[j] - rho_t);
+                        axpy(c * gst, &k.v[row(j)], &mut gqt[row(i)]);
+                        axpy(c * gs[j], &kt[row(j)], &mut gqt[row(i)]);
+                        axpy(c * gst, qi, &mut gkt[row(j)]);
+                        axpy(c * gs[j], qti, &mut gkt[row(j)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// y ← y + a·x.
+#[inline(always)]
 fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
     y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
 }
 
 /// Row i of head `hd` of sequence `s` in a [M, H] activation (head_dim values).
+#[inline(always)]
 fn head_row(d: Dims, s: usize, hd: usize, i: usize) -> std::ops::Range<usize> {
     let dh = d.hidden / d.heads;
     let at = (s * d.len + i) * d.hidden + hd * dh;
