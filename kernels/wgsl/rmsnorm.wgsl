@@ -156,44 +156,58 @@ fn affine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
+// Column c's terms of backward's row sums: (gn·n, ġn·n + gn·ṅ), gn = gy ⊙ w (both variants below).
+fn backward_terms(row: u32, c: u32, tan: bool) -> vec2<f32> {
+    let i = row * p.h + c;
+    let gn = gy[i] * theta[p.pw + c];
+    if (!tan) {
+        return vec2<f32>(gn * x[i], 0.0);
+    }
+    let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
+    return vec2<f32>(gn * x[i], gnt * x[i] + gn * x_t[i]);
+}
+
+// Column c of row `row` of backward: gx (and its tangent) added, from the row's r, ṙ and the
+// sums a, ȧ.
+fn backward_element(row: u32, c: u32, r: f32, rt: f32, a: f32, at: f32, tan: bool) {
+    let h = p.h;
+    let hr = f32(h);
+    let s = r + EPS;
+    let i = row * h + c;
+    let n = x[i];
+    let gn = gy[i] * theta[p.pw + c];
+    let q = select(0.0, n * s / (hr * r), r > 0.0);
+    let gxc = (gn - a * q) / s;
+    out[i] = out[i] + gxc;
+    if (tan) {
+        let nt = x_t[i];
+        let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
+        let xt = nt * s + n * rt;
+        let qt = select(0.0, xt / (hr * r) - q * rt / r, r > 0.0);
+        out_t[i] = out_t[i] + (gnt - at * q - a * qt - gxc * rt) / s;
+    }
+}
+
 // Input gradient: n (binding 0, + x_t), r (r_in, + r_in_t), gy (+ gy_t) → gx (out, + out_t), added.
 @compute @workgroup_size(64)
 fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = p.h;
     let tan = p.tangent == 1u;
-    let hr = f32(h);
     for (var row = wg.x; row < p.rows; row += nwg.x) {
         let r = r_in[row];
-        let s = r + EPS;
         var a = 0.0;
         var at = 0.0;
         for (var c = lid; c < h; c += WG) {
-            let i = row * h + c;
-            let gn = gy[i] * theta[p.pw + c];
-            a = a + gn * x[i];
-            if (tan) {
-                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
-                at = at + gnt * x[i] + gn * x_t[i];
-            }
+            let t = backward_terms(row, c, tan);
+            a = a + t.x;
+            at = at + t.y;
         }
         let sums = row_sums(lid, a, at);
         a = sums.x;
         at = sums.y;
         let rt = select(0.0, r_in_t[row], tan);
         for (var c = lid; c < h; c += WG) {
-            let i = row * h + c;
-            let n = x[i];
-            let gn = gy[i] * theta[p.pw + c];
-            let q = select(0.0, n * s / (hr * r), r > 0.0);
-            let gxc = (gn - a * q) / s;
-            out[i] = out[i] + gxc;
-            if (tan) {
-                let nt = x_t[i];
-                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
-                let xt = nt * s + n * rt;
-                let qt = select(0.0, xt / (hr * r) - q * rt / r, r > 0.0);
-                out_t[i] = out_t[i] + (gnt - at * q - a * qt - gxc * rt) / s;
-            }
+            backward_element(row, c, r, rt, a, at, tan);
         }
     }
 }
@@ -203,36 +217,18 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn backward_per_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let h = p.h;
     let tan = p.tangent == 1u;
-    let hr = f32(h);
     for (var row = gid.x; row < p.rows; row += nwg.x * WG) {
         let r = r_in[row];
-        let s = r + EPS;
         var a = 0.0;
         var at = 0.0;
         for (var c = 0u; c < h; c++) {
-            let i = row * h + c;
-            let gn = gy[i] * theta[p.pw + c];
-            a = a + gn * x[i];
-            if (tan) {
-                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
-                at = at + gnt * x[i] + gn * x_t[i];
-            }
+            let t = backward_terms(row, c, tan);
+            a = a + t.x;
+            at = at + t.y;
         }
         let rt = select(0.0, r_in_t[row], tan);
         for (var c = 0u; c < h; c++) {
-            let i = row * h + c;
-            let n = x[i];
-            let gn = gy[i] * theta[p.pw + c];
-            let q = select(0.0, n * s / (hr * r), r > 0.0);
-            let gxc = (gn - a * q) / s;
-            out[i] = out[i] + gxc;
-            if (tan) {
-                let nt = x_t[i];
-                let gnt = gy_t[i] * theta[p.pw + c] + gy[i] * dir[p.pw + c];
-                let xt = nt * s + n * rt;
-                let qt = select(0.0, xt / (hr * r) - q * rt / r, r > 0.0);
-                out_t[i] = out_t[i] + (gnt - at * q - a * qt - gxc * rt) / s;
-            }
+            backward_element(row, c, r, rt, a, at, tan);
         }
     }
 }

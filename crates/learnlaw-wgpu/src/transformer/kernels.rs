@@ -411,6 +411,16 @@ impl WgpuKernels {
         self.gemm_sg8[index].clone()
     }
 
+    /// The kernel that reduces `rows` rows and its workgroup count: the one-invocation-per-row
+    /// variant (64 rows a workgroup) on CPU adapters, else the workgroup-per-row one.
+    fn row_kernel(&self, per_row: &Kernel, per_workgroup: &Kernel, rows: usize) -> (Kernel, u32) {
+        if self.per_row {
+            (per_row.clone(), groups(rows, 64))
+        } else {
+            (per_workgroup.clone(), groups(rows, 1))
+        }
+    }
+
     /// A new storage buffer of `len` f32 (at least one element).
     fn new_buffer(&mut self, len: usize) -> Option<wgpu::Buffer> {
         let bytes = len.max(1) as u64 * 4;
@@ -672,13 +682,8 @@ impl LayerKernels for WgpuKernels {
             .write(11, None)
             .list;
         let k_affine = self.pipes.norm_affine.clone();
-        if self.per_row {
-            let k_stats = self.pipes.norm_stats_rows.clone();
-            self.dispatch(&k_stats, stats, 12, params, groups(m, 64));
-        } else {
-            let k_stats = self.pipes.norm_stats.clone();
-            self.dispatch(&k_stats, stats, 12, params, groups(m, 1));
-        }
+        let (k_stats, n) = self.row_kernel(&self.pipes.norm_stats_rows, &self.pipes.norm_stats, m);
+        self.dispatch(&k_stats, stats, 12, params, n);
         self.dispatch(&k_affine, affine, 12, params, groups(m * h, 256));
     }
 
@@ -726,13 +731,8 @@ impl LayerKernels for WgpuKernels {
         // The parameter gradient reads θ's w at pw: here pw is the gradient's offset, so the
         // input-gradient dispatch gets θ's own offsets.
         let input_params = NormParams { pw: u(w.range.start), pb: u(w.range.start + h), ..params };
-        if self.per_row {
-            let k_backward = self.pipes.norm_backward_rows.clone();
-            self.dispatch(&k_backward, backward, 12, input_params, groups(m, 64));
-        } else {
-            let k_backward = self.pipes.norm_backward.clone();
-            self.dispatch(&k_backward, backward, 12, input_params, groups(m, 1));
-        }
+        let (k_backward, n) = self.row_kernel(&self.pipes.norm_backward_rows, &self.pipes.norm_backward, m);
+        self.dispatch(&k_backward, backward, 12, input_params, n);
         if !(want_grad || want_hvp) {
             return;
         }
@@ -1051,13 +1051,8 @@ impl DeviceKernels for WgpuKernels {
     ) {
         let binds = Binds::new(self).buf(0, &t.ids.ids).read(1, Some(z.v)).read(2, z.t).write(3, Some(&head.stats)).list;
         let params = ce_params(&t, vocab, r0, rows, z.t.is_some(), 0);
-        if self.per_row {
-            let kernel = self.pipes.ce_rows_per_row.clone();
-            self.dispatch(&kernel, binds, 4, params, groups(rows, 64));
-        } else {
-            let kernel = self.pipes.ce_rows.clone();
-            self.dispatch(&kernel, binds, 4, params, groups(rows, 1));
-        }
+        let (kernel, n) = self.row_kernel(&self.pipes.ce_rows_per_row, &self.pipes.ce_rows, rows);
+        self.dispatch(&kernel, binds, 4, params, n);
     }
     fn ce_sequences(
         &mut self,
