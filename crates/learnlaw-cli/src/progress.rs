@@ -1,11 +1,13 @@
-//! Progress of the long jobs (a search's epochs, a retraining's steps): the terminal's bar, and
-//! the observer of a program that embeds the command (the Python package's callback), which may
-//! also stop a search after its current epoch.
+//! Progress of the long jobs (a search's epochs, a retraining's steps): the terminal's bar, a
+//! plain line per epoch (and per tenth of the steps) where stderr is a log file instead, and the
+//! observer of a program that embeds the command (the Python package's callback), which may also
+//! stop a search after its current epoch.
 use std::cell::RefCell;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
 use learnlaw_core::run::History;
 
 /// One update of a long job, as an observer sees it.
@@ -53,22 +55,56 @@ fn notify(event: impl FnOnce() -> Event) -> ControlFlow<()> {
     })
 }
 
-/// A job's progress bar on the terminal (hidden where stderr is not one), and its observer.
+fn has_observer() -> bool {
+    OBSERVER.with(|o| o.borrow().is_some())
+}
+
+/// A job's progress bar on the terminal, and its observer. Where stderr is not a terminal (a
+/// nohup or batch job's log) the bar is hidden and plain lines say the same, so an hours-long
+/// run shows its pace; not under an observer, which reports as its program chooses.
 pub struct Progress {
     bar: ProgressBar,
     job: String,
     unit: &'static str,
+    /// The next position at which a plain line is written (u64::MAX: none are).
+    next_line: AtomicU64,
 }
 
 impl Progress {
     pub fn new(job: impl Into<String>, unit: &'static str, total: u64) -> Result<Self> {
-        let job = job.into();
-        let bar = ProgressBar::new(total);
+        Self::with_bar(ProgressBar::new(total), job.into(), unit)
+    }
+
+    fn with_bar(bar: ProgressBar, job: String, unit: &'static str) -> Result<Self> {
         let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} ({{elapsed}} < {{eta}})");
         bar.set_style(ProgressStyle::with_template(&template)?.progress_chars("=> "));
         bar.set_prefix(job.clone());
         bar.enable_steady_tick(std::time::Duration::from_secs(1));
-        Ok(Progress { bar, job, unit })
+        let next_line = if bar.is_hidden() && !has_observer() { 0 } else { u64::MAX };
+        Ok(Progress { bar, job, unit, next_line: AtomicU64::new(next_line) })
+    }
+
+    /// Writes the plain line, if one is due.
+    fn log_line(&self) {
+        if let Some(line) = self.plain_line() {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The plain line where the bar is hidden and the position has reached the next tenth of the
+    /// steps (every epoch of a search, which has few).
+    fn plain_line(&self) -> Option<String> {
+        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let next = self.next_line.load(Ordering::Relaxed);
+        if done < next || next == u64::MAX || done == 0 {
+            return None;
+        }
+        let step = if self.unit == "epochs" { 1 } else { total.div_ceil(10).max(1) };
+        self.next_line.store((done / step + 1) * step, Ordering::Relaxed);
+        let message = self.bar.message();
+        let message = if message.is_empty() { String::new() } else { format!(", {message}") };
+        let elapsed = HumanDuration(self.bar.elapsed());
+        Some(format!("{}: {done}/{total} {}{message} ({elapsed} elapsed)", self.job, self.unit))
     }
 
     fn event(&self) -> Event {
@@ -86,6 +122,7 @@ impl Progress {
     /// `n` more steps done.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
+        self.log_line();
         let _ = notify(|| self.event());
     }
 
@@ -97,6 +134,7 @@ impl Progress {
             let ar = ar_dev.map_or(String::new(), |a| format!(", AR dev {a:.2}×"));
             self.bar.set_message(format!("J {first:.5} → {j:.5}{ar}"));
         }
+        self.log_line();
         notify(|| Event { j_first: history.j.first().copied(), j: history.j.last().copied(), ar_dev, ..self.event() })
     }
 
@@ -147,5 +185,39 @@ mod tests {
             [("steps", 1, 4), ("steps", 3, 4), ("epochs", 1, 3)]
         );
         assert_eq!((seen[2].j_first, seen[2].j, seen[2].ar_dev), (Some(0.5), Some(0.25), Some(2.0)));
+    }
+
+    fn hidden(unit: &'static str, total: u64) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
+        Progress::with_bar(bar, "job".into(), unit).unwrap()
+    }
+
+    #[test]
+    fn a_hidden_bar_writes_a_line_per_epoch_and_per_tenth_of_the_steps() {
+        let steps = hidden("steps", 400);
+        let mut lines = Vec::new();
+        for n in [1, 38, 1, 200, 1, 159] {
+            steps.bar.inc(n);
+            lines.push(steps.plain_line());
+        }
+        let at: Vec<_> = lines.iter().map(|l| l.as_ref().map(|l| l.split(' ').nth(1).unwrap().to_string())).collect();
+        assert_eq!(at, [Some("1/400".into()), None, Some("40/400".into()), Some("240/400".into()), None, Some("400/400".into())]);
+
+        let search = hidden("epochs", 3);
+        let history = History { j: vec![0.5, 0.25], ar_dev: vec![None, Some(2.0)], ..History::default() };
+        search.bar.set_position(1);
+        search.bar.set_message("J 0.50000 → 0.25000");
+        assert!(search.plain_line().unwrap().starts_with("job: 1/3 epochs, J 0.50000 → 0.25000 ("));
+        let _ = search.epoch(2, &history);
+        assert_eq!(search.plain_line(), None, "epoch 2's line was written by epoch() itself");
+        search.bar.set_position(3);
+        assert!(search.plain_line().is_some());
+    }
+
+    #[test]
+    fn no_plain_lines_under_an_observer() {
+        let quiet = with_observer(Box::new(|_: &Event| ControlFlow::Continue(())), || hidden("epochs", 3));
+        quiet.bar.set_position(1);
+        assert_eq!(quiet.plain_line(), None);
     }
 }
