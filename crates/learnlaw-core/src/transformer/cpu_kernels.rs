@@ -39,11 +39,10 @@ pub struct CpuHead<R> {
     gz: Act<Vec<R>>,
 }
 
-impl<R: Real> CpuKernels<R> {
-    /// A parameter block's values and direction entries.
-    fn param<'a>(p: &Param<'a, Vec<R>>) -> (&'a [R], Option<&'a [R]>) {
-        (&p.theta[p.range.clone()], p.dir.map(|d| &d[p.range.clone()]))
-    }
+/// A parameter block's values and direction entries.
+#[inline(always)]
+fn param<'a, R>(p: &Param<'a, Vec<R>>) -> (&'a [R], Option<&'a [R]>) {
+    (&p.theta[p.range.clone()], p.dir.map(|d| &d[p.range.clone()]))
 }
 
 /// The label of activation row `row` (position row mod L of sequence row / L).
@@ -118,7 +117,7 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
     }
 
     fn embed_forward(&mut self, tokens: Tokens<Vec<u32>>, tok: Param<Vec<R>>, pos: Param<Vec<R>>, h: usize, x: PairMut<Vec<R>>) {
-        let ((tv, tt), (pv, pt)) = (Self::param(&tok), Self::param(&pos));
+        let ((tv, tt), (pv, pt)) = (param(&tok), param(&pos));
         let l = tokens.len();
         let mut xt = x.t;
         for row in 0..tokens.rows() {
@@ -150,38 +149,11 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         }
     }
 
-    /// Tangents: ṙ = (x·ẋ)/(H r), ṅ = (ẋ − n ṙ)/(r + ε), ȯut = ẇ ⊙ n + w ⊙ ṅ + ḃ.
     fn rmsnorm_forward(&mut self, m: usize, h: usize, x: Pair<Vec<R>>, w: Param<Vec<R>>, b: Param<Vec<R>>, nm: &mut Norm<Vec<R>>) {
-        let ((wv, wt), (bv, bt)) = (Self::param(&w), Self::param(&b));
-        let eps = R::of(NORM_EPS);
-        let hr = R::of(h as f64);
-        for row in 0..m {
-            let span = row * h..(row + 1) * h;
-            let xr = &x.v[span.clone()];
-            let r = (dot(xr, xr) / hr).sqrt();
-            let s = r + eps;
-            nm.r.v[row] = r;
-            for (c, &xc) in xr.iter().enumerate() {
-                let n = xc / s;
-                nm.n.v[row * h + c] = n;
-                nm.out.v[row * h + c] = wv[c] * n + bv[c];
-            }
-            if let (Some(xt), Some(wt), Some(bt)) = (x.t, wt, bt) {
-                let xt = &xt[span];
-                let rt = if r > R::zero() { dot(xr, xt) / (hr * r) } else { R::zero() };
-                nm.r.t[row] = rt;
-                for c in 0..h {
-                    let n = nm.n.v[row * h + c];
-                    let nt = (xt[c] - n * rt) / s;
-                    nm.n.t[row * h + c] = nt;
-                    nm.out.t[row * h + c] = wt[c] * n + wv[c] * nt + bt[c];
-                }
-            }
-        }
+        rmsnorm_forward(m, h, x, w, b, nm)
     }
 
-    /// With gn = gy ⊙ w, a = gn·n and q = ∂r/∂x = x/(H r): gx = (gn − a q)/s, s = r + ε. The
-    /// tangent differentiates each factor: ġx = (ġn − ȧ q − a q̇ − gx ṙ)/s.
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
         &mut self,
         m: usize,
@@ -193,56 +165,7 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         gx: PairMut<Vec<R>>,
         out: ParamGrads<Vec<R>>,
     ) {
-        let (wv, wt) = Self::param(&w);
-        let (eps, hr) = (R::of(NORM_EPS), R::of(h as f64));
-        let wb = out.range;
-        let (mut gw, mut hw) = (out.grad.map(|g| &mut g[wb.clone()]), out.hvp.map(|g| &mut g[wb.clone()]));
-        let mut gxt = gx.t;
-        let mut gn = vec![R::zero(); h];
-        let mut gnt = vec![R::zero(); h];
-        for row in 0..m {
-            let span = row * h..(row + 1) * h;
-            let (n, xr, g) = (&nm.n.v[span.clone()], &x.v[span.clone()], &gy.v[span.clone()]);
-            let (r, s) = (nm.r.v[row], nm.r.v[row] + eps);
-            if let Some(gw) = gw.as_deref_mut() {
-                for c in 0..h {
-                    gw[c] = gw[c] + g[c] * n[c];
-                    gw[h + c] = gw[h + c] + g[c];
-                }
-            }
-            let q_of = |a: R| if r > R::zero() { a / (hr * r) } else { R::zero() };
-            let mut a = R::zero();
-            for c in 0..h {
-                gn[c] = g[c] * wv[c];
-                a = a + gn[c] * n[c];
-            }
-            for c in 0..h {
-                gx.v[row * h + c] = gx.v[row * h + c] + (gn[c] - a * q_of(xr[c])) / s;
-            }
-            if let Some(gxt) = gxt.as_deref_mut() {
-                let tangent = "tangent mode has tangents";
-                let wt = wt.expect(tangent);
-                let (nt, xt, gt) = (&nm.n.t[span.clone()], &x.t.expect(tangent)[span.clone()], &gy.t.expect(tangent)[span]);
-                let rt = nm.r.t[row];
-                if let Some(hw) = hw.as_deref_mut() {
-                    for c in 0..h {
-                        hw[c] = hw[c] + gt[c] * n[c] + g[c] * nt[c];
-                        hw[h + c] = hw[h + c] + gt[c];
-                    }
-                }
-                let mut at = R::zero();
-                for c in 0..h {
-                    gnt[c] = gt[c] * wv[c] + g[c] * wt[c];
-                    at = at + gnt[c] * n[c] + gn[c] * nt[c];
-                }
-                for c in 0..h {
-                    let q = q_of(xr[c]);
-                    let qt = if r > R::zero() { xt[c] / (hr * r) - q * rt / r } else { R::zero() };
-                    let gxc = (gn[c] - a * q) / s;
-                    gxt[row * h + c] = gxt[row * h + c] + (gnt[c] - at * q - a * qt - gxc * rt) / s;
-                }
-            }
-        }
+        rmsnorm_backward(m, h, nm, x, w, gy, gx, out)
     }
 
     fn relu_forward(&mut self, x: Pair<Vec<R>>, len: usize, y: PairMut<Vec<R>>) {
@@ -305,7 +228,7 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         losses: &mut Vec<f64>,
         dots: &mut Vec<f64>,
     ) {
-        let (b, l, m) = (tokens.seqs, tokens.len(), tokens.rows());
+        let (b, m) = (tokens.seqs, tokens.rows());
         let tan = x.t.is_some();
         let z = &mut head.probs;
         self.resize(&mut z.v, m * vocab);
@@ -322,35 +245,7 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         losses.resize(b, 0.0);
         dots.clear();
         dots.resize(if tan { b } else { 0 }, 0.0);
-        for row in 0..m {
-            let y = label(&tokens, row);
-            let span = row * vocab..(row + 1) * vocab;
-            let zr = &mut z.v[span.clone()];
-            if y == PAD {
-                zr.fill(R::zero());
-                if tan {
-                    z.t[span].fill(R::zero());
-                }
-                continue;
-            }
-            let n = row / l;
-            let max = max(zr);
-            let zy = zr[y as usize];
-            zr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
-            let sum = sum(zr);
-            let inv = R::one() / sum;
-            zr.iter_mut().for_each(|x| *x = *x * inv);
-            head.counts[n] += 1;
-            losses[n] += (max + sum.ln() - zy).f64();
-            if tan {
-                let zt = &mut z.t[span];
-                let mean = dot(zr, zt);
-                dots[n] += (mean - zt[y as usize]).f64();
-                for (d, &p) in zt.iter_mut().zip(zr.iter()) {
-                    *d = p * (*d - mean);
-                }
-            }
-        }
+        softmax_cross_entropy(tokens, vocab, z, tan, &mut head.counts, losses, dots);
         for n in 0..b {
             let c = head.counts[n].max(1) as f64;
             losses[n] /= c;
@@ -374,32 +269,14 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         gx: PairMut<Vec<R>>,
         out: ParamGrads<Vec<R>>,
     ) {
-        let (l, m) = (tokens.len(), tokens.rows());
         let tan = gx.t.is_some();
         let CpuHead { probs, counts, gz } = head;
         self.zero(&mut gz.v, probs.v.len());
         if tan {
             self.zero(&mut gz.t, probs.v.len());
         }
-        for row in 0..m {
-            let y = label(&tokens, row);
-            let n = row / l;
-            if y == PAD || counts[n] == 0 {
-                continue;
-            }
-            let c = weights[at + n] / R::of(counts[n] as f64);
-            let span = row * vocab..(row + 1) * vocab;
-            for (g, &p) in gz.v[span.clone()].iter_mut().zip(&probs.v[span.clone()]) {
-                *g = c * p;
-            }
-            gz.v[row * vocab + y as usize] = gz.v[row * vocab + y as usize] - c;
-            if tan {
-                for (g, &p) in gz.t[span.clone()].iter_mut().zip(&probs.t[span]) {
-                    *g = c * p;
-                }
-            }
-        }
-        linear_backward(self, m, x, w, gz.pair(tan), (h, vocab), gx, out);
+        logit_gradients(tokens, vocab, probs, counts, &weights[at..], tan, gz);
+        linear_backward(self, tokens.rows(), x, w, gz.pair(tan), (h, vocab), gx, out);
     }
 }
 
@@ -418,9 +295,10 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
     }
 }
 
-// The attention loops, the CPU step's largest part outside the GEMMs (matrixmultiply picks its
-// own kernels at run time): compiled for every x86-64 level and picked at run time like the
-// perceptron's passes (multiversion), everything they call inlined into them.
+// The loops outside the GEMMs (matrixmultiply picks its own kernels at run time): attention,
+// RMSNorm and the head's softmax and cross-entropy, compiled for every x86-64 level and picked at
+// run time like the perceptron's passes (multiversion), everything they call inlined into them.
+// Embeddings, ReLU and residual adds are memory-bound copies and stay baseline.
 
 /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
 /// Loops over j ≤ i with head_dim-long dots and axpys: the per-head products are too small
@@ -539,6 +417,183 @@ fn attention_backward<R: Real>(
                         axpy(c * gs[j], qti, &mut gkt[row(j)]);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Tangents: ṙ = (x·ẋ)/(H r), ṅ = (ẋ − n ṙ)/(r + ε), ȯut = ẇ ⊙ n + w ⊙ ṅ + ḃ.
+#[multiversion(targets = "simd")]
+fn rmsnorm_forward<R: Real>(m: usize, h: usize, x: Pair<Vec<R>>, w: Param<Vec<R>>, b: Param<Vec<R>>, nm: &mut Norm<Vec<R>>) {
+    let ((wv, wt), (bv, bt)) = (param(&w), param(&b));
+    let eps = R::of(NORM_EPS);
+    let hr = R::of(h as f64);
+    for row in 0..m {
+        let span = row * h..(row + 1) * h;
+        let xr = &x.v[span.clone()];
+        let r = (dot(xr, xr) / hr).sqrt();
+        let s = r + eps;
+        nm.r.v[row] = r;
+        for (c, &xc) in xr.iter().enumerate() {
+            let n = xc / s;
+            nm.n.v[row * h + c] = n;
+            nm.out.v[row * h + c] = wv[c] * n + bv[c];
+        }
+        if let (Some(xt), Some(wt), Some(bt)) = (x.t, wt, bt) {
+            let xt = &xt[span];
+            let rt = if r > R::zero() { dot(xr, xt) / (hr * r) } else { R::zero() };
+            nm.r.t[row] = rt;
+            for c in 0..h {
+                let n = nm.n.v[row * h + c];
+                let nt = (xt[c] - n * rt) / s;
+                nm.n.t[row * h + c] = nt;
+                nm.out.t[row * h + c] = wt[c] * n + wv[c] * nt + bt[c];
+            }
+        }
+    }
+}
+
+/// With gn = gy ⊙ w, a = gn·n and q = ∂r/∂x = x/(H r): gx = (gn − a q)/s, s = r + ε. The
+/// tangent differentiates each factor: ġx = (ġn − ȧ q − a q̇ − gx ṙ)/s.
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+fn rmsnorm_backward<R: Real>(
+    m: usize,
+    h: usize,
+    nm: &Norm<Vec<R>>,
+    x: Pair<Vec<R>>,
+    w: Param<Vec<R>>,
+    gy: Pair<Vec<R>>,
+    gx: PairMut<Vec<R>>,
+    out: ParamGrads<Vec<R>>,
+) {
+    let (wv, wt) = param(&w);
+    let (eps, hr) = (R::of(NORM_EPS), R::of(h as f64));
+    let wb = out.range;
+    let (mut gw, mut hw) = (out.grad.map(|g| &mut g[wb.clone()]), out.hvp.map(|g| &mut g[wb.clone()]));
+    let mut gxt = gx.t;
+    let mut gn = vec![R::zero(); h];
+    let mut gnt = vec![R::zero(); h];
+    for row in 0..m {
+        let span = row * h..(row + 1) * h;
+        let (n, xr, g) = (&nm.n.v[span.clone()], &x.v[span.clone()], &gy.v[span.clone()]);
+        let (r, s) = (nm.r.v[row], nm.r.v[row] + eps);
+        if let Some(gw) = gw.as_deref_mut() {
+            for c in 0..h {
+                gw[c] = gw[c] + g[c] * n[c];
+                gw[h + c] = gw[h + c] + g[c];
+            }
+        }
+        let q_of = |a: R| if r > R::zero() { a / (hr * r) } else { R::zero() };
+        let mut a = R::zero();
+        for c in 0..h {
+            gn[c] = g[c] * wv[c];
+            a = a + gn[c] * n[c];
+        }
+        for c in 0..h {
+            gx.v[row * h + c] = gx.v[row * h + c] + (gn[c] - a * q_of(xr[c])) / s;
+        }
+        if let Some(gxt) = gxt.as_deref_mut() {
+            let tangent = "tangent mode has tangents";
+            let wt = wt.expect(tangent);
+            let (nt, xt, gt) = (&nm.n.t[span.clone()], &x.t.expect(tangent)[span.clone()], &gy.t.expect(tangent)[span]);
+            let rt = nm.r.t[row];
+            if let Some(hw) = hw.as_deref_mut() {
+                for c in 0..h {
+                    hw[c] = hw[c] + gt[c] * n[c] + g[c] * nt[c];
+                    hw[h + c] = hw[h + c] + gt[c];
+                }
+            }
+            let mut at = R::zero();
+            for c in 0..h {
+                gnt[c] = gt[c] * wv[c] + g[c] * wt[c];
+                at = at + gnt[c] * n[c] + gn[c] * nt[c];
+            }
+            for c in 0..h {
+                let q = q_of(xr[c]);
+                let qt = if r > R::zero() { xt[c] / (hr * r) - q * rt / r } else { R::zero() };
+                let gxc = (gn[c] - a * q) / s;
+                gxt[row * h + c] = gxt[row * h + c] + (gnt[c] - at * q - a * qt - gxc * rt) / s;
+            }
+        }
+    }
+}
+
+/// The head's softmax and cross-entropy, row by row: the logits in `z` become probabilities in
+/// place (zero rows at PAD labels), each row's loss max + ln Σ − z_y is added to its sequence's
+/// sum and its label to `counts`; with tangents, l̇ = Σ_v p_v ż_v − ż_y is added to `dots` and
+/// ṗ = p ⊙ (ż − Σ p ż) replaces ż.
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+fn softmax_cross_entropy<R: Real>(
+    tokens: Tokens<Vec<u32>>,
+    vocab: usize,
+    z: &mut Act<Vec<R>>,
+    tan: bool,
+    counts: &mut [usize],
+    losses: &mut [f64],
+    dots: &mut [f64],
+) {
+    let (l, m) = (tokens.len(), tokens.rows());
+    for row in 0..m {
+        let y = label(&tokens, row);
+        let span = row * vocab..(row + 1) * vocab;
+        let zr = &mut z.v[span.clone()];
+        if y == PAD {
+            zr.fill(R::zero());
+            if tan {
+                z.t[span].fill(R::zero());
+            }
+            continue;
+        }
+        let n = row / l;
+        let max = max(zr);
+        let zy = zr[y as usize];
+        zr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
+        let sum = sum(zr);
+        let inv = R::one() / sum;
+        zr.iter_mut().for_each(|x| *x = *x * inv);
+        counts[n] += 1;
+        losses[n] += (max + sum.ln() - zy).f64();
+        if tan {
+            let zt = &mut z.t[span];
+            let mean = dot(zr, zt);
+            dots[n] += (mean - zt[y as usize]).f64();
+            for (d, &p) in zt.iter_mut().zip(zr.iter()) {
+                *d = p * (*d - mean);
+            }
+        }
+    }
+}
+
+/// The gradient of Σ w_n l_n with respect to the logits, row by row (the rows of PAD labels stay
+/// zero): c (p − onehot(y)) with c = w_n / count_n, and its tangent c ṗ.
+#[multiversion(targets = "simd")]
+fn logit_gradients<R: Real>(
+    tokens: Tokens<Vec<u32>>,
+    vocab: usize,
+    probs: &Act<Vec<R>>,
+    counts: &[usize],
+    weights: &[R],
+    tan: bool,
+    gz: &mut Act<Vec<R>>,
+) {
+    let l = tokens.len();
+    for row in 0..tokens.rows() {
+        let y = label(&tokens, row);
+        let n = row / l;
+        if y == PAD || counts[n] == 0 {
+            continue;
+        }
+        let c = weights[n] / R::of(counts[n] as f64);
+        let span = row * vocab..(row + 1) * vocab;
+        for (g, &p) in gz.v[span.clone()].iter_mut().zip(&probs.v[span.clone()]) {
+            *g = c * p;
+        }
+        gz.v[row * vocab + y as usize] = gz.v[row * vocab + y as usize] - c;
+        if tan {
+            for (g, &p) in gz.t[span.clone()].iter_mut().zip(&probs.t[span]) {
+                *g = c * p;
             }
         }
     }
