@@ -7,6 +7,7 @@
 //! ulp (≳ 1e15) lose the answer to rounding. An empty slice is left alone.
 
 use crate::real::Real;
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -21,7 +22,9 @@ pub fn project_sorted<R: Real>(v: &mut [R]) {
 
 /// Fast exact projection in expected linear time (Condat 2016, §3). Same result as
 /// [`project_sorted`] up to rounding. Uses a thread-local O(n) scratch buffer, so repeated
-/// calls (e.g. from [`project_rows`]) do not allocate.
+/// calls (e.g. from [`project_rows`]) do not allocate. Compiled for every x86-64 level and picked
+/// at run time (multiversion), the passes below inlined into it.
+#[multiversion(targets = "simd")]
 pub fn project<R: Real>(v: &mut [R]) {
     if !v.is_empty() {
         let tau = with_scratch(v.len(), |buf| tau_condat(v, buf));
@@ -48,6 +51,7 @@ pub fn threshold<R: Real>(v: &[R]) -> f64 {
     with_scratch(v.len(), |buf| tau_condat(v, buf))
 }
 
+#[inline(always)]
 fn clip<R: Real>(v: &mut [R], tau: f64) {
     for x in v {
         *x = R::of((x.f64() - tau).max(0.0));
@@ -77,6 +81,7 @@ fn tau_sorted<R: Real>(v: &[R]) -> f64 {
 /// Condat's algorithm. Invariant: ρ = (Σ_active − 1)/|active| is a lower bound on τ, so any
 /// y ≤ ρ can be dropped for good (its projection is 0). Candidates live in `b[..len]`:
 /// `b[..start]` are set aside (ṽ), `b[start..len]` are active (v). `v` must be non-empty.
+#[inline(always)]
 fn tau_condat<R: Real>(v: &[R], buf: &mut Vec<f64>) -> f64 {
     if buf.len() < v.len() {
         buf.resize(v.len(), 0.0); // grows only: no per-call clearing
@@ -166,6 +171,7 @@ fn tau_condat<R: Real>(v: &[R], buf: &mut Vec<f64>) -> f64 {
 
 /// (Σ (x − base), min (x − base)) with 8 independent lanes, so it vectorises; the split sum
 /// also shortens the rounding chain.
+#[inline(always)]
 fn excess_and_min(x: &[f64], base: f64) -> (f64, f64) {
     let (mut acc, mut low) = ([0.0; 8], [f64::INFINITY; 8]);
     let chunks = x.chunks_exact(8);
@@ -189,6 +195,7 @@ thread_local! {
 
 /// Runs `f` on this thread's scratch buffer; very long inputs get a one-off buffer so that
 /// no worker thread pins a huge allocation for the rest of the run.
+#[inline(always)]
 fn with_scratch<T>(n: usize, f: impl FnOnce(&mut Vec<f64>) -> T) -> T {
     const KEEP_MAX: usize = 1 << 20;
     if n > KEEP_MAX {
