@@ -153,7 +153,6 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         rmsnorm_forward(m, h, x, w, b, nm)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
         &mut self,
         m: usize,
