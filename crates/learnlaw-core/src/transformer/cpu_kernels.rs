@@ -214,8 +214,8 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         attention_backward(d, c, q, k, v, p, go, gq, gk, gv)
     }
 
-    /// The logits go into `probs`, which the softmax then overwrites in place (zero rows at PAD
-    /// labels); l̇ = Σ_v p_v ż_v − ż_y, and ṗ = p ⊙ (ż − Σ p ż) replaces ż.
+    /// The logits go into `probs`, which `softmax_cross_entropy` overwrites with the probabilities;
+    /// its per-sequence sums of losses and dots become means over the non-PAD labels.
     fn head_forward(
         &mut self,
         tokens: Tokens<Vec<u32>>,
