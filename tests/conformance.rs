@@ -7,6 +7,7 @@ mod common;
 
 use common::{assert_close, from_f64, problem, random_policy, rng, to_f64, uniform, wgpu_engine, Tol};
 use learnlaw::data::PerceptronData;
+use learnlaw::lanes::{bf16, Isa};
 use learnlaw::perceptron::reference;
 use learnlaw::wgpu_backend::{Options, Storage, WgpuPerceptron};
 use learnlaw::{simplex, Engine, Real, Set};
@@ -243,7 +244,29 @@ fn cpu<R: Real>(data: &mut PerceptronData) -> Option<learnlaw::perceptron::CpuPe
     Some(learnlaw::perceptron::CpuPerceptron::new(data).expect("valid data"))
 }
 
+/// The f32 engine on the lanes of `isa`, or None (after a visible SKIPPED line) where this CPU
+/// lacks them.
+fn cpu_on(data: &mut PerceptronData, isa: Isa) -> Option<learnlaw::perceptron::CpuPerceptron<f32>> {
+    if !isa.available() {
+        println!("SKIPPED: this CPU has no {} instructions", isa.name());
+        return None;
+    }
+    Some(learnlaw::perceptron::CpuPerceptron::new(data).and_then(|e| e.with_isa(isa)).expect("valid data"))
+}
+
+/// The f32 engine with X stored as bf16, checked like `wgpu_f16` (reference on rounded X, f32
+/// tolerance).
+fn cpu_bf16(data: &mut PerceptronData) -> Option<learnlaw::perceptron::CpuPerceptron<f32, bf16>> {
+    round_inputs(data, Storage::Bf16);
+    let e = learnlaw::perceptron::CpuPerceptron::<f32, bf16>::new(data).expect("valid data");
+    assert_eq!(e.name(), "cpu-bf16");
+    Some(e)
+}
+
 conformance_tests!(cpu_f32, cpu::<f32>);
+conformance_tests!(cpu_f32_avx2, |d| cpu_on(d, Isa::Avx2));
+conformance_tests!(cpu_f32_portable, |d| cpu_on(d, Isa::Portable));
+conformance_tests!(cpu_bf16, cpu_bf16);
 conformance_tests!(cpu_f64, cpu::<f64>);
 
 /// The WGSL engine, or None (after a visible SKIPPED line) when this machine has no wgpu adapter;

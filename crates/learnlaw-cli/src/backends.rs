@@ -4,17 +4,22 @@
 use anyhow::Result;
 use clap::ValueEnum;
 use learnlaw_core::data::{PerceptronData, PerceptronRecipe};
+use learnlaw_core::lanes::{bf16, Stored};
 use learnlaw_core::perceptron::CpuPerceptron;
-use learnlaw_core::{Engine, Error};
+use learnlaw_core::{Engine, Error, Real};
 
 use crate::Backend;
 
 /// The device behind an engine that was built, or why none could be.
 fn probe(backend: Backend, data: &PerceptronData) -> std::result::Result<String, Error> {
-    let threads = || format!("{} threads", rayon::current_num_threads());
+    fn cpu<R: Real, X: Stored<R>>(data: &PerceptronData) -> std::result::Result<String, Error> {
+        let e = CpuPerceptron::<R, X>::new(data)?;
+        Ok(format!("{}, {} threads, {} lanes", e.name(), rayon::current_num_threads(), e.isa().name()))
+    }
     Ok(match backend {
-        Backend::Cpu => format!("{}, {}", CpuPerceptron::<f32>::new(data)?.name(), threads()),
-        Backend::CpuF64 => format!("{}, {}", CpuPerceptron::<f64>::new(data)?.name(), threads()),
+        Backend::Cpu => cpu::<f32, f32>(data)?,
+        Backend::CpuF64 => cpu::<f64, f64>(data)?,
+        Backend::CpuBf16 => cpu::<f32, bf16>(data)?,
         Backend::Wgpu | Backend::WgpuF16 => {
             let e = learnlaw_wgpu::WgpuPerceptron::with_options(
                 data,

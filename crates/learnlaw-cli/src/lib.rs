@@ -133,6 +133,9 @@ pub enum Backend {
     Cpu,
     /// The CPU backend in f64 (reference precision; slower).
     CpuF64,
+    /// The CPU backend with the perceptron's X stored as bf16 (f32 arithmetic, exactly as on X
+    /// rounded to bf16): half the bytes per pass over X.
+    CpuBf16,
     /// The WGSL kernels through wgpu (Vulkan/Metal/DX12, or lavapipe on a CPU), f32.
     Wgpu,
     /// The WGSL kernels with the inputs X stored as f16 (f32 accumulation); needs an adapter with
@@ -153,7 +156,7 @@ impl Backend {
         use learnlaw_core::Storage;
         match self {
             Backend::WgpuF16 | Backend::CudaF16 => Storage::F16,
-            Backend::CudaBf16 => Storage::Bf16,
+            Backend::CpuBf16 | Backend::CudaBf16 => Storage::Bf16,
             Backend::Cpu | Backend::CpuF64 | Backend::Wgpu | Backend::Cuda => Storage::F32,
         }
     }

@@ -296,6 +296,7 @@ macro_rules! with_engine {
             Task::Perceptron { data, held } => match $backend {
                 Backend::Cpu => with_engine!(@arm data, held, |d| CpuPerceptron::<f32>::new(d), |$e, $h| $body),
                 Backend::CpuF64 => with_engine!(@arm data, held, |d| CpuPerceptron::<f64>::new(d), |$e, $h| $body),
+                Backend::CpuBf16 => with_engine!(@arm data, held, |d| CpuPerceptron::<f32, learnlaw_core::lanes::bf16>::new(d), |$e, $h| $body),
                 Backend::Wgpu | Backend::WgpuF16 => {
                     let opts = learnlaw_wgpu::Options { storage: $backend.x_storage(), ..Default::default() };
                     with_engine!(@arm data, held, |d| learnlaw_wgpu::WgpuPerceptron::with_options(d, &opts), |$e, $h| $body)

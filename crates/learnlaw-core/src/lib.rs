@@ -17,6 +17,7 @@
 //! - `theta`: θ files in and out, in the official PyTorch modules' format or learnlaw's flat θ.
 //! - `host_engine`: every engine behind one object-safe interface over host f64 arrays.
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
+//! - `lanes`: 16 SIMD lanes (AVX-512, AVX2 or portable, the same bits on each) for the CPU row kernels.
 //! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
 pub mod analysis;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod files;
 pub mod host;
 pub mod host_engine;
+pub mod lanes;
 pub mod linalg;
 pub mod memory;
 pub mod online;

@@ -2,11 +2,18 @@
 //! kernels' storage) and f64 (the reference for finite-difference checks).
 use num_traits::Float;
 
+use crate::lanes::{self, Isa, LaneKernel};
+
 pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum + 'static {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
     /// eˣ without a library call, so loops over it vectorise (f32); f64 keeps the exact `exp`.
     fn exp_inline(self) -> Self;
+    /// Runs `kernel` on the lanes of `isa`; where the CPU lacks them, and always for f64, on the
+    /// portable lanes (the same bits either way).
+    fn on_lanes<K: LaneKernel<Self>>(isa: Isa, kernel: K) -> K::Out;
+    /// The lanes `on_lanes(isa, …)` runs on.
+    fn lanes(isa: Isa) -> Isa;
     /// C ← α·A·B + β·C on strided matrices (A [m, k], B [k, n], C [m, n]): matrixmultiply's
     /// sgemm / dgemm. Use the checked wrapper `linalg::gemm`.
     ///
@@ -39,18 +46,32 @@ impl Real for f32 {
     /// (truncation < 3e-9 relative) and 2ᵏ built in the exponent bits: within 2 ulp of `exp`,
     /// branch-free. Saturates to 0 below −87 and to f32::MAX·… above 88, like `exp` in practice.
     /// k is rounded by adding and subtracting 1.5·2²³ (exact for |k| < 2²²), not `round()`,
-    /// which is a library call below SSE4.1 and would stop the loop vectorising there.
+    /// which is a library call below SSE4.1 and would stop the loop vectorising there; and the
+    /// integer k is read from the bits of k + 1.5·2²³ (1.5·2²³'s bits plus k), not cast with
+    /// `as i32`, whose saturating semantics LLVM compiles to one scalar conversion per lane.
     #[inline(always)]
     fn exp_inline(self) -> Self {
         const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: k·LN2_HI is exact for |k| < 2⁹
         const LN2_LO: f32 = -2.121_944_4e-4;
         const ROUND: f32 = 12_582_912.0;
         let x = self.clamp(-87.0, 88.0);
-        let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+        let shifted = x * std::f32::consts::LOG2_E + ROUND;
+        let k = shifted - ROUND;
         let r = (x - k * LN2_HI) - k * LN2_LO;
         let p = 1.0
             + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-        p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+        let two_k = shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
+        p * f32::from_bits(two_k)
+    }
+    fn on_lanes<K: LaneKernel<f32>>(isa: Isa, kernel: K) -> K::Out {
+        lanes::run_f32(isa, kernel)
+    }
+    fn lanes(isa: Isa) -> Isa {
+        if isa.available() {
+            isa
+        } else {
+            Isa::Portable
+        }
     }
     unsafe fn gemm_raw(
         m: usize,
@@ -78,6 +99,12 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_inline(self) -> Self {
         self.exp()
+    }
+    fn on_lanes<K: LaneKernel<f64>>(_isa: Isa, kernel: K) -> K::Out {
+        lanes::run_f64(kernel)
+    }
+    fn lanes(_isa: Isa) -> Isa {
+        Isa::Portable
     }
     unsafe fn gemm_raw(
         m: usize,

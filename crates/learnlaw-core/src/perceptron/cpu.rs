@@ -1,22 +1,25 @@
-//! The perceptron on the CPU: the fast backend (f32) and the f64 one the finite-difference tests use.
+//! The perceptron on the CPU: the fast backend (f32, X stored as f32 or bf16) and the f64 one the
+//! finite-difference tests use.
 //!
 //! Each step is one pass over the training matrix, split into fixed chunks of rows that rayon
 //! spreads over the cores, with the desired set's pass beside it (one fork–join per step). Rows go
-//! in blocks of 16: their dots (the backward step's two per row for 4 rows at once, so the FMA
-//! chains overlap), their sigmoids in one vectorised loop, then their axpys while the block is in
-//! L1, with 64 columns of the accumulator in registers across the block's rows (those two in fused
-//! multiply-adds). The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums
-//! are reduced in a fixed order, so results do not depend on the thread count or on scheduling (a
-//! resumed f32 search reproduces an uninterrupted one bit for bit).
-use multiversion::multiversion;
+//! in blocks of 16: their dots (4 rows at a time, so the FMA chains overlap; the backward step's
+//! two per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
+//! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows. The
+//! row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
+//! arrays, picked at run time, the same bits on each), with X's rows zero-padded to a multiple of
+//! 16 columns. The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
+//! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling
+//! (a resumed f32 search reproduces an uninterrupted one bit for bit).
 use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
-use crate::host::{self, dot};
+use crate::host;
+use crate::lanes::{Isa, LaneKernel, Lanes, Stored, LANES};
 use crate::perceptron;
-use crate::{Real, Result};
+use crate::{Error, Real, Result};
 
 /// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
 const CHUNK_ROWS: usize = 256;
@@ -24,35 +27,49 @@ const CHUNK_ROWS: usize = 256;
 /// then their axpys while the rows are still in L1 (16 rows of D = 128 f32 are 8 KiB).
 const BLOCK: usize = 16;
 
-/// A data set converted to the engine's precision.
-struct Matrix<R> {
-    x: Vec<R>,
+/// A data set in the engine's storage, each row of X zero-padded to `stride` (a multiple of 16).
+struct Matrix<R, X> {
+    x: Vec<X>,
     y: Vec<R>,
+    stride: usize,
 }
 
-impl<R: Real> Matrix<R> {
-    fn new(set: &Examples) -> Self {
-        let cast = |v: &[f32]| v.iter().map(|&a| R::of(a as f64)).collect();
-        Matrix { x: cast(&set.x), y: cast(&set.y) }
+impl<R: Real, X: Stored<R>> Matrix<R, X> {
+    fn new(what: &str, set: &Examples, dim: usize) -> Result<Self> {
+        let stride = dim.next_multiple_of(LANES);
+        let mut x = Vec::with_capacity(set.len() * stride);
+        for (r, row) in set.x.chunks_exact(dim).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let stored = X::from_f32(v);
+                if !stored.is_finite() {
+                    let problem = format!("x[{r}, {c}] = {v} does not fit the {} storage", X::name());
+                    return Err(Error::bad_input(what, problem));
+                }
+                x.push(stored);
+            }
+            x.resize(x.len() + stride - dim, X::from_f32(0.0));
+        }
+        Ok(Matrix { x, y: set.y.iter().map(|&v| R::of(v as f64)).collect(), stride })
     }
     fn rows(&self) -> usize {
         self.y.len()
     }
 
     /// Mean loss at θ (with `want_loss`; else 0) and, when `grad` is given, its gradient
-    /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` (a D-vector per chunk) as the chunks' scratch.
-    fn mean_loss_grad(&self, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
-        let dim = theta.len();
+    /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` (a stride-vector per chunk) as the chunks'
+    /// scratch. θ is padded to the stride.
+    fn mean_loss_grad(&self, isa: Isa, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
+        let s = self.stride;
         let chunks = self.rows().div_ceil(CHUNK_ROWS);
         let want_grad = grad.is_some();
-        let losses: Vec<f64> = partials[..chunks * dim]
-            .par_chunks_mut(dim)
-            .zip(self.x.par_chunks(CHUNK_ROWS * dim).zip(self.y.par_chunks(CHUNK_ROWS)))
-            .map(|(g, (x, y))| loss_grad_chunk(x, y, theta, want_loss, want_grad.then_some(g)))
+        let losses: Vec<f64> = partials[..chunks * s]
+            .par_chunks_mut(s)
+            .zip(self.x.par_chunks(CHUNK_ROWS * s).zip(self.y.par_chunks(CHUNK_ROWS)))
+            .map(|(g, (x, y))| R::on_lanes(isa, Pass::LossGrad { x, y, theta, want_loss, g: want_grad.then_some(g) }))
             .collect();
         let n = self.rows() as f64;
         if let Some(grad) = grad {
-            reduce_partials(partials, dim, chunks, grad);
+            reduce_partials(partials, s, chunks, grad);
             let inv = R::of(1.0 / n);
             grad.iter_mut().for_each(|g| *g = *g * inv);
         }
@@ -60,52 +77,92 @@ impl<R: Real> Matrix<R> {
     }
 }
 
-/// Σ over chunks of `partials`, in chunk order, into `out`.
-fn reduce_partials<R: Real>(partials: &[R], dim: usize, chunks: usize, out: &mut [R]) {
+/// Σ over chunks of `partials` (rows of `stride`), in chunk order, into `out` (its first columns).
+fn reduce_partials<R: Real>(partials: &[R], stride: usize, chunks: usize, out: &mut [R]) {
     out.fill(R::zero());
-    for p in partials[..chunks * dim].chunks_exact(dim) {
+    for p in partials[..chunks * stride].chunks_exact(stride) {
         for (o, &v) in out.iter_mut().zip(p) {
             *o = *o + v;
         }
     }
 }
 
-pub struct CpuPerceptron<R: Real> {
+/// `v` zero-padded to `stride` in `buf` (or `v` itself when it has that length already).
+fn padded<'a, R: Real>(v: &'a [R], buf: &'a mut Vec<R>, stride: usize) -> &'a [R] {
+    if v.len() == stride {
+        return v;
+    }
+    buf.clear();
+    buf.extend_from_slice(v);
+    buf.resize(stride, R::zero());
+    buf
+}
+
+/// The perceptron on the CPU in precision `R`, with X stored as `X` (`R` itself, or bf16 for f32).
+pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     dim: usize,
-    train: Matrix<R>,
-    dev: Matrix<R>,
-    test: Matrix<R>,
-    /// Per-chunk partial sums of a D-vector over the training rows, reduced in chunk order.
+    isa: Isa,
+    train: Matrix<R, X>,
+    dev: Matrix<R, X>,
+    test: Matrix<R, X>,
+    /// Per-chunk partial sums of a stride-vector over the training rows, reduced in chunk order.
     partials: Vec<R>,
     /// The same for the desired or test set's pass, which runs beside the training pass.
     set_partials: Vec<R>,
     /// Scratch for ∇L_dev in the backward step.
     dev_grad: Vec<R>,
+    /// θ and λ zero-padded to the stride (used where D is not a multiple of 16).
+    pad_theta: Vec<R>,
+    pad_lambda: Vec<R>,
 }
 
-impl<R: Real> CpuPerceptron<R> {
-    /// An evaluation set and the scratch of its pass.
-    fn set(&mut self, set: Set) -> (&Matrix<R>, &mut [R]) {
-        let m = match set {
-            Set::Dev => &self.dev,
-            Set::Test => &self.test,
-        };
-        (m, &mut self.set_partials)
-    }
-
+impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
+    /// The engine on the widest SIMD lanes this CPU has.
     pub fn new(data: &PerceptronData) -> Result<Self> {
         data.validate()?;
         let dim = data.dim;
+        let stride = dim.next_multiple_of(LANES);
         let chunks = [&data.train, &data.dev, &data.test].map(|s| s.len().div_ceil(CHUNK_ROWS));
         Ok(CpuPerceptron {
             dim,
-            train: Matrix::new(&data.train),
-            dev: Matrix::new(&data.dev),
-            test: Matrix::new(&data.test),
-            partials: vec![R::zero(); chunks[0] * dim],
-            set_partials: vec![R::zero(); chunks[1].max(chunks[2]) * dim],
+            isa: Isa::widest(),
+            train: Matrix::new("training inputs", &data.train, dim)?,
+            dev: Matrix::new("desired-set inputs", &data.dev, dim)?,
+            test: Matrix::new("test inputs", &data.test, dim)?,
+            partials: vec![R::zero(); chunks[0] * stride],
+            set_partials: vec![R::zero(); chunks[1].max(chunks[2]) * stride],
             dev_grad: vec![R::zero(); dim],
+            pad_theta: Vec::new(),
+            pad_lambda: Vec::new(),
         })
+    }
+
+    /// The same engine on the lanes of `isa` (same results, other speed; f64 runs portable lanes
+    /// whatever `isa` says). Errors where this CPU lacks the instructions.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        if !isa.available() {
+            return Err(Error::bad_input("CPU lanes", format!("this CPU has no {} instructions", isa.name())));
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    /// The SIMD lanes the row kernels run on.
+    pub fn isa(&self) -> Isa {
+        R::lanes(self.isa)
+    }
+
+    /// z = Xθ over the training rows: one pass over X through the steps' own dot kernel and
+    /// chunking, nothing else — the floor the benches measure each step against.
+    pub fn train_gemv(&mut self, theta: &[R], z: &mut [R]) -> Result<()> {
+        host::check_len("theta", theta, self.dim)?;
+        host::check_len("z", z, self.train.rows())?;
+        let (isa, s, m) = (self.isa, self.train.stride, &self.train);
+        let theta = padded(theta, &mut self.pad_theta, s);
+        z.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s)).for_each(|(out, x)| {
+            R::on_lanes(isa, Pass::Gemv { x, theta, out });
+        });
+        Ok(())
     }
 }
 
@@ -113,92 +170,119 @@ impl<R: Real> CpuPerceptron<R> {
 /// where one row's chain would wait on each add's latency.
 const DOT_ROWS: usize = 4;
 
-/// out\[r\] = x_r·a for the rows of `xb` (rows of `a.len()`).
+/// out\[r\] = x_r·a for the rows of `xb` (rows of stride `a.len()`), `DOT_ROWS` at a time.
 #[inline(always)]
-fn block_dots<R: Real>(xb: &[R], a: &[R], out: &mut [R]) {
-    for (o, row) in out.iter_mut().zip(xb.chunks_exact(a.len())) {
-        *o = dot(row, a);
-    }
-}
-
-/// (x_r·a, x_r·b) for the rows of `xb` in one pass over them, `DOT_ROWS` at a time, each pair
-/// summed in 8 lanes with fused multiply-adds, then the tail.
-#[inline(always)]
-fn block_dots2<R: Real>(xb: &[R], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut [R]) {
-    let d = a.len();
-    let ((a8, at), (b8, bt)) = (a.as_chunks::<8>(), b[..d].as_chunks::<8>());
-    let tail_at = d - at.len();
-    let finish = |row: &[R], p: &[R; 8], q: &[R; 8]| -> (R, R) {
-        let (mut pt, mut qt) = (R::zero(), R::zero());
-        for ((&xi, &ai), &bi) in row[tail_at..].iter().zip(at).zip(bt) {
-            pt = xi.mul_add(ai, pt);
-            qt = xi.mul_add(bi, qt);
-        }
-        (p.iter().copied().sum::<R>() + pt, q.iter().copied().sum::<R>() + qt)
-    };
-    let mut groups = xb.chunks_exact(DOT_ROWS * d);
+fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [R]) {
+    let s = a.len();
+    let a16 = a.as_chunks::<LANES>().0;
+    let mut groups = xb.chunks_exact(DOT_ROWS * s);
     let mut k = 0;
     for group in &mut groups {
-        let mut p = [[R::zero(); 8]; DOT_ROWS];
-        let mut q = [[R::zero(); 8]; DOT_ROWS];
-        // The rows as chunks of 8, walked by iterators: no bounds check in the loop, which would
-        // keep the vectoriser from turning each row's 8 lanes into one vector.
-        let [x0, x1, x2, x3]: [&[[R; 8]]; DOT_ROWS] = std::array::from_fn(|r| group[r * d..(r + 1) * d].as_chunks::<8>().0);
-        for ((av, bv), (x01, x23)) in a8.iter().zip(b8).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+        let [x0, x1, x2, x3]: [&[[X; LANES]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
+        let mut acc = [L::zero(); DOT_ROWS];
+        for (av, (x01, x23)) in a16.iter().zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+            let av = L::load(av);
             for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
-                for i in 0..8 {
-                    p[r][i] = x[i].mul_add(av[i], p[r][i]);
-                    q[r][i] = x[i].mul_add(bv[i], q[r][i]);
-                }
+                acc[r] = L::mul_add(X::load::<L>(x), av, acc[r]);
             }
         }
-        for r in 0..DOT_ROWS {
-            (out_a[k], out_b[k]) = finish(&group[r * d..(r + 1) * d], &p[r], &q[r]);
+        for a in acc {
+            out[k] = L::sum(a);
             k += 1;
         }
     }
-    for row in groups.remainder().chunks_exact(d) {
-        let (mut p, mut q) = ([R::zero(); 8], [R::zero(); 8]);
-        for ((x, av), bv) in row.as_chunks::<8>().0.iter().zip(a8).zip(b8) {
-            for i in 0..8 {
-                p[i] = x[i].mul_add(av[i], p[i]);
-                q[i] = x[i].mul_add(bv[i], q[i]);
-            }
+    for row in groups.remainder().chunks_exact(s) {
+        let mut acc = L::zero();
+        for (x, av) in row.as_chunks().0.iter().zip(a16) {
+            acc = L::mul_add(X::load::<L>(x), L::load(av), acc);
         }
-        (out_a[k], out_b[k]) = finish(row, &p, &q);
+        out[k] = L::sum(acc);
         k += 1;
     }
 }
 
-/// Columns of `g` held in registers while a block's rows are added in (8 vectors of 8).
-const ACC_COLS: usize = 64;
+/// (x_r·a, x_r·b) for the rows of `xb` in one pass over them, `DOT_ROWS` at a time; each row's
+/// dots in the same order as `block_dots`.
+#[inline(always)]
+fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut [R]) {
+    let s = a.len();
+    let (a16, b16) = (a.as_chunks::<LANES>().0, b[..s].as_chunks::<LANES>().0);
+    let mut groups = xb.chunks_exact(DOT_ROWS * s);
+    let mut k = 0;
+    for group in &mut groups {
+        let [x0, x1, x2, x3]: [&[[X; LANES]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
+        let (mut p, mut q) = ([L::zero(); DOT_ROWS], [L::zero(); DOT_ROWS]);
+        for ((av, bv), (x01, x23)) in a16.iter().zip(b16).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+            let (av, bv) = (L::load(av), L::load(bv));
+            for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
+                let x = X::load::<L>(x);
+                p[r] = L::mul_add(x, av, p[r]);
+                q[r] = L::mul_add(x, bv, q[r]);
+            }
+        }
+        for r in 0..DOT_ROWS {
+            (out_a[k], out_b[k]) = (L::sum(p[r]), L::sum(q[r]));
+            k += 1;
+        }
+    }
+    for row in groups.remainder().chunks_exact(s) {
+        let (mut p, mut q) = (L::zero(), L::zero());
+        for ((x, av), bv) in row.as_chunks().0.iter().zip(a16).zip(b16) {
+            let x = X::load::<L>(x);
+            p = L::mul_add(x, L::load(av), p);
+            q = L::mul_add(x, L::load(bv), q);
+        }
+        (out_a[k], out_b[k]) = (L::sum(p), L::sum(q));
+        k += 1;
+    }
+}
 
 /// g ← g + Σ_r c_r x_r over the rows of `xb` (in row order, so it sums exactly like one axpy per
-/// row), skipping rows with c_r = 0. `ACC_COLS` columns of g stay in registers across the rows,
-/// instead of a load and a store of all of g per row.
+/// row), skipping rows with c_r = 0. As many lane sets of g as the registers hold
+/// ([`Lanes::ACC_SETS`]) stay in registers across the rows, instead of a load and a store of all
+/// of g per row.
 #[inline(always)]
-fn block_axpy<R: Real>(xb: &[R], c: &[R], g: &mut [R]) {
-    let d = g.len();
-    let (g64, gt) = g.as_chunks_mut::<ACC_COLS>();
-    for (s, gs) in g64.iter_mut().enumerate() {
-        let mut acc = *gs;
-        for (row, &cr) in xb.chunks_exact(d).zip(c) {
-            if cr != R::zero() {
-                let x = &row[ACC_COLS * s..ACC_COLS * s + ACC_COLS];
-                for i in 0..ACC_COLS {
-                    acc[i] = cr.mul_add(x[i], acc[i]);
-                }
-            }
-        }
-        *gs = acc;
+fn block_axpy<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], c: &[R], g: &mut [R]) {
+    if L::ACC_SETS >= 8 {
+        block_axpy_by::<R, X, L, 8>(xb, c, g)
+    } else {
+        block_axpy_by::<R, X, L, 4>(xb, c, g)
     }
-    let tail_at = d - gt.len();
-    for (row, &cr) in xb.chunks_exact(d).zip(c) {
+}
+
+/// `block_axpy`, K lane sets of g at a time.
+#[inline(always)]
+fn block_axpy_by<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], g: &mut [R]) {
+    let s = g.len();
+    let mut groups = g.as_chunks_mut::<LANES>().0.chunks_exact_mut(K);
+    let mut first = 0;
+    for gs in &mut groups {
+        axpy_lanes::<R, X, L, K>(xb, c, s, first, gs.try_into().expect("K lane sets"));
+        first += K;
+    }
+    for gs in groups.into_remainder() {
+        axpy_lanes::<R, X, L, 1>(xb, c, s, first, std::array::from_mut(gs));
+        first += 1;
+    }
+}
+
+/// `block_axpy` on K lane sets of g, from lane set `first` of each row.
+#[inline(always)]
+fn axpy_lanes<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], s: usize, first: usize, g: &mut [[R; LANES]; K]) {
+    let mut acc = [L::zero(); K];
+    for i in 0..K {
+        acc[i] = L::load(&g[i]);
+    }
+    for (row, &cr) in xb.chunks_exact(s).zip(c) {
         if cr != R::zero() {
-            for (gi, &xi) in gt.iter_mut().zip(&row[tail_at..]) {
-                *gi = *gi + cr * xi;
+            let (cv, x) = (L::splat(cr), &row.as_chunks::<LANES>().0[first..first + K]);
+            for i in 0..K {
+                acc[i] = L::mul_add(cv, X::load::<L>(&x[i]), acc[i]);
             }
         }
+    }
+    for i in 0..K {
+        L::store(acc[i], &mut g[i]);
     }
 }
 
@@ -212,113 +296,131 @@ fn sigmoids<R: Real>(z: &[R; BLOCK]) -> [R; BLOCK] {
     p
 }
 
-// The passes over one chunk of rows, what a step's parallel loop runs. Each is compiled for every
-// x86-64 level (v4: AVX-512; v3: AVX2 + FMA; v2; the baseline) and the best one the CPU has is
-// picked at run time (multiversion): the binary runs on any x86-64, and the loops above, inlined
-// into these, get the widest vectors and fused multiply-adds the machine has. Everything inside
-// must inline (a call out of a clone runs baseline code), hence plain loops, not `array::map`, and
-// fixed trip counts or iterators where a bounds check would stop the vectoriser.
+/// One chunk's pass, what a step's parallel loop runs, on the engine's lanes (`Real::on_lanes`
+/// compiles it into a function with those instructions enabled, so everything in it must inline:
+/// plain loops, fixed trip counts or iterators where a bounds check would stop the vectoriser).
+/// θ and the other D-vectors are padded to the stride.
+enum Pass<'a, R, X> {
+    /// Σ of the chunk's losses (with `want_loss`; else 0) and, with `g`, its rows' (σ(z_n) − y_n)
+    /// x_n summed into `g`.
+    LossGrad { x: &'a [X], y: &'a [R], theta: &'a [R], want_loss: bool, g: Option<&'a mut [R]> },
+    /// g ← Σ_n w_n (σ(x_n·θ) − y_n) x_n over the chunk's rows (the forward step's gradient).
+    Forward { x: &'a [X], y: &'a [R], w: &'a [R], theta: &'a [R], g: &'a mut [R] },
+    /// Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ_n = −η (σ(z) − y) u into `out`; the
+    /// HVP term w σ'(z) u x summed into `h`.
+    Backward { x: &'a [X], y: &'a [R], w: &'a [R], theta: &'a [R], lambda_next: &'a [R], neg_eta: R, out: &'a mut [R], h: &'a mut [R] },
+    /// The chunk's z_n = x_n·θ alone.
+    Gemv { x: &'a [X], theta: &'a [R], out: &'a mut [R] },
+    /// The chunk's per-example losses.
+    Losses { x: &'a [X], y: &'a [R], theta: &'a [R], out: &'a mut [R] },
+    /// The chunk's per-example dots ∇l_n·v = (σ(x_n·θ) − y_n)(x_n·v).
+    Dots { x: &'a [X], y: &'a [R], theta: &'a [R], v: &'a [R], out: &'a mut [R] },
+}
 
-/// Σ of the chunk's losses (with `want_loss`; else 0) and, with `g`, its rows' (σ(z_n) − y_n) x_n
-/// summed into `g`.
-#[multiversion(targets = "simd")]
-fn loss_grad_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], want_loss: bool, mut g: Option<&mut [R]>) -> f64 {
-    let dim = theta.len();
-    if let Some(g) = g.as_deref_mut() {
-        g.fill(R::zero());
-    }
-    let mut loss = 0.0;
-    for (xb, yb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)) {
-        let mut z = [R::zero(); BLOCK];
-        block_dots(xb, theta, &mut z[..yb.len()]);
-        if want_loss {
-            for (&zn, &yn) in z.iter().zip(yb) {
-                loss += bce_with_logits(zn, yn).f64();
+impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
+    /// The chunk's Σ of losses for `LossGrad`, else 0.
+    type Out = f64;
+
+    #[inline(always)]
+    fn run<L: Lanes<R>>(self) -> f64 {
+        match self {
+            Pass::LossGrad { x, y, theta, want_loss, mut g } => {
+                let s = theta.len();
+                if let Some(g) = g.as_deref_mut() {
+                    g.fill(R::zero());
+                }
+                let mut loss = 0.0;
+                for (xb, yb) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)) {
+                    let mut z = [R::zero(); BLOCK];
+                    block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
+                    if want_loss {
+                        for (&zn, &yn) in z.iter().zip(yb) {
+                            loss += bce_with_logits(zn, yn).f64();
+                        }
+                    }
+                    if let Some(g) = g.as_deref_mut() {
+                        let p = sigmoids(&z);
+                        let mut c = [R::zero(); BLOCK];
+                        for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(yb) {
+                            *cn = pn - yn;
+                        }
+                        block_axpy::<R, X, L>(xb, &c, g);
+                    }
+                }
+                loss
+            }
+            Pass::Forward { x, y, w, theta, g } => {
+                let s = theta.len();
+                g.fill(R::zero());
+                for ((xb, yb), wb) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
+                    if wb.iter().all(|&wn| wn == R::zero()) {
+                        continue; // a block the policy drops (sparse γ): no pass over its rows
+                    }
+                    let mut z = [R::zero(); BLOCK];
+                    block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
+                    let p = sigmoids(&z);
+                    let mut c = [R::zero(); BLOCK];
+                    for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p).zip(yb).zip(wb) {
+                        *cn = wn * (pn - yn);
+                    }
+                    block_axpy::<R, X, L>(xb, &c, g);
+                }
+                0.0
+            }
+            Pass::Backward { x, y, w, theta, lambda_next, neg_eta, out, h } => {
+                let s = theta.len();
+                h.fill(R::zero());
+                let blocks = x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
+                for ((xb, yb), (wb, ob)) in blocks {
+                    let rows = yb.len();
+                    let (mut z, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
+                    block_dots2::<R, X, L>(xb, theta, lambda_next, &mut z[..rows], &mut u[..rows]);
+                    let p = sigmoids(&z);
+                    let mut c = [R::zero(); BLOCK];
+                    for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p).zip(&u).zip(yb.iter().zip(wb)) {
+                        *o = neg_eta * (pn - yn) * un;
+                        *cn = wn * pn * (R::one() - pn) * un;
+                    }
+                    block_axpy::<R, X, L>(xb, &c, h);
+                }
+                0.0
+            }
+            Pass::Gemv { x, theta, out } => {
+                let s = theta.len();
+                for (ob, xb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * s)) {
+                    block_dots::<R, X, L>(xb, theta, ob);
+                }
+                0.0
+            }
+            Pass::Losses { x, y, theta, out } => {
+                let s = theta.len();
+                for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * s)).zip(y.chunks(BLOCK)) {
+                    block_dots::<R, X, L>(xb, theta, ob);
+                    ob.iter_mut().zip(yb).for_each(|(on, &yn)| *on = bce_with_logits(*on, yn));
+                }
+                0.0
+            }
+            Pass::Dots { x, y, theta, v, out } => {
+                let s = theta.len();
+                for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * s)).zip(y.chunks(BLOCK)) {
+                    let mut z = [R::zero(); BLOCK];
+                    block_dots2::<R, X, L>(xb, theta, v, &mut z[..yb.len()], ob);
+                    for ((on, &pn), &yn) in ob.iter_mut().zip(&sigmoids(&z)).zip(yb) {
+                        *on = (pn - yn) * *on;
+                    }
+                }
+                0.0
             }
         }
-        if let Some(g) = g.as_deref_mut() {
-            let p = sigmoids(&z);
-            let mut c = [R::zero(); BLOCK];
-            for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(yb) {
-                *cn = pn - yn;
-            }
-            block_axpy(xb, &c, g);
-        }
-    }
-    loss
-}
-
-/// g ← Σ_n w_n (σ(x_n·θ) − y_n) x_n over the chunk's rows (the forward step's gradient).
-#[multiversion(targets = "simd")]
-fn forward_chunk<R: Real>(x: &[R], y: &[R], w: &[R], theta: &[R], g: &mut [R]) {
-    let dim = theta.len();
-    g.fill(R::zero());
-    for ((xb, yb), wb) in x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
-        if wb.iter().all(|&wn| wn == R::zero()) {
-            continue; // a block the policy drops (sparse γ): no pass over its rows
-        }
-        let mut z = [R::zero(); BLOCK];
-        block_dots(xb, theta, &mut z[..yb.len()]);
-        let p = sigmoids(&z);
-        let mut c = [R::zero(); BLOCK];
-        for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p).zip(yb).zip(wb) {
-            *cn = wn * (pn - yn);
-        }
-        block_axpy(xb, &c, g);
     }
 }
 
-/// Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ_n = −η (σ(z) − y) u into `out`; the HVP
-/// term w σ'(z) u x summed into `h`.
-#[multiversion(targets = "simd")]
-#[allow(clippy::too_many_arguments)]
-fn backward_chunk<R: Real>(x: &[R], y: &[R], w: &[R], theta: &[R], lambda_next: &[R], neg_eta: R, out: &mut [R], h: &mut [R]) {
-    let dim = theta.len();
-    h.fill(R::zero());
-    let blocks = x.chunks(BLOCK * dim).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
-    for ((xb, yb), (wb, ob)) in blocks {
-        let rows = yb.len();
-        let (mut z, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
-        block_dots2(xb, theta, lambda_next, &mut z[..rows], &mut u[..rows]);
-        let p = sigmoids(&z);
-        let mut c = [R::zero(); BLOCK];
-        for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p).zip(&u).zip(yb.iter().zip(wb)) {
-            *o = neg_eta * (pn - yn) * un;
-            *cn = wn * pn * (R::one() - pn) * un;
-        }
-        block_axpy(xb, &c, h);
-    }
-}
-
-/// The chunk's per-example losses.
-#[multiversion(targets = "simd")]
-fn losses_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], out: &mut [R]) {
-    let dim = theta.len();
-    for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
-        block_dots(xb, theta, ob);
-        ob.iter_mut().zip(yb).for_each(|(on, &yn)| *on = bce_with_logits(*on, yn));
-    }
-}
-
-/// The chunk's per-example dots ∇l_n·v = (σ(x_n·θ) − y_n)(x_n·v).
-#[multiversion(targets = "simd")]
-fn dots_chunk<R: Real>(x: &[R], y: &[R], theta: &[R], v: &[R], out: &mut [R]) {
-    let dim = theta.len();
-    for ((ob, xb), yb) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK * dim)).zip(y.chunks(BLOCK)) {
-        let mut z = [R::zero(); BLOCK];
-        block_dots2(xb, theta, v, &mut z[..yb.len()], ob);
-        for ((on, &pn), &yn) in ob.iter_mut().zip(&sigmoids(&z)).zip(yb) {
-            *on = (pn - yn) * *on;
-        }
-    }
-}
-
-impl<R: Real> Engine for CpuPerceptron<R> {
+impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
     type Real = R;
     type Vec = Vec<R>;
 
     fn name(&self) -> String {
-        format!("cpu-{}", std::any::type_name::<R>())
+        format!("cpu-{}", X::name())
     }
     fn num_params(&self) -> usize {
         self.dim
@@ -344,23 +446,26 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         theta_next: &mut Vec<R>,
         dev_loss: Option<(&mut Vec<R>, usize)>,
     ) -> Result<()> {
-        let (dim, n) = (self.dim, self.num_train());
+        let (dim, n, isa, s) = (self.dim, self.num_train(), self.isa, self.train.stride);
         host::check_len("theta", theta, dim)?;
         host::check_len("theta_next", theta_next, dim)?;
         let gamma_t = host::policy_row(gamma, t, n)?;
         let chunks = n.div_ceil(CHUNK_ROWS);
+        let theta_p = padded(theta, &mut self.pad_theta, s);
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
         // The training pass and L_dev(θ) side by side: one fork–join for the step.
         let train_pass = || {
-            self.partials[..chunks * dim]
-                .par_chunks_mut(dim)
-                .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
+            self.partials[..chunks * s]
+                .par_chunks_mut(s)
+                .zip(train.x.par_chunks(CHUNK_ROWS * s).zip(train.y.par_chunks(CHUNK_ROWS)))
                 .zip(gamma_t.par_chunks(CHUNK_ROWS))
-                .for_each(|((g, (x, y)), w)| forward_chunk(x, y, w, theta, g))
+                .for_each(|((g, (x, y)), w)| {
+                    R::on_lanes(isa, Pass::Forward { x, y, w, theta: theta_p, g });
+                })
         };
         let want_dev = dev_loss.is_some();
-        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(theta, set_partials, true, None)));
-        reduce_partials(&self.partials, dim, chunks, theta_next);
+        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(isa, theta_p, set_partials, true, None)));
+        reduce_partials(&self.partials, s, chunks, theta_next);
         let eta = R::of(eta);
         for (next, &th) in theta_next.iter_mut().zip(theta) {
             *next = th - eta * *next;
@@ -382,7 +487,7 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         grad_gamma: &mut Vec<R>,
         lambda: &mut Vec<R>,
     ) -> Result<()> {
-        let (dim, n) = (self.dim, self.num_train());
+        let (dim, n, isa, s) = (self.dim, self.num_train(), self.isa, self.train.stride);
         host::check_len("theta", theta, dim)?;
         host::check_len("lambda_next", lambda_next, dim)?;
         host::check_len("lambda", lambda, dim)?;
@@ -391,19 +496,23 @@ impl<R: Real> Engine for CpuPerceptron<R> {
         let grad_t = &mut grad_gamma[t * n..(t + 1) * n];
         let chunks = n.div_ceil(CHUNK_ROWS);
         let neg_eta = R::of(-eta);
+        let theta_p = padded(theta, &mut self.pad_theta, s);
+        let lambda_p = padded(lambda_next, &mut self.pad_lambda, s);
         let (train, dev, set_partials, g_dev) = (&self.train, &self.dev, &mut self.set_partials, &mut self.dev_grad);
         // Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ = −η (σ(z) − y) u; the HVP term
         // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ) runs beside it.
         let train_pass = || {
-            self.partials[..chunks * dim]
-                .par_chunks_mut(dim)
-                .zip(train.x.par_chunks(CHUNK_ROWS * dim).zip(train.y.par_chunks(CHUNK_ROWS)))
+            self.partials[..chunks * s]
+                .par_chunks_mut(s)
+                .zip(train.x.par_chunks(CHUNK_ROWS * s).zip(train.y.par_chunks(CHUNK_ROWS)))
                 .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
-                .for_each(|((h, (x, y)), (w, out))| backward_chunk(x, y, w, theta, lambda_next, neg_eta, out, h))
+                .for_each(|((h, (x, y)), (w, out))| {
+                    R::on_lanes(isa, Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
+                })
         };
-        rayon::join(train_pass, || dev.mean_loss_grad(theta, set_partials, false, Some(g_dev)));
+        rayon::join(train_pass, || dev.mean_loss_grad(isa, theta_p, set_partials, false, Some(g_dev)));
         // λ holds H λ_next for now.
-        reduce_partials(&self.partials, dim, chunks, lambda);
+        reduce_partials(&self.partials, s, chunks, lambda);
         let (w, e) = (R::of(dev_weight), R::of(eta));
         for ((l, &gd), &ln) in lambda.iter_mut().zip(&self.dev_grad).zip(lambda_next) {
             *l = w * gd + ln - e * *l;
@@ -413,34 +522,99 @@ impl<R: Real> Engine for CpuPerceptron<R> {
 
     fn loss(&mut self, set: Set, theta: &Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
-        let (m, partials) = self.set(set);
-        Ok(m.mean_loss_grad(theta, partials, true, None))
+        let (isa, s) = (self.isa, self.train.stride);
+        let theta = padded(theta, &mut self.pad_theta, s);
+        let (m, partials) = match set {
+            Set::Dev => (&self.dev, &mut self.set_partials),
+            Set::Test => (&self.test, &mut self.set_partials),
+        };
+        Ok(m.mean_loss_grad(isa, theta, partials, true, None))
     }
     fn loss_grad(&mut self, set: Set, theta: &Vec<R>, grad: &mut Vec<R>) -> Result<f64> {
         host::check_len("theta", theta, self.dim)?;
         host::check_len("grad", grad, self.dim)?;
-        let (m, partials) = self.set(set);
-        Ok(m.mean_loss_grad(theta, partials, true, Some(grad)))
+        let (isa, s) = (self.isa, self.train.stride);
+        let theta = padded(theta, &mut self.pad_theta, s);
+        let (m, partials) = match set {
+            Set::Dev => (&self.dev, &mut self.set_partials),
+            Set::Test => (&self.test, &mut self.set_partials),
+        };
+        Ok(m.mean_loss_grad(isa, theta, partials, true, Some(grad)))
     }
     fn train_losses(&mut self, theta: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
-        let dim = self.dim;
-        host::check_len("theta", theta, dim)?;
+        host::check_len("theta", theta, self.dim)?;
         host::check_len("losses", out, self.num_train())?;
-        let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS)
-            .zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS)))
-            .for_each(|(o, (x, y))| losses_chunk(x, y, theta, o));
+        let (isa, s, m) = (self.isa, self.train.stride, &self.train);
+        let theta = padded(theta, &mut self.pad_theta, s);
+        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(out, (x, y))| {
+            R::on_lanes(isa, Pass::Losses { x, y, theta, out });
+        });
         Ok(())
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
-        let dim = self.dim;
-        host::check_len("theta", theta, dim)?;
-        host::check_len("v", v, dim)?;
+        host::check_len("theta", theta, self.dim)?;
+        host::check_len("v", v, self.dim)?;
         host::check_len("dots", out, self.num_train())?;
-        let m = &self.train;
-        out.par_chunks_mut(CHUNK_ROWS)
-            .zip(m.x.par_chunks(CHUNK_ROWS * dim).zip(m.y.par_chunks(CHUNK_ROWS)))
-            .for_each(|(o, (x, y))| dots_chunk(x, y, theta, v, o));
+        let (isa, s, m) = (self.isa, self.train.stride, &self.train);
+        let (theta, v) = (padded(theta, &mut self.pad_theta, s), padded(v, &mut self.pad_lambda, s));
+        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(out, (x, y))| {
+            R::on_lanes(isa, Pass::Dots { x, y, theta, v, out });
+        });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::PerceptronRecipe;
+    use crate::unroll::{Unroll, Workspace};
+
+    /// J, the dev curve and ∂J/∂γ of a 4-step unroll, as bits.
+    fn unroll_bits<X: Stored<f32>>(mut e: CpuPerceptron<f32, X>) -> Vec<u64> {
+        let (p, n, steps) = (e.num_params(), e.num_train(), 4);
+        let theta0 = e.upload(&crate::data::init_theta(p, 3)).unwrap();
+        let gamma: Vec<f32> = (0..steps * n).map(|i| if i % 7 == 0 { 0.0 } else { (1 + i % 5) as f32 / (3 * n) as f32 }).collect();
+        let gamma = e.upload(&gamma).unwrap();
+        let mut ws = Workspace::new(&mut e, Unroll { steps, eta: 0.3 }, 2).unwrap();
+        let mut grad = e.zeros(steps * n).unwrap();
+        let fwd = ws.gradient(&mut e, &theta0, &gamma, &mut grad).unwrap();
+        let losses = e.zeros(n).and_then(|mut out| e.train_losses(&theta0, &mut out).map(|()| out)).unwrap();
+        let dots = e.zeros(n).and_then(|mut out| e.train_dots(&theta0, ws.lambda0(), &mut out).map(|()| out)).unwrap();
+        let floats = grad.iter().chain(&losses).chain(&dots).chain(ws.lambda0()).map(|&v| v.to_bits() as u64);
+        fwd.dev.iter().chain([&fwd.j]).map(|v| v.to_bits()).chain(floats).collect()
+    }
+
+    /// D = 133 (not a multiple of 16: padded rows), 300 training rows (a partial chunk and block).
+    fn data() -> PerceptronData {
+        PerceptronData::generate(&PerceptronRecipe { dim: 133, n_train: 300, n_dev: 37, n_test: 5, ..PerceptronRecipe::default() }).unwrap()
+    }
+
+    #[test]
+    fn every_isa_computes_the_same_bits() {
+        let data = data();
+        let want = unroll_bits(CpuPerceptron::<f32>::new(&data).unwrap().with_isa(Isa::Portable).unwrap());
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            assert!(want == unroll_bits(CpuPerceptron::<f32>::new(&data).unwrap().with_isa(isa).unwrap()), "{isa:?}");
+        }
+    }
+
+    /// bf16 storage is f32 arithmetic on X rounded to bf16: bit for bit, on every ISA.
+    #[test]
+    fn bf16_storage_is_f32_on_rounded_inputs() {
+        let data = data();
+        let mut rounded = data.clone();
+        for set in [&mut rounded.train, &mut rounded.dev, &mut rounded.test] {
+            set.x.iter_mut().for_each(|v| *v = crate::Storage::Bf16.round(*v));
+        }
+        let want = unroll_bits(CpuPerceptron::<f32>::new(&rounded).unwrap());
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            let e = CpuPerceptron::<f32, half::bf16>::new(&data).unwrap().with_isa(isa).unwrap();
+            assert_eq!(e.name(), "cpu-bf16");
+            assert!(want == unroll_bits(e), "{isa:?}");
+        }
+        let mut huge = data.clone();
+        huge.train.x[5] = f32::MAX;
+        assert!(matches!(CpuPerceptron::<f32, half::bf16>::new(&huge), Err(Error::BadInput { .. })));
     }
 }
