@@ -334,8 +334,16 @@ impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
                     let mut z = [R::zero(); BLOCK];
                     block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
                     if want_loss {
-                        for (&zn, &yn) in z.iter().zip(yb) {
-                            loss += bce_with_logits(zn, yn).f64();
+                        // The block's losses in one vectorised loop (rows past its end included),
+                        // then summed in row order.
+                        let mut yv = [R::zero(); BLOCK];
+                        yv[..yb.len()].copy_from_slice(yb);
+                        let mut l = [R::zero(); BLOCK];
+                        for i in 0..BLOCK {
+                            l[i] = bce_with_logits(z[i], yv[i]);
+                        }
+                        for &ln in &l[..yb.len()] {
+                            loss += ln.f64();
                         }
                     }
                     if let Some(g) = g.as_deref_mut() {
