@@ -1,8 +1,10 @@
 //! The perceptron on the CPU: the fast backend (f32, X stored as f32 or bf16) and the f64 one the
 //! finite-difference tests use.
 //!
-//! Each step is one pass over the training matrix, split into fixed chunks of rows that rayon
-//! spreads over the cores, with the desired set's pass beside it (one fork–join per step). Rows go
+//! Each step is one pass over the training matrix, split into fixed chunks of rows, with the
+//! desired set's chunks beside them; every thread of rayon's pool takes the same contiguous share
+//! of the chunks at every step (`rayon::broadcast`), so a core keeps reading the same rows and
+//! they stay in its cache. Rows go
 //! in blocks of 16: their dots (4 rows at a time, so the FMA chains overlap; the backward step's
 //! two per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
 //! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows. The
@@ -11,6 +13,8 @@
 //! 16 columns. The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
 //! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling
 //! (a resumed f32 search reproduces an uninterrupted one bit for bit).
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::{bce_with_logits, sigmoid};
@@ -55,26 +59,57 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
         self.y.len()
     }
 
-    /// Mean loss at θ (with `want_loss`; else 0) and, when `grad` is given, its gradient
-    /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` (a stride-vector per chunk) as the chunks'
-    /// scratch. θ is padded to the stride.
-    fn mean_loss_grad(&self, isa: Isa, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
+    /// The loss-and-gradient passes over the chunks: each returns its Σ of losses (with
+    /// `want_loss`; else 0) and, with `want_grad`, sums its rows' (σ(z_n) − y_n) x_n into its
+    /// stride-vector of `partials`. θ is padded to the stride.
+    fn loss_grad_passes<'a>(
+        &'a self,
+        theta: &'a [R],
+        partials: &'a mut [R],
+        want_loss: bool,
+        want_grad: bool,
+    ) -> impl Iterator<Item = Pass<'a, R, X>> {
         let s = self.stride;
         let chunks = self.rows().div_ceil(CHUNK_ROWS);
-        let want_grad = grad.is_some();
-        let losses: Vec<f64> = partials[..chunks * s]
-            .par_chunks_mut(s)
-            .zip(self.x.par_chunks(CHUNK_ROWS * s).zip(self.y.par_chunks(CHUNK_ROWS)))
-            .map(|(g, (x, y))| R::on_lanes(isa, Pass::LossGrad { x, y, theta, want_loss, g: want_grad.then_some(g) }))
-            .collect();
+        partials[..chunks * s]
+            .chunks_mut(s)
+            .zip(self.x.chunks(CHUNK_ROWS * s).zip(self.y.chunks(CHUNK_ROWS)))
+            .map(move |(g, (x, y))| Pass::LossGrad { x, y, theta, want_loss, g: want_grad.then_some(g) })
+    }
+
+    /// The mean loss from the passes' sums and, with `grad`, the mean gradient from their
+    /// partials (both in chunk order).
+    fn mean(&self, chunk_losses: &[f64], partials: &[R], grad: Option<&mut [R]>) -> f64 {
         let n = self.rows() as f64;
         if let Some(grad) = grad {
-            reduce_partials(partials, s, chunks, grad);
+            reduce_partials(partials, self.stride, self.rows().div_ceil(CHUNK_ROWS), grad);
             let inv = R::of(1.0 / n);
             grad.iter_mut().for_each(|g| *g = *g * inv);
         }
-        losses.iter().sum::<f64>() / n
+        chunk_losses.iter().sum::<f64>() / n
     }
+
+    /// Mean loss at θ (with `want_loss`; else 0) and, when `grad` is given, its gradient
+    /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` as the chunks' scratch.
+    fn mean_loss_grad(&self, isa: Isa, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
+        let losses = run_on_fixed_threads(isa, self.loss_grad_passes(theta, partials, want_loss, grad.is_some()).collect());
+        self.mean(&losses, partials, grad)
+    }
+}
+
+/// Runs the passes, each thread of the pool taking the same contiguous share of them at every
+/// call (`rayon::broadcast`), so a core reads the same rows of X step after step and keeps them in
+/// its own cache; their results in order.
+fn run_on_fixed_threads<R: Real, X: Stored<R>>(isa: Isa, passes: Vec<Pass<'_, R, X>>) -> Vec<f64> {
+    let threads = rayon::current_num_threads();
+    let per = passes.len().div_ceil(threads);
+    let mut passes = passes.into_iter();
+    let shares: Vec<Mutex<Vec<Pass<'_, R, X>>>> = (0..threads).map(|_| Mutex::new(passes.by_ref().take(per).collect())).collect();
+    let results = rayon::broadcast(|ctx| {
+        let share = std::mem::take(&mut *shares[ctx.index()].lock().unwrap_or_else(|p| p.into_inner()));
+        share.into_iter().map(|pass| R::on_lanes(isa, pass)).collect::<Vec<f64>>()
+    });
+    results.concat()
 }
 
 /// Σ over chunks of `partials` (rows of `stride`), in chunk order, into `out` (its first columns).
@@ -159,9 +194,8 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
         host::check_len("z", z, self.train.rows())?;
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let theta = padded(theta, &mut self.pad_theta, s);
-        z.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s)).for_each(|(out, x)| {
-            R::on_lanes(isa, Pass::Gemv { x, theta, out });
-        });
+        let passes = z.chunks_mut(CHUNK_ROWS).zip(m.x.chunks(CHUNK_ROWS * s)).map(|(out, x)| Pass::Gemv { x, theta, out });
+        run_on_fixed_threads(isa, passes.collect());
         Ok(())
     }
 }
@@ -461,18 +495,17 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let chunks = n.div_ceil(CHUNK_ROWS);
         let theta_p = padded(theta, &mut self.pad_theta, s);
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
-        // The training pass and L_dev(θ) side by side: one fork–join for the step.
-        let train_pass = || {
-            self.partials[..chunks * s]
-                .par_chunks_mut(s)
-                .zip(train.x.par_chunks(CHUNK_ROWS * s).zip(train.y.par_chunks(CHUNK_ROWS)))
-                .zip(gamma_t.par_chunks(CHUNK_ROWS))
-                .for_each(|((g, (x, y)), w)| {
-                    R::on_lanes(isa, Pass::Forward { x, y, w, theta: theta_p, g });
-                })
-        };
+        // L_dev(θ)'s chunks, then the training pass's, shared out over the threads.
         let want_dev = dev_loss.is_some();
-        let ((), dev_value) = rayon::join(train_pass, || want_dev.then(|| dev.mean_loss_grad(isa, theta_p, set_partials, true, None)));
+        let dev_chunks = if want_dev { dev.rows().div_ceil(CHUNK_ROWS) } else { 0 };
+        let train_passes = self.partials[..chunks * s]
+            .chunks_mut(s)
+            .zip(train.x.chunks(CHUNK_ROWS * s).zip(train.y.chunks(CHUNK_ROWS)))
+            .zip(gamma_t.chunks(CHUNK_ROWS))
+            .map(|((g, (x, y)), w)| Pass::Forward { x, y, w, theta: theta_p, g });
+        let passes = dev.loss_grad_passes(theta_p, set_partials, true, false).take(dev_chunks).chain(train_passes).collect();
+        let sums = run_on_fixed_threads(isa, passes);
+        let dev_value = want_dev.then(|| dev.mean(&sums[..dev_chunks], &[], None));
         reduce_partials(&self.partials, s, chunks, theta_next);
         let eta = R::of(eta);
         for (next, &th) in theta_next.iter_mut().zip(theta) {
@@ -506,19 +539,18 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let neg_eta = R::of(-eta);
         let theta_p = padded(theta, &mut self.pad_theta, s);
         let lambda_p = padded(lambda_next, &mut self.pad_lambda, s);
-        let (train, dev, set_partials, g_dev) = (&self.train, &self.dev, &mut self.set_partials, &mut self.dev_grad);
+        let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
         // Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ = −η (σ(z) − y) u; the HVP term
-        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ) runs beside it.
-        let train_pass = || {
-            self.partials[..chunks * s]
-                .par_chunks_mut(s)
-                .zip(train.x.par_chunks(CHUNK_ROWS * s).zip(train.y.par_chunks(CHUNK_ROWS)))
-                .zip(gamma_t.par_chunks(CHUNK_ROWS).zip(grad_t.par_chunks_mut(CHUNK_ROWS)))
-                .for_each(|((h, (x, y)), (w, out))| {
-                    R::on_lanes(isa, Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
-                })
-        };
-        rayon::join(train_pass, || dev.mean_loss_grad(isa, theta_p, set_partials, false, Some(g_dev)));
+        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ)'s chunks go first, all of
+        // them shared out over the threads.
+        let train_passes = self.partials[..chunks * s]
+            .chunks_mut(s)
+            .zip(train.x.chunks(CHUNK_ROWS * s).zip(train.y.chunks(CHUNK_ROWS)))
+            .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)))
+            .map(|((h, (x, y)), (w, out))| Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
+        let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).chain(train_passes).collect();
+        run_on_fixed_threads(isa, passes);
+        dev.mean(&[], set_partials, Some(&mut self.dev_grad));
         // λ holds H λ_next for now.
         reduce_partials(&self.partials, s, chunks, lambda);
         let (w, e) = (R::of(dev_weight), R::of(eta));
