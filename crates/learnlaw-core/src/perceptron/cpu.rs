@@ -272,7 +272,8 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
 }
 
 /// g ← g + Σ_r c_r x_r over the rows of `xb` (in row order, so it sums exactly like one axpy per
-/// row), skipping rows with c_r = 0. As many lane sets of g as the registers hold
+/// row; a row with c_r = 0 adds exact zeros: no branch per row, which cost more than the FMAs it
+/// saved). As many lane sets of g as the registers hold
 /// ([`Lanes::ACC_SETS`]) stay in registers across the rows, instead of a load and a store of all
 /// of g per row.
 #[inline(always)]
@@ -308,11 +309,9 @@ fn axpy_lanes<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &
         acc[i] = L::load(&g[i]);
     }
     for (row, &cr) in xb.chunks_exact(s).zip(c) {
-        if cr != R::zero() {
-            let (cv, x) = (L::splat(cr), &row.as_chunks::<LANES>().0[first..first + K]);
-            for i in 0..K {
-                acc[i] = L::mul_add(cv, X::load::<L>(&x[i]), acc[i]);
-            }
+        let (cv, x) = (L::splat(cr), &row.as_chunks::<LANES>().0[first..first + K]);
+        for i in 0..K {
+            acc[i] = L::mul_add(cv, X::load::<L>(&x[i]), acc[i]);
         }
     }
     for i in 0..K {
