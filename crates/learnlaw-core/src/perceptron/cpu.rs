@@ -273,9 +273,8 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
 
 /// g ← g + Σ_r c_r x_r over the rows of `xb` (in row order, so it sums exactly like one axpy per
 /// row; a row with c_r = 0 adds exact zeros: no branch per row, which cost more than the FMAs it
-/// saved). As many lane sets of g as the registers hold
-/// ([`Lanes::ACC_SETS`]) stay in registers across the rows, instead of a load and a store of all
-/// of g per row.
+/// saved). As many lane sets of g as the registers hold ([`Lanes::ACC_SETS`]) stay in registers
+/// across the rows, instead of a load and a store of all of g per row.
 #[inline(always)]
 fn block_axpy<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], c: &[R], g: &mut [R]) {
     if L::ACC_SETS >= 8 {
