@@ -4,15 +4,15 @@
 //! Each step is one pass over the training matrix, split into fixed chunks of rows, with the
 //! desired set's chunks beside them; every thread of rayon's pool takes the same contiguous share
 //! of the chunks at every step (`rayon::broadcast`), so a core keeps reading the same rows and
-//! they stay in its cache. Rows go
-//! in blocks of 16: their dots (4 rows at a time, so the FMA chains overlap; the backward step's
-//! two per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
-//! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows. The
-//! row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
-//! arrays, picked at run time, the same bits on each), with X's rows zero-padded to a multiple of
-//! 16 columns. The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
-//! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling
-//! (a resumed f32 search reproduces an uninterrupted one bit for bit).
+//! they stay in its cache. Rows go in blocks of 16: their dots (4 rows at a time, so the FMA
+//! chains overlap; the backward step's two per row in the same pass), their sigmoids in one
+//! vectorised loop, then their axpys while the block is in L1, with 64 or 128 columns of the
+//! accumulator in registers across the block's rows. The row kernels are written once over 16
+//! SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable arrays, picked at run time, the same
+//! bits on each), with X's rows zero-padded to a multiple of 16 columns. The backward step's
+//! ∇L_dev skips the desired set's losses. Chunk partial sums are reduced in a fixed order, so
+//! results do not depend on the thread count, the CPU or scheduling (a resumed f32 search
+//! reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
 
 use rayon::prelude::*;
