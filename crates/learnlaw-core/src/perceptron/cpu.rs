@@ -15,8 +15,6 @@
 //! reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
 
-use rayon::prelude::*;
-
 use super::{bce_with_logits, sigmoid};
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
@@ -58,6 +56,13 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
     fn rows(&self) -> usize {
         self.y.len()
     }
+    fn chunks(&self) -> usize {
+        self.rows().div_ceil(CHUNK_ROWS)
+    }
+    /// The chunks' rows of X and their labels.
+    fn row_chunks(&self) -> impl Iterator<Item = (&[X], &[R])> {
+        self.x.chunks(CHUNK_ROWS * self.stride).zip(self.y.chunks(CHUNK_ROWS))
+    }
 
     /// The loss-and-gradient passes over the chunks: each returns its Σ of losses (with
     /// `want_loss`; else 0) and, with `want_grad`, sums its rows' (σ(z_n) − y_n) x_n into its
@@ -69,12 +74,13 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
         want_loss: bool,
         want_grad: bool,
     ) -> impl Iterator<Item = Pass<'a, R, X>> {
-        let s = self.stride;
-        let chunks = self.rows().div_ceil(CHUNK_ROWS);
-        partials[..chunks * s]
-            .chunks_mut(s)
-            .zip(self.x.chunks(CHUNK_ROWS * s).zip(self.y.chunks(CHUNK_ROWS)))
-            .map(move |(g, (x, y))| Pass::LossGrad { x, y, theta, want_loss, g: want_grad.then_some(g) })
+        partials[..self.chunks() * self.stride].chunks_mut(self.stride).zip(self.row_chunks()).map(move |(g, (x, y))| Pass::LossGrad {
+            x,
+            y,
+            theta,
+            want_loss,
+            g: want_grad.then_some(g),
+        })
     }
 
     /// The mean loss from the passes' sums and, with `grad`, the mean gradient from their
@@ -82,7 +88,7 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
     fn mean(&self, chunk_losses: &[f64], partials: &[R], grad: Option<&mut [R]>) -> f64 {
         let n = self.rows() as f64;
         if let Some(grad) = grad {
-            reduce_partials(partials, self.stride, self.rows().div_ceil(CHUNK_ROWS), grad);
+            reduce_partials(partials, self.stride, self.chunks(), grad);
             let inv = R::of(1.0 / n);
             grad.iter_mut().for_each(|g| *g = *g * inv);
         }
@@ -194,9 +200,23 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
         host::check_len("z", z, self.train.rows())?;
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let theta = padded(theta, &mut self.pad_theta, s);
-        let passes = z.chunks_mut(CHUNK_ROWS).zip(m.x.chunks(CHUNK_ROWS * s)).map(|(out, x)| Pass::Gemv { x, theta, out });
+        let passes = z.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, _))| Pass::Gemv { x, theta, out });
         run_on_fixed_threads(isa, passes.collect());
         Ok(())
+    }
+
+    /// Mean loss on an evaluation set at θ and, with `grad`, its gradient.
+    fn set_loss_grad(&mut self, set: Set, theta: &[R], grad: Option<&mut [R]>) -> Result<f64> {
+        host::check_len("theta", theta, self.dim)?;
+        if let Some(grad) = grad.as_deref() {
+            host::check_len("grad", grad, self.dim)?;
+        }
+        let theta = padded(theta, &mut self.pad_theta, self.train.stride);
+        let m = match set {
+            Set::Dev => &self.dev,
+            Set::Test => &self.test,
+        };
+        Ok(m.mean_loss_grad(self.isa, theta, &mut self.set_partials, true, grad))
     }
 }
 
@@ -495,10 +515,10 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
         // L_dev(θ)'s chunks, then the training pass's, shared out over the threads.
         let want_dev = dev_loss.is_some();
-        let dev_chunks = if want_dev { dev.rows().div_ceil(CHUNK_ROWS) } else { 0 };
+        let dev_chunks = if want_dev { dev.chunks() } else { 0 };
         let train_passes = self.partials[..chunks * s]
             .chunks_mut(s)
-            .zip(train.x.chunks(CHUNK_ROWS * s).zip(train.y.chunks(CHUNK_ROWS)))
+            .zip(train.row_chunks())
             .zip(gamma_t.chunks(CHUNK_ROWS))
             .map(|((g, (x, y)), w)| Pass::Forward { x, y, w, theta: theta_p, g });
         let passes = dev.loss_grad_passes(theta_p, set_partials, true, false).take(dev_chunks).chain(train_passes).collect();
@@ -543,7 +563,7 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         // them shared out over the threads.
         let train_passes = self.partials[..chunks * s]
             .chunks_mut(s)
-            .zip(train.x.chunks(CHUNK_ROWS * s).zip(train.y.chunks(CHUNK_ROWS)))
+            .zip(train.row_chunks())
             .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)))
             .map(|((h, (x, y)), (w, out))| Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
         let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).chain(train_passes).collect();
@@ -559,34 +579,18 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
     }
 
     fn loss(&mut self, set: Set, theta: &Vec<R>) -> Result<f64> {
-        host::check_len("theta", theta, self.dim)?;
-        let (isa, s) = (self.isa, self.train.stride);
-        let theta = padded(theta, &mut self.pad_theta, s);
-        let (m, partials) = match set {
-            Set::Dev => (&self.dev, &mut self.set_partials),
-            Set::Test => (&self.test, &mut self.set_partials),
-        };
-        Ok(m.mean_loss_grad(isa, theta, partials, true, None))
+        self.set_loss_grad(set, theta, None)
     }
     fn loss_grad(&mut self, set: Set, theta: &Vec<R>, grad: &mut Vec<R>) -> Result<f64> {
-        host::check_len("theta", theta, self.dim)?;
-        host::check_len("grad", grad, self.dim)?;
-        let (isa, s) = (self.isa, self.train.stride);
-        let theta = padded(theta, &mut self.pad_theta, s);
-        let (m, partials) = match set {
-            Set::Dev => (&self.dev, &mut self.set_partials),
-            Set::Test => (&self.test, &mut self.set_partials),
-        };
-        Ok(m.mean_loss_grad(isa, theta, partials, true, Some(grad)))
+        self.set_loss_grad(set, theta, Some(grad))
     }
     fn train_losses(&mut self, theta: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
         host::check_len("theta", theta, self.dim)?;
         host::check_len("losses", out, self.num_train())?;
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let theta = padded(theta, &mut self.pad_theta, s);
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(out, (x, y))| {
-            R::on_lanes(isa, Pass::Losses { x, y, theta, out });
-        });
+        let passes = out.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, y))| Pass::Losses { x, y, theta, out });
+        run_on_fixed_threads(isa, passes.collect());
         Ok(())
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
@@ -595,9 +599,8 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         host::check_len("dots", out, self.num_train())?;
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let (theta, v) = (padded(theta, &mut self.pad_theta, s), padded(v, &mut self.pad_lambda, s));
-        out.par_chunks_mut(CHUNK_ROWS).zip(m.x.par_chunks(CHUNK_ROWS * s).zip(m.y.par_chunks(CHUNK_ROWS))).for_each(|(out, (x, y))| {
-            R::on_lanes(isa, Pass::Dots { x, y, theta, v, out });
-        });
+        let passes = out.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, y))| Pass::Dots { x, y, theta, v, out });
+        run_on_fixed_threads(isa, passes.collect());
         Ok(())
     }
 }
