@@ -32,15 +32,10 @@ fn paper_data() -> PerceptronData {
     PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe")
 }
 
-/// The step benchmarks of one engine, named `{backend}_{op}_{dtype}{suffix}`, on the global pool
-/// and on each extra pool in `pools` (suffix, pool). The floor is the engine's own pass z = Xθ
-/// (`train_gemv`: the steps' dot kernel and chunking, nothing else), i.e. reading X once.
-fn step_benches<X: Stored<f32>>(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    backend: &str,
-    mut e: CpuPerceptron<f32, X>,
-    pools: &[(&str, Option<&rayon::ThreadPool>)],
-) {
+/// The step benchmarks of one engine, named `{backend}_{op}_{dtype}{suffix}`. The floor is the
+/// engine's own pass z = Xθ (`train_gemv`: the steps' dot kernel and chunking, nothing else),
+/// i.e. reading X once.
+fn step_benches<X: Stored<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, backend: &str, mut e: CpuPerceptron<f32, X>, suffix: &str) {
     let (n, d) = (e.num_train(), e.num_params());
     let dtype = X::name();
     let theta = e.upload(&init_theta(d, 10)).unwrap();
@@ -48,29 +43,15 @@ fn step_benches<X: Stored<f32>>(
     let (mut next, mut lambda, mut curve) = (e.zeros(d).unwrap(), e.zeros(d).unwrap(), e.zeros(1).unwrap());
     let (mut grad, mut z) = (e.zeros(n).unwrap(), e.zeros(n).unwrap());
     let lambda_next = e.upload(&vec![0.01; d]).unwrap();
-    for &(suffix, pool) in pools {
-        // The whole measurement on a worker of the pool (this thread is worker 0 of the global
-        // one, as in the CLI), so the steps' parallel loops start from inside it.
-        let on = |f: &mut (dyn FnMut() + Send)| match pool {
-            Some(pool) => pool.install(f),
-            None => f(),
-        };
-        let id = |op: &str| format!("{backend}_{op}_{dtype}{suffix}");
-        g.bench_function(id("gemv_floor"), |b| on(&mut || b.iter(|| e.train_gemv(&theta, &mut z).unwrap())));
-        g.bench_function(id("forward_step"), |b| {
-            on(&mut || b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap()))
-        });
-        g.bench_function(id("backward_step"), |b| {
-            on(&mut || {
-                b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
-            })
-        });
-        g.bench_function(id("forward_train_pass"), |b| {
-            on(&mut || b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, None).unwrap()))
-        });
-        g.bench_function(id("dev_loss"), |b| on(&mut || b.iter(|| e.loss(Set::Dev, &theta).unwrap())));
-        g.bench_function(id("dev_loss_grad"), |b| on(&mut || b.iter(|| e.loss_grad(Set::Dev, &theta, &mut lambda).unwrap())));
-    }
+    let id = |op: &str| format!("{backend}_{op}_{dtype}{suffix}");
+    g.bench_function(id("gemv_floor"), |b| b.iter(|| e.train_gemv(&theta, &mut z).unwrap()));
+    g.bench_function(id("forward_step"), |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, Some((&mut curve, 0))).unwrap()));
+    g.bench_function(id("backward_step"), |b| {
+        b.iter(|| e.backward_step(&theta, &gamma, 0, &lambda_next, 0.1, 1.0 / STEPS as f64, &mut grad, &mut lambda).unwrap())
+    });
+    g.bench_function(id("forward_train_pass"), |b| b.iter(|| e.forward_step(&theta, &gamma, 0, 0.1, &mut next, None).unwrap()));
+    g.bench_function(id("dev_loss"), |b| b.iter(|| e.loss(Set::Dev, &theta).unwrap()));
+    g.bench_function(id("dev_loss_grad"), |b| b.iter(|| e.loss_grad(Set::Dev, &theta, &mut lambda).unwrap()));
 }
 
 /// The variants the step table lists: (backend, dtype, suffix).
@@ -95,12 +76,14 @@ fn steps(c: &mut Criterion) {
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let mut g = c.benchmark_group("step");
     g.throughput(Throughput::Bytes((n * d * 4) as u64));
-    step_benches(&mut g, "cpu", CpuPerceptron::<f32>::new(&data).unwrap(), &[("", None), ("_1thread", Some(&one_thread))]);
+    step_benches(&mut g, "cpu", CpuPerceptron::<f32>::new(&data).unwrap(), "");
+    // An engine takes the thread count of the pool it is made in.
+    step_benches(&mut g, "cpu", one_thread.install(|| CpuPerceptron::<f32>::new(&data)).unwrap(), "_1thread");
     if avx2_variant() {
-        step_benches(&mut g, "cpu_avx2", CpuPerceptron::<f32>::new(&data).unwrap().with_isa(Isa::Avx2).unwrap(), &[("", None)]);
+        step_benches(&mut g, "cpu_avx2", CpuPerceptron::<f32>::new(&data).unwrap().with_isa(Isa::Avx2).unwrap(), "");
     }
     g.throughput(Throughput::Bytes((n * d * 2) as u64));
-    step_benches(&mut g, "cpu", CpuPerceptron::<f32, bf16>::new(&data).unwrap(), &[("", None)]);
+    step_benches(&mut g, "cpu", CpuPerceptron::<f32, bf16>::new(&data).unwrap(), "");
     g.finish();
 
     let mut g = c.benchmark_group("policy");

@@ -17,9 +17,11 @@
 //! - `theta`: θ files in and out, in the official PyTorch modules' format or learnlaw's flat θ.
 //! - `host_engine`: every engine behind one object-safe interface over host f64 arrays.
 //! - `host`, `linalg`: host-vector operations of the CPU engines; strided matrix views and GEMM.
+//! - `crew`: a CPU engine's own threads, each running the same share of every step.
 //! - `lanes`: 16 SIMD lanes (AVX-512, AVX2 or portable, the same bits on each) for the CPU row kernels.
 //! - `analysis`: scaling-law fits, Eq. 9's AR, the report's numbers and the policy heatmap.
 pub mod analysis;
+pub mod crew;
 pub mod data;
 pub mod engine;
 pub mod error;

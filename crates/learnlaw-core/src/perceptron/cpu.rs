@@ -2,20 +2,21 @@
 //! finite-difference tests use.
 //!
 //! Each step is one pass over the training matrix, split into fixed chunks of rows, with the
-//! desired set's chunks beside them; every thread of rayon's pool takes the same contiguous share
-//! of the chunks at every step (`rayon::broadcast`), so a core keeps reading the same rows and
-//! they stay in its cache. Rows go in blocks of 16: their dots (4 rows at a time, so the FMA
-//! chains overlap; the backward step's two per row in the same pass), their sigmoids in one
-//! vectorised loop, then their axpys while the block is in L1, with 64 or 128 columns of the
-//! accumulator in registers across the block's rows. The row kernels are written once over 16
-//! SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable arrays, picked at run time, the same
-//! bits on each), with X's rows zero-padded to a multiple of 16 columns. The backward step's
-//! ∇L_dev skips the desired set's losses. Chunk partial sums are reduced in a fixed order, so
-//! results do not depend on the thread count, the CPU or scheduling (a resumed f32 search
-//! reproduces an uninterrupted one bit for bit).
+//! desired set's chunks beside them; every thread of the engine's own [`Crew`] takes the same
+//! contiguous share of the chunks at every step, so a core keeps reading the same rows and they
+//! stay in its cache, and a step starts with a signal, not a thread pool's fork–join. Rows go in
+//! blocks of 16: their dots (4 rows at a time, so the FMA chains overlap; the backward step's two
+//! per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
+//! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows.
+//! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
+//! arrays, picked at run time, the same bits on each), with X's rows zero-padded to a multiple of
+//! 16 columns. The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
+//! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling (a
+//! resumed f32 search reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
 
 use super::{bce_with_logits, sigmoid};
+use crate::crew::Crew;
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::host;
@@ -23,7 +24,8 @@ use crate::lanes::{Isa, LaneKernel, Lanes, Stored, LANES};
 use crate::perceptron;
 use crate::{Error, Real, Result};
 
-/// Rows per parallel chunk: large enough to amortise scheduling, small enough to balance 2–16 cores.
+/// Rows per parallel chunk: large enough to amortise a pass's setup, small enough to share a
+/// step out evenly over 2–16 cores.
 const CHUNK_ROWS: usize = 256;
 /// Rows per block inside a chunk: their dots first, then their sigmoids in one vectorised loop,
 /// then their axpys while the rows are still in L1 (16 rows of D = 128 f32 are 8 KiB).
@@ -97,25 +99,89 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
 
     /// Mean loss at θ (with `want_loss`; else 0) and, when `grad` is given, its gradient
     /// (1/n) Σ (σ(z_n) − y_n) x_n, with `partials` as the chunks' scratch.
-    fn mean_loss_grad(&self, isa: Isa, theta: &[R], partials: &mut [R], want_loss: bool, grad: Option<&mut [R]>) -> f64 {
-        let losses = run_on_fixed_threads(isa, self.loss_grad_passes(theta, partials, want_loss, grad.is_some()).collect());
+    fn mean_loss_grad(
+        &self,
+        sweeps: &mut Sweeps,
+        isa: Isa,
+        theta: &[R],
+        partials: &mut [R],
+        want_loss: bool,
+        grad: Option<&mut [R]>,
+    ) -> f64 {
+        let losses = sweeps.run(isa, self.loss_grad_passes(theta, partials, want_loss, grad.is_some()).collect());
         self.mean(&losses, partials, grad)
     }
 }
 
-/// Runs the passes, each thread of the pool taking the same contiguous share of them at every
-/// call (`rayon::broadcast`), so a core reads the same rows of X step after step and keeps them in
-/// its own cache; their results in order.
-fn run_on_fixed_threads<R: Real, X: Stored<R>>(isa: Isa, passes: Vec<Pass<'_, R, X>>) -> Vec<f64> {
-    let threads = rayon::current_num_threads();
-    let per = passes.len().div_ceil(threads);
-    let mut passes = passes.into_iter();
-    let shares: Vec<Mutex<Vec<Pass<'_, R, X>>>> = (0..threads).map(|_| Mutex::new(passes.by_ref().take(per).collect())).collect();
-    let results = rayon::broadcast(|ctx| {
-        let share = std::mem::take(&mut *shares[ctx.index()].lock().unwrap_or_else(|p| p.into_inner()));
-        share.into_iter().map(|pass| R::on_lanes(isa, pass)).collect::<Vec<f64>>()
-    });
-    results.concat()
+/// The engine's threads and the direction of their next sweep.
+struct Sweeps {
+    crew: Crew,
+    /// Whether the next call runs each thread's share last chunk first.
+    backwards: bool,
+}
+
+impl Sweeps {
+    /// Runs the passes on the crew, each thread taking a contiguous share of about equal cost,
+    /// the same at every call, so a core reads the same rows of X step after step; their results
+    /// in order. Each call sweeps its share the other way round from the last: where the share
+    /// is a little larger than the core's cache, the rows the last sweep read last are still
+    /// there for this sweep to read first, where one direction would find none of them (each
+    /// row evicted just before its turn). Each chunk has its own partial sums, reduced in chunk
+    /// order, so the direction does not change a bit.
+    fn run<R: Real, X: Stored<R>>(&mut self, isa: Isa, passes: Vec<Pass<'_, R, X>>) -> Vec<f64> {
+        let costs: Vec<usize> = passes.iter().map(Pass::cost).collect();
+        let mut passes = passes.into_iter();
+        let mut start = 0;
+        let shares: Vec<Mutex<Vec<Pass<'_, R, X>>>> = balanced_ends(&costs, self.crew.threads())
+            .into_iter()
+            .map(|end| {
+                let share = passes.by_ref().take(end - start).collect();
+                start = end;
+                Mutex::new(share)
+            })
+            .collect();
+        let results: Vec<Mutex<Vec<f64>>> = shares.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let backwards = self.backwards;
+        self.backwards = !backwards;
+        self.crew.run(&|i| {
+            let share = std::mem::take(&mut *shares[i].lock().unwrap_or_else(|p| p.into_inner()));
+            let out = if backwards {
+                let mut out: Vec<f64> = share.into_iter().rev().map(|pass| R::on_lanes(isa, pass)).collect();
+                out.reverse();
+                out
+            } else {
+                share.into_iter().map(|pass| R::on_lanes(isa, pass)).collect()
+            };
+            *results[i].lock().unwrap_or_else(|p| p.into_inner()) = out;
+        });
+        results.into_iter().flat_map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
+    }
+}
+
+/// Where to cut a sequence of `costs` into `parts` contiguous runs of about equal sum: each run's
+/// end (the last is `costs.len()`). A cut goes at the prefix sum nearest its share of the total,
+/// the earlier one on a tie (the first run's thread also does the serial work after a step).
+fn balanced_ends(costs: &[usize], parts: usize) -> Vec<usize> {
+    let total: usize = costs.iter().sum();
+    let prefix: Vec<usize> = std::iter::once(0)
+        .chain(costs.iter().scan(0, |run, &c| {
+            *run += c;
+            Some(*run)
+        }))
+        .collect();
+    let mut ends: Vec<usize> = (1..parts)
+        .map(|i| {
+            let target = total * i / parts;
+            let k = prefix.partition_point(|&p| p < target);
+            if k > 0 && target - prefix[k - 1] <= prefix[k] - target {
+                k - 1
+            } else {
+                k
+            }
+        })
+        .collect();
+    ends.push(costs.len());
+    ends
 }
 
 /// Σ over chunks of `partials` (rows of `stride`), in chunk order, into `out` (its first columns).
@@ -155,6 +221,8 @@ pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     /// θ and λ zero-padded to the stride (used where D is not a multiple of 16).
     pad_theta: Vec<R>,
     pad_lambda: Vec<R>,
+    /// The threads every pass runs on, each with the same share of the chunks at every step.
+    sweeps: Sweeps,
 }
 
 impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
@@ -175,6 +243,7 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
             dev_grad: vec![R::zero(); dim],
             pad_theta: Vec::new(),
             pad_lambda: Vec::new(),
+            sweeps: Sweeps { crew: Crew::new(rayon::current_num_threads())?, backwards: false },
         })
     }
 
@@ -201,7 +270,7 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let theta = padded(theta, &mut self.pad_theta, s);
         let passes = z.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, _))| Pass::Gemv { x, theta, out });
-        run_on_fixed_threads(isa, passes.collect());
+        self.sweeps.run(isa, passes.collect());
         Ok(())
     }
 
@@ -216,7 +285,7 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
             Set::Dev => &self.dev,
             Set::Test => &self.test,
         };
-        Ok(m.mean_loss_grad(self.isa, theta, &mut self.set_partials, true, grad))
+        Ok(m.mean_loss_grad(&mut self.sweeps, self.isa, theta, &mut self.set_partials, true, grad))
     }
 }
 
@@ -367,6 +436,21 @@ enum Pass<'a, R, X> {
     Losses { x: &'a [X], y: &'a [R], theta: &'a [R], out: &'a mut [R] },
     /// The chunk's per-example dots ∇l_n·v = (σ(x_n·θ) − y_n)(x_n·v).
     Dots { x: &'a [X], y: &'a [R], theta: &'a [R], v: &'a [R], out: &'a mut [R] },
+}
+
+impl<R: Real, X: Stored<R>> Pass<'_, R, X> {
+    /// The pass's time in arbitrary units, for sharing a step's passes out evenly: 5 per row
+    /// for a pass that only reads its rows (dots), 9 for one that also adds them into a sum (an
+    /// axpy from L1 after the dots), the ratio of the steps to their one-pass floor measured on
+    /// the EPYC of BENCHMARKS.md.
+    fn cost(&self) -> usize {
+        let (rows, axpy) = match self {
+            Pass::LossGrad { y, g, .. } => (y.len(), g.is_some()),
+            Pass::Forward { y, .. } | Pass::Backward { y, .. } => (y.len(), true),
+            Pass::Gemv { out, .. } | Pass::Losses { out, .. } | Pass::Dots { out, .. } => (out.len(), false),
+        };
+        rows * if axpy { 9 } else { 5 }
+    }
 }
 
 impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
@@ -522,7 +606,7 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
             .zip(gamma_t.chunks(CHUNK_ROWS))
             .map(|((g, (x, y)), w)| Pass::Forward { x, y, w, theta: theta_p, g });
         let passes = dev.loss_grad_passes(theta_p, set_partials, true, false).take(dev_chunks).chain(train_passes).collect();
-        let sums = run_on_fixed_threads(isa, passes);
+        let sums = self.sweeps.run(isa, passes);
         let dev_value = want_dev.then(|| dev.mean(&sums[..dev_chunks], &[], None));
         reduce_partials(&self.partials, s, chunks, theta_next);
         let eta = R::of(eta);
@@ -567,7 +651,7 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
             .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)))
             .map(|((h, (x, y)), (w, out))| Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
         let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).chain(train_passes).collect();
-        run_on_fixed_threads(isa, passes);
+        self.sweeps.run(isa, passes);
         dev.mean(&[], set_partials, Some(&mut self.dev_grad));
         // λ holds H λ_next for now.
         reduce_partials(&self.partials, s, chunks, lambda);
@@ -590,7 +674,7 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let theta = padded(theta, &mut self.pad_theta, s);
         let passes = out.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, y))| Pass::Losses { x, y, theta, out });
-        run_on_fixed_threads(isa, passes.collect());
+        self.sweeps.run(isa, passes.collect());
         Ok(())
     }
     fn train_dots(&mut self, theta: &Vec<R>, v: &Vec<R>, out: &mut Vec<R>) -> Result<()> {
@@ -600,7 +684,7 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let (isa, s, m) = (self.isa, self.train.stride, &self.train);
         let (theta, v) = (padded(theta, &mut self.pad_theta, s), padded(v, &mut self.pad_lambda, s));
         let passes = out.chunks_mut(CHUNK_ROWS).zip(m.row_chunks()).map(|(out, (x, y))| Pass::Dots { x, y, theta, v, out });
-        run_on_fixed_threads(isa, passes.collect());
+        self.sweeps.run(isa, passes.collect());
         Ok(())
     }
 }
@@ -638,6 +722,36 @@ mod tests {
         for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
             assert!(want == unroll_bits(CpuPerceptron::<f32>::new(&data).unwrap().with_isa(isa).unwrap()), "{isa:?}");
         }
+    }
+
+    /// Each chunk has its own partial sums, reduced in chunk order: neither the number of
+    /// threads nor the direction of a sweep changes a bit.
+    #[test]
+    fn every_thread_count_computes_the_same_bits() {
+        let data =
+            PerceptronData::generate(&PerceptronRecipe { dim: 40, n_train: 1500, n_dev: 600, n_test: 5, ..PerceptronRecipe::default() })
+                .unwrap();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let e = pool.install(|| CpuPerceptron::<f32>::new(&data)).unwrap();
+            assert_eq!(e.sweeps.crew.threads(), threads);
+            unroll_bits(e)
+        };
+        let want = on(1);
+        for threads in [2, 3, 7] {
+            assert!(want == on(threads), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn shares_are_contiguous_and_of_about_equal_cost() {
+        assert_eq!(balanced_ends(&[5, 5, 5, 5], 2), [2, 4]);
+        // The desired set's cheaper chunks first: the first share takes more of them.
+        assert_eq!(balanced_ends(&[5, 5, 9, 9, 9, 9], 2), [3, 6]);
+        assert_eq!(balanced_ends(&[9, 9, 9], 2), [1, 3]);
+        assert_eq!(balanced_ends(&[9], 3), [0, 1, 1]);
+        assert_eq!(balanced_ends(&[], 2), [0, 0]);
+        assert_eq!(balanced_ends(&[1, 2, 3], 1), [3]);
     }
 
     /// bf16 storage is f32 arithmetic on X rounded to bf16: bit for bit, on every ISA.
