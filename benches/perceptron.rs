@@ -10,11 +10,13 @@
 //! core buys, and the fork–join's cost). The engines: `cpu` f32 on the widest lanes this CPU has,
 //! `cpu_avx2` the same on AVX2 lanes (where the widest are AVX-512), and `cpu` with X stored as
 //! bf16. Names follow `{backend}_{op}_{dtype}`; the ratio table is printed last, under the CPU's
-//! name.
+//! name. `dispatch/*` times starting an empty job on every thread: on the engine's own crew, and
+//! as a rayon broadcast (what the steps did before the crew).
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
+use learnlaw::crew::Crew;
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
 use learnlaw::lanes::{bf16, Isa, Stored};
 use learnlaw::perceptron::CpuPerceptron;
@@ -108,6 +110,28 @@ fn steps(c: &mut Criterion) {
     g.finish();
 }
 
+/// What it costs to start a step on every thread and wait for all: an empty job on a crew of
+/// the global pool's size, and the same as a rayon broadcast from worker 0 of the global pool.
+fn dispatch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dispatch");
+    let mut crew = Crew::new(rayon::current_num_threads()).unwrap();
+    g.bench_function("crew_empty_job", |b| {
+        b.iter(|| {
+            crew.run(&|i| {
+                std::hint::black_box(i);
+            })
+        })
+    });
+    g.bench_function("rayon_broadcast_empty_job", |b| {
+        b.iter(|| {
+            rayon::broadcast(|ctx| {
+                std::hint::black_box(ctx.index());
+            })
+        })
+    });
+    g.finish();
+}
+
 fn outer_epoch(c: &mut Criterion) {
     let data = paper_data();
     let mut g = c.benchmark_group("search");
@@ -126,7 +150,7 @@ fn epoch_bench<X: Stored<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, mut e: CpuP
     g.bench_function(format!("cpu_outer_epoch_{}", X::name()), |b| b.iter(|| search.step(&mut e).unwrap()));
 }
 
-criterion_group!(benches, steps, outer_epoch);
+criterion_group!(benches, steps, dispatch, outer_epoch);
 
 fn main() {
     // As in the CLI: this thread is worker 0 of the global pool.
@@ -153,6 +177,11 @@ fn main() {
     ] {
         let Some(t) = median_ns(group, id) else { continue };
         println!("{id:<36} {:>10.3} ms", t / 1e6);
+    }
+    for id in ["crew_empty_job", "rayon_broadcast_empty_job"] {
+        if let Some(t) = median_ns("dispatch", id) {
+            println!("{id:<36} {:>10.3} µs", t / 1e3);
+        }
     }
     for dtype in ["f32", "bf16"] {
         if let Some(t) = median_ns("search", &format!("cpu_outer_epoch_{dtype}")) {

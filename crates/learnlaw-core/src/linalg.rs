@@ -1,7 +1,11 @@
-//! Strided matrix views and a bounds-checked GEMM over them (matrixmultiply underneath).
+//! Strided matrix views and a bounds-checked GEMM over them: f32 on the CPU's SIMD lanes
+//! ([`lanes_sgemm`]), f64 through matrixmultiply.
 //!
 //! Views are row-major slices with explicit strides, so a transpose or one attention head's
 //! columns of a [rows, hidden] activation is a view, never a copy.
+use std::cell::RefCell;
+
+use crate::lanes::{Isa, LaneKernel, Lanes, LANES};
 use crate::Real;
 
 /// A read-only matrix view: element (i, j) is `data[i·rs + j·cs]`.
@@ -109,6 +113,140 @@ pub fn gemm<R: Real>(alpha: R, a: Mat<R>, b: Mat<R>, beta: R, c: MatMut<R>) {
     }
 }
 
+/// A strided f32 operand: (pointer, row stride, column stride).
+type Raw<P> = (P, isize, isize);
+
+thread_local! {
+    /// Each thread's copy of B's current column panel, kept between calls (no allocation per call).
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// f32's C ← α·A·B + β·C (A [m, k], B [k, n], C [m, n], any strides) on the lanes of `isa`
+/// (`Real::gemm_raw`: the widest this CPU has). The Transformer's products are tall and narrow (m = a chunk's 1024 tokens, n and k the
+/// width, 64–256), where a general GEMM spends as long packing A into its layout as multiplying
+/// (matrixmultiply: 20% of a step in packing against 39% in its kernel). Here only B is copied,
+/// a column panel at a time (k × 64 values, L2-resident), and A is read where it lies, one
+/// broadcast per element per panel. Each C entry is Σ_k in order with one rounding per FMA, so
+/// the result is the same bits on every ISA (AVX-512, AVX2, portable).
+///
+/// # Safety
+/// As `Real::gemm_raw`: every (i, j) inside the shapes addresses memory of its operand, and C
+/// overlaps neither A nor B.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn lanes_sgemm(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Raw<*const f32>,
+    b: Raw<*const f32>,
+    beta: f32,
+    c: Raw<*mut f32>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    PANEL.with_borrow_mut(|panel| f32::on_lanes(isa, LaneGemm { m, k, n, alpha, a, b, beta, c, panel }));
+}
+
+struct LaneGemm<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Raw<*const f32>,
+    b: Raw<*const f32>,
+    beta: f32,
+    c: Raw<*mut f32>,
+    panel: &'a mut Vec<f32>,
+}
+
+impl LaneKernel<f32> for LaneGemm<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<L: Lanes<f32>>(self) {
+        // Register blocks: MR rows × NV lane sets of accumulators, with NV sets of B and a
+        // broadcast beside them (AVX-512: 16 + 4 + 1 of 32 registers; else 4 + 2 + 1 of 16).
+        if L::ACC_SETS >= 8 {
+            self.panels::<L, 4, 4>()
+        } else {
+            self.panels::<L, 2, 2>()
+        }
+    }
+}
+
+impl LaneGemm<'_> {
+    #[inline(always)]
+    fn panels<L: Lanes<f32>, const MR: usize, const NV: usize>(self) {
+        let LaneGemm { m, k, n, alpha, a, b, beta, c, panel } = self;
+        let width = NV * LANES;
+        for j0 in (0..n).step_by(width) {
+            let w = width.min(n - j0);
+            // B's columns j0..j0 + w as a contiguous [k, width] panel, zero-padded.
+            panel.clear();
+            panel.resize(k * width, 0.0);
+            for (kk, row) in panel.chunks_exact_mut(width).enumerate() {
+                for (jj, p) in row[..w].iter_mut().enumerate() {
+                    // SAFETY: kk < k and j0 + jj < n (the caller's contract).
+                    *p = unsafe { *b.0.offset(kk as isize * b.1 + (j0 + jj) as isize * b.2) };
+                }
+            }
+            let mut i0 = 0;
+            while i0 + MR <= m {
+                // SAFETY: rows i0..i0 + MR < m, columns j0..j0 + w ≤ n.
+                unsafe { block::<L, MR, NV>(i0, j0, w, k, alpha, a, beta, c, panel) };
+                i0 += MR;
+            }
+            for i in i0..m {
+                // SAFETY: as above, one row at a time.
+                unsafe { block::<L, 1, NV>(i, j0, w, k, alpha, a, beta, c, panel) };
+            }
+        }
+    }
+}
+
+/// C\[i0..i0+MR, j0..j0+w\] from A's rows i0.. and the panel: per k, NV lane sets of the panel's
+/// row and one broadcast of A per row, MR·NV FMAs.
+///
+/// # Safety
+/// Rows i0..i0 + MR of A and C and columns j0..j0 + w of C exist; the panel is [k, NV·16].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<L: Lanes<f32>, const MR: usize, const NV: usize>(
+    i0: usize,
+    j0: usize,
+    w: usize,
+    k: usize,
+    alpha: f32,
+    a: Raw<*const f32>,
+    beta: f32,
+    c: Raw<*mut f32>,
+    panel: &[f32],
+) {
+    let mut acc = [[L::zero(); NV]; MR];
+    let rows: [*const f32; MR] = std::array::from_fn(|r| unsafe { a.0.offset((i0 + r) as isize * a.1) });
+    for (kk, prow) in panel.chunks_exact(NV * LANES).enumerate().take(k) {
+        let bv: [L::V; NV] = std::array::from_fn(|v| L::load(prow[v * LANES..(v + 1) * LANES].try_into().expect("16 lanes")));
+        for r in 0..MR {
+            let av = L::splat(unsafe { *rows[r].offset(kk as isize * a.2) });
+            for v in 0..NV {
+                acc[r][v] = L::mul_add(av, bv[v], acc[r][v]);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let mut out = [[0.0f32; LANES]; NV];
+        for v in 0..NV {
+            L::store(acc_r[v], &mut out[v]);
+        }
+        for (jj, &x) in out.as_flattened()[..w].iter().enumerate() {
+            let cij = unsafe { &mut *c.0.offset((i0 + r) as isize * c.1 + (j0 + jj) as isize * c.2) };
+            *cij = if beta == 0.0 { alpha * x } else { alpha * x + beta * *cij };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +281,37 @@ mod tests {
             for j in 0..n {
                 let w: f64 = (2..6).map(|p| a[(i + 1) * k + p] * b[p * n + j]).sum();
                 assert!((cb[i * n + j] - w).abs() < 1e-12);
+            }
+        }
+    }
+
+    /// f32 on every ISA: the same bits on each, near the f64 product, at shapes with row and
+    /// column remainders (m = 11 = 2·4 + 3, n = 70 = 64 + 6), transposed operands, β = 0 over
+    /// NaNs and β ≠ 0.
+    #[test]
+    fn lanes_sgemm_is_the_same_bits_on_every_isa() {
+        let (m, k, n) = (11, 9, 70);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.61).cos()).collect();
+        let want = naive(&a.iter().map(|&x| x as f64).collect::<Vec<_>>(), &b.iter().map(|&x| x as f64).collect::<Vec<_>>(), m, k, n);
+        let run = |isa: Isa, at: bool, beta: f32| {
+            // A stored transposed ([k, m]) where `at`.
+            let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let (ap, ars, acs) = if at { (a_t.as_ptr(), 1, m as isize) } else { (a.as_ptr(), k as isize, 1) };
+            let mut c = vec![if beta == 0.0 { f32::NAN } else { 1.0 }; m * n];
+            unsafe { lanes_sgemm(isa, m, k, n, 0.5, (ap, ars, acs), (b.as_ptr(), n as isize, 1), beta, (c.as_mut_ptr(), n as isize, 1)) };
+            c
+        };
+        for beta in [0.0, 2.0] {
+            let first = run(Isa::Portable, false, beta);
+            for (x, w) in first.iter().zip(&want) {
+                assert!((*x as f64 - (0.5 * w + beta as f64)).abs() < 1e-5, "{x} vs {w}");
+            }
+            for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+                for at in [false, true] {
+                    let got = run(isa, at, beta);
+                    assert!(got.iter().zip(&first).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa:?} transposed A: {at}");
+                }
             }
         }
     }

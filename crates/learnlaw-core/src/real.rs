@@ -17,8 +17,9 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + std::iter::Sum
     fn on_lanes<K: LaneKernel<Self>>(isa: Isa, kernel: K) -> K::Out;
     /// The lanes `on_lanes(isa, …)` runs on.
     fn lanes(isa: Isa) -> Isa;
-    /// C ← α·A·B + β·C on strided matrices (A [m, k], B [k, n], C [m, n]): matrixmultiply's
-    /// sgemm / dgemm. Use the checked wrapper `linalg::gemm`.
+    /// C ← α·A·B + β·C on strided matrices (A [m, k], B [k, n], C [m, n]): f32 on the SIMD
+    /// lanes (`linalg::lanes_sgemm`), f64 through matrixmultiply's dgemm. Use the checked wrapper
+    /// `linalg::gemm`.
     ///
     /// # Safety
     /// The pointers and strides must describe matrices inside live allocations, and C must not
@@ -97,7 +98,8 @@ impl Real for f32 {
         beta: f32,
         c: (*mut f32, isize, isize),
     ) {
-        matrixmultiply::sgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
+        // SAFETY: the caller's contract is lanes_sgemm's.
+        unsafe { crate::linalg::lanes_sgemm(Isa::widest(), m, k, n, alpha, a, b, beta, c) }
     }
 }
 

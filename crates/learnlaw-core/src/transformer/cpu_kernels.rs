@@ -300,8 +300,10 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
 // Embeddings, ReLU and residual adds are memory-bound copies and stay baseline.
 
 /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
-/// Loops over j ≤ i with head_dim-long dots and axpys: the per-head products are too small
-/// (L × head_dim) for a GEMM's packing to pay, and the causal half is skipped.
+/// Loops over j ≤ i: the per-head products are too small (L × head_dim) for a GEMM's packing to
+/// pay, and the causal half is skipped. A row of scores q_i·k_j comes from the head's Kᵀ
+/// ([`row_times_transposed`]: vectorised over j, where a dot per j would end in a horizontal sum),
+/// the output rows from axpys of V's rows (vectorised over head_dim).
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>, v: Pair<Vec<R>>, p: &mut Act<Vec<R>>, o: PairMut<Vec<R>>) {
@@ -318,17 +320,23 @@ fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>,
     if let Some(ot) = ot.as_deref_mut() {
         ot.fill(R::zero());
     }
-    let mut st = vec![R::zero(); l];
+    let (mut st, mut st2) = (vec![R::zero(); l], vec![R::zero(); l]);
+    let (mut k_t, mut kt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
             let row = |i| head_row(d, s, hd, i);
+            head_transposed(d, k.v, s, hd, &mut k_t);
+            if let Some(kt) = k.t {
+                head_transposed(d, kt, s, hd, &mut kt_t);
+            }
             for i in 0..l {
                 let pr = &mut p.v[at + i * l..at + i * l + i + 1];
                 let qi = &q.v[row(i)];
+                row_times_transposed(qi, &k_t, l, pr);
                 let mut max = R::neg_infinity();
-                for (j, x) in pr.iter_mut().enumerate() {
-                    *x = c * dot(qi, &k.v[row(j)]);
+                for x in pr.iter_mut() {
+                    *x = c * *x;
                     max = max.max(*x);
                 }
                 pr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
@@ -338,10 +346,11 @@ fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>,
                 for (j, &pij) in pr.iter().enumerate() {
                     axpy(pij, &v.v[row(j)], oi);
                 }
-                if let (Some(ot), Some(qt), Some(kt), Some(vt)) = (ot.as_deref_mut(), q.t, k.t, v.t) {
-                    let qti = &qt[row(i)];
-                    for (j, sj) in st[..=i].iter_mut().enumerate() {
-                        *sj = c * (dot(qti, &k.v[row(j)]) + dot(qi, &kt[row(j)]));
+                if let (Some(ot), Some(qt), Some(vt)) = (ot.as_deref_mut(), q.t, v.t) {
+                    row_times_transposed(&qt[row(i)], &k_t, l, &mut st[..=i]);
+                    row_times_transposed(qi, &kt_t, l, &mut st2[..=i]);
+                    for (sj, &s2) in st[..=i].iter_mut().zip(&st2) {
+                        *sj = c * (*sj + s2);
                     }
                     let mean = dot(pr, &st[..=i]);
                     let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
@@ -379,16 +388,21 @@ fn attention_backward<R: Real>(
     {
         g.fill(R::zero());
     }
-    let (mut gp, mut gs, mut gpt) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
+    let (mut gp, mut gs, mut gpt, mut gpt2) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
+    let (mut v_t, mut vt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
             let row = |i| head_row(d, s, hd, i);
+            head_transposed(d, v.v, s, hd, &mut v_t);
+            if let Some(vt) = v.t {
+                head_transposed(d, vt, s, hd, &mut vt_t);
+            }
             for i in 0..l {
                 let pr = &p.v[at + i * l..at + i * l + i + 1];
                 let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
+                row_times_transposed(goi, &v_t, l, &mut gp[..=i]);
                 for j in 0..=i {
-                    gp[j] = dot(goi, &v.v[row(j)]);
                     axpy(pr[j], goi, &mut gv.v[row(j)]);
                 }
                 let rho = dot(pr, &gp[..=i]);
@@ -401,9 +415,11 @@ fn attention_backward<R: Real>(
                     let tangent = "tangent mode has tangents";
                     let ptr = &p.t[at + i * l..at + i * l + i + 1];
                     let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
-                    let (kt, vt) = (k.t.expect(tangent), v.t.expect(tangent));
+                    let kt = k.t.expect(tangent);
+                    row_times_transposed(goti, &v_t, l, &mut gpt[..=i]);
+                    row_times_transposed(goi, &vt_t, l, &mut gpt2[..=i]);
                     for j in 0..=i {
-                        gpt[j] = dot(goti, &v.v[row(j)]) + dot(goi, &vt[row(j)]);
+                        gpt[j] = gpt[j] + gpt2[j];
                         axpy(ptr[j], goi, &mut gvt[row(j)]);
                         axpy(pr[j], goti, &mut gvt[row(j)]);
                     }
@@ -594,6 +610,36 @@ fn logit_gradients<R: Real>(
             for (g, &p) in gz.t[span.clone()].iter_mut().zip(&probs.t[span]) {
                 *g = c * p;
             }
+        }
+    }
+}
+
+/// One head's rows of a [M, H] activation of sequence `s`, transposed into `out`:
+/// out\[dd·L + j\] = m\[row j\]\[dd\].
+#[inline(always)]
+fn head_transposed<R: Real>(d: Dims, m: &[R], s: usize, hd: usize, out: &mut Vec<R>) {
+    let (l, dh) = (d.len, d.hidden / d.heads);
+    out.resize(dh * l, R::zero());
+    for j in 0..l {
+        for (dd, &x) in m[head_row(d, s, hd, j)].iter().enumerate() {
+            out[dd * l + j] = x;
+        }
+    }
+}
+
+/// out\[j\] = a·m_j for j < out.len(), from the transpose `mt` (rows of length `l`) of the m_j:
+/// one axpy of a row of `mt` per entry of `a`, vectorised over j. The products are added in
+/// `a`'s order, the order `host::dot` adds them in for vectors of up to 16 (so at head_dim 16 the
+/// same bits as a dot per j).
+#[inline(always)]
+fn row_times_transposed<R: Real>(a: &[R], mt: &[R], l: usize, out: &mut [R]) {
+    let n = out.len();
+    for (o, &m) in out.iter_mut().zip(&mt[..n]) {
+        *o = a[0] * m;
+    }
+    for (dd, &ad) in a.iter().enumerate().skip(1) {
+        for (o, &m) in out.iter_mut().zip(&mt[dd * l..dd * l + n]) {
+            *o = *o + ad * m;
         }
     }
 }
