@@ -1,5 +1,5 @@
 //! Strided matrix views and a bounds-checked GEMM over them: f32 on the CPU's SIMD lanes
-//! ([`lanes_sgemm`]), f64 through matrixmultiply.
+//! (`lanes_sgemm`), f64 through matrixmultiply.
 //!
 //! Views are row-major slices with explicit strides, so a transpose or one attention head's
 //! columns of a [rows, hidden] activation is a view, never a copy.
@@ -235,6 +235,20 @@ unsafe fn block<L: Lanes<f32>, const MR: usize, const NV: usize>(
             }
         }
     }
+    // The common case, a whole panel's width of contiguous C with C ← A·B or C ← C + A·B: whole
+    // vectors, the same bits as the element-wise loop below (1·x and 1·c are exact).
+    if w == NV * LANES && c.2 == 1 && alpha == 1.0 && (beta == 0.0 || beta == 1.0) {
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, &acc_rv) in acc_r.iter().enumerate() {
+                // SAFETY: columns j0 + 16v .. j0 + 16v + 16 of row i0 + r are inside C (w = NV·16
+                // columns from j0) and contiguous (c.2 = 1).
+                let cv = unsafe { &mut *(c.0.offset((i0 + r) as isize * c.1 + (j0 + v * LANES) as isize) as *mut [f32; LANES]) };
+                let sum = if beta == 0.0 { acc_rv } else { L::mul_add(L::splat(1.0), acc_rv, L::load(cv)) };
+                L::store(sum, cv);
+            }
+        }
+        return;
+    }
     for (r, acc_r) in acc.iter().enumerate() {
         let mut out = [[0.0f32; LANES]; NV];
         for v in 0..NV {
@@ -285,32 +299,32 @@ mod tests {
         }
     }
 
-    /// f32 on every ISA: the same bits on each, near the f64 product, at shapes with row and
-    /// column remainders (m = 11 = 2·4 + 3, n = 70 = 64 + 6), transposed operands, β = 0 over
-    /// NaNs and β ≠ 0.
+    /// f32 on every ISA, bit for bit the defined order: each C entry Σ_k by FMAs from zero,
+    /// then α·Σ + β·C. Shapes with row and column remainders (m = 11 = 2·4 + 3, n = 70 = 64 + 6),
+    /// A stored as is or transposed, the vector epilogue (α = 1, β = 0 over NaNs or β = 1) and
+    /// the element-wise one (α = 0.5, β = 2).
     #[test]
-    fn lanes_sgemm_is_the_same_bits_on_every_isa() {
+    fn lanes_sgemm_is_the_defined_sum_on_every_isa() {
         let (m, k, n) = (11, 9, 70);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.61).cos()).collect();
-        let want = naive(&a.iter().map(|&x| x as f64).collect::<Vec<_>>(), &b.iter().map(|&x| x as f64).collect::<Vec<_>>(), m, k, n);
-        let run = |isa: Isa, at: bool, beta: f32| {
-            // A stored transposed ([k, m]) where `at`.
-            let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-            let (ap, ars, acs) = if at { (a_t.as_ptr(), 1, m as isize) } else { (a.as_ptr(), k as isize, 1) };
-            let mut c = vec![if beta == 0.0 { f32::NAN } else { 1.0 }; m * n];
-            unsafe { lanes_sgemm(isa, m, k, n, 0.5, (ap, ars, acs), (b.as_ptr(), n as isize, 1), beta, (c.as_mut_ptr(), n as isize, 1)) };
-            c
-        };
-        for beta in [0.0, 2.0] {
-            let first = run(Isa::Portable, false, beta);
-            for (x, w) in first.iter().zip(&want) {
-                assert!((*x as f64 - (0.5 * w + beta as f64)).abs() < 1e-5, "{x} vs {w}");
-            }
+        let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let c0 = |beta: f32| vec![if beta == 0.0 { f32::NAN } else { 0.25 }; m * n];
+        for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (0.5, 2.0)] {
+            let want: Vec<u32> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    let sum = (0..k).fold(0.0f32, |acc, p| a[i * k + p].mul_add(b[p * n + j], acc));
+                    (if beta == 0.0 { alpha * sum } else { alpha * sum + beta * c0(beta)[ij] }).to_bits()
+                })
+                .collect();
             for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
-                for at in [false, true] {
-                    let got = run(isa, at, beta);
-                    assert!(got.iter().zip(&first).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa:?} transposed A: {at}");
+                for (ap, ars, acs) in [(a.as_ptr(), k as isize, 1), (a_t.as_ptr(), 1, m as isize)] {
+                    let mut c = c0(beta);
+                    unsafe {
+                        lanes_sgemm(isa, m, k, n, alpha, (ap, ars, acs), (b.as_ptr(), n as isize, 1), beta, (c.as_mut_ptr(), n as isize, 1))
+                    };
+                    assert!(c.iter().map(|x| x.to_bits()).eq(want.iter().copied()), "{isa:?}, α {alpha}, β {beta}, A strides {ars} {acs}");
                 }
             }
         }
