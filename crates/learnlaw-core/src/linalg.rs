@@ -122,12 +122,13 @@ thread_local! {
 }
 
 /// f32's C ← α·A·B + β·C (A [m, k], B [k, n], C [m, n], any strides) on the lanes of `isa`
-/// (`Real::gemm_raw`: the widest this CPU has). The Transformer's products are tall and narrow (m = a chunk's 1024 tokens, n and k the
-/// width, 64–256), where a general GEMM spends as long packing A into its layout as multiplying
-/// (matrixmultiply: 20% of a step in packing against 39% in its kernel). Here only B is copied,
-/// a column panel at a time (k × 64 values, L2-resident), and A is read where it lies, one
-/// broadcast per element per panel. Each C entry is Σ_k in order with one rounding per FMA, so
-/// the result is the same bits on every ISA (AVX-512, AVX2, portable).
+/// (`Real::gemm_raw`: the widest this CPU has). The Transformer's products are tall and narrow
+/// (m = a chunk's 1024 tokens, n and k the width, 64–256), where a general GEMM spends as long
+/// packing A into its layout as multiplying (matrixmultiply: 20% of a step in packing against 39%
+/// in its kernel). Here only B is copied, a column panel at a time (k × 64 values on AVX-512,
+/// k × 32 on the others; L2-resident), and A is read where it lies, one broadcast per element per
+/// panel. Each C entry is Σ_k in order with one rounding per FMA, then α·Σ + β·C, so the result
+/// is the same bits on every ISA (AVX-512, AVX2, portable).
 ///
 /// # Safety
 /// As `Real::gemm_raw`: every (i, j) inside the shapes addresses memory of its operand, and C
@@ -167,7 +168,8 @@ impl LaneKernel<f32> for LaneGemm<'_> {
     #[inline(always)]
     fn run<L: Lanes<f32>>(self) {
         // Register blocks: MR rows × NV lane sets of accumulators, with NV sets of B and a
-        // broadcast beside them (AVX-512: 16 + 4 + 1 of 32 registers; else 4 + 2 + 1 of 16).
+        // broadcast beside them (AVX-512, a set one register: 16 + 4 + 1 of 32; AVX2, a set two
+        // registers: 2 × (4 + 2 + 1) = 14 of 16).
         if L::ACC_SETS >= 8 {
             self.panels::<L, 4, 4>()
         } else {
