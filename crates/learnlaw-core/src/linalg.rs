@@ -185,14 +185,16 @@ impl LaneGemm<'_> {
         let width = NV * LANES;
         for j0 in (0..n).step_by(width) {
             let w = width.min(n - j0);
-            // B's columns j0..j0 + w as a contiguous [k, width] panel, zero-padded.
-            panel.clear();
+            // B's columns j0..j0 + w as a contiguous [k, width] panel, zero-padded (each value
+            // written once).
             panel.resize(k * width, 0.0);
             for (kk, row) in panel.chunks_exact_mut(width).enumerate() {
-                for (jj, p) in row[..w].iter_mut().enumerate() {
+                let (cols, pad) = row.split_at_mut(w);
+                for (jj, p) in cols.iter_mut().enumerate() {
                     // SAFETY: kk < k and j0 + jj < n (the caller's contract).
                     *p = unsafe { *b.0.offset(kk as isize * b.1 + (j0 + jj) as isize * b.2) };
                 }
+                pad.fill(0.0);
             }
             let mut i0 = 0;
             while i0 + MR <= m {

@@ -145,13 +145,14 @@ impl Sweeps {
         self.backwards = !backwards;
         self.crew.run(&|i| {
             let share = std::mem::take(&mut *shares[i].lock().unwrap_or_else(|p| p.into_inner()));
-            let out = if backwards {
-                let mut out: Vec<f64> = share.into_iter().rev().map(|pass| R::on_lanes(isa, pass)).collect();
-                out.reverse();
-                out
+            let mut out = vec![0.0; share.len()];
+            let passes = share.into_iter().zip(&mut out);
+            let run = |(pass, o): (Pass<'_, R, X>, &mut f64)| *o = R::on_lanes(isa, pass);
+            if backwards {
+                passes.rev().for_each(run);
             } else {
-                share.into_iter().map(|pass| R::on_lanes(isa, pass)).collect()
-            };
+                passes.for_each(run);
+            }
             *results[i].lock().unwrap_or_else(|p| p.into_inner()) = out;
         });
         results.into_iter().flat_map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
