@@ -231,20 +231,24 @@ impl Case for RmsNorm {
 
 struct Attention;
 impl Case for Attention {
-    /// Two shapes per seed, with opposite tangent modes: a head width up to 11 and one above 16
-    /// (attention.cu keeps rows in registers up to 16 and runs plain loops above).
+    /// Three shapes per seed: a head width up to 11 and one above 16 with opposite tangent modes
+    /// (attention.cu keeps rows in registers up to 16 and runs plain loops above), and 16 or 32
+    /// (the CPU's loops are compiled for those widths as constants), up to three lane sets long.
     fn run<K: HostBuffers>(&self, k: &mut K, r: &mut ChaCha8Rng) -> Outputs {
         let tan = r.random_bool(0.5);
-        let (small, large) = (r.random_range(1..12), r.random_range(17..24));
-        let mut outs = attention_case(k, r, small, tan);
-        outs.extend(attention_case(k, r, large, !tan));
+        let (small, large, constant) = (r.random_range(1..12), r.random_range(17..24), [16, 32][r.random_range(0..2)]);
+        let mut outs = attention_case(k, r, small, 20, tan);
+        outs.extend(attention_case(k, r, large, 20, !tan));
+        let tan = r.random_bool(0.5);
+        outs.extend(attention_case(k, r, constant, 40, tan));
         outs
     }
 }
 
-fn attention_case<K: HostBuffers>(k: &mut K, r: &mut ChaCha8Rng, dh: usize, tan: bool) -> Outputs {
+/// Sequences of fewer than `max_len` positions.
+fn attention_case<K: HostBuffers>(k: &mut K, r: &mut ChaCha8Rng, dh: usize, max_len: usize, tan: bool) -> Outputs {
     let heads = r.random_range(1..4);
-    let d = Dims { seqs: r.random_range(1..4), len: r.random_range(1..20), heads, hidden: heads * dh };
+    let d = Dims { seqs: r.random_range(1..4), len: r.random_range(1..max_len), heads, hidden: heads * dh };
     let scale = r.random_range(0.1..1.5);
     let len = d.rows() * d.hidden;
     let q = random_act(k, r, len, tan);

@@ -1,7 +1,7 @@
-//! The layer kernels on the CPU, generic over f32/f64: plain loops and matrixmultiply GEMMs on
+//! The layer kernels on the CPU, generic over f32/f64: plain loops and GEMMs (`linalg::gemm`) on
 //! host vectors. `CpuKernels<f64>` is the reference every other backend's kernels are held to.
 //!
-//! Summation orders (what fixes the bits): GEMMs are matrixmultiply's; row reductions use
+//! Summation orders (what fixes the bits): GEMMs are `linalg::gemm`'s; row reductions use
 //! `host::dot`/`sum`/`max` (16 lanes, then the tail); per-sequence losses and dots add their
 //! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
 use std::marker::PhantomData;
@@ -12,6 +12,7 @@ use super::kernels::{
     linear_backward, Act, Dims, GemmShape, HostBuffers, LayerKernels, Norm, Operand, Output, Pair, PairMut, Param, ParamGrads, Tokens,
 };
 use crate::host::{dot, max, sum};
+use crate::lanes::LANES;
 use crate::linalg::{gemm, Mat, MatMut};
 use crate::text::PAD;
 use crate::Real;
@@ -195,7 +196,11 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         p: &mut Act<Vec<R>>,
         o: PairMut<Vec<R>>,
     ) {
-        attention_forward(d, c, q, k, v, p, o)
+        match d.hidden / d.heads {
+            16 => attention_forward::<R, 16>(d, c, q, k, v, p, o),
+            32 => attention_forward::<R, 32>(d, c, q, k, v, p, o),
+            _ => attention_forward::<R, 0>(d, c, q, k, v, p, o),
+        }
     }
 
     fn attention_backward(
@@ -211,7 +216,11 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
         gk: PairMut<Vec<R>>,
         gv: PairMut<Vec<R>>,
     ) {
-        attention_backward(d, c, q, k, v, p, go, gq, gk, gv)
+        match d.hidden / d.heads {
+            16 => attention_backward::<R, 16>(d, c, q, k, v, p, go, gq, gk, gv),
+            32 => attention_backward::<R, 32>(d, c, q, k, v, p, go, gq, gk, gv),
+            _ => attention_backward::<R, 0>(d, c, q, k, v, p, go, gq, gk, gv),
+        }
     }
 
     /// The logits go into `probs`, which `softmax_cross_entropy` overwrites with the probabilities;
@@ -294,7 +303,7 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
     }
 }
 
-// The loops outside the GEMMs (matrixmultiply picks its own kernels at run time): attention,
+// The loops outside the GEMMs (which pick their own kernels at run time): attention,
 // RMSNorm and the head's softmax and cross-entropy, compiled for every x86-64 level and picked at
 // run time like the perceptron's passes (multiversion), everything they call inlined into them.
 // Embeddings, ReLU and residual adds are memory-bound copies and stay baseline.
@@ -302,63 +311,72 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
 /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
 /// Loops over j ≤ i: the per-head products are too small (L × head_dim) for a GEMM's packing to
 /// pay, and the causal half is skipped. A row of scores q_i·k_j comes from the head's Kᵀ
-/// ([`row_times_transposed`]: vectorised over j, where a dot per j would end in a horizontal sum),
-/// the output rows from axpys of V's rows (vectorised over head_dim).
+/// ([`row_times_transposed`]: vectorised over j, where a dot per j would end in a horizontal sum).
+/// The output rows are axpys of V's rows (vectorised over head_dim), run once the head's P is
+/// known with j outermost: consecutive axpys then go to different rows, where a loop over j
+/// into one row would wait on each store. Each row still sums its j in order.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>, v: Pair<Vec<R>>, p: &mut Act<Vec<R>>, o: PairMut<Vec<R>>) {
+fn attention_forward<R: Real, const DH: usize>(
+    d: Dims,
+    c: f64,
+    q: Pair<Vec<R>>,
+    k: Pair<Vec<R>>,
+    v: Pair<Vec<R>>,
+    p: &mut Act<Vec<R>>,
+    o: PairMut<Vec<R>>,
+) {
     let (l, c) = (d.len, R::of(c));
     let tan = q.t.is_some();
     let mut ot = o.t;
+    // Each call writes every entry on and below the diagonal; nothing reads those above it.
     p.v.resize(d.seqs * d.heads * l * l, R::zero());
-    p.v.fill(R::zero());
     if tan {
         p.t.resize(p.v.len(), R::zero());
-        p.t.fill(R::zero());
     }
     o.v.fill(R::zero());
     if let Some(ot) = ot.as_deref_mut() {
         ot.fill(R::zero());
     }
-    let (mut st, mut st2) = (vec![R::zero(); l], vec![R::zero(); l]);
+    let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
     let (mut k_t, mut kt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, s, hd, i);
+            let row = |i| head_row(d, head_dim::<DH>(d), s, hd, i);
             head_transposed(d, k.v, s, hd, &mut k_t);
             if let Some(kt) = k.t {
                 head_transposed(d, kt, s, hd, &mut kt_t);
             }
             for i in 0..l {
-                let pr = &mut p.v[at + i * l..at + i * l + i + 1];
+                // Row i in whole lane sets (n entries), the ones past i masked.
+                let [st, st2, pi] = &mut scratch;
+                let n = (i + 1).next_multiple_of(LANES);
                 let qi = &q.v[row(i)];
-                row_times_transposed(qi, &k_t, l, pr);
-                let mut max = R::neg_infinity();
-                for x in pr.iter_mut() {
-                    *x = c * *x;
-                    max = max.max(*x);
-                }
-                pr.iter_mut().for_each(|x| *x = (*x - max).exp_inline());
-                let inv = R::one() / sum(pr);
-                pr.iter_mut().for_each(|x| *x = *x * inv);
-                let oi = &mut o.v[row(i)];
-                for (j, &pij) in pr.iter().enumerate() {
-                    axpy(pij, &v.v[row(j)], oi);
-                }
-                if let (Some(ot), Some(qt), Some(vt)) = (ot.as_deref_mut(), q.t, v.t) {
-                    row_times_transposed(&qt[row(i)], &k_t, l, &mut st[..=i]);
-                    row_times_transposed(qi, &kt_t, l, &mut st2[..=i]);
-                    for (sj, &s2) in st[..=i].iter_mut().zip(&st2) {
+                row_times_transposed(qi, &k_t, i + 1, st);
+                causal_softmax(c, i, &st[..n], &mut pi[..n]);
+                p.v[at + i * l..at + i * l + i + 1].copy_from_slice(&pi[..=i]);
+                if let Some(qt) = q.t {
+                    row_times_transposed(&qt[row(i)], &k_t, i + 1, st);
+                    row_times_transposed(qi, &kt_t, i + 1, st2);
+                    for (sj, &s2) in st[..n].iter_mut().zip(&st2[..n]) {
                         *sj = c * (*sj + s2);
                     }
-                    let mean = dot(pr, &st[..=i]);
+                    let mean = dot(&pi[..n], &st[..n]);
                     let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
-                    let oti = &mut ot[row(i)];
-                    for j in 0..=i {
-                        ptr[j] = pr[j] * (st[j] - mean);
-                        axpy(ptr[j], &v.v[row(j)], oti);
-                        axpy(pr[j], &vt[row(j)], oti);
+                    for ((ptj, &pj), &sj) in ptr.iter_mut().zip(pi.iter()).zip(st.iter()) {
+                        *ptj = pj * (sj - mean);
+                    }
+                }
+            }
+            for j in 0..l {
+                let vj = &v.v[row(j)];
+                for i in j..l {
+                    axpy(p.v[at + i * l + j], vj, &mut o.v[row(i)]);
+                }
+                if let (Some(ot), Some(vt)) = (ot.as_deref_mut(), v.t) {
+                    for i in j..l {
+                        axpy2(p.t[at + i * l + j], vj, p.v[at + i * l + j], &vt[row(j)], &mut ot[row(i)]);
                     }
                 }
             }
@@ -367,10 +385,12 @@ fn attention_forward<R: Real>(d: Dims, c: f64, q: Pair<Vec<R>>, k: Pair<Vec<R>>,
 }
 
 /// gP = gO Vᵀ, gV = Pᵀ gO, gS = P ⊙ (gP − ρ) with ρ = rowsum(gP ⊙ P), gQ = c·gS K,
-/// gK = c·gSᵀ Q; and their tangents (the product rule on each factor).
+/// gK = c·gSᵀ Q; and their tangents (the product rule on each factor). gQ's rows are summed
+/// after the head's gS is known, j outermost (as the forward's output rows, and for the same
+/// reason); the other gradients' rows already change with j.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-fn attention_backward<R: Real>(
+fn attention_backward<R: Real, const DH: usize>(
     d: Dims,
     c: f64,
     q: Pair<Vec<R>>,
@@ -388,48 +408,57 @@ fn attention_backward<R: Real>(
     {
         g.fill(R::zero());
     }
-    let (mut gp, mut gs, mut gpt, mut gpt2) = (vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l], vec![R::zero(); l]);
+    let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
+    // c·gS and c·gṠ of the head, [L, L] (row i's first i + 1 entries).
+    let (mut cgs, mut cgst) = (vec![R::zero(); l * l], vec![R::zero(); l * l]);
     let (mut v_t, mut vt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, s, hd, i);
+            let row = |i| head_row(d, head_dim::<DH>(d), s, hd, i);
             head_transposed(d, v.v, s, hd, &mut v_t);
             if let Some(vt) = v.t {
                 head_transposed(d, vt, s, hd, &mut vt_t);
             }
             for i in 0..l {
+                let [gp, gpt, gpt2] = &mut scratch;
                 let pr = &p.v[at + i * l..at + i * l + i + 1];
                 let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
-                row_times_transposed(goi, &v_t, l, &mut gp[..=i]);
-                for j in 0..=i {
-                    axpy(pr[j], goi, &mut gv.v[row(j)]);
-                }
+                row_times_transposed(goi, &v_t, i + 1, gp);
                 let rho = dot(pr, &gp[..=i]);
-                for j in 0..=i {
-                    gs[j] = pr[j] * (gp[j] - rho);
-                    axpy(c * gs[j], &k.v[row(j)], &mut gq.v[row(i)]);
-                    axpy(c * gs[j], qi, &mut gk.v[row(j)]);
+                let cgs_i = &mut cgs[i * l..i * l + i + 1];
+                for (j, (cgs_ij, (&pj, &gpj))) in cgs_i.iter_mut().zip(pr.iter().zip(gp.iter())).enumerate() {
+                    axpy(pj, goi, &mut gv.v[row(j)]);
+                    *cgs_ij = c * (pj * (gpj - rho));
+                    axpy(*cgs_ij, qi, &mut gk.v[row(j)]);
                 }
-                if let (Some(gqt), Some(gkt), Some(gvt)) = (gqt.as_deref_mut(), gkt.as_deref_mut(), gvt.as_deref_mut()) {
+                if let (Some(gkt), Some(gvt)) = (gkt.as_deref_mut(), gvt.as_deref_mut()) {
                     let tangent = "tangent mode has tangents";
                     let ptr = &p.t[at + i * l..at + i * l + i + 1];
                     let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
-                    let kt = k.t.expect(tangent);
-                    row_times_transposed(goti, &v_t, l, &mut gpt[..=i]);
-                    row_times_transposed(goi, &vt_t, l, &mut gpt2[..=i]);
+                    row_times_transposed(goti, &v_t, i + 1, gpt);
+                    row_times_transposed(goi, &vt_t, i + 1, gpt2);
                     for j in 0..=i {
                         gpt[j] = gpt[j] + gpt2[j];
-                        axpy(ptr[j], goi, &mut gvt[row(j)]);
-                        axpy(pr[j], goti, &mut gvt[row(j)]);
+                        axpy2(ptr[j], goi, pr[j], goti, &mut gvt[row(j)]);
                     }
                     let rho_t = dot(&gpt[..=i], pr) + dot(&gp[..=i], ptr);
+                    let cgst_i = &mut cgst[i * l..i * l + i + 1];
                     for j in 0..=i {
                         let gst = ptr[j] * (gp[j] - rho) + pr[j] * (gpt[j] - rho_t);
-                        axpy(c * gst, &k.v[row(j)], &mut gqt[row(i)]);
-                        axpy(c * gs[j], &kt[row(j)], &mut gqt[row(i)]);
-                        axpy(c * gst, qi, &mut gkt[row(j)]);
-                        axpy(c * gs[j], qti, &mut gkt[row(j)]);
+                        cgst_i[j] = c * gst;
+                        axpy2(cgst_i[j], qi, cgs_i[j], qti, &mut gkt[row(j)]);
+                    }
+                }
+            }
+            for j in 0..l {
+                let kj = &k.v[row(j)];
+                for i in j..l {
+                    axpy(cgs[i * l + j], kj, &mut gq.v[row(i)]);
+                }
+                if let (Some(gqt), Some(kt)) = (gqt.as_deref_mut(), k.t) {
+                    for i in j..l {
+                        axpy2(cgst[i * l + j], kj, cgs[i * l + j], &kt[row(j)], &mut gqt[row(i)]);
                     }
                 }
             }
@@ -614,46 +643,120 @@ fn logit_gradients<R: Real>(
     }
 }
 
-/// One head's rows of a [M, H] activation of sequence `s`, transposed into `out`:
-/// out\[dd·L + j\] = m\[row j\]\[dd\].
+/// p_j = softmax_j(c·s) over j ≤ i, and 0 past i, for `s` and `p` of whole lane sets: the
+/// entries past i masked instead of cut off, so every loop vectorises without a scalar tail.
+#[inline(always)]
+fn causal_softmax<R: Real>(c: R, i: usize, s: &[R], p: &mut [R]) {
+    let (s16, p16) = (s.as_chunks::<LANES>().0, p.as_chunks_mut::<LANES>().0);
+    let mut top = [R::neg_infinity(); LANES];
+    for (set, (x, y)) in s16.iter().zip(p16.iter_mut()).enumerate() {
+        for lane in 0..LANES {
+            y[lane] = if set * LANES + lane <= i { c * x[lane] } else { R::neg_infinity() };
+            top[lane] = top[lane].max(y[lane]);
+        }
+    }
+    let top = top.into_iter().fold(R::neg_infinity(), R::max);
+    let mut total = [R::zero(); LANES];
+    for (set, y) in p16.iter_mut().enumerate() {
+        for lane in 0..LANES {
+            y[lane] = if set * LANES + lane <= i { (y[lane] - top).exp_inline() } else { R::zero() };
+            total[lane] = total[lane] + y[lane];
+        }
+    }
+    let inv = R::one() / total.into_iter().fold(R::zero(), |a, b| a + b);
+    p16.iter_mut().for_each(|y| y.iter_mut().for_each(|y| *y = *y * inv));
+}
+
+/// The row length of a head's transpose: L rounded up to whole lane sets, so that products
+/// with it vectorise without a scalar tail.
+fn padded_len(l: usize) -> usize {
+    l.next_multiple_of(LANES)
+}
+
+/// One head's rows of a [M, H] activation of sequence `s`, transposed into `out` with rows of
+/// `padded_len(L)` (zeros past L): out\[dd·padded_len(L) + j\] = m\[row j\]\[dd\].
 #[inline(always)]
 fn head_transposed<R: Real>(d: Dims, m: &[R], s: usize, hd: usize, out: &mut Vec<R>) {
-    let (l, dh) = (d.len, d.hidden / d.heads);
-    out.resize(dh * l, R::zero());
+    let (l, lp, dh) = (d.len, padded_len(d.len), d.hidden / d.heads);
+    out.clear();
+    out.resize(dh * lp, R::zero());
     for j in 0..l {
-        for (dd, &x) in m[head_row(d, s, hd, j)].iter().enumerate() {
-            out[dd * l + j] = x;
+        for (dd, &x) in m[head_row(d, dh, s, hd, j)].iter().enumerate() {
+            out[dd * lp + j] = x;
         }
     }
 }
 
-/// out\[j\] = a·m_j for j < out.len(), from the transpose `mt` (rows of length `l`) of the m_j:
-/// one axpy of a row of `mt` per entry of `a`, vectorised over j. The products are added in
-/// `a`'s order, the order `host::dot` adds them in for vectors of up to 16 (so at head_dim 16 the
-/// same bits as a dot per j).
+/// out\[j\] = a·m_j for j < n (and on to the end of that lane set), from the transpose `mt`
+/// (`head_transposed`) of the m_j: per lane set of j, the products of a's entries with rows of
+/// `mt` added in a's order (the order `host::dot` adds vectors of up to 16 in, so at head_dim 16
+/// the same bits as a dot per j), the sums kept in registers.
 #[inline(always)]
-fn row_times_transposed<R: Real>(a: &[R], mt: &[R], l: usize, out: &mut [R]) {
-    let n = out.len();
-    for (o, &m) in out.iter_mut().zip(&mt[..n]) {
-        *o = a[0] * m;
-    }
-    for (dd, &ad) in a.iter().enumerate().skip(1) {
-        for (o, &m) in out.iter_mut().zip(&mt[dd * l..dd * l + n]) {
-            *o = *o + ad * m;
+fn row_times_transposed<R: Real>(a: &[R], mt: &[R], n: usize, out: &mut [R]) {
+    let lp = mt.len() / a.len();
+    let sets = n.div_ceil(LANES);
+    for (set, o) in out.as_chunks_mut::<LANES>().0[..sets].iter_mut().enumerate() {
+        let column = |dd: usize| -> &[R; LANES] { mt[dd * lp + set * LANES..][..LANES].try_into().expect("a lane set") };
+        let m0 = column(0);
+        let mut acc: [R; LANES] = std::array::from_fn(|x| a[0] * m0[x]);
+        for (dd, &ad) in a.iter().enumerate().skip(1) {
+            let m = column(dd);
+            for x in 0..LANES {
+                acc[x] = acc[x] + ad * m[x];
+            }
         }
+        *o = acc;
     }
 }
 
-/// y ← y + a·x.
+/// y ← y + a·x, a lane set at a time through locals: all of a set's loads come before its
+/// stores, so a row of constant length (a constant head_dim) unrolls into vector instructions
+/// (straight-line code through the slices would stay scalar: x might alias y).
 #[inline(always)]
 fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+    let (y16, y_tail) = y.as_chunks_mut::<LANES>();
+    let (x16, x_tail) = x[..y16.len() * LANES + y_tail.len()].as_chunks::<LANES>();
+    for (ys, xs) in y16.iter_mut().zip(x16) {
+        let (mut yv, xv) = (*ys, *xs);
+        for i in 0..LANES {
+            yv[i] = yv[i] + a * xv[i];
+        }
+        *ys = yv;
+    }
+    y_tail.iter_mut().zip(x_tail).for_each(|(y, &x)| *y = *y + a * x);
+}
+
+/// y ← (y + a·x) + b·w: two `axpy`s into one row (the same bits) with one load and one store
+/// of y, where the second would wait for the first's store.
+#[inline(always)]
+fn axpy2<R: Real>(a: R, x: &[R], b: R, w: &[R], y: &mut [R]) {
+    let n = y.len();
+    let (y16, y_tail) = y.as_chunks_mut::<LANES>();
+    let ((x16, x_tail), (w16, w_tail)) = (x[..n].as_chunks::<LANES>(), w[..n].as_chunks::<LANES>());
+    for ((ys, xs), ws) in y16.iter_mut().zip(x16).zip(w16) {
+        let (mut yv, xv, wv) = (*ys, *xs, *ws);
+        for i in 0..LANES {
+            yv[i] = (yv[i] + a * xv[i]) + b * wv[i];
+        }
+        *ys = yv;
+    }
+    y_tail.iter_mut().zip(x_tail.iter().zip(w_tail)).for_each(|(y, (&x, &w))| *y = (*y + a * x) + b * w);
+}
+
+/// head_dim: `DH` where the loops were compiled for a constant one (so LLVM unrolls each row's
+/// loop into whole registers), else (DH = 0) the model's.
+#[inline(always)]
+fn head_dim<const DH: usize>(d: Dims) -> usize {
+    if DH == 0 {
+        d.hidden / d.heads
+    } else {
+        DH
+    }
 }
 
 /// Row i of head `hd` of sequence `s` in a [M, H] activation (head_dim values).
 #[inline(always)]
-fn head_row(d: Dims, s: usize, hd: usize, i: usize) -> std::ops::Range<usize> {
-    let dh = d.hidden / d.heads;
+fn head_row(d: Dims, dh: usize, s: usize, hd: usize, i: usize) -> std::ops::Range<usize> {
     let at = (s * d.len + i) * d.hidden + hd * dh;
     at..at + dh
 }
