@@ -529,11 +529,10 @@ fn rmsnorm_backward<R: Real>(
             }
         }
         let q_of = |a: R| if r > R::zero() { a / (hr * r) } else { R::zero() };
-        let mut a = R::zero();
         for c in 0..h {
             gn[c] = g[c] * wv[c];
-            a = a + gn[c] * n[c];
         }
+        let a = dot(&gn, n);
         for c in 0..h {
             gx.v[row * h + c] = gx.v[row * h + c] + (gn[c] - a * q_of(xr[c])) / s;
         }
@@ -548,11 +547,10 @@ fn rmsnorm_backward<R: Real>(
                     hw[h + c] = hw[h + c] + gt[c];
                 }
             }
-            let mut at = R::zero();
             for c in 0..h {
                 gnt[c] = gt[c] * wv[c] + g[c] * wt[c];
-                at = at + gnt[c] * n[c] + gn[c] * nt[c];
             }
+            let at = dot(&gnt, n) + dot(&gn, nt);
             for c in 0..h {
                 let q = q_of(xr[c]);
                 let qt = if r > R::zero() { xt[c] / (hr * r) - q * rt / r } else { R::zero() };
