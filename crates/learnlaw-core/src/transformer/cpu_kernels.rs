@@ -712,8 +712,9 @@ fn row_times_transposed<R: Real>(a: &[R], mt: &[R], n: usize, out: &mut [R]) {
 /// (straight-line code through the slices would stay scalar: x might alias y).
 #[inline(always)]
 fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
+    let n = y.len();
     let (y16, y_tail) = y.as_chunks_mut::<LANES>();
-    let (x16, x_tail) = x[..y16.len() * LANES + y_tail.len()].as_chunks::<LANES>();
+    let (x16, x_tail) = x[..n].as_chunks::<LANES>();
     for (ys, xs) in y16.iter_mut().zip(x16) {
         let (mut yv, xv) = (*ys, *xs);
         for i in 0..LANES {
