@@ -338,15 +338,16 @@ fn attention_forward<R: Real, const DH: usize>(
     if let Some(ot) = ot.as_deref_mut() {
         ot.fill(R::zero());
     }
+    let dh = head_dim::<DH>(d);
     let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
     let (mut k_t, mut kt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, head_dim::<DH>(d), s, hd, i);
-            head_transposed(d, k.v, s, hd, &mut k_t);
+            let row = |i| head_row(d, dh, s, hd, i);
+            head_transposed(d, dh, k.v, s, hd, &mut k_t);
             if let Some(kt) = k.t {
-                head_transposed(d, kt, s, hd, &mut kt_t);
+                head_transposed(d, dh, kt, s, hd, &mut kt_t);
             }
             for i in 0..l {
                 // Row i in whole lane sets (n entries), the ones past i masked.
@@ -411,14 +412,15 @@ fn attention_backward<R: Real, const DH: usize>(
     let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
     // c·gS and c·gṠ of the head, [L, L] (row i's first i + 1 entries).
     let (mut cgs, mut cgst) = (vec![R::zero(); l * l], vec![R::zero(); l * l]);
+    let dh = head_dim::<DH>(d);
     let (mut v_t, mut vt_t) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
             let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, head_dim::<DH>(d), s, hd, i);
-            head_transposed(d, v.v, s, hd, &mut v_t);
+            let row = |i| head_row(d, dh, s, hd, i);
+            head_transposed(d, dh, v.v, s, hd, &mut v_t);
             if let Some(vt) = v.t {
-                head_transposed(d, vt, s, hd, &mut vt_t);
+                head_transposed(d, dh, vt, s, hd, &mut vt_t);
             }
             for i in 0..l {
                 let [gp, gpt, gpt2] = &mut scratch;
@@ -645,24 +647,15 @@ fn logit_gradients<R: Real>(
 /// entries past i masked instead of cut off, so every loop vectorises without a scalar tail.
 #[inline(always)]
 fn causal_softmax<R: Real>(c: R, i: usize, s: &[R], p: &mut [R]) {
-    let (s16, p16) = (s.as_chunks::<LANES>().0, p.as_chunks_mut::<LANES>().0);
-    let mut top = [R::neg_infinity(); LANES];
-    for (set, (x, y)) in s16.iter().zip(p16.iter_mut()).enumerate() {
-        for lane in 0..LANES {
-            y[lane] = if set * LANES + lane <= i { c * x[lane] } else { R::neg_infinity() };
-            top[lane] = top[lane].max(y[lane]);
-        }
+    for (j, (y, &x)) in p.iter_mut().zip(s).enumerate() {
+        *y = if j <= i { c * x } else { R::neg_infinity() };
     }
-    let top = top.into_iter().fold(R::neg_infinity(), R::max);
-    let mut total = [R::zero(); LANES];
-    for (set, y) in p16.iter_mut().enumerate() {
-        for lane in 0..LANES {
-            y[lane] = if set * LANES + lane <= i { (y[lane] - top).exp_inline() } else { R::zero() };
-            total[lane] = total[lane] + y[lane];
-        }
+    let top = max(p);
+    for (j, y) in p.iter_mut().enumerate() {
+        *y = if j <= i { (*y - top).exp_inline() } else { R::zero() };
     }
-    let inv = R::one() / total.into_iter().fold(R::zero(), |a, b| a + b);
-    p16.iter_mut().for_each(|y| y.iter_mut().for_each(|y| *y = *y * inv));
+    let inv = R::one() / sum(p);
+    p.iter_mut().for_each(|y| *y = *y * inv);
 }
 
 /// The row length of a head's transpose: L rounded up to whole lane sets, so that products
@@ -674,8 +667,8 @@ fn padded_len(l: usize) -> usize {
 /// One head's rows of a [M, H] activation of sequence `s`, transposed into `out` with rows of
 /// `padded_len(L)` (zeros past L): out\[dd·padded_len(L) + j\] = m\[row j\]\[dd\].
 #[inline(always)]
-fn head_transposed<R: Real>(d: Dims, m: &[R], s: usize, hd: usize, out: &mut Vec<R>) {
-    let (l, lp, dh) = (d.len, padded_len(d.len), d.hidden / d.heads);
+fn head_transposed<R: Real>(d: Dims, dh: usize, m: &[R], s: usize, hd: usize, out: &mut Vec<R>) {
+    let (l, lp) = (d.len, padded_len(d.len));
     out.clear();
     out.resize(dh * lp, R::zero());
     for j in 0..l {
