@@ -5,6 +5,7 @@
 //! `host::dot`/`sum`/`max` (16 lanes, then the tail); per-sequence losses and dots add their
 //! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use multiversion::multiversion;
 
@@ -309,12 +310,10 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
 // Embeddings, ReLU and residual adds are memory-bound copies and stay baseline.
 
 /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
-/// Loops over j ≤ i: the per-head products are too small (L × head_dim) for a GEMM's packing to
-/// pay, and the causal half is skipped. A row of scores q_i·k_j comes from the head's Kᵀ
-/// ([`row_times_transposed`]: vectorised over j, where a dot per j would end in a horizontal sum).
-/// The output rows are axpys of V's rows (vectorised over head_dim), run once the head's P is
-/// known with j outermost: consecutive axpys then go to different rows, where a loop over j
-/// into one row would wait on each store. Each row still sums its j in order.
+/// Per head, a block of [`LANES`] rows i at a time, one row per lane: the scores against each
+/// k_j ([`block_scores`]) and the softmax over j go lane-wise, with no horizontal sums, and P is
+/// stored by columns ([`HeadSquare`]); then O = P V by [`head_product`]. The per-head products
+/// are too small (L × head_dim) for a GEMM's packing to pay.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 fn attention_forward<R: Real, const DH: usize>(
@@ -327,68 +326,90 @@ fn attention_forward<R: Real, const DH: usize>(
     o: PairMut<Vec<R>>,
 ) {
     let (l, c) = (d.len, R::of(c));
+    let sq = HeadSquare::of(d);
     let tan = q.t.is_some();
-    let mut ot = o.t;
-    // Each call writes every entry on and below the diagonal; nothing reads those above it.
-    p.v.resize(d.seqs * d.heads * l * l, R::zero());
+    p.v.resize(d.seqs * d.heads * sq.len(), R::zero());
     if tan {
         p.t.resize(p.v.len(), R::zero());
     }
-    o.v.fill(R::zero());
-    if let Some(ot) = ot.as_deref_mut() {
-        ot.fill(R::zero());
-    }
     let dh = head_dim::<DH>(d);
-    let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
-    let (mut k_t, mut kt_t) = (Vec::new(), Vec::new());
+    let (mut q_tr, mut qt_tr) = (Vec::new(), Vec::new());
+    let [mut sc, mut st, mut st2] = std::array::from_fn(|_| vec![[R::zero(); LANES]; sq.lp]);
+    let mut ot = o.t;
     for s in 0..d.seqs {
         for hd in 0..d.heads {
-            let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, dh, s, hd, i);
-            head_transposed(d, dh, k.v, s, hd, &mut k_t);
-            if let Some(kt) = k.t {
-                head_transposed(d, dh, kt, s, hd, &mut kt_t);
+            let head = sq.head(s * d.heads + hd);
+            let rows = HeadRows::of(d, dh, s, hd);
+            head_transposed(l, rows, q.v, &mut q_tr);
+            if let Some(qt) = q.t {
+                head_transposed(l, rows, qt, &mut qt_tr);
             }
-            for i in 0..l {
-                // Row i in whole lane sets (n entries), the ones past i masked.
-                let [st, st2, pi] = &mut scratch;
-                let n = (i + 1).next_multiple_of(LANES);
-                let qi = &q.v[row(i)];
-                row_times_transposed(qi, &k_t, i + 1, st);
-                causal_softmax(c, i, &st[..n], &mut pi[..n]);
-                p.v[at + i * l..at + i * l + i + 1].copy_from_slice(&pi[..=i]);
-                if let Some(qt) = q.t {
-                    row_times_transposed(&qt[row(i)], &k_t, i + 1, st);
-                    row_times_transposed(qi, &kt_t, i + 1, st2);
-                    for (sj, &s2) in st[..n].iter_mut().zip(&st2[..n]) {
-                        *sj = c * (*sj + s2);
+            for i0 in (0..l).step_by(LANES) {
+                let terms = (i0 + LANES).min(l);
+                // The block's entries past its last row's diagonal (j > i) are zero.
+                for j in terms..sq.lp {
+                    p.v[head.clone()][sq.column(j)][i0..i0 + LANES].fill(R::zero());
+                    if tan {
+                        p.t[head.clone()][sq.column(j)][i0..i0 + LANES].fill(R::zero());
                     }
-                    let mean = dot(&pi[..n], &st[..n]);
-                    let ptr = &mut p.t[at + i * l..at + i * l + i + 1];
-                    for ((ptj, &pj), &sj) in ptr.iter_mut().zip(pi.iter()).zip(st.iter()) {
-                        *ptj = pj * (sj - mean);
+                }
+                block_scores(&q_tr, sq, i0, k.v, rows, terms, &mut sc);
+                let mut top = [R::neg_infinity(); LANES];
+                for (j, sj) in sc[..terms].iter_mut().enumerate() {
+                    for z in 0..LANES {
+                        sj[z] = c * sj[z];
+                        top[z] = if live(sq, i0 + z, j) && sj[z] > top[z] { sj[z] } else { top[z] };
+                    }
+                }
+                let mut total = [R::zero(); LANES];
+                for (j, sj) in sc[..terms].iter_mut().enumerate() {
+                    for z in 0..LANES {
+                        sj[z] = if live(sq, i0 + z, j) { (sj[z] - top[z]).exp_inline() } else { R::zero() };
+                        total[z] = total[z] + sj[z];
+                    }
+                }
+                // The lanes past L sum to zero: their P stays zero.
+                let mut inv = [R::zero(); LANES];
+                for z in 0..LANES {
+                    inv[z] = if total[z] > R::zero() { R::one() / total[z] } else { R::zero() };
+                }
+                for (j, sj) in sc[..terms].iter_mut().enumerate() {
+                    for z in 0..LANES {
+                        sj[z] = sj[z] * inv[z];
+                    }
+                    p.v[head.clone()][sq.column(j)][i0..i0 + LANES].copy_from_slice(sj);
+                }
+                if let Some(kt) = k.t {
+                    block_scores(&qt_tr, sq, i0, k.v, rows, terms, &mut st);
+                    block_scores(&q_tr, sq, i0, kt, rows, terms, &mut st2);
+                    let mut mean = [R::zero(); LANES];
+                    for ((pj, sj), s2) in sc[..terms].iter().zip(&mut st[..terms]).zip(&st2[..terms]) {
+                        for z in 0..LANES {
+                            sj[z] = c * (sj[z] + s2[z]);
+                            mean[z] = mean[z] + pj[z] * sj[z];
+                        }
+                    }
+                    for (j, (pj, sj)) in sc[..terms].iter().zip(&mut st[..terms]).enumerate() {
+                        for z in 0..LANES {
+                            sj[z] = pj[z] * (sj[z] - mean[z]);
+                        }
+                        p.t[head.clone()][sq.column(j)][i0..i0 + LANES].copy_from_slice(sj);
                     }
                 }
             }
-            for j in 0..l {
-                let vj = &v.v[row(j)];
-                for i in j..l {
-                    axpy(p.v[at + i * l + j], vj, &mut o.v[row(i)]);
-                }
-                if let (Some(ot), Some(vt)) = (ot.as_deref_mut(), v.t) {
-                    for i in j..l {
-                        axpy2(p.t[at + i * l + j], vj, p.v[at + i * l + j], &vt[row(j)], &mut ot[row(i)]);
-                    }
-                }
+            let pv = &p.v[head.clone()];
+            head_product(sq, Coef::Rows, pv, v.v, None, rows, o.v);
+            if let (Some(ot), Some(vt)) = (ot.as_deref_mut(), v.t) {
+                head_product(sq, Coef::Rows, &p.t[head.clone()], v.v, Some((pv, vt)), rows, ot);
             }
         }
     }
 }
 
 /// gP = gO Vᵀ, gV = Pᵀ gO, gS = P ⊙ (gP − ρ) with ρ = rowsum(gP ⊙ P), gQ = c·gS K,
-/// gK = c·gSᵀ Q; and their tangents (the product rule on each factor). gQ's rows are summed
-/// after the head's gS is known, j outermost (as the forward's output rows, and for the same
-/// reason); the other gradients' rows already change with j.
+/// gK = c·gSᵀ Q; and their tangents (the product rule on each factor). Per head: c·gS (and
+/// c·gṠ) by blocks of [`LANES`] rows, one row per lane as in the forward, then the three
+/// products by [`head_product`].
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 fn attention_backward<R: Real, const DH: usize>(
@@ -404,65 +425,70 @@ fn attention_backward<R: Real, const DH: usize>(
     gv: PairMut<Vec<R>>,
 ) {
     let (l, c) = (d.len, R::of(c));
+    let sq = HeadSquare::of(d);
     let (mut gqt, mut gkt, mut gvt) = (gq.t, gk.t, gv.t);
-    for g in [&mut *gq.v, &mut *gk.v, &mut *gv.v].into_iter().chain(gqt.as_deref_mut()).chain(gkt.as_deref_mut()).chain(gvt.as_deref_mut())
-    {
-        g.fill(R::zero());
-    }
-    let mut scratch = [vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)], vec![R::zero(); padded_len(l)]];
-    // c·gS and c·gṠ of the head, [L, L] (row i's first i + 1 entries).
-    let (mut cgs, mut cgst) = (vec![R::zero(); l * l], vec![R::zero(); l * l]);
+    let [mut gp, mut gpt, mut gpt2] = std::array::from_fn(|_| vec![[R::zero(); LANES]; sq.lp]);
+    // c·gS and c·gṠ of the head, stored as P is. Every head writes the same entries, so the
+    // others stay zero.
+    let (mut cgs, mut cgst) = (vec![R::zero(); sq.len()], vec![R::zero(); sq.len()]);
     let dh = head_dim::<DH>(d);
-    let (mut v_t, mut vt_t) = (Vec::new(), Vec::new());
+    let (mut go_tr, mut got_tr) = (Vec::new(), Vec::new());
     for s in 0..d.seqs {
         for hd in 0..d.heads {
-            let at = (s * d.heads + hd) * l * l;
-            let row = |i| head_row(d, dh, s, hd, i);
-            head_transposed(d, dh, v.v, s, hd, &mut v_t);
-            if let Some(vt) = v.t {
-                head_transposed(d, dh, vt, s, hd, &mut vt_t);
+            let head = sq.head(s * d.heads + hd);
+            let (pv, pt) = (&p.v[head.clone()], go.t.map(|_| &p.t[head.clone()]));
+            let rows = HeadRows::of(d, dh, s, hd);
+            head_transposed(l, rows, go.v, &mut go_tr);
+            if let Some(got) = go.t {
+                head_transposed(l, rows, got, &mut got_tr);
             }
-            for i in 0..l {
-                let [gp, gpt, gpt2] = &mut scratch;
-                let pr = &p.v[at + i * l..at + i * l + i + 1];
-                let (goi, qi) = (&go.v[row(i)], &q.v[row(i)]);
-                row_times_transposed(goi, &v_t, i + 1, gp);
-                let rho = dot(pr, &gp[..=i]);
-                let cgs_i = &mut cgs[i * l..i * l + i + 1];
-                for (j, (cgs_ij, (&pj, &gpj))) in cgs_i.iter_mut().zip(pr.iter().zip(gp.iter())).enumerate() {
-                    axpy(pj, goi, &mut gv.v[row(j)]);
-                    *cgs_ij = c * (pj * (gpj - rho));
-                    axpy(*cgs_ij, qi, &mut gk.v[row(j)]);
-                }
-                if let (Some(gkt), Some(gvt)) = (gkt.as_deref_mut(), gvt.as_deref_mut()) {
-                    let tangent = "tangent mode has tangents";
-                    let ptr = &p.t[at + i * l..at + i * l + i + 1];
-                    let (goti, qti) = (&go.t.expect(tangent)[row(i)], &q.t.expect(tangent)[row(i)]);
-                    row_times_transposed(goti, &v_t, i + 1, gpt);
-                    row_times_transposed(goi, &vt_t, i + 1, gpt2);
-                    for j in 0..=i {
-                        gpt[j] = gpt[j] + gpt2[j];
-                        axpy2(ptr[j], goi, pr[j], goti, &mut gvt[row(j)]);
+            for i0 in (0..l).step_by(LANES) {
+                let terms = (i0 + LANES).min(l);
+                block_scores(&go_tr, sq, i0, v.v, rows, terms, &mut gp);
+                let mut rho = [R::zero(); LANES];
+                for (j, gpj) in gp[..terms].iter().enumerate() {
+                    let pj = sq.lanes(pv, j, i0);
+                    for z in 0..LANES {
+                        rho[z] = rho[z] + pj[z] * gpj[z];
                     }
-                    let rho_t = dot(&gpt[..=i], pr) + dot(&gp[..=i], ptr);
-                    let cgst_i = &mut cgst[i * l..i * l + i + 1];
-                    for j in 0..=i {
-                        let gst = ptr[j] * (gp[j] - rho) + pr[j] * (gpt[j] - rho_t);
-                        cgst_i[j] = c * gst;
-                        axpy2(cgst_i[j], qi, cgs_i[j], qti, &mut gkt[row(j)]);
+                }
+                for (j, gpj) in gp[..terms].iter().enumerate() {
+                    let pj = sq.lanes(pv, j, i0);
+                    let cgs_j = &mut cgs[sq.column(j)][i0..i0 + LANES];
+                    for z in 0..LANES {
+                        cgs_j[z] = c * (pj[z] * (gpj[z] - rho[z]));
+                    }
+                }
+                if let (Some(pt), Some(vt)) = (pt, v.t) {
+                    block_scores(&got_tr, sq, i0, v.v, rows, terms, &mut gpt);
+                    block_scores(&go_tr, sq, i0, vt, rows, terms, &mut gpt2);
+                    let (mut rho_a, mut rho_b) = ([R::zero(); LANES], [R::zero(); LANES]);
+                    for (j, ((gpj, gptj), gpt2j)) in gp[..terms].iter().zip(&mut gpt[..terms]).zip(&gpt2[..terms]).enumerate() {
+                        let (pj, ptj) = (sq.lanes(pv, j, i0), sq.lanes(pt, j, i0));
+                        for z in 0..LANES {
+                            gptj[z] = gptj[z] + gpt2j[z];
+                            rho_a[z] = rho_a[z] + gptj[z] * pj[z];
+                            rho_b[z] = rho_b[z] + gpj[z] * ptj[z];
+                        }
+                    }
+                    for (j, (gpj, gptj)) in gp[..terms].iter().zip(&gpt[..terms]).enumerate() {
+                        let (pj, ptj) = (sq.lanes(pv, j, i0), sq.lanes(pt, j, i0));
+                        let cgst_j = &mut cgst[sq.column(j)][i0..i0 + LANES];
+                        for z in 0..LANES {
+                            let rho_t = rho_a[z] + rho_b[z];
+                            cgst_j[z] = c * (ptj[z] * (gpj[z] - rho[z]) + pj[z] * (gptj[z] - rho_t));
+                        }
                     }
                 }
             }
-            for j in 0..l {
-                let kj = &k.v[row(j)];
-                for i in j..l {
-                    axpy(cgs[i * l + j], kj, &mut gq.v[row(i)]);
-                }
-                if let (Some(gqt), Some(kt)) = (gqt.as_deref_mut(), k.t) {
-                    for i in j..l {
-                        axpy2(cgst[i * l + j], kj, cgs[i * l + j], &kt[row(j)], &mut gqt[row(i)]);
-                    }
-                }
+            head_product(sq, Coef::Columns, pv, go.v, None, rows, gv.v);
+            head_product(sq, Coef::Columns, &cgs, q.v, None, rows, gk.v);
+            head_product(sq, Coef::Rows, &cgs, k.v, None, rows, gq.v);
+            if let (Some(pt), Some(got), Some(qt), Some(kt)) = (pt, go.t, q.t, k.t) {
+                let tangent = "tangent mode has tangents";
+                head_product(sq, Coef::Columns, pt, go.v, Some((pv, got)), rows, gvt.as_deref_mut().expect(tangent));
+                head_product(sq, Coef::Columns, &cgst, q.v, Some((&cgs, qt)), rows, gkt.as_deref_mut().expect(tangent));
+                head_product(sq, Coef::Rows, &cgst, k.v, Some((&cgs, kt)), rows, gqt.as_deref_mut().expect(tangent));
             }
         }
     }
@@ -643,96 +669,165 @@ fn logit_gradients<R: Real>(
     }
 }
 
-/// p_j = softmax_j(c·s) over j ≤ i, and 0 past i, for `s` and `p` of whole lane sets: the
-/// entries past i masked instead of cut off, so every loop vectorises without a scalar tail.
-#[inline(always)]
-fn causal_softmax<R: Real>(c: R, i: usize, s: &[R], p: &mut [R]) {
-    for (j, (y, &x)) in p.iter_mut().zip(s).enumerate() {
-        *y = if j <= i { c * x } else { R::neg_infinity() };
-    }
-    let top = max(p);
-    for (j, y) in p.iter_mut().enumerate() {
-        *y = if j <= i { (*y - top).exp_inline() } else { R::zero() };
-    }
-    let inv = R::one() / sum(p);
-    p.iter_mut().for_each(|y| *y = *y * inv);
-}
-
 /// The row length of a head's transpose: L rounded up to whole lane sets, so that products
 /// with it vectorise without a scalar tail.
 fn padded_len(l: usize) -> usize {
     l.next_multiple_of(LANES)
 }
 
-/// One head's rows of a [M, H] activation of sequence `s`, transposed into `out` with rows of
+/// One head's rows (L of them) of a [M, H] activation, transposed into `out` with rows of
 /// `padded_len(L)` (zeros past L): out\[dd·padded_len(L) + j\] = m\[row j\]\[dd\].
 #[inline(always)]
-fn head_transposed<R: Real>(d: Dims, dh: usize, m: &[R], s: usize, hd: usize, out: &mut Vec<R>) {
-    let (l, lp) = (d.len, padded_len(d.len));
+fn head_transposed<R: Real>(l: usize, rows: HeadRows, m: &[R], out: &mut Vec<R>) {
+    let lp = padded_len(l);
     out.clear();
-    out.resize(dh * lp, R::zero());
+    out.resize(rows.dh * lp, R::zero());
     for j in 0..l {
-        for (dd, &x) in m[head_row(d, dh, s, hd, j)].iter().enumerate() {
+        for (dd, &x) in m[rows.row(j)].iter().enumerate() {
             out[dd * lp + j] = x;
         }
     }
 }
 
-/// out\[j\] = a·m_j for j < n (and on to the end of that lane set), from the transpose `mt`
-/// (`head_transposed`) of the m_j: per lane set of j, the products of a's entries with rows of
-/// `mt` added in a's order (the order `host::dot` adds vectors of up to 16 in, so at head_dim 16
-/// the same bits as a dot per j), the sums kept in registers.
+/// s_j = Σ_d aᵀ\[d\]\[i0 + z\]·m_j\[d\] in lane z, for j < `terms`: the products of a block of
+/// [`LANES`] rows a_i (from their transpose `a_tr`, [`head_transposed`]) with the head's rows m_j,
+/// one row i per lane, summed over d in order.
 #[inline(always)]
-fn row_times_transposed<R: Real>(a: &[R], mt: &[R], n: usize, out: &mut [R]) {
-    let lp = mt.len() / a.len();
-    let sets = n.div_ceil(LANES);
-    for (set, o) in out.as_chunks_mut::<LANES>().0[..sets].iter_mut().enumerate() {
-        let column = |dd: usize| -> &[R; LANES] { mt[dd * lp + set * LANES..][..LANES].try_into().expect("a lane set") };
-        let m0 = column(0);
-        let mut acc: [R; LANES] = std::array::from_fn(|x| a[0] * m0[x]);
-        for (dd, &ad) in a.iter().enumerate().skip(1) {
-            let m = column(dd);
-            for x in 0..LANES {
-                acc[x] = acc[x] + ad * m[x];
+fn block_scores<R: Real>(a_tr: &[R], sq: HeadSquare, i0: usize, m: &[R], rows: HeadRows, terms: usize, out: &mut [[R; LANES]]) {
+    for (j, o) in out[..terms].iter_mut().enumerate() {
+        let mut acc = [R::zero(); LANES];
+        for (dd, &mjd) in m[rows.row(j)].iter().enumerate() {
+            let a: &[R; LANES] = a_tr[dd * sq.lp + i0..][..LANES].try_into().expect("a lane set");
+            for z in 0..LANES {
+                acc[z] = acc[z] + a[z] * mjd;
             }
         }
         *o = acc;
     }
 }
 
-/// y ← y + a·x, a lane set at a time through locals: all of a set's loads come before its
-/// stores, so a row of constant length (a constant head_dim) unrolls into vector instructions
-/// (straight-line code through the slices would stay scalar: x might alias y).
-#[inline(always)]
-fn axpy<R: Real>(a: R, x: &[R], y: &mut [R]) {
-    let n = y.len();
-    let (y16, y_tail) = y.as_chunks_mut::<LANES>();
-    let (x16, x_tail) = x[..n].as_chunks::<LANES>();
-    for (ys, xs) in y16.iter_mut().zip(x16) {
-        let (mut yv, xv) = (*ys, *xs);
-        for i in 0..LANES {
-            yv[i] = yv[i] + a * xv[i];
-        }
-        *ys = yv;
-    }
-    y_tail.iter_mut().zip(x_tail).for_each(|(y, &x)| *y = *y + a * x);
+/// The layout of a head's [L, L] matrices (P, its tangent, c·gS): [Lp, Lp] with Lp = L padded
+/// to whole lane sets, stored by columns (M\[j·Lp + i\] = P\[i\]\[j\]: a lane set of rows i is
+/// contiguous for each j), zero where j > i and in the padding.
+#[derive(Clone, Copy)]
+struct HeadSquare {
+    l: usize,
+    lp: usize,
 }
 
-/// y ← (y + a·x) + b·w: two `axpy`s into one row (the same bits) with one load and one store
-/// of y, where the second would wait for the first's store.
-#[inline(always)]
-fn axpy2<R: Real>(a: R, x: &[R], b: R, w: &[R], y: &mut [R]) {
-    let n = y.len();
-    let (y16, y_tail) = y.as_chunks_mut::<LANES>();
-    let ((x16, x_tail), (w16, w_tail)) = (x[..n].as_chunks::<LANES>(), w[..n].as_chunks::<LANES>());
-    for ((ys, xs), ws) in y16.iter_mut().zip(x16).zip(w16) {
-        let (mut yv, xv, wv) = (*ys, *xs, *ws);
-        for i in 0..LANES {
-            yv[i] = (yv[i] + a * xv[i]) + b * wv[i];
-        }
-        *ys = yv;
+impl HeadSquare {
+    #[inline(always)]
+    fn of(d: Dims) -> Self {
+        HeadSquare { l: d.len, lp: padded_len(d.len) }
     }
-    y_tail.iter_mut().zip(x_tail.iter().zip(w_tail)).for_each(|(y, (&x, &w))| *y = (*y + a * x) + b * w);
+    #[inline(always)]
+    fn len(self) -> usize {
+        self.lp * self.lp
+    }
+    /// Head `h`'s matrix in a buffer of one per head.
+    #[inline(always)]
+    fn head(self, h: usize) -> Range<usize> {
+        h * self.len()..(h + 1) * self.len()
+    }
+    /// Column j: P\[i\]\[j\] for every i.
+    #[inline(always)]
+    fn column(self, j: usize) -> Range<usize> {
+        j * self.lp..(j + 1) * self.lp
+    }
+    /// P\[i0 + z\]\[j\] in lane z.
+    #[inline(always)]
+    fn lanes<R: Real>(self, m: &[R], j: usize, i0: usize) -> [R; LANES] {
+        *<&[R; LANES]>::try_from(&m[j * self.lp + i0..][..LANES]).expect("a lane set")
+    }
+}
+
+/// Whether P\[i\]\[j\] is one of the softmax's: j ≤ i < L.
+#[inline(always)]
+fn live(sq: HeadSquare, i: usize, j: usize) -> bool {
+    j <= i && i < sq.l
+}
+
+/// Output rows of a [`head_product`] held in registers together.
+const BLOCK: usize = 8;
+
+/// Which entry of its [`HeadSquare`] matrix P is [`head_product`]'s coefficient of output row r
+/// and input row t.
+#[derive(Clone, Copy)]
+enum Coef {
+    /// P\[r\]\[t\]: O = P V, gQ = c·gS K.
+    Rows,
+    /// P\[t\]\[r\]: gV = Pᵀ gO, gK = c·gSᵀ Q.
+    Columns,
+}
+
+impl Coef {
+    #[inline(always)]
+    fn at<R: Real>(self, sq: HeadSquare, m: &[R], r: usize, t: usize) -> R {
+        match self {
+            Coef::Rows => m[t * sq.lp + r],
+            Coef::Columns => m[r * sq.lp + t],
+        }
+    }
+}
+
+/// out_r = Σ_t a(r, t)·x_t, or Σ_t (a(r, t)·x_t + b(r, t)·w_t) with `bw`, overwriting each of the
+/// head's rows r < L (in [M, H] activations): t ascending, each term added in turn (an
+/// axpy per t, or two). A block of [`BLOCK`] output rows is summed in registers, each x_t loaded
+/// once per block. The coefficient matrices are lower triangular, so a block [r0, r0 + BLOCK)
+/// takes t < r0 + BLOCK (`Coef::Rows`) or t ≥ r0 (`Coef::Columns`): a few zero terms in the
+/// diagonal block.
+#[inline(always)]
+fn head_product<R: Real>(sq: HeadSquare, coef: Coef, a: &[R], x: &[R], bw: Option<(&[R], &[R])>, rows: HeadRows, out: &mut [R]) {
+    for r0 in (0..sq.l).step_by(BLOCK) {
+        let terms = match coef {
+            Coef::Rows => 0..(r0 + BLOCK).min(sq.l),
+            Coef::Columns => r0..sq.l,
+        };
+        for c0 in (0..rows.dh).step_by(LANES) {
+            let cols = c0..(c0 + LANES).min(rows.dh);
+            let mut acc = [[R::zero(); LANES]; BLOCK];
+            match bw {
+                None => {
+                    for t in terms.clone() {
+                        let xt = lane_set(&x[rows.row(t)][cols.clone()]);
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let ar = coef.at(sq, a, r0 + r, t);
+                            for z in 0..LANES {
+                                acc_r[z] = acc_r[z] + ar * xt[z];
+                            }
+                        }
+                    }
+                }
+                Some((b, w)) => {
+                    for t in terms.clone() {
+                        let (xt, wt) = (lane_set(&x[rows.row(t)][cols.clone()]), lane_set(&w[rows.row(t)][cols.clone()]));
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let (ar, br) = (coef.at(sq, a, r0 + r, t), coef.at(sq, b, r0 + r, t));
+                            for z in 0..LANES {
+                                acc_r[z] = (acc_r[z] + ar * xt[z]) + br * wt[z];
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate().take(sq.l - r0) {
+                out[rows.row(r0 + r)][cols.clone()].copy_from_slice(&acc_r[..cols.len()]);
+            }
+        }
+    }
+}
+
+/// Up to a lane set of values, zero-padded to one.
+#[inline(always)]
+fn lane_set<R: Real>(s: &[R]) -> [R; LANES] {
+    match <&[R; LANES]>::try_from(s) {
+        Ok(full) => *full,
+        Err(_) => {
+            let mut v = [R::zero(); LANES];
+            v[..s.len()].copy_from_slice(s);
+            v
+        }
+    }
 }
 
 /// head_dim: `DH` where the loops were compiled for a constant one (so LLVM unrolls each row's
@@ -746,9 +841,22 @@ fn head_dim<const DH: usize>(d: Dims) -> usize {
     }
 }
 
-/// Row i of head `hd` of sequence `s` in a [M, H] activation (head_dim values).
-#[inline(always)]
-fn head_row(d: Dims, dh: usize, s: usize, hd: usize, i: usize) -> std::ops::Range<usize> {
-    let at = (s * d.len + i) * d.hidden + hd * dh;
-    at..at + dh
+/// Head `hd` of sequence `s`: its rows in [M, H] activations (head_dim values each).
+#[derive(Clone, Copy)]
+struct HeadRows {
+    first: usize,
+    hidden: usize,
+    dh: usize,
+}
+
+impl HeadRows {
+    #[inline(always)]
+    fn of(d: Dims, dh: usize, s: usize, hd: usize) -> Self {
+        HeadRows { first: s * d.len * d.hidden + hd * dh, hidden: d.hidden, dh }
+    }
+    #[inline(always)]
+    fn row(self, i: usize) -> Range<usize> {
+        let at = self.first + i * self.hidden;
+        at..at + self.dh
+    }
 }
