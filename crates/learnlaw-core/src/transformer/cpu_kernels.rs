@@ -2,8 +2,10 @@
 //! host vectors. `CpuKernels<f64>` is the reference every other backend's kernels are held to.
 //!
 //! Summation orders (what fixes the bits): GEMMs are `linalg::gemm`'s; row reductions use
-//! `host::dot`/`sum`/`max` (16 lanes, then the tail); per-sequence losses and dots add their
-//! tokens in order in f64; gradient scatters (embeddings, norm weights) add rows in order.
+//! `host::dot`/`sum`/`max` (16 lanes, then the tail), except attention's, which add j in order,
+//! one row per lane, as do its products (a fused multiply-add per term, on every ISA);
+//! per-sequence losses and dots add their tokens in order in f64; gradient scatters
+//! (embeddings, norm weights) add rows in order.
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -386,7 +388,7 @@ fn attention_forward<R: Real, const DH: usize>(
                     for ((pj, sj), s2) in sc[..terms].iter().zip(&mut st[..terms]).zip(&st2[..terms]) {
                         for z in 0..LANES {
                             sj[z] = c * (sj[z] + s2[z]);
-                            mean[z] = mean[z] + pj[z] * sj[z];
+                            mean[z] = pj[z].mul_add(sj[z], mean[z]);
                         }
                     }
                     for (j, (pj, sj)) in sc[..terms].iter().zip(&mut st[..terms]).enumerate() {
@@ -449,7 +451,7 @@ fn attention_backward<R: Real, const DH: usize>(
                 for (j, gpj) in gp[..terms].iter().enumerate() {
                     let pj = sq.lanes(pv, j, i0);
                     for z in 0..LANES {
-                        rho[z] = rho[z] + pj[z] * gpj[z];
+                        rho[z] = pj[z].mul_add(gpj[z], rho[z]);
                     }
                 }
                 for (j, gpj) in gp[..terms].iter().enumerate() {
@@ -467,8 +469,8 @@ fn attention_backward<R: Real, const DH: usize>(
                         let (pj, ptj) = (sq.lanes(pv, j, i0), sq.lanes(pt, j, i0));
                         for z in 0..LANES {
                             gptj[z] = gptj[z] + gpt2j[z];
-                            rho_a[z] = rho_a[z] + gptj[z] * pj[z];
-                            rho_b[z] = rho_b[z] + gpj[z] * ptj[z];
+                            rho_a[z] = gptj[z].mul_add(pj[z], rho_a[z]);
+                            rho_b[z] = gpj[z].mul_add(ptj[z], rho_b[z]);
                         }
                     }
                     for (j, (gpj, gptj)) in gp[..terms].iter().zip(&gpt[..terms]).enumerate() {
@@ -691,7 +693,7 @@ fn head_transposed<R: Real>(l: usize, rows: HeadRows, m: &[R], out: &mut Vec<R>)
 
 /// s_j = Σ_d aᵀ\[d\]\[i0 + z\]·m_j\[d\] in lane z, for j < `terms`: the products of a block of
 /// [`LANES`] rows a_i (from their transpose `a_tr`, [`head_transposed`]) with the head's rows m_j,
-/// one row i per lane, summed over d in order.
+/// one row i per lane, summed over d in order by fused multiply-adds.
 #[inline(always)]
 fn block_scores<R: Real>(a_tr: &[R], sq: HeadSquare, i0: usize, m: &[R], rows: HeadRows, terms: usize, out: &mut [[R; LANES]]) {
     for (j, o) in out[..terms].iter_mut().enumerate() {
@@ -699,7 +701,7 @@ fn block_scores<R: Real>(a_tr: &[R], sq: HeadSquare, i0: usize, m: &[R], rows: H
         for (dd, &mjd) in m[rows.row(j)].iter().enumerate() {
             let a: &[R; LANES] = a_tr[dd * sq.lp + i0..][..LANES].try_into().expect("a lane set");
             for z in 0..LANES {
-                acc[z] = acc[z] + a[z] * mjd;
+                acc[z] = a[z].mul_add(mjd, acc[z]);
             }
         }
         *o = acc;
@@ -771,9 +773,9 @@ impl Coef {
 }
 
 /// out_r = Σ_t a(r, t)·x_t, or Σ_t (a(r, t)·x_t + b(r, t)·w_t) with `bw`, overwriting each of the
-/// head's rows r < L (in [M, H] activations): t ascending, each term added in turn (an
-/// axpy per t, or two). A block of [`BLOCK`] output rows is summed in registers, each x_t loaded
-/// once per block. The coefficient matrices are lower triangular, so a block [r0, r0 + BLOCK)
+/// head's rows r < L (in [M, H] activations): t ascending, each term by a fused multiply-add
+/// (the a term, then the b term). A block of [`BLOCK`] output rows is summed in registers, each
+/// x_t loaded once per block. P is lower triangular, so a block [r0, r0 + BLOCK)
 /// takes t < r0 + BLOCK (`Coef::Rows`) or t ≥ r0 (`Coef::Columns`): a few zero terms in the
 /// diagonal block.
 #[inline(always)]
@@ -793,7 +795,7 @@ fn head_product<R: Real>(sq: HeadSquare, coef: Coef, a: &[R], x: &[R], bw: Optio
                         for (r, acc_r) in acc.iter_mut().enumerate() {
                             let ar = coef.at(sq, a, r0 + r, t);
                             for z in 0..LANES {
-                                acc_r[z] = acc_r[z] + ar * xt[z];
+                                acc_r[z] = ar.mul_add(xt[z], acc_r[z]);
                             }
                         }
                     }
@@ -804,7 +806,7 @@ fn head_product<R: Real>(sq: HeadSquare, coef: Coef, a: &[R], x: &[R], bw: Optio
                         for (r, acc_r) in acc.iter_mut().enumerate() {
                             let (ar, br) = (coef.at(sq, a, r0 + r, t), coef.at(sq, b, r0 + r, t));
                             for z in 0..LANES {
-                                acc_r[z] = (acc_r[z] + ar * xt[z]) + br * wt[z];
+                                acc_r[z] = br.mul_add(wt[z], ar.mul_add(xt[z], acc_r[z]));
                             }
                         }
                     }
