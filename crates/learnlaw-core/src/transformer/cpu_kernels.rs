@@ -508,20 +508,21 @@ fn rmsnorm_forward<R: Real>(m: usize, h: usize, x: Pair<Vec<R>>, w: Param<Vec<R>
         let r = (dot(xr, xr) / hr).sqrt();
         let s = r + eps;
         nm.r.v[row] = r;
-        for (c, &xc) in xr.iter().enumerate() {
-            let n = xc / s;
-            nm.n.v[row * h + c] = n;
-            nm.out.v[row * h + c] = wv[c] * n + bv[c];
+        let (nr, out) = (&mut nm.n.v[span.clone()], &mut nm.out.v[span.clone()]);
+        for (((n, o), &xc), (&w, &b)) in nr.iter_mut().zip(out.iter_mut()).zip(xr).zip(wv.iter().zip(bv)) {
+            *n = xc / s;
+            *o = w * *n + b;
         }
         if let (Some(xt), Some(wt), Some(bt)) = (x.t, wt, bt) {
-            let xt = &xt[span];
+            let xt = &xt[span.clone()];
             let rt = if r > R::zero() { dot(xr, xt) / (hr * r) } else { R::zero() };
             nm.r.t[row] = rt;
-            for c in 0..h {
-                let n = nm.n.v[row * h + c];
-                let nt = (xt[c] - n * rt) / s;
-                nm.n.t[row * h + c] = nt;
-                nm.out.t[row * h + c] = wt[c] * n + wv[c] * nt + bt[c];
+            let (nt, out_t) = (&mut nm.n.t[span.clone()], &mut nm.out.t[span.clone()]);
+            for (((nt, o), (&n, &xtc)), ((&w, &wtc), &btc)) in
+                nt.iter_mut().zip(out_t.iter_mut()).zip(nm.n.v[span.clone()].iter().zip(xt)).zip(wv.iter().zip(wt).zip(bt))
+            {
+                *nt = (xtc - n * rt) / s;
+                *o = wtc * n + w * *nt + btc;
             }
         }
     }
@@ -553,18 +554,19 @@ fn rmsnorm_backward<R: Real>(
         let (n, xr, g) = (&nm.n.v[span.clone()], &x.v[span.clone()], &gy.v[span.clone()]);
         let (r, s) = (nm.r.v[row], nm.r.v[row] + eps);
         if let Some(gw) = gw.as_deref_mut() {
-            for c in 0..h {
-                gw[c] = gw[c] + g[c] * n[c];
-                gw[h + c] = gw[h + c] + g[c];
+            let (gw, gb) = gw.split_at_mut(h);
+            for ((gw, gb), (&g, &n)) in gw.iter_mut().zip(gb).zip(g.iter().zip(n)) {
+                *gw = *gw + g * n;
+                *gb = *gb + g;
             }
         }
         let q_of = |a: R| if r > R::zero() { a / (hr * r) } else { R::zero() };
-        for c in 0..h {
-            gn[c] = g[c] * wv[c];
+        for ((gn, &g), &w) in gn.iter_mut().zip(g).zip(wv) {
+            *gn = g * w;
         }
         let a = dot(&gn, n);
-        for c in 0..h {
-            gx.v[row * h + c] = gx.v[row * h + c] + (gn[c] - a * q_of(xr[c])) / s;
+        for ((gx, &gn), &xc) in gx.v[span.clone()].iter_mut().zip(&gn).zip(xr) {
+            *gx = *gx + (gn - a * q_of(xc)) / s;
         }
         if let Some(gxt) = gxt.as_deref_mut() {
             let tangent = "tangent mode has tangents";
@@ -572,20 +574,21 @@ fn rmsnorm_backward<R: Real>(
             let (nt, xt, gt) = (&nm.n.t[span.clone()], &x.t.expect(tangent)[span.clone()], &gy.t.expect(tangent)[span]);
             let rt = nm.r.t[row];
             if let Some(hw) = hw.as_deref_mut() {
-                for c in 0..h {
-                    hw[c] = hw[c] + gt[c] * n[c] + g[c] * nt[c];
-                    hw[h + c] = hw[h + c] + gt[c];
+                let (hw, hb) = hw.split_at_mut(h);
+                for ((hw, hb), ((&gt, &n), (&g, &nt))) in hw.iter_mut().zip(hb).zip(gt.iter().zip(n).zip(g.iter().zip(nt))) {
+                    *hw = *hw + gt * n + g * nt;
+                    *hb = *hb + gt;
                 }
             }
-            for c in 0..h {
-                gnt[c] = gt[c] * wv[c] + g[c] * wt[c];
+            for (((gnt, &gt), &g), (&w, &wt)) in gnt.iter_mut().zip(gt).zip(g).zip(wv.iter().zip(wt)) {
+                *gnt = gt * w + g * wt;
             }
             let at = dot(&gnt, n) + dot(&gn, nt);
-            for c in 0..h {
+            for (c, gxt) in gxt[row * h..(row + 1) * h].iter_mut().enumerate() {
                 let q = q_of(xr[c]);
                 let qt = if r > R::zero() { xt[c] / (hr * r) - q * rt / r } else { R::zero() };
                 let gxc = (gn[c] - a * q) / s;
-                gxt[row * h + c] = gxt[row * h + c] + (gnt[c] - at * q - a * qt - gxc * rt) / s;
+                *gxt = *gxt + (gnt[c] - at * q - a * qt - gxc * rt) / s;
             }
         }
     }
