@@ -473,12 +473,15 @@ fn attention_backward<R: Real, const DH: usize>(
                             rho_b[z] = gpj[z].mul_add(ptj[z], rho_b[z]);
                         }
                     }
+                    let mut rho_t = rho_a;
+                    for z in 0..LANES {
+                        rho_t[z] = rho_a[z] + rho_b[z];
+                    }
                     for (j, (gpj, gptj)) in gp[..terms].iter().zip(&gpt[..terms]).enumerate() {
                         let (pj, ptj) = (sq.lanes(pv, j, i0), sq.lanes(pt, j, i0));
                         let cgst_j = &mut cgst[sq.column(j)][i0..i0 + LANES];
                         for z in 0..LANES {
-                            let rho_t = rho_a[z] + rho_b[z];
-                            cgst_j[z] = c * (ptj[z] * (gpj[z] - rho[z]) + pj[z] * (gptj[z] - rho_t));
+                            cgst_j[z] = c * (ptj[z] * (gpj[z] - rho[z]) + pj[z] * (gptj[z] - rho_t[z]));
                         }
                     }
                 }
