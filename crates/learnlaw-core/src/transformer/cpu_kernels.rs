@@ -677,8 +677,8 @@ fn logit_gradients<R: Real>(
     }
 }
 
-/// The row length of a head's transpose: L rounded up to whole lane sets, so that products
-/// with it vectorise without a scalar tail.
+/// L rounded up to whole lane sets: the row length of a head's transpose and the side of its
+/// [`HeadSquare`] matrices, so that loops over them vectorise without a scalar tail.
 fn padded_len(l: usize) -> usize {
     l.next_multiple_of(LANES)
 }
