@@ -293,12 +293,20 @@ impl Case for HeadCrossEntropy {
         let w = || p.param(0, h * vocab, tan);
         let mut saved = K::Head::default();
         let (mut losses, mut dots) = (K::Sums::default(), K::Sums::default());
-        k.head_forward(tokens, x.pair(tan), w(), h, vocab, &mut saved, &mut losses, &mut dots);
         // Per-sequence weights at an offset, one of them zero.
         let w_at = r.random_range(0..4);
         let mut weights = uniform(r, w_at + seqs, 0.0, 1.0);
         weights[w_at] = 0.0;
         let weights = k.upload(&weights);
+        // A pass without PAD labels first leaves every row of the head's scratch written: the
+        // pass under test must write its PAD rows again, not read those back.
+        let busy = k.upload_ids(&(0..seqs * seq_len).map(|_| r.random_range(2..vocab as u32)).collect::<Vec<_>>());
+        let busy = Tokens { ids: &busy, at: 0, seqs, seq_len };
+        let (mut scratch, mut scratch_grad) = (random_act(k, r, m * h, tan), k.upload(&vec![0.0; p.at + h * vocab]));
+        k.head_forward(busy, x.pair(tan), w(), h, vocab, &mut saved, &mut losses, &mut dots);
+        let out = ParamGrads { grad: Some(&mut scratch_grad), hvp: None, range: p.at..p.at + h * vocab };
+        k.head_backward(busy, &mut saved, x.pair(tan), w(), h, vocab, (&weights, w_at), scratch.pair_mut(tan), out);
+        k.head_forward(tokens, x.pair(tan), w(), h, vocab, &mut saved, &mut losses, &mut dots);
         let mut gx = random_act(k, r, m * h, tan);
         let glen = p.at + h * vocab + 2;
         let (mut grad, mut hvp) = (k.upload(&uniform(r, glen, -1.0, 1.0)), k.upload(&uniform(r, glen, -1.0, 1.0)));

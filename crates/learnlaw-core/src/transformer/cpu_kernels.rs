@@ -282,9 +282,10 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
     ) {
         let tan = gx.t.is_some();
         let CpuHead { probs, counts, gz } = head;
-        self.zero(&mut gz.v, probs.v.len());
+        // Sized only: `logit_gradients` writes every row.
+        gz.v.resize(probs.v.len(), R::zero());
         if tan {
-            self.zero(&mut gz.t, probs.v.len());
+            gz.t.resize(probs.v.len(), R::zero());
         }
         logit_gradients(tokens, vocab, probs, counts, &weights[at..], tan, gz);
         linear_backward(self, tokens.rows(), x, w, gz.pair(tan), (h, vocab), gx, out);
@@ -644,8 +645,8 @@ fn softmax_cross_entropy<R: Real>(
     }
 }
 
-/// The gradient of Σ w_n l_n with respect to the logits, row by row (the rows of PAD labels stay
-/// zero): c (p − onehot(y)) with c = w_n / count_n, and its tangent c ṗ.
+/// The gradient of Σ w_n l_n with respect to the logits, row by row (zero at PAD labels): c (p −
+/// onehot(y)) with c = w_n / count_n, and its tangent c ṗ. Every row of `gz` is written.
 #[multiversion(targets = "simd")]
 fn logit_gradients<R: Real>(
     tokens: Tokens<Vec<u32>>,
@@ -660,11 +661,15 @@ fn logit_gradients<R: Real>(
     for row in 0..tokens.rows() {
         let y = label(&tokens, row);
         let n = row / l;
+        let span = row * vocab..(row + 1) * vocab;
         if y == PAD || counts[n] == 0 {
+            gz.v[span.clone()].fill(R::zero());
+            if tan {
+                gz.t[span].fill(R::zero());
+            }
             continue;
         }
         let c = weights[n] / R::of(counts[n] as f64);
-        let span = row * vocab..(row + 1) * vocab;
         for (g, &p) in gz.v[span.clone()].iter_mut().zip(&probs.v[span.clone()]) {
             *g = c * p;
         }
