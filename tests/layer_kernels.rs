@@ -255,6 +255,11 @@ fn attention_case<K: HostBuffers>(k: &mut K, r: &mut ChaCha8Rng, dh: usize, max_
     let kk = random_act(k, r, len, tan);
     let v = random_act(k, r, len, tan);
     let mut saved = K::Attention::default();
+    // A first call of a longer shape leaves the saved state written in another layout: the call
+    // under test must write all it reads back.
+    let longer = Dims { len: max_len + 5, ..d };
+    let (x, mut y) = (random_act(k, r, longer.rows() * d.hidden, tan), poisoned_act(k, longer.rows() * d.hidden, tan));
+    k.attention_forward(longer, scale, x.pair(tan), x.pair(tan), x.pair(tan), &mut saved, y.pair_mut(tan));
     let mut o = poisoned_act(k, len, tan);
     k.attention_forward(d, scale, q.pair(tan), kk.pair(tan), v.pair(tan), &mut saved, o.pair_mut(tan));
     let go = random_act(k, r, len, tan);

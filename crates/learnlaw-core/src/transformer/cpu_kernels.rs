@@ -349,13 +349,6 @@ fn attention_forward<R: Real, const DH: usize>(
             }
             for i0 in (0..l).step_by(LANES) {
                 let terms = (i0 + LANES).min(l);
-                // The block's entries past its last row's diagonal (j > i) are zero.
-                for j in terms..sq.lp {
-                    p.v[head.clone()][sq.column(j)][i0..i0 + LANES].fill(R::zero());
-                    if tan {
-                        p.t[head.clone()][sq.column(j)][i0..i0 + LANES].fill(R::zero());
-                    }
-                }
                 block_scores(&q_tr, sq, i0, k.v, rows, terms, &mut sc);
                 let mut top = [R::neg_infinity(); LANES];
                 for (j, sj) in sc[..terms].iter_mut().enumerate() {
@@ -721,7 +714,8 @@ fn block_scores<R: Real>(a_tr: &[R], sq: HeadSquare, i0: usize, m: &[R], rows: H
 
 /// The layout of a head's [L, L] matrices (P, its tangent, c·gS): [Lp, Lp] with Lp = L padded
 /// to whole lane sets, stored by columns (M\[j·Lp + i\] = P\[i\]\[j\]: a lane set of rows i is
-/// contiguous for each j), zero where j > i and in the padding.
+/// contiguous for each j). A block of [`LANES`] rows is written up to its last row's diagonal,
+/// zero where j > i or i ≥ L; the columns past that are neither written nor read.
 #[derive(Clone, Copy)]
 struct HeadSquare {
     l: usize,
