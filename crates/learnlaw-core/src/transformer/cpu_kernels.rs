@@ -343,10 +343,7 @@ fn attention_forward<R: Real, const DH: usize>(
         for hd in 0..d.heads {
             let head = sq.head(s * d.heads + hd);
             let rows = HeadRows::of(d, dh, s, hd);
-            head_transposed(l, rows, q.v, &mut q_tr);
-            if let Some(qt) = q.t {
-                head_transposed(l, rows, qt, &mut qt_tr);
-            }
+            head_transposed_pair(l, rows, q, &mut q_tr, &mut qt_tr);
             for i0 in (0..l).step_by(LANES) {
                 let terms = (i0 + LANES).min(l);
                 block_scores(&q_tr, sq, i0, k.v, rows, terms, &mut sc);
@@ -434,10 +431,7 @@ fn attention_backward<R: Real, const DH: usize>(
             let head = sq.head(s * d.heads + hd);
             let (pv, pt) = (&p.v[head.clone()], go.t.map(|_| &p.t[head.clone()]));
             let rows = HeadRows::of(d, dh, s, hd);
-            head_transposed(l, rows, go.v, &mut go_tr);
-            if let Some(got) = go.t {
-                head_transposed(l, rows, got, &mut got_tr);
-            }
+            head_transposed_pair(l, rows, go, &mut go_tr, &mut got_tr);
             for i0 in (0..l).step_by(LANES) {
                 let terms = (i0 + LANES).min(l);
                 block_scores(&go_tr, sq, i0, v.v, rows, terms, &mut gp);
@@ -695,6 +689,15 @@ fn head_transposed<R: Real>(l: usize, rows: HeadRows, m: &[R], out: &mut Vec<R>)
     }
 }
 
+/// `head_transposed` of a value and, in tangent mode, of its tangent.
+#[inline(always)]
+fn head_transposed_pair<R: Real>(l: usize, rows: HeadRows, m: Pair<Vec<R>>, out: &mut Vec<R>, out_t: &mut Vec<R>) {
+    head_transposed(l, rows, m.v, out);
+    if let Some(mt) = m.t {
+        head_transposed(l, rows, mt, out_t);
+    }
+}
+
 /// s_j = Σ_d aᵀ\[d\]\[i0 + z\]·m_j\[d\] in lane z, for j < `terms`: the products of a block of
 /// [`LANES`] rows a_i (from their transpose `a_tr`, [`head_transposed`]) with the head's rows m_j,
 /// one row i per lane, summed over d in order by fused multiply-adds.
@@ -741,10 +744,15 @@ impl HeadSquare {
     fn column(self, j: usize) -> Range<usize> {
         j * self.lp..(j + 1) * self.lp
     }
+    /// P\[i\]\[j\].
+    #[inline(always)]
+    fn at<R: Real>(self, m: &[R], i: usize, j: usize) -> R {
+        m[j * self.lp + i]
+    }
     /// P\[i0 + z\]\[j\] in lane z.
     #[inline(always)]
     fn lanes<R: Real>(self, m: &[R], j: usize, i0: usize) -> [R; LANES] {
-        *<&[R; LANES]>::try_from(&m[j * self.lp + i0..][..LANES]).expect("a lane set")
+        *<&[R; LANES]>::try_from(&m[self.column(j)][i0..i0 + LANES]).expect("a lane set")
     }
 }
 
@@ -771,8 +779,8 @@ impl Coef {
     #[inline(always)]
     fn at<R: Real>(self, sq: HeadSquare, m: &[R], r: usize, t: usize) -> R {
         match self {
-            Coef::Rows => m[t * sq.lp + r],
-            Coef::Columns => m[r * sq.lp + t],
+            Coef::Rows => sq.at(m, r, t),
+            Coef::Columns => sq.at(m, t, r),
         }
     }
 }
