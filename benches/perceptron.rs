@@ -11,24 +11,35 @@
 //! `cpu_avx2` the same on AVX2 lanes (where the widest are AVX-512), and `cpu` with X stored as
 //! bf16. Names follow `{backend}_{op}_{dtype}`; the ratio table is printed last, under the CPU's
 //! name. `dispatch/*` times starting an empty job on every thread: on the engine's own crew, and
-//! as a rayon broadcast (what the steps did before the crew).
+//! as a rayon broadcast (what the steps did before the crew). `rows/*` puts the steps beside the
+//! core's own limits: the FMA rate of one core's lanes (`fma_peak_f32`) and the steps on one
+//! thread with X in that core's L2 (N = 1024, 512 KiB), printed per row against the fewest cycles
+//! their FMAs need (one FMA per padded column for each dot and each axpy of a row).
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use learnlaw::crew::Crew;
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
-use learnlaw::lanes::{bf16, Isa, Stored};
+use learnlaw::lanes::{bf16, Isa, LaneKernel, Lanes, Stored, LANES};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
-use learnlaw::{simplex, Engine, Set};
+use learnlaw::{simplex, Engine, Real, Set};
 use rayon::prelude::*;
 
 mod common;
 use common::{cpu_model, median_ns};
 
 const STEPS: usize = 2000;
+/// Training rows of the `rows/*` steps: X is 512 KiB, inside one core's L2 on the EPYC (1 MiB)
+/// and the Xeon (2 MiB) of BENCHMARKS.md.
+const L2_ROWS: usize = 1024;
+/// Iterations of the FMA-rate kernel per call.
+const FMA_ITERS: usize = 1 << 16;
+/// Independent FMA chains in the FMA-rate kernel: enough to cover the latency (4 cycles) of two
+/// pipes.
+const FMA_CHAINS: usize = 8;
 
 fn paper_data() -> PerceptronData {
     PerceptronData::generate(&PerceptronRecipe::default()).expect("paper recipe")
@@ -110,6 +121,45 @@ fn steps(c: &mut Criterion) {
     g.finish();
 }
 
+/// `FMA_ITERS` rounds of one fused multiply-add on each of `FMA_CHAINS` independent accumulators
+/// (the lanes' FMA rate with nothing else in the way); their sum, so nothing is optimised out.
+struct FmaPeak {
+    a: f32,
+    b: f32,
+}
+
+impl LaneKernel<f32> for FmaPeak {
+    type Out = f32;
+    #[inline(always)]
+    fn run<L: Lanes<f32>>(self) -> f32 {
+        let (a, b) = (L::splat(self.a), L::splat(self.b));
+        let mut acc = [L::zero(); FMA_CHAINS];
+        for _ in 0..FMA_ITERS {
+            for v in &mut acc {
+                *v = L::mul_add(*v, a, b);
+            }
+        }
+        acc.into_iter().map(L::sum).sum()
+    }
+}
+
+/// The steps beside one core's limits: its lanes' FMA rate, and the steps on one thread with X
+/// in its L2.
+fn rows(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rows");
+    g.throughput(Throughput::Elements((FMA_ITERS * FMA_CHAINS * LANES) as u64));
+    g.bench_function("fma_peak_f32", |b| {
+        b.iter(|| f32::on_lanes(Isa::widest(), FmaPeak { a: std::hint::black_box(0.999), b: std::hint::black_box(1e-3) }))
+    });
+    let recipe = PerceptronRecipe { n_train: L2_ROWS, n_dev: 16, n_test: 16, ..PerceptronRecipe::default() };
+    let data = PerceptronData::generate(&recipe).expect("the L2 recipe");
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let e = one_thread.install(|| CpuPerceptron::<f32>::new(&data)).unwrap();
+    g.throughput(Throughput::Bytes((L2_ROWS * data.dim * 4) as u64));
+    step_benches(&mut g, "cpu", e, "_l2");
+    g.finish();
+}
+
 /// What it costs to start a step on every thread and wait for all: an empty job on a crew of
 /// the global pool's size, and the same as a rayon broadcast from worker 0 of the global pool.
 fn dispatch(c: &mut Criterion) {
@@ -150,7 +200,7 @@ fn epoch_bench<X: Stored<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, mut e: CpuP
     g.bench_function(format!("cpu_outer_epoch_{}", X::name()), |b| b.iter(|| search.step(&mut e).unwrap()));
 }
 
-criterion_group!(benches, steps, dispatch, outer_epoch);
+criterion_group!(benches, steps, rows, dispatch, outer_epoch);
 
 fn main() {
     // As in the CLI: this thread is worker 0 of the global pool.
@@ -169,6 +219,7 @@ fn main() {
             println!("{id:<36} {:>10.3} ms {ratio:>14}", t / 1e6);
         }
     }
+    print_rows();
     for (group, id) in [
         ("policy", "cpu_project_simplex_rows_f32"),
         ("policy", "cpu_project_simplex_rows_sorted_f32"),
@@ -186,6 +237,24 @@ fn main() {
     for dtype in ["f32", "bf16"] {
         if let Some(t) = median_ns("search", &format!("cpu_outer_epoch_{dtype}")) {
             println!("outer epoch at the paper's size (N=4096, D=128, T=2000), X in {dtype}: {:.3} s", t / 1e9);
+        }
+    }
+}
+
+/// The steps per row on one thread, against the FMAs' fewest nanoseconds at the measured rate:
+/// X in L2 (`rows/*`) and at the paper's size (`step/*_1thread`, X from L3; its backward step also
+/// runs the 512 desired rows' ∇L_dev).
+fn print_rows() {
+    let Some(peak) = median_ns("rows", "fma_peak_f32").map(|t| (FMA_ITERS * FMA_CHAINS * LANES) as f64 / t) else { return };
+    let stride = PerceptronRecipe::default().dim.next_multiple_of(LANES) as f64;
+    println!("\none core's FMA rate on {} lanes: {peak:.1} f32 FMAs per ns", Isa::widest().name());
+    println!("{:<40} {:>10} {:>14} {:>10}", "one thread, per training row", "ns", "FMAs' fewest", "ratio");
+    for (group, suffix, rows) in [("rows", "_l2", L2_ROWS), ("step", "_1thread", PerceptronRecipe::default().n_train)] {
+        for (op, fmas) in [("gemv_floor", 1.0), ("forward_train_pass", 2.0), ("backward_step", 3.0)] {
+            let id = format!("cpu_{op}_f32{suffix}");
+            let Some(t) = median_ns(group, &id) else { continue };
+            let (per_row, fewest) = (t / rows as f64, fmas * stride / peak);
+            println!("{id:<40} {per_row:>10.2} {fewest:>14.2} {:>9.1}×", per_row / fewest);
         }
     }
 }

@@ -492,6 +492,8 @@ impl BindGroups {
         g
     }
 
+    // A Buffer hashes and compares by its id, which its interior mutability never changes.
+    #[allow(clippy::mutable_key_type)]
     fn evict_dropped(&mut self, dropped: &Dropped) {
         let dead: HashSet<wgpu::Buffer> = std::mem::take(&mut *dropped.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
         if !dead.is_empty() {
