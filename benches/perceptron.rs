@@ -13,8 +13,9 @@
 //! name. `dispatch/*` times starting an empty job on every thread: on the engine's own crew, and
 //! as a rayon broadcast (what the steps did before the crew). `rows/*` puts the steps beside the
 //! core's own limits: the FMA rate of one core's lanes (`fma_peak_f32`) and the steps on one
-//! thread with X in that core's L2 (N = 1024, 512 KiB), printed per row against the fewest cycles
-//! their FMAs need (one FMA per padded column for each dot and each axpy of a row).
+//! thread with X in that core's L2 (N = 1024, 512 KiB), printed per row against the fewest
+//! nanoseconds their FMAs need at that rate (one FMA per padded column for each dot and each
+//! axpy of a row).
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
