@@ -152,6 +152,18 @@ pub fn vector_ops_and_projection<E: Engine>(make: Make<E>) {
         // Projection: a policy after a gradient step (1/N plus noise), against the sort-based reference.
         let mut v: Vec<f64> = y.iter().map(|d| 1.0 / n as f64 + d / n as f64).collect();
         let mut v_d = e.upload(&from_f64(&v)).unwrap();
+        // The outer SGD step in one call gives the bits of its two calls.
+        let (mut fused, mut apart) = (e.upload(&from_f64(&v)).unwrap(), e.upload(&from_f64(&v)).unwrap());
+        let a = -0.5 / n as f64;
+        e.axpy_project_simplex_rows(a, &x_d, &mut fused, n).unwrap();
+        e.axpy(a, &x_d, &mut apart).unwrap();
+        e.project_simplex_rows(&mut apart, n).unwrap();
+        assert_close("axpy_project_simplex_rows", &down(e, &fused), &down(e, &apart), Tol { atol: 0.0, rtol: 0.0 });
+        let bad_rows = e.axpy_project_simplex_rows(a, &x_d, &mut fused, n + 1);
+        assert!(bad_rows.is_err() || (rows * n) % (n + 1) == 0, "bad row length must be an error");
+        let nan_step = e.upload(&from_f64(&[vec![0.0; rows * n - 1], vec![f64::NAN]].concat())).unwrap();
+        let fused_nan = e.axpy_project_simplex_rows(a, &nan_step, &mut fused, n);
+        assert!(matches!(fused_nan, Err(learnlaw::Error::Numerical(_))), "NaN must be a numerical error: {fused_nan:?}");
         e.project_simplex_rows(&mut v_d, n).unwrap();
         v.chunks_mut(n).for_each(simplex::project_sorted);
         assert_close(&format!("project_simplex_rows (N={n})"), &down(e, &v_d), &v, Tol { atol: 1e-6, rtol: 1e-5 });

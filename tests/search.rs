@@ -795,6 +795,9 @@ impl<E: Engine> Engine for FailingForward<E> {
     fn project_simplex_rows(&mut self, v: &mut E::Vec, row_len: usize) -> learnlaw::Result<()> {
         self.inner.project_simplex_rows(v, row_len)
     }
+    fn axpy_project_simplex_rows(&mut self, a: f64, x: &E::Vec, y: &mut E::Vec, row_len: usize) -> learnlaw::Result<()> {
+        self.inner.axpy_project_simplex_rows(a, x, y, row_len)
+    }
     fn forward_step(
         &mut self,
         theta: &E::Vec,

@@ -59,6 +59,13 @@ pub trait Engine {
     /// Projects every row (of length `row_len`) of `v` onto the probability simplex, exactly.
     /// A non-finite value is an `Error::Numerical`, not a silent garbage policy.
     fn project_simplex_rows(&mut self, v: &mut Self::Vec, row_len: usize) -> Result<()>;
+    /// The outer SGD step on a policy: y ← y + a·x, then every row of y projected onto the
+    /// simplex (`axpy`, then `project_simplex_rows`, the default). An engine may do both in one
+    /// pass over each row, with the same results.
+    fn axpy_project_simplex_rows(&mut self, a: f64, x: &Self::Vec, y: &mut Self::Vec, row_len: usize) -> Result<()> {
+        self.axpy(a, x, y)?;
+        self.project_simplex_rows(y, row_len)
+    }
 
     /// One step of γ-weighted full-batch gradient descent:
     /// θ_next = θ − η ∇_θ Σ_n γ_{t,n} l_n(θ). With `dev_loss = Some((curve, i))`, L_dev(θ) is also

@@ -98,6 +98,22 @@ pub fn project_simplex_rows<R: Real>(v: &mut [R], row_len: usize) -> Result<()> 
     Ok(())
 }
 
+/// `axpy` then `project_simplex_rows`, one row at a time: the row is read from memory once and
+/// updated, checked and projected while it is in cache, where the two calls pass over the whole
+/// policy three times (the same bits).
+pub fn axpy_project_simplex_rows<R: Real>(a: f64, x: &[R], y: &mut [R], row_len: usize) -> Result<()> {
+    crate::engine::rows_of_pair("policy rows", y.len(), x.len(), row_len)?;
+    let a = R::of(a);
+    y.par_chunks_mut(row_len).zip(x.par_chunks(row_len)).enumerate().try_for_each(|(r, (y, x))| {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(Error::non_finite_policy(r * row_len + i, row_len));
+        }
+        simplex::project(y);
+        Ok(())
+    })
+}
+
 /// The `Engine` vector methods of an engine whose vectors are host `Vec<R>`s (the CPU engines).
 macro_rules! host_vector_methods {
     () => {
@@ -122,6 +138,9 @@ macro_rules! host_vector_methods {
         }
         fn project_simplex_rows(&mut self, v: &mut Vec<R>, row_len: usize) -> Result<()> {
             $crate::host::project_simplex_rows(v, row_len)
+        }
+        fn axpy_project_simplex_rows(&mut self, a: f64, x: &Vec<R>, y: &mut Vec<R>, row_len: usize) -> Result<()> {
+            $crate::host::axpy_project_simplex_rows(a, x, y, row_len)
         }
     };
 }

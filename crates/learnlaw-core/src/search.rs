@@ -229,7 +229,7 @@ impl<E: Engine> Search<E> {
             e.tie_rows(&mut self.grad, block, n)?;
         }
         let updated = match self.cfg.optimizer {
-            OuterOptimizer::Sgd => e.axpy(-lr, &self.grad, &mut self.gamma).and_then(|()| e.project_simplex_rows(&mut self.gamma, n)),
+            OuterOptimizer::Sgd => e.axpy_project_simplex_rows(-lr, &self.grad, &mut self.gamma, n),
             OuterOptimizer::ExpGrad => match e.max_abs(&self.grad)? {
                 scale if !scale.is_finite() => Err(Error::Numerical(format!("policy gradient max |g| = {scale}"))),
                 scale if scale > 0.0 => e.exp_grad_rows(&mut self.gamma, &self.grad, lr / scale, n),
@@ -237,8 +237,7 @@ impl<E: Engine> Search<E> {
             },
             OuterOptimizer::Adam => self.adam_delta(e, lr, n).and_then(|delta| {
                 let delta = e.upload(&delta)?;
-                e.axpy(-1.0, &delta, &mut self.gamma)?;
-                e.project_simplex_rows(&mut self.gamma, n)
+                e.axpy_project_simplex_rows(-1.0, &delta, &mut self.gamma, n)
             }),
         };
         if let Err(err) = updated {
