@@ -22,7 +22,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use learnlaw::crew::Crew;
 use learnlaw::data::{init_theta, PerceptronData, PerceptronRecipe};
-use learnlaw::lanes::{bf16, Isa, LaneKernel, Lanes, Stored, LANES};
+use learnlaw::lanes::{bf16, Isa, LaneKernel, Lanes, Stored, LANES, PAIR};
 use learnlaw::perceptron::CpuPerceptron;
 use learnlaw::policy::Policy;
 use learnlaw::search::{OuterOptimizer, Search, SearchConfig};
@@ -247,7 +247,7 @@ fn main() {
 /// runs the 512 desired rows' ∇L_dev).
 fn print_rows() {
     let Some(peak) = median_ns("rows", "fma_peak_f32").map(|t| (FMA_ITERS * FMA_CHAINS * LANES) as f64 / t) else { return };
-    let stride = PerceptronRecipe::default().dim.next_multiple_of(LANES) as f64;
+    let stride = PerceptronRecipe::default().dim.next_multiple_of(PAIR) as f64;
     println!("\none core's FMA rate on {} lanes: {peak:.1} f32 FMAs per ns", Isa::widest().name());
     println!("{:<40} {:>10} {:>14} {:>10}", "one thread, per training row", "ns", "FMAs' fewest", "ratio");
     for (group, suffix, rows) in [("rows", "_l2", L2_ROWS), ("step", "_1thread", PerceptronRecipe::default().n_train)] {

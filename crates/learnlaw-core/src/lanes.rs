@@ -15,6 +15,8 @@ pub use half::bf16;
 
 /// Values per lane set.
 pub const LANES: usize = 16;
+/// Values per pair of lane sets: the unit X's rows are stored and loaded in ([`Stored`]).
+pub const PAIR: usize = 2 * LANES;
 
 /// The instruction set a kernel's lanes use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,13 +60,33 @@ impl Isa {
 }
 
 /// How X is stored: as the engine's own real type, or as bf16 (widened exactly to f32 on load).
+/// Rows go in pairs of lane sets, 32 values: in order for the real type; bf16 interleaves the
+/// pair, so that 32-bit word i holds value i in its low half and value 16 + i in its high half,
+/// and one 64-byte load widens to both lane sets with a shift and a mask, no shuffle.
 pub trait Stored<R: Real>: Copy + Send + Sync + 'static {
     /// `f32`, `f64` or `bf16`, as in an engine's name (`cpu-bf16`).
     fn name() -> &'static str;
     /// The stored value nearest to `v` (ties to even).
     fn from_f32(v: f32) -> Self;
     fn is_finite(self) -> bool;
-    fn load<L: Lanes<R>>(x: &[Self; LANES]) -> L::V;
+    /// 32 values (two lane sets, in order) in the layout `load2` reads.
+    fn store2(v: &[f32; PAIR]) -> [Self; PAIR];
+    /// The two lane sets of a pair stored by `store2`.
+    fn load2<L: Lanes<R>>(x: &[Self; PAIR]) -> [L::V; 2];
+}
+
+/// The two lane sets of a pair, in order.
+#[inline(always)]
+pub fn halves<T>(pair: &[T; PAIR]) -> [&[T; LANES]; 2] {
+    let sets = pair.as_chunks::<LANES>().0;
+    [&sets[0], &sets[1]]
+}
+
+/// `halves`, mutable.
+#[inline(always)]
+pub fn halves_mut<T>(pair: &mut [T; PAIR]) -> [&mut [T; LANES]; 2] {
+    let (lo, hi) = pair.as_chunks_mut::<LANES>().0.split_at_mut(1);
+    [&mut lo[0], &mut hi[0]]
 }
 
 impl<R: Real> Stored<R> for R {
@@ -77,9 +99,13 @@ impl<R: Real> Stored<R> for R {
     fn is_finite(self) -> bool {
         num_traits::Float::is_finite(self)
     }
+    fn store2(v: &[f32; PAIR]) -> [R; PAIR] {
+        v.map(Self::from_f32)
+    }
     #[inline(always)]
-    fn load<L: Lanes<R>>(x: &[R; LANES]) -> L::V {
-        L::load(x)
+    fn load2<L: Lanes<R>>(x: &[R; PAIR]) -> [L::V; 2] {
+        let [lo, hi] = halves(x);
+        [L::load(lo), L::load(hi)]
     }
 }
 
@@ -93,9 +119,12 @@ impl Stored<f32> for half::bf16 {
     fn is_finite(self) -> bool {
         half::bf16::is_finite(self)
     }
+    fn store2(v: &[f32; PAIR]) -> [half::bf16; PAIR] {
+        std::array::from_fn(|k| half::bf16::from_f32(v[k / 2 + (k % 2) * LANES]))
+    }
     #[inline(always)]
-    fn load<L: Lanes<f32>>(x: &[half::bf16; LANES]) -> L::V {
-        L::load_bf16(x)
+    fn load2<L: Lanes<f32>>(x: &[half::bf16; PAIR]) -> [L::V; 2] {
+        L::load_bf16_pair(x)
     }
 }
 
@@ -113,7 +142,8 @@ pub trait Lanes<R: Real> {
     fn zero() -> Self::V;
     fn splat(v: R) -> Self::V;
     fn load(x: &[R; LANES]) -> Self::V;
-    fn load_bf16(x: &[half::bf16; LANES]) -> Self::V;
+    /// A pair of lane sets stored as bf16 by [`Stored::store2`] (interleaved), widened.
+    fn load_bf16_pair(x: &[half::bf16; PAIR]) -> [Self::V; 2];
     fn store(v: Self::V, out: &mut [R; LANES]);
     /// a·b + c, each lane rounded once.
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -152,12 +182,13 @@ impl<R: Real> Lanes<R> for Portable {
         *x
     }
     #[inline(always)]
-    fn load_bf16(x: &[half::bf16; LANES]) -> Self::V {
-        let mut v = [R::zero(); LANES];
+    fn load_bf16_pair(x: &[half::bf16; PAIR]) -> [Self::V; 2] {
+        let (mut lo, mut hi) = ([R::zero(); LANES], [R::zero(); LANES]);
         for i in 0..LANES {
-            v[i] = R::of(widen_bf16(x[i]) as f64);
+            lo[i] = R::of(widen_bf16(x[2 * i]) as f64);
+            hi[i] = R::of(widen_bf16(x[2 * i + 1]) as f64);
         }
-        v
+        [lo, hi]
     }
     #[inline(always)]
     fn store(v: Self::V, out: &mut [R; LANES]) {
@@ -212,7 +243,10 @@ mod x86 {
     //! `#[inline(always)]` lane operations (and the kernel around them) compile to those instructions.
     use std::arch::x86_64::*;
 
-    use super::{LaneKernel, Lanes, LANES};
+    use super::{LaneKernel, Lanes, LANES, PAIR};
+
+    /// The high 16 bits of a 32-bit word: a bf16 stored there is its f32.
+    const HIGH_HALF: i32 = 0xFFFF_0000u32 as i32;
 
     #[target_feature(enable = "avx512f")]
     pub(super) fn run_avx512<K: LaneKernel<f32>>(kernel: K) -> K::Out {
@@ -250,10 +284,11 @@ mod x86 {
             unsafe { _mm512_loadu_ps(x.as_ptr()) }
         }
         #[inline(always)]
-        fn load_bf16(x: &[half::bf16; LANES]) -> __m512 {
+        fn load_bf16_pair(x: &[half::bf16; PAIR]) -> [__m512; 2] {
             unsafe {
-                let bits = _mm256_loadu_si256(x.as_ptr().cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+                let words = _mm512_loadu_si512(x.as_ptr().cast());
+                let high = _mm512_and_si512(words, _mm512_set1_epi32(HIGH_HALF));
+                [_mm512_castsi512_ps(_mm512_slli_epi32::<16>(words)), _mm512_castsi512_ps(high)]
             }
         }
         #[inline(always)]
@@ -311,11 +346,14 @@ mod x86 {
             unsafe { [_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(x.as_ptr().add(8))] }
         }
         #[inline(always)]
-        fn load_bf16(x: &[half::bf16; LANES]) -> Self::V {
+        fn load_bf16_pair(x: &[half::bf16; PAIR]) -> [Self::V; 2] {
             unsafe {
-                let widen =
-                    |p: *const half::bf16| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))));
-                [widen(x.as_ptr()), widen(x.as_ptr().add(8))]
+                let (w0, w1) = (_mm256_loadu_si256(x.as_ptr().cast()), _mm256_loadu_si256(x.as_ptr().add(LANES).cast()));
+                let mask = _mm256_set1_epi32(HIGH_HALF);
+                [
+                    [_mm256_castsi256_ps(_mm256_slli_epi32::<16>(w0)), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w1))],
+                    [_mm256_castsi256_ps(_mm256_and_si256(w0, mask)), _mm256_castsi256_ps(_mm256_and_si256(w1, mask))],
+                ]
             }
         }
         #[inline(always)]
@@ -340,7 +378,8 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Σ x·a over 16-lane chunks: the accumulator's lanes and their sum.
+    /// Σ x·a over 16-lane chunks (x stored in pairs by `Stored::store2`): the accumulator's lanes
+    /// and their sum.
     struct Dot<'a, X> {
         x: &'a [X],
         a: &'a [f32],
@@ -350,8 +389,10 @@ mod tests {
         type Out = ([f32; LANES], f32);
         fn run<L: Lanes<f32>>(self) -> Self::Out {
             let mut acc = L::zero();
-            for (x, a) in self.x.as_chunks::<LANES>().0.iter().zip(self.a.as_chunks::<LANES>().0) {
-                acc = L::mul_add(X::load::<L>(x), L::load(a), acc);
+            for (x, a) in self.x.as_chunks::<PAIR>().0.iter().zip(self.a.as_chunks::<PAIR>().0) {
+                let ([x0, x1], [a0, a1]) = (X::load2::<L>(x), halves(a));
+                acc = L::mul_add(x0, L::load(a0), acc);
+                acc = L::mul_add(x1, L::load(a1), acc);
             }
             let mut lanes = [0.0; LANES];
             L::store(acc, &mut lanes);
@@ -369,9 +410,10 @@ mod tests {
     fn every_isa_gives_the_portable_bits() {
         let x: Vec<f32> = (0..256).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 * if i % 3 == 0 { -1e4 } else { 1.0 }).collect();
         let a: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * if i % 5 == 0 { 1e-5 } else { 3.0 }).collect();
-        let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let xb: Vec<half::bf16> = x.as_chunks::<PAIR>().0.iter().flat_map(half::bf16::store2).collect();
         let portable = (run_f32(Isa::Portable, Dot { x: &x, a: &a }), run_f32(Isa::Portable, Dot { x: &xb, a: &a }));
-        for (xs, got) in [(x.clone(), portable.0 .1), (xb.iter().map(|b| b.to_f32()).collect(), portable.1 .1)] {
+        let rounded = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+        for (xs, got) in [(x.clone(), portable.0 .1), (rounded, portable.1 .1)] {
             let exact: f64 = xs.iter().zip(&a).map(|(&x, &a)| x as f64 * a as f64).sum();
             let scale: f64 = xs.iter().zip(&a).map(|(&x, &a)| (x as f64 * a as f64).abs()).sum();
             assert!((got as f64 - exact).abs() <= 1e-6 * scale, "{got} vs {exact}");

@@ -9,8 +9,8 @@
 //! per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
 //! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows.
 //! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
-//! arrays, picked at run time, the same bits on each), with X's rows zero-padded to a multiple of
-//! 16 columns. The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
+//! arrays, picked at run time, the same bits on each), with X's rows zero-padded to whole pairs
+//! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
 //! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling (a
 //! resumed f32 search reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
@@ -20,7 +20,7 @@ use crate::crew::Crew;
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::host;
-use crate::lanes::{Isa, LaneKernel, Lanes, Stored, LANES};
+use crate::lanes::{halves, halves_mut, Isa, LaneKernel, Lanes, Stored, PAIR};
 use crate::perceptron;
 use crate::{Error, Real, Result};
 
@@ -31,7 +31,13 @@ const CHUNK_ROWS: usize = 256;
 /// then their axpys while the rows are still in L1 (16 rows of D = 128 f32 are 8 KiB).
 const BLOCK: usize = 16;
 
-/// A data set in the engine's storage, each row of X zero-padded to `stride` (a multiple of 16).
+/// The length rows of X and the D-vectors are zero-padded to: whole pairs of lane sets.
+fn row_stride(dim: usize) -> usize {
+    dim.next_multiple_of(PAIR)
+}
+
+/// A data set in the engine's storage, each row of X zero-padded to `stride` ([`row_stride`]) and
+/// stored in pairs of lane sets ([`Stored::store2`]).
 struct Matrix<R, X> {
     x: Vec<X>,
     y: Vec<R>,
@@ -40,18 +46,16 @@ struct Matrix<R, X> {
 
 impl<R: Real, X: Stored<R>> Matrix<R, X> {
     fn new(what: &str, set: &Examples, dim: usize) -> Result<Self> {
-        let stride = dim.next_multiple_of(LANES);
+        let stride = row_stride(dim);
         let mut x = Vec::with_capacity(set.len() * stride);
+        let mut padded = vec![0.0; stride];
         for (r, row) in set.x.chunks_exact(dim).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                let stored = X::from_f32(v);
-                if !stored.is_finite() {
-                    let problem = format!("x[{r}, {c}] = {v} does not fit the {} storage", X::name());
-                    return Err(Error::bad_input(what, problem));
-                }
-                x.push(stored);
+            if let Some((c, &v)) = row.iter().enumerate().find(|(_, &v)| !X::from_f32(v).is_finite()) {
+                let problem = format!("x[{r}, {c}] = {v} does not fit the {} storage", X::name());
+                return Err(Error::bad_input(what, problem));
             }
-            x.resize(x.len() + stride - dim, X::from_f32(0.0));
+            padded[..dim].copy_from_slice(row);
+            x.extend(padded.as_chunks::<PAIR>().0.iter().flat_map(X::store2));
         }
         Ok(Matrix { x, y: set.y.iter().map(|&v| R::of(v as f64)).collect(), stride })
     }
@@ -219,7 +223,7 @@ pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     set_partials: Vec<R>,
     /// Scratch for ∇L_dev in the backward step.
     dev_grad: Vec<R>,
-    /// θ and λ zero-padded to the stride (used where D is not a multiple of 16).
+    /// θ and λ zero-padded to the stride (used where D is not a multiple of 32).
     pad_theta: Vec<R>,
     pad_lambda: Vec<R>,
     /// The threads every pass runs on, each with the same share of the chunks at every step.
@@ -231,7 +235,7 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
     pub fn new(data: &PerceptronData) -> Result<Self> {
         data.validate()?;
         let dim = data.dim;
-        let stride = dim.next_multiple_of(LANES);
+        let stride = row_stride(dim);
         let chunks = [&data.train, &data.dev, &data.test].map(|s| s.len().div_ceil(CHUNK_ROWS));
         Ok(CpuPerceptron {
             dim,
@@ -294,20 +298,29 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
 /// where one row's chain would wait on each add's latency.
 const DOT_ROWS: usize = 4;
 
-/// out\[r\] = x_r·a for the rows of `xb` (rows of stride `a.len()`), `DOT_ROWS` at a time.
+/// A pair of lane sets of a D-vector.
+#[inline(always)]
+fn load_pair<R: Real, L: Lanes<R>>(a: &[R; PAIR]) -> [L::V; 2] {
+    let [lo, hi] = halves(a);
+    [L::load(lo), L::load(hi)]
+}
+
+/// out\[r\] = x_r·a for the rows of `xb` (rows of stride `a.len()`), `DOT_ROWS` at a time. Each
+/// row's accumulator takes its lane sets in order.
 #[inline(always)]
 fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [R]) {
     let s = a.len();
-    let a16 = a.as_chunks::<LANES>().0;
+    let a32 = a.as_chunks::<PAIR>().0;
     let mut groups = xb.chunks_exact(DOT_ROWS * s);
     let mut k = 0;
     for group in &mut groups {
-        let [x0, x1, x2, x3]: [&[[X; LANES]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
+        let [x0, x1, x2, x3]: [&[[X; PAIR]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
         let mut acc = [L::zero(); DOT_ROWS];
-        for (av, (x01, x23)) in a16.iter().zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
-            let av = L::load(av);
+        for (ap, (x01, x23)) in a32.iter().zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+            let [a0, a1] = load_pair::<R, L>(ap);
             for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
-                acc[r] = L::mul_add(X::load::<L>(x), av, acc[r]);
+                let [x0, x1] = X::load2::<L>(x);
+                acc[r] = L::mul_add(x1, a1, L::mul_add(x0, a0, acc[r]));
             }
         }
         out[k..k + DOT_ROWS].copy_from_slice(&L::sum4(acc));
@@ -315,8 +328,9 @@ fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [
     }
     for row in groups.remainder().chunks_exact(s) {
         let mut acc = L::zero();
-        for (x, av) in row.as_chunks().0.iter().zip(a16) {
-            acc = L::mul_add(X::load::<L>(x), L::load(av), acc);
+        for (x, ap) in row.as_chunks().0.iter().zip(a32) {
+            let ([x0, x1], [a0, a1]) = (X::load2::<L>(x), load_pair::<R, L>(ap));
+            acc = L::mul_add(x1, a1, L::mul_add(x0, a0, acc));
         }
         out[k] = L::sum(acc);
         k += 1;
@@ -328,18 +342,18 @@ fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [
 #[inline(always)]
 fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], out_a: &mut [R], out_b: &mut [R]) {
     let s = a.len();
-    let (a16, b16) = (a.as_chunks::<LANES>().0, b[..s].as_chunks::<LANES>().0);
+    let (a32, b32) = (a.as_chunks::<PAIR>().0, b[..s].as_chunks::<PAIR>().0);
     let mut groups = xb.chunks_exact(DOT_ROWS * s);
     let mut k = 0;
     for group in &mut groups {
-        let [x0, x1, x2, x3]: [&[[X; LANES]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
+        let [x0, x1, x2, x3]: [&[[X; PAIR]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
         let (mut p, mut q) = ([L::zero(); DOT_ROWS], [L::zero(); DOT_ROWS]);
-        for ((av, bv), (x01, x23)) in a16.iter().zip(b16).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
-            let (av, bv) = (L::load(av), L::load(bv));
+        for ((ap, bp), (x01, x23)) in a32.iter().zip(b32).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
+            let ([a0, a1], [b0, b1]) = (load_pair::<R, L>(ap), load_pair::<R, L>(bp));
             for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
-                let x = X::load::<L>(x);
-                p[r] = L::mul_add(x, av, p[r]);
-                q[r] = L::mul_add(x, bv, q[r]);
+                let [x0, x1] = X::load2::<L>(x);
+                p[r] = L::mul_add(x1, a1, L::mul_add(x0, a0, p[r]));
+                q[r] = L::mul_add(x1, b1, L::mul_add(x0, b0, q[r]));
             }
         }
         out_a[k..k + DOT_ROWS].copy_from_slice(&L::sum4(p));
@@ -348,10 +362,10 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
     }
     for row in groups.remainder().chunks_exact(s) {
         let (mut p, mut q) = (L::zero(), L::zero());
-        for ((x, av), bv) in row.as_chunks().0.iter().zip(a16).zip(b16) {
-            let x = X::load::<L>(x);
-            p = L::mul_add(x, L::load(av), p);
-            q = L::mul_add(x, L::load(bv), q);
+        for ((x, ap), bp) in row.as_chunks().0.iter().zip(a32).zip(b32) {
+            let ([x0, x1], [a0, a1], [b0, b1]) = (X::load2::<L>(x), load_pair::<R, L>(ap), load_pair::<R, L>(bp));
+            p = L::mul_add(x1, a1, L::mul_add(x0, a0, p));
+            q = L::mul_add(x1, b1, L::mul_add(x0, b0, q));
         }
         (out_a[k], out_b[k]) = (L::sum(p), L::sum(q));
         k += 1;
@@ -365,43 +379,46 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
 #[inline(always)]
 fn block_axpy<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], c: &[R], g: &mut [R]) {
     if L::ACC_SETS >= 8 {
-        block_axpy_by::<R, X, L, 8>(xb, c, g)
-    } else {
         block_axpy_by::<R, X, L, 4>(xb, c, g)
+    } else {
+        block_axpy_by::<R, X, L, 2>(xb, c, g)
     }
 }
 
-/// `block_axpy`, K lane sets of g at a time.
+/// `block_axpy`, K pairs of lane sets of g at a time.
 #[inline(always)]
 fn block_axpy_by<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], g: &mut [R]) {
     let s = g.len();
-    let mut groups = g.as_chunks_mut::<LANES>().0.chunks_exact_mut(K);
+    let mut groups = g.as_chunks_mut::<PAIR>().0.chunks_exact_mut(K);
     let mut first = 0;
     for gs in &mut groups {
-        axpy_lanes::<R, X, L, K>(xb, c, s, first, gs.try_into().expect("K lane sets"));
+        axpy_pairs::<R, X, L, K>(xb, c, s, first, gs.try_into().expect("K pairs"));
         first += K;
     }
     for gs in groups.into_remainder() {
-        axpy_lanes::<R, X, L, 1>(xb, c, s, first, std::array::from_mut(gs));
+        axpy_pairs::<R, X, L, 1>(xb, c, s, first, std::array::from_mut(gs));
         first += 1;
     }
 }
 
-/// `block_axpy` on K lane sets of g, from lane set `first` of each row.
+/// `block_axpy` on K pairs of lane sets of g, from pair `first` of each row.
 #[inline(always)]
-fn axpy_lanes<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], s: usize, first: usize, g: &mut [[R; LANES]; K]) {
-    let mut acc = [L::zero(); K];
+fn axpy_pairs<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], s: usize, first: usize, g: &mut [[R; PAIR]; K]) {
+    let mut acc = [[L::zero(); 2]; K];
     for i in 0..K {
-        acc[i] = L::load(&g[i]);
+        acc[i] = load_pair::<R, L>(&g[i]);
     }
     for (row, &cr) in xb.chunks_exact(s).zip(c) {
-        let (cv, x) = (L::splat(cr), &row.as_chunks::<LANES>().0[first..first + K]);
+        let (cv, x) = (L::splat(cr), &row.as_chunks::<PAIR>().0[first..first + K]);
         for i in 0..K {
-            acc[i] = L::mul_add(cv, X::load::<L>(&x[i]), acc[i]);
+            let [x0, x1] = X::load2::<L>(&x[i]);
+            acc[i] = [L::mul_add(cv, x0, acc[i][0]), L::mul_add(cv, x1, acc[i][1])];
         }
     }
     for i in 0..K {
-        L::store(acc[i], &mut g[i]);
+        let [lo, hi] = halves_mut(&mut g[i]);
+        L::store(acc[i][0], lo);
+        L::store(acc[i][1], hi);
     }
 }
 
