@@ -13,7 +13,7 @@
 //! name. `dispatch/*` times starting an empty job on every thread: on the engine's own crew, and
 //! as a rayon broadcast (what the steps did before the crew). `rows/*` puts the steps beside the
 //! core's own limits: the FMA rate of one core's lanes (`fma_peak_f32`) and the steps on one
-//! thread with X in that core's L2 (N = 1024, 512 KiB), printed per row against the fewest
+//! thread with X in that core's L2 (N = 1024: 512 KiB in f32, 256 KiB in bf16), printed per row against the fewest
 //! nanoseconds their FMAs need at that rate (one FMA per padded column for each dot and each
 //! axpy of a row).
 use std::time::Duration;
@@ -158,6 +158,9 @@ fn rows(c: &mut Criterion) {
     let e = one_thread.install(|| CpuPerceptron::<f32>::new(&data)).unwrap();
     g.throughput(Throughput::Bytes((L2_ROWS * data.dim * 4) as u64));
     step_benches(&mut g, "cpu", e, "_l2");
+    let e = one_thread.install(|| CpuPerceptron::<f32, bf16>::new(&data)).unwrap();
+    g.throughput(Throughput::Bytes((L2_ROWS * data.dim * 2) as u64));
+    step_benches(&mut g, "cpu", e, "_l2");
     g.finish();
 }
 
@@ -250,9 +253,10 @@ fn print_rows() {
     let stride = PerceptronRecipe::default().dim.next_multiple_of(PAIR) as f64;
     println!("\none core's FMA rate on {} lanes: {peak:.1} f32 FMAs per ns", Isa::widest().name());
     println!("{:<40} {:>10} {:>14} {:>10}", "one thread, per training row", "ns", "FMAs' fewest", "ratio");
-    for (group, suffix, rows) in [("rows", "_l2", L2_ROWS), ("step", "_1thread", PerceptronRecipe::default().n_train)] {
+    let runs = [("rows", "f32_l2", L2_ROWS), ("rows", "bf16_l2", L2_ROWS), ("step", "f32_1thread", PerceptronRecipe::default().n_train)];
+    for (group, suffix, rows) in runs {
         for (op, fmas) in [("gemv_floor", 1.0), ("forward_train_pass", 2.0), ("backward_step", 3.0)] {
-            let id = format!("cpu_{op}_f32{suffix}");
+            let id = format!("cpu_{op}_{suffix}");
             let Some(t) = median_ns(group, &id) else { continue };
             let (per_row, fewest) = (t / rows as f64, fmas * stride / peak);
             println!("{id:<40} {per_row:>10.2} {fewest:>14.2} {:>9.1}×", per_row / fewest);
