@@ -10,9 +10,10 @@
 //! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows.
 //! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
 //! arrays, picked at run time, the same bits on each), with X's rows zero-padded to whole pairs
-//! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are
-//! reduced in a fixed order, so results do not depend on the thread count, the CPU or scheduling (a
-//! resumed f32 search reproduces an uninterrupted one bit for bit).
+//! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The
+//! backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are reduced in a
+//! fixed order, so results do not depend on the thread count, the CPU or scheduling (a resumed
+//! f32 search reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
 
 use super::{bce_with_logits, sigmoid};
