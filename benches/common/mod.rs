@@ -8,10 +8,26 @@ use learnlaw::Engine;
 /// Median time (ns) of a benchmark, from criterion's saved estimates.
 #[allow(dead_code)] // the CUDA bench keeps its own timings
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
-    let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
+    let text = std::fs::read_to_string(criterion_home().join(format!("{group}/{id}/new/estimates.json"))).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["median"]["point_estimate"].as_f64()
+}
+
+/// Where criterion writes its results, by criterion's own rule: `$CRITERION_HOME`, else
+/// `$CARGO_TARGET_DIR/criterion`, else the workspace's target folder under `cargo bench`, else
+/// `./target/criterion` (a copied bench binary run from a scratch folder, as
+/// `scripts/bench_ab.py` does).
+#[allow(dead_code)]
+fn criterion_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => dir.into(),
+        None if std::env::var_os("CARGO").is_some() => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
+        None => "target".into(),
+    };
+    target.join("criterion")
 }
 
 /// The CPU's model name (from /proc/cpuinfo on Linux), for the tables' header.
