@@ -13,9 +13,9 @@
 //! name. `dispatch/*` times starting an empty job on every thread: on the engine's own crew, and
 //! as a rayon broadcast (what the steps did before the crew). `rows/*` puts the steps beside the
 //! core's own limits: the FMA rate of one core's lanes (`fma_peak_f32`) and the steps on one
-//! thread with X in that core's L2 (N = 1024: 512 KiB in f32, 256 KiB in bf16), printed per row against the fewest
-//! nanoseconds their FMAs need at that rate (one FMA per padded column for each dot and each
-//! axpy of a row).
+//! thread with X in that core's L2 (N = 1024: 512 KiB in f32, 256 KiB in bf16), printed per row
+//! against the fewest nanoseconds their FMAs need at that rate (one FMA per padded column for
+//! each dot and each axpy of a row).
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
@@ -33,7 +33,7 @@ mod common;
 use common::{cpu_model, median_ns};
 
 const STEPS: usize = 2000;
-/// Training rows of the `rows/*` steps: X is 512 KiB, inside one core's L2 on the EPYC (1 MiB)
+/// Training rows of the `rows/*` steps: X is 512 KiB in f32, inside one core's L2 on the EPYC (1 MiB)
 /// and the Xeon (2 MiB) of BENCHMARKS.md.
 const L2_ROWS: usize = 1024;
 /// Iterations of the FMA-rate kernel per call.

@@ -84,8 +84,14 @@ pub fn scale<R: Real>(a: f64, x: &mut [R]) {
 pub fn axpy<R: Real>(a: f64, x: &[R], y: &mut [R]) -> Result<()> {
     check_len("axpy y", y, x.len())?;
     let a = R::of(a);
-    y.par_chunks_mut(BLOCK).zip(x.par_chunks(BLOCK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x));
+    y.par_chunks_mut(BLOCK).zip(x.par_chunks(BLOCK)).for_each(|(y, x)| add_scaled(a, x, y));
     Ok(())
+}
+
+/// y ← y + a·x on one piece: `axpy`'s arithmetic, shared with `axpy_project_simplex_rows` so the
+/// two give the same bits.
+fn add_scaled<R: Real>(a: R, x: &[R], y: &mut [R]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
 }
 
 /// Projects every row of `v` onto the simplex; a non-finite entry is an error, not a garbage policy.
@@ -105,7 +111,7 @@ pub fn axpy_project_simplex_rows<R: Real>(a: f64, x: &[R], y: &mut [R], row_len:
     crate::engine::rows_of_pair("policy rows", y.len(), x.len(), row_len)?;
     let a = R::of(a);
     y.par_chunks_mut(row_len).zip(x.par_chunks(row_len)).enumerate().try_for_each(|(r, (y, x))| {
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+        add_scaled(a, x, y);
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
             return Err(Error::non_finite_policy(r * row_len + i, row_len));
         }

@@ -21,7 +21,7 @@ use crate::crew::Crew;
 use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::host;
-use crate::lanes::{halves, halves_mut, Isa, LaneKernel, Lanes, Stored, PAIR};
+use crate::lanes::{halves_mut, Isa, LaneKernel, Lanes, Stored, PAIR};
 use crate::perceptron;
 use crate::{Error, Real, Result};
 
@@ -300,13 +300,6 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
 /// where one row's chain would wait on each add's latency.
 const DOT_ROWS: usize = 4;
 
-/// A pair of lane sets of a D-vector.
-#[inline(always)]
-fn load_pair<R: Real, L: Lanes<R>>(a: &[R; PAIR]) -> [L::V; 2] {
-    let [lo, hi] = halves(a);
-    [L::load(lo), L::load(hi)]
-}
-
 /// out\[r\] = x_r·a for the rows of `xb` (rows of stride `a.len()`), `DOT_ROWS` at a time. Each
 /// row's accumulator takes its lane sets in order.
 #[inline(always)]
@@ -319,7 +312,7 @@ fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [
         let [x0, x1, x2, x3]: [&[[X; PAIR]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
         let mut acc = [L::zero(); DOT_ROWS];
         for (ap, (x01, x23)) in a32.iter().zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
-            let [a0, a1] = load_pair::<R, L>(ap);
+            let [a0, a1] = R::load2::<L>(ap);
             for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
                 let [x0, x1] = X::load2::<L>(x);
                 acc[r] = L::mul_add(x1, a1, L::mul_add(x0, a0, acc[r]));
@@ -331,7 +324,7 @@ fn block_dots<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], out: &mut [
     for row in groups.remainder().chunks_exact(s) {
         let mut acc = L::zero();
         for (x, ap) in row.as_chunks().0.iter().zip(a32) {
-            let ([x0, x1], [a0, a1]) = (X::load2::<L>(x), load_pair::<R, L>(ap));
+            let ([x0, x1], [a0, a1]) = (X::load2::<L>(x), R::load2::<L>(ap));
             acc = L::mul_add(x1, a1, L::mul_add(x0, a0, acc));
         }
         out[k] = L::sum(acc);
@@ -351,7 +344,7 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
         let [x0, x1, x2, x3]: [&[[X; PAIR]]; DOT_ROWS] = std::array::from_fn(|r| group[r * s..(r + 1) * s].as_chunks().0);
         let (mut p, mut q) = ([L::zero(); DOT_ROWS], [L::zero(); DOT_ROWS]);
         for ((ap, bp), (x01, x23)) in a32.iter().zip(b32).zip(x0.iter().zip(x1).zip(x2.iter().zip(x3))) {
-            let ([a0, a1], [b0, b1]) = (load_pair::<R, L>(ap), load_pair::<R, L>(bp));
+            let ([a0, a1], [b0, b1]) = (R::load2::<L>(ap), R::load2::<L>(bp));
             for (r, x) in [x01.0, x01.1, x23.0, x23.1].into_iter().enumerate() {
                 let [x0, x1] = X::load2::<L>(x);
                 p[r] = L::mul_add(x1, a1, L::mul_add(x0, a0, p[r]));
@@ -365,7 +358,7 @@ fn block_dots2<R: Real, X: Stored<R>, L: Lanes<R>>(xb: &[X], a: &[R], b: &[R], o
     for row in groups.remainder().chunks_exact(s) {
         let (mut p, mut q) = (L::zero(), L::zero());
         for ((x, ap), bp) in row.as_chunks().0.iter().zip(a32).zip(b32) {
-            let ([x0, x1], [a0, a1], [b0, b1]) = (X::load2::<L>(x), load_pair::<R, L>(ap), load_pair::<R, L>(bp));
+            let ([x0, x1], [a0, a1], [b0, b1]) = (X::load2::<L>(x), R::load2::<L>(ap), R::load2::<L>(bp));
             p = L::mul_add(x1, a1, L::mul_add(x0, a0, p));
             q = L::mul_add(x1, b1, L::mul_add(x0, b0, q));
         }
@@ -408,7 +401,7 @@ fn block_axpy_by<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c
 fn axpy_pairs<R: Real, X: Stored<R>, L: Lanes<R>, const K: usize>(xb: &[X], c: &[R], s: usize, first: usize, g: &mut [[R; PAIR]; K]) {
     let mut acc = [[L::zero(); 2]; K];
     for i in 0..K {
-        acc[i] = load_pair::<R, L>(&g[i]);
+        acc[i] = R::load2::<L>(&g[i]);
     }
     for (row, &cr) in xb.chunks_exact(s).zip(c) {
         let (cv, x) = (L::splat(cr), &row.as_chunks::<PAIR>().0[first..first + K]);
