@@ -9,7 +9,7 @@
 //! their sigmoids in one vectorised loop, then their axpys while the block is in L1, with 64 or
 //! 128 columns of the accumulator in registers across the block's rows. The forward step saves
 //! its sigmoids σ(x·θ_t), so the backward step at θ_t takes one dot per row (x·λ), not two
-//! ([`Saved`]).
+//! (`Saved`).
 //! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
 //! arrays, picked at run time, the same bits on each), with X's rows zero-padded to whole pairs
 //! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The
