@@ -48,8 +48,8 @@
 //   segment of G blocks, warp w of W): lanes read consecutive vectors of the row (coalesced
 //   512-byte requests for f32), the dot is a butterfly shuffle reduction (every lane ends with the
 //   same bits). G = clamp(⌈rows / (W warps · ρ rows)⌉, 1, resident blocks) per segment, ρ the
-//   engine's rows per warp (2 by default, `Options::rows_per_warp`): at the paper's size
-//   (N = 4096, K = 512) 256 + 32 blocks of 2 rows per warp, all resident at once; at N = 1M one
+//   engine's rows per warp (4 by default, `Options::rows_per_warp`): at the paper's size
+//   (N = 4096, K = 512) 128 + 16 blocks of 4 rows per warp, all resident at once; at N = 1M one
 //   wave of resident blocks that grid-stride over the rows.
 // Latency (what the sm_90 machine code shows; the GPU check measures it): every load a row needs
 //   (γ, y, its X vectors; θ and λ are in registers or shared memory) is issued before the first

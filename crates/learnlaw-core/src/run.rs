@@ -243,6 +243,10 @@ impl History {
     pub fn best_epoch(&self) -> Option<usize> {
         best_index(&self.heldout_j)
     }
+    /// The epoch of lowest J on the search's desired set (the first of equals).
+    pub fn lowest_j_epoch(&self) -> Option<usize> {
+        best_index(&self.j)
+    }
 
     /// Records J, CR and AR_dev of the policy whose unroll `fwd` is.
     fn record(&mut self, fwd: &crate::unroll::Forward, classes: usize) {

@@ -18,9 +18,10 @@ const BLOCK: u32 = 256;
 const WARPS: u32 = 8;
 /// Rows each warp takes (at least) before the grid is grown (`Options::rows_per_warp` overrides
 /// it): fewer blocks mean a shorter final reduction, more mean more rows in flight at once. At the
-/// paper's size a step is latency-bound: 2 gives 256 + 32 blocks, every warp's two rows loaded
-/// together by the register variants (8 gave 64 + 8 blocks, 8 dependent row iterations a warp).
-const ROWS_PER_WARP: usize = 2;
+/// paper's size a step is latency-bound; measured on an H200 (`benches/cuda.rs`' sweep, µs per
+/// forward / backward step): 1 row 11.2 / 10.2, 2 rows 7.5 / 7.3, 4 rows 6.5 / 7.1 (128 + 16
+/// blocks, two iterations of the register variants' row pairs), 8 rows 7.2 / 8.4.
+const ROWS_PER_WARP: usize = 4;
 /// The default per-block dynamic shared memory limit without opting in.
 const SMEM_DEFAULT: u32 = 48 * 1024;
 /// Largest partial-sum volume (blocks·D floats) the last block reduces itself; above it the
@@ -732,10 +733,11 @@ mod tests {
 
     #[test]
     fn blocks_grow_with_rows_up_to_the_resident_count() {
-        // The paper's size at the default 2 rows per warp: 256 + 32 blocks, all resident (H200: 132
+        // The paper's size at the default 4 rows per warp: 128 + 16 blocks, all resident (H200: 132
         // SMs, 4 blocks of pass_r1 each).
-        assert_eq!(CudaPerceptron::blocks_for(4096, 8, ROWS_PER_WARP, 528), 256);
-        assert_eq!(CudaPerceptron::blocks_for(512, 8, ROWS_PER_WARP, 528), 32);
+        assert_eq!(CudaPerceptron::blocks_for(4096, 8, ROWS_PER_WARP, 528), 128);
+        assert_eq!(CudaPerceptron::blocks_for(512, 8, ROWS_PER_WARP, 528), 16);
+        assert_eq!(CudaPerceptron::blocks_for(4096, 8, 2, 528), 256);
         assert_eq!(CudaPerceptron::blocks_for(1, 8, 2, 264), 1);
         assert_eq!(CudaPerceptron::blocks_for(4096, 8, 8, 264), 64);
         assert_eq!(CudaPerceptron::blocks_for(512, 8, 8, 264), 8);

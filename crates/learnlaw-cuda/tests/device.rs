@@ -103,6 +103,7 @@ fn large_dimension_steps_match_the_reference() {
         (1000, Storage::F32, Options { force_separate_finish: true, ..base.clone() }),
         (1000, Storage::F32, Options { force_global_theta: true, rows_per_warp: 1, ..base.clone() }),
         (2500, Storage::F32, base.clone()),
+        (2500, Storage::F32, Options { rows_per_warp: 2, ..base.clone() }),
         (2500, Storage::F32, Options { force_global_theta: true, force_separate_finish: true, ..base.clone() }),
         (2500, Storage::Bf16, Options { rows_per_warp: 8, ..base.clone() }),
         (2500, Storage::F16, base.clone()),

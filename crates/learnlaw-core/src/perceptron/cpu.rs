@@ -2,14 +2,12 @@
 //! finite-difference tests use.
 //!
 //! Each step is one pass over the training matrix, split into fixed chunks of rows, with the
-//! desired set's smaller chunks spread among them; every thread of the engine's own [`Crew`]
-//! takes the same contiguous share of the chunks at every step, so a core keeps reading the same
-//! rows and they stay in its cache, and a step starts with a signal, not a thread pool's
-//! fork–join. Rows go in blocks of 32: their dots (4 rows at a time, so the FMA chains overlap),
-//! their sigmoids in one vectorised loop, then their axpys while the block is in L1, with 64 or
-//! 128 columns of the accumulator in registers across the block's rows. The forward step saves
-//! its sigmoids σ(x·θ_t), so the backward step at θ_t takes one dot per row (x·λ), not two
-//! (`Saved`).
+//! desired set's chunks beside them; every thread of the engine's own [`Crew`] takes the same
+//! contiguous share of the chunks at every step, so a core keeps reading the same rows and they
+//! stay in its cache, and a step starts with a signal, not a thread pool's fork–join. Rows go in
+//! blocks of 32: their dots (4 rows at a time, so the FMA chains overlap; the backward step's two
+//! per row in the same pass), their sigmoids in one vectorised loop, then their axpys while the
+//! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows.
 //! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
 //! arrays, picked at run time, the same bits on each), with X's rows zero-padded to whole pairs
 //! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The
@@ -27,13 +25,9 @@ use crate::lanes::{halves_mut, Isa, LaneKernel, Lanes, Stored, PAIR};
 use crate::perceptron;
 use crate::{Error, Real, Result};
 
-/// Training rows per parallel chunk: large enough to amortise a pass's setup, small enough to
-/// share a step out evenly over 2–16 cores.
+/// Rows per parallel chunk: large enough to amortise a pass's setup, small enough to share a
+/// step out evenly over 2–16 cores.
 const CHUNK_ROWS: usize = 256;
-/// Desired- and test-set rows per chunk: a step's desired-set chunks are spread among its
-/// training chunks ([`spread`]), and smaller ones let each thread's share take its part of them
-/// (with 256, two threads took 2 + 7 and 9 of 18 chunks: one waited a tenth of each forward step).
-const SET_CHUNK_ROWS: usize = 64;
 /// Rows per block inside a chunk: their dots first, then their sigmoids in one vectorised loop,
 /// then their axpys while the rows are still in L1 (32 rows of D = 128 f32 are 16 KiB, half of a
 /// 32 KiB L1; 32 rows measured 3–14% faster per row than 16 on the EPYC of BENCHMARKS.md).
@@ -50,12 +44,10 @@ struct Matrix<R, X> {
     x: Vec<X>,
     y: Vec<R>,
     stride: usize,
-    /// Rows per parallel chunk.
-    chunk_rows: usize,
 }
 
 impl<R: Real, X: Stored<R>> Matrix<R, X> {
-    fn new(what: &str, set: &Examples, dim: usize, chunk_rows: usize) -> Result<Self> {
+    fn new(what: &str, set: &Examples, dim: usize) -> Result<Self> {
         let stride = row_stride(dim);
         let mut x = Vec::with_capacity(set.len() * stride);
         let mut padded = vec![0.0; stride];
@@ -67,43 +59,35 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
             padded[..dim].copy_from_slice(row);
             x.extend(padded.as_chunks::<PAIR>().0.iter().flat_map(X::store2));
         }
-        Ok(Matrix { x, y: set.y.iter().map(|&v| R::of(v as f64)).collect(), stride, chunk_rows })
+        Ok(Matrix { x, y: set.y.iter().map(|&v| R::of(v as f64)).collect(), stride })
     }
     fn rows(&self) -> usize {
         self.y.len()
     }
     fn chunks(&self) -> usize {
-        self.rows().div_ceil(self.chunk_rows)
+        self.rows().div_ceil(CHUNK_ROWS)
     }
     /// The chunks' rows of X and their labels.
     fn row_chunks(&self) -> impl Iterator<Item = (&[X], &[R])> {
-        self.x.chunks(self.chunk_rows * self.stride).zip(self.y.chunks(self.chunk_rows))
+        self.x.chunks(CHUNK_ROWS * self.stride).zip(self.y.chunks(CHUNK_ROWS))
     }
 
     /// The loss-and-gradient passes over the chunks: each returns its Σ of losses (with
     /// `want_loss`; else 0) and, with `want_grad`, sums its rows' (σ(z_n) − y_n) x_n into its
-    /// stride-vector of `partials`. θ is padded to the stride. With `save`, the rows' σ(z_n) go
-    /// there too; with `saved`, they come from there (computed at θ), and no dots are taken.
+    /// stride-vector of `partials`. θ is padded to the stride.
     fn loss_grad_passes<'a>(
         &'a self,
         theta: &'a [R],
         partials: &'a mut [R],
         want_loss: bool,
         want_grad: bool,
-        save: Option<&'a mut [R]>,
-        saved: Option<&'a [R]>,
     ) -> impl Iterator<Item = Pass<'a, R, X>> {
-        let rows = self.chunk_rows;
-        let partials = partials[..self.chunks() * self.stride].chunks_mut(self.stride);
-        let sigmoids = chunks_or_none_mut(save, rows).zip(chunks_or_none(saved, rows));
-        partials.zip(self.row_chunks()).zip(sigmoids).map(move |((g, (x, y)), (save, saved))| Pass::LossGrad {
+        partials[..self.chunks() * self.stride].chunks_mut(self.stride).zip(self.row_chunks()).map(move |(g, (x, y))| Pass::LossGrad {
             x,
             y,
             theta,
             want_loss,
             g: want_grad.then_some(g),
-            save,
-            saved,
         })
     }
 
@@ -130,7 +114,7 @@ impl<R: Real, X: Stored<R>> Matrix<R, X> {
         want_loss: bool,
         grad: Option<&mut [R]>,
     ) -> f64 {
-        let losses = sweeps.run(isa, self.loss_grad_passes(theta, partials, want_loss, grad.is_some(), None, None).collect());
+        let losses = sweeps.run(isa, self.loss_grad_passes(theta, partials, want_loss, grad.is_some()).collect());
         self.mean(&losses, partials, grad)
     }
 }
@@ -207,28 +191,6 @@ fn balanced_ends(costs: &[usize], parts: usize) -> Vec<usize> {
     ends
 }
 
-/// The desired set's passes `set` spread evenly among the training passes `train`: the i-th of m
-/// goes after the j-th of n when (2j + 1)·m ≤ (2i + 1)·n (where its place in its own set falls
-/// among the training set's), so each contiguous share [`Sweeps::run`] hands a thread holds about
-/// the same part of both. The sequence, and where each pass of `set` went, in its order.
-fn spread<T>(set: Vec<T>, train: Vec<T>) -> (Vec<T>, Vec<usize>) {
-    let (m, n) = (set.len(), train.len());
-    let mut out = Vec::with_capacity(m + n);
-    let mut at = Vec::with_capacity(m);
-    let mut train = train.into_iter();
-    let mut placed = 0;
-    for (i, pass) in set.into_iter().enumerate() {
-        while placed < n && (2 * placed + 1) * m <= (2 * i + 1) * n {
-            out.extend(train.next());
-            placed += 1;
-        }
-        at.push(out.len());
-        out.push(pass);
-    }
-    out.extend(train);
-    (out, at)
-}
-
 /// Σ over chunks of `partials` (rows of `stride`), in chunk order, into `out` (its first columns).
 fn reduce_partials<R: Real>(partials: &[R], stride: usize, chunks: usize, out: &mut [R]) {
     out.fill(R::zero());
@@ -250,85 +212,6 @@ fn padded<'a, R: Real>(v: &'a [R], buf: &'a mut Vec<R>, stride: usize) -> &'a [R
     buf
 }
 
-/// `v`'s chunks of `rows`, then `None` for ever: zipped with a set's passes, each pass gets its
-/// chunk, or none when there is no `v`.
-fn chunks_or_none_mut<R>(v: Option<&mut [R]>, rows: usize) -> impl Iterator<Item = Option<&mut [R]>> {
-    v.into_iter().flat_map(move |v| v.chunks_mut(rows)).map(Some).chain(std::iter::repeat_with(|| None))
-}
-
-/// `chunks_or_none_mut` for a shared slice.
-fn chunks_or_none<R>(v: Option<&[R]>, rows: usize) -> impl Iterator<Item = Option<&[R]>> {
-    v.into_iter().flat_map(move |v| v.chunks(rows)).map(Some).chain(std::iter::repeat(None))
-}
-
-/// The most bytes [`Saved`] holds by default.
-const SAVED_BUDGET: usize = 1 << 30;
-
-/// The forward pass's σ(x_n·θ_t) at every step t, for the training and the desired set, so that
-/// the backward step at the same θ_t takes one dot per training row (x·λ) where it would take
-/// two, and none in the desired set's gradient: the dots with θ_t are the forward step's, the
-/// same bits. Saved by the forward steps that evaluate L_dev (a checkpointed backward pass's
-/// recomputed steps do not, and need not: their θ_t are the same bits). Each step's rows are
-/// keyed by θ_t's bits; a backward step at any other θ takes its dots. Kept only where an
-/// unroll's rows fit `budget` and half the free memory.
-struct Saved<R> {
-    /// Training and desired-set rows.
-    n: usize,
-    n_dev: usize,
-    /// The most bytes the buffers may take.
-    budget: usize,
-    /// The unroll's steps the buffers are sized for (0: none yet, or too large).
-    steps: usize,
-    /// The θ_t (padded) each step's rows were computed at.
-    keys: Vec<R>,
-    /// Whether step t's rows hold σ at its key.
-    ok: Vec<bool>,
-    train: Vec<R>,
-    dev: Vec<R>,
-}
-
-impl<R: Real> Saved<R> {
-    fn new(n: usize, n_dev: usize, budget: usize) -> Self {
-        Saved { n, n_dev, budget, steps: 0, keys: Vec::new(), ok: Vec::new(), train: Vec::new(), dev: Vec::new() }
-    }
-
-    /// Step t's rows (training, desired set) for a forward step at θ of an unroll of `steps` to
-    /// write, keyed by θ from now on; None where they do not fit.
-    fn for_forward(&mut self, t: usize, steps: usize, theta: &[R]) -> Option<(&mut [R], &mut [R])> {
-        let (n, n_dev, s) = (self.n, self.n_dev, theta.len());
-        if steps != self.steps {
-            *self = Saved::new(n, n_dev, self.budget);
-            let bytes = steps.saturating_mul(n + n_dev + s).saturating_mul(std::mem::size_of::<R>());
-            if bytes > self.budget || crate::memory::available().is_some_and(|free| bytes as u64 > free / 2) {
-                return None;
-            }
-            self.steps = steps;
-            self.keys = vec![R::zero(); steps * s];
-            self.ok = vec![false; steps];
-            self.train = vec![R::zero(); steps * n];
-            self.dev = vec![R::zero(); steps * n_dev];
-        }
-        if t >= self.steps {
-            return None;
-        }
-        self.keys[t * s..(t + 1) * s].copy_from_slice(theta);
-        self.ok[t] = true;
-        Some((&mut self.train[t * n..(t + 1) * n], &mut self.dev[t * n_dev..(t + 1) * n_dev]))
-    }
-
-    /// Step t's saved rows where they were computed at θ: (training, desired set).
-    fn for_backward(&self, t: usize, theta: &[R]) -> Option<(&[R], &[R])> {
-        let (n, n_dev, s) = (self.n, self.n_dev, theta.len());
-        let found = t < self.steps && self.ok[t] && same_bits(&self.keys[t * s..(t + 1) * s], theta);
-        found.then(|| (&self.train[t * n..(t + 1) * n], &self.dev[t * n_dev..(t + 1) * n_dev]))
-    }
-}
-
-/// Whether `a` and `b` hold the same bits (−0 ≠ +0; a NaN is never the same).
-fn same_bits<R: Real>(a: &[R], b: &[R]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x.f64().to_bits() == y.f64().to_bits() && !x.f64().is_nan())
-}
-
 /// The perceptron on the CPU in precision `R`, with X stored as `X` (`R` itself, or bf16 for f32).
 pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     dim: usize,
@@ -347,8 +230,6 @@ pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     pad_lambda: Vec<R>,
     /// The threads every pass runs on, each with the same share of the chunks at every step.
     sweeps: Sweeps,
-    /// The forward steps' sigmoids, for the backward steps at the same θ.
-    saved: Saved<R>,
 }
 
 impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
@@ -357,22 +238,19 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
         data.validate()?;
         let dim = data.dim;
         let stride = row_stride(dim);
-        let train = Matrix::new("training inputs", &data.train, dim, CHUNK_ROWS)?;
-        let dev = Matrix::new("desired-set inputs", &data.dev, dim, SET_CHUNK_ROWS)?;
-        let test = Matrix::new("test inputs", &data.test, dim, SET_CHUNK_ROWS)?;
+        let chunks = [&data.train, &data.dev, &data.test].map(|s| s.len().div_ceil(CHUNK_ROWS));
         Ok(CpuPerceptron {
             dim,
             isa: Isa::widest(),
-            partials: vec![R::zero(); train.chunks() * stride],
-            set_partials: vec![R::zero(); dev.chunks().max(test.chunks()) * stride],
-            train,
-            dev,
-            test,
+            train: Matrix::new("training inputs", &data.train, dim)?,
+            dev: Matrix::new("desired-set inputs", &data.dev, dim)?,
+            test: Matrix::new("test inputs", &data.test, dim)?,
+            partials: vec![R::zero(); chunks[0] * stride],
+            set_partials: vec![R::zero(); chunks[1].max(chunks[2]) * stride],
             dev_grad: vec![R::zero(); dim],
             pad_theta: Vec::new(),
             pad_lambda: Vec::new(),
             sweeps: Sweeps { crew: Crew::new(rayon::current_num_threads())?, backwards: false },
-            saved: Saved::new(data.train.len(), data.dev.len(), SAVED_BUDGET),
         })
     }
 
@@ -549,75 +427,19 @@ fn sigmoids<R: Real>(z: &[R; BLOCK]) -> [R; BLOCK] {
     p
 }
 
-/// The forward step's pass over a chunk: g ← Σ_n w_n (σ(x_n·θ) − y_n) x_n, and with `SAVE` the
-/// rows' σ into `save` (a compile-time switch: without it the loop is the plain forward pass).
-#[inline(always)]
-fn forward_pass<R: Real, X: Stored<R>, L: Lanes<R>, const SAVE: bool>(x: &[X], y: &[R], w: &[R], theta: &[R], g: &mut [R], save: &mut [R]) {
-    let s = theta.len();
-    g.fill(R::zero());
-    let mut save = save.chunks_mut(BLOCK);
-    for ((xb, yb), wb) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
-        // A block the policy drops (sparse γ) adds nothing: no pass over its rows unless its
-        // sigmoids are to be saved.
-        let dropped = wb.iter().all(|&wn| wn == R::zero());
-        if dropped && !SAVE {
-            continue;
-        }
-        let mut z = [R::zero(); BLOCK];
-        block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
-        let p = sigmoids(&z);
-        if SAVE {
-            if let Some(out) = save.next() {
-                match out.as_mut_array::<BLOCK>() {
-                    Some(whole) => *whole = p,
-                    None => out.copy_from_slice(&p[..out.len()]),
-                }
-            }
-        }
-        if dropped {
-            continue;
-        }
-        let mut c = [R::zero(); BLOCK];
-        for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p).zip(yb).zip(wb) {
-            *cn = wn * (pn - yn);
-        }
-        block_axpy::<R, X, L>(xb, &c, g);
-    }
-}
-
 /// One chunk's pass, what a step's parallel loop runs, on the engine's lanes (`Real::on_lanes`
 /// compiles it into a function with those instructions enabled, so everything in it must inline:
 /// plain loops, fixed trip counts or iterators where a bounds check would stop the vectoriser).
-/// θ and the other D-vectors are padded to the stride. A `save` receives the rows' σ(x_n·θ) for
-/// a later step at the same θ; a `saved` holds them from an earlier one, and the pass takes no
-/// dots with θ.
+/// θ and the other D-vectors are padded to the stride.
 enum Pass<'a, R, X> {
-    /// Σ of the chunk's losses (with `want_loss`, which needs the dots; else 0) and, with `g`, its
-    /// rows' (σ(z_n) − y_n) x_n summed into `g`.
-    LossGrad {
-        x: &'a [X],
-        y: &'a [R],
-        theta: &'a [R],
-        want_loss: bool,
-        g: Option<&'a mut [R]>,
-        save: Option<&'a mut [R]>,
-        saved: Option<&'a [R]>,
-    },
+    /// Σ of the chunk's losses (with `want_loss`; else 0) and, with `g`, its rows' (σ(z_n) − y_n)
+    /// x_n summed into `g`.
+    LossGrad { x: &'a [X], y: &'a [R], theta: &'a [R], want_loss: bool, g: Option<&'a mut [R]> },
     /// g ← Σ_n w_n (σ(x_n·θ) − y_n) x_n over the chunk's rows (the forward step's gradient).
-    Forward { x: &'a [X], y: &'a [R], w: &'a [R], theta: &'a [R], g: &'a mut [R], save: Option<&'a mut [R]> },
-    /// Per row: z = x·θ and u = x·λ_next in one pass (u alone with `saved`); ∂J/∂γ_n =
-    /// −η (σ(z) − y) u into `out`; the HVP term w σ'(z) u x summed into `h`.
-    Backward {
-        x: &'a [X],
-        y: &'a [R],
-        w: &'a [R],
-        theta: &'a [R],
-        saved: Option<&'a [R]>,
-        lambda_next: &'a [R],
-        neg_eta: R,
-        out: &'a mut [R],
-        h: &'a mut [R],
-    },
+    Forward { x: &'a [X], y: &'a [R], w: &'a [R], theta: &'a [R], g: &'a mut [R] },
+    /// Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ_n = −η (σ(z) − y) u into `out`; the
+    /// HVP term w σ'(z) u x summed into `h`.
+    Backward { x: &'a [X], y: &'a [R], w: &'a [R], theta: &'a [R], lambda_next: &'a [R], neg_eta: R, out: &'a mut [R], h: &'a mut [R] },
     /// The chunk's z_n = x_n·θ alone.
     Gemv { x: &'a [X], theta: &'a [R], out: &'a mut [R] },
     /// The chunk's per-example losses.
@@ -627,22 +449,17 @@ enum Pass<'a, R, X> {
 }
 
 impl<R: Real, X: Stored<R>> Pass<'_, R, X> {
-    /// The pass's time in arbitrary units, for sharing a step's passes out evenly, per row: 5
-    /// for one dot per row (the one-pass floor), 6 with a loss, 9 with an axpy from L1 after the
-    /// dots, 13 for the backward step's two dots and axpy; the ratios of the steps to the floor
-    /// and to each other measured on the EPYC of BENCHMARKS.md.
+    /// The pass's time in arbitrary units, for sharing a step's passes out evenly: 5 per row
+    /// for a pass that only reads its rows (dots), 9 for one that also adds them into a sum (an
+    /// axpy from L1 after the dots), the ratio of the steps to their one-pass floor measured on
+    /// the EPYC of BENCHMARKS.md.
     fn cost(&self) -> usize {
-        let (rows, per_row) = match self {
-            Pass::LossGrad { y, g: Some(_), saved: Some(_), .. } => (y.len(), 4),
-            Pass::LossGrad { y, g: Some(_), .. } | Pass::Forward { y, .. } => (y.len(), 9),
-            Pass::LossGrad { y, g: None, .. } => (y.len(), 6),
-            Pass::Backward { y, saved: None, .. } => (y.len(), 13),
-            Pass::Backward { y, saved: Some(_), .. } => (y.len(), 9),
-            Pass::Gemv { out, .. } => (out.len(), 5),
-            Pass::Losses { out, .. } => (out.len(), 6),
-            Pass::Dots { out, .. } => (out.len(), 8),
+        let (rows, axpy) = match self {
+            Pass::LossGrad { y, g, .. } => (y.len(), g.is_some()),
+            Pass::Forward { y, .. } | Pass::Backward { y, .. } => (y.len(), true),
+            Pass::Gemv { out, .. } | Pass::Losses { out, .. } | Pass::Dots { out, .. } => (out.len(), false),
         };
-        rows * per_row
+        rows * if axpy { 9 } else { 5 }
     }
 }
 
@@ -653,22 +470,13 @@ impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
     #[inline(always)]
     fn run<L: Lanes<R>>(self) -> f64 {
         match self {
-            Pass::LossGrad { x, y, theta, want_loss, mut g, mut save, saved } => {
+            Pass::LossGrad { x, y, theta, want_loss, mut g } => {
                 let s = theta.len();
                 if let Some(g) = g.as_deref_mut() {
                     g.fill(R::zero());
                 }
                 let mut loss = 0.0;
-                for (b, (xb, yb)) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).enumerate() {
-                    let rows = b * BLOCK..b * BLOCK + yb.len();
-                    if let (Some(saved), Some(g)) = (saved, g.as_deref_mut()) {
-                        let mut c = [R::zero(); BLOCK];
-                        for ((cn, &pn), &yn) in c.iter_mut().zip(&saved[rows]).zip(yb) {
-                            *cn = pn - yn;
-                        }
-                        block_axpy::<R, X, L>(xb, &c, g);
-                        continue;
-                    }
+                for (xb, yb) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)) {
                     let mut z = [R::zero(); BLOCK];
                     block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
                     if want_loss {
@@ -684,14 +492,8 @@ impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
                             loss += ln.f64();
                         }
                     }
-                    if g.is_none() && save.is_none() {
-                        continue;
-                    }
-                    let p = sigmoids(&z);
-                    if let Some(save) = save.as_deref_mut() {
-                        save[rows].copy_from_slice(&p[..yb.len()]);
-                    }
                     if let Some(g) = g.as_deref_mut() {
+                        let p = sigmoids(&z);
                         let mut c = [R::zero(); BLOCK];
                         for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(yb) {
                             *cn = pn - yn;
@@ -701,28 +503,33 @@ impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
                 }
                 loss
             }
-            Pass::Forward { x, y, w, theta, g, save } => {
-                match save {
-                    Some(save) => forward_pass::<R, X, L, true>(x, y, w, theta, g, save),
-                    None => forward_pass::<R, X, L, false>(x, y, w, theta, g, &mut []),
+            Pass::Forward { x, y, w, theta, g } => {
+                let s = theta.len();
+                g.fill(R::zero());
+                for ((xb, yb), wb) in x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
+                    if wb.iter().all(|&wn| wn == R::zero()) {
+                        continue; // a block the policy drops (sparse γ): no pass over its rows
+                    }
+                    let mut z = [R::zero(); BLOCK];
+                    block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
+                    let p = sigmoids(&z);
+                    let mut c = [R::zero(); BLOCK];
+                    for (((cn, &pn), &yn), &wn) in c.iter_mut().zip(&p).zip(yb).zip(wb) {
+                        *cn = wn * (pn - yn);
+                    }
+                    block_axpy::<R, X, L>(xb, &c, g);
                 }
                 0.0
             }
-            Pass::Backward { x, y, w, theta, saved, lambda_next, neg_eta, out, h } => {
+            Pass::Backward { x, y, w, theta, lambda_next, neg_eta, out, h } => {
                 let s = theta.len();
                 h.fill(R::zero());
                 let blocks = x.chunks(BLOCK * s).zip(y.chunks(BLOCK)).zip(w.chunks(BLOCK).zip(out.chunks_mut(BLOCK)));
-                for (b, ((xb, yb), (wb, ob))) in blocks.enumerate() {
+                for ((xb, yb), (wb, ob)) in blocks {
                     let rows = yb.len();
-                    let (mut p, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
-                    if let Some(saved) = saved {
-                        block_dots::<R, X, L>(xb, lambda_next, &mut u[..rows]);
-                        p[..rows].copy_from_slice(&saved[b * BLOCK..b * BLOCK + rows]);
-                    } else {
-                        let mut z = [R::zero(); BLOCK];
-                        block_dots2::<R, X, L>(xb, theta, lambda_next, &mut z[..rows], &mut u[..rows]);
-                        p = sigmoids(&z);
-                    }
+                    let (mut z, mut u) = ([R::zero(); BLOCK], [R::zero(); BLOCK]);
+                    block_dots2::<R, X, L>(xb, theta, lambda_next, &mut z[..rows], &mut u[..rows]);
+                    let p = sigmoids(&z);
                     let mut c = [R::zero(); BLOCK];
                     for ((((cn, o), &pn), &un), (&yn, &wn)) in c.iter_mut().zip(ob).zip(&p).zip(&u).zip(yb.iter().zip(wb)) {
                         *o = neg_eta * (pn - yn) * un;
@@ -800,21 +607,17 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let chunks = n.div_ceil(CHUNK_ROWS);
         let theta_p = padded(theta, &mut self.pad_theta, s);
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
-        // L_dev(θ)'s chunks spread among the training pass's, shared out over the threads; with
-        // L_dev, both save their sigmoids for the backward step at θ.
+        // L_dev(θ)'s chunks, then the training pass's, shared out over the threads.
         let want_dev = dev_loss.is_some();
         let dev_chunks = if want_dev { dev.chunks() } else { 0 };
-        let saving = if want_dev { self.saved.for_forward(t, gamma.len() / n.max(1), theta_p) } else { None };
-        let (save_train, save_dev) = saving.unzip();
         let train_passes = self.partials[..chunks * s]
             .chunks_mut(s)
             .zip(train.row_chunks())
-            .zip(gamma_t.chunks(CHUNK_ROWS).zip(chunks_or_none_mut(save_train, CHUNK_ROWS)))
-            .map(|((g, (x, y)), (w, save))| Pass::Forward { x, y, w, theta: theta_p, g, save });
-        let dev_passes = dev.loss_grad_passes(theta_p, set_partials, true, false, save_dev, None).take(dev_chunks);
-        let (passes, dev_at) = spread(dev_passes.collect(), train_passes.collect());
+            .zip(gamma_t.chunks(CHUNK_ROWS))
+            .map(|((g, (x, y)), w)| Pass::Forward { x, y, w, theta: theta_p, g });
+        let passes = dev.loss_grad_passes(theta_p, set_partials, true, false).take(dev_chunks).chain(train_passes).collect();
         let sums = self.sweeps.run(isa, passes);
-        let dev_value = want_dev.then(|| dev.mean(&dev_at.iter().map(|&i| sums[i]).collect::<Vec<_>>(), &[], None));
+        let dev_value = want_dev.then(|| dev.mean(&sums[..dev_chunks], &[], None));
         reduce_partials(&self.partials, s, chunks, theta_next);
         let eta = R::of(eta);
         for (next, &th) in theta_next.iter_mut().zip(theta) {
@@ -849,28 +652,16 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let theta_p = padded(theta, &mut self.pad_theta, s);
         let lambda_p = padded(lambda_next, &mut self.pad_lambda, s);
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
-        // Per row: z = x·θ and u = x·λ_next in one pass (or u alone, where the forward step at θ
-        // saved σ(z)); ∂J/∂γ = −η (σ(z) − y) u; the HVP term γ σ'(z) u x accumulates into the
-        // chunk's partial. ∇L_dev(θ)'s chunks are spread among them, all shared out over the
-        // threads.
-        let (saved_train, saved_dev) = self.saved.for_backward(t, theta_p).unzip();
+        // Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ = −η (σ(z) − y) u; the HVP term
+        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ)'s chunks go first, all of
+        // them shared out over the threads.
         let train_passes = self.partials[..chunks * s]
             .chunks_mut(s)
             .zip(train.row_chunks())
-            .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)).zip(chunks_or_none(saved_train, CHUNK_ROWS)))
-            .map(|((h, (x, y)), ((w, out), saved))| Pass::Backward {
-                x,
-                y,
-                w,
-                theta: theta_p,
-                saved,
-                lambda_next: lambda_p,
-                neg_eta,
-                out,
-                h,
-            });
-        let dev_passes = dev.loss_grad_passes(theta_p, set_partials, false, true, None, saved_dev);
-        self.sweeps.run(isa, spread(dev_passes.collect(), train_passes.collect()).0);
+            .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)))
+            .map(|((h, (x, y)), (w, out))| Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
+        let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).chain(train_passes).collect();
+        self.sweeps.run(isa, passes);
         dev.mean(&[], set_partials, Some(&mut self.dev_grad));
         // λ holds H λ_next for now.
         reduce_partials(&self.partials, s, chunks, lambda);
@@ -973,45 +764,6 @@ mod tests {
         assert_eq!(balanced_ends(&[9], 3), [0, 1, 1]);
         assert_eq!(balanced_ends(&[], 2), [0, 0]);
         assert_eq!(balanced_ends(&[1, 2, 3], 1), [3]);
-    }
-
-    #[test]
-    fn spread_places_each_set_pass_where_it_falls_among_the_training_passes() {
-        let (seq, at) = spread(vec!["d0", "d1"], vec!["t0", "t1", "t2", "t3"]);
-        assert_eq!((seq, at), (vec!["t0", "d0", "t1", "t2", "d1", "t3"], vec![1, 4]));
-        // Two threads' halves of 16 training chunks and 8 desired-set ones hold 8 and 4 each.
-        let (seq, at) = spread((0..8).map(|i| (true, i)).collect(), (0..16).map(|j| (false, j)).collect());
-        assert_eq!(seq[..12].iter().filter(|(dev, _)| *dev).count(), 4);
-        assert!(at.iter().enumerate().all(|(i, &k)| seq[k] == (true, i)));
-        assert_eq!(spread(vec![1, 2], vec![]), (vec![1, 2], vec![0, 1]));
-        assert_eq!(spread(vec![], vec![1, 2]), (vec![1, 2], vec![]));
-    }
-
-    /// The backward steps take the forward steps' saved sigmoids, or their own dots where none
-    /// were saved: the same bits either way. A backward step at a θ no forward step saw takes
-    /// its own dots too.
-    #[test]
-    fn saved_sigmoids_change_no_bit() {
-        let data = data();
-        let unsaved = |e: CpuPerceptron<f32>| CpuPerceptron { saved: Saved::new(e.num_train(), e.dev.rows(), 0), ..e };
-        let want = unroll_bits(unsaved(CpuPerceptron::<f32>::new(&data).unwrap()));
-        assert!(want == unroll_bits(CpuPerceptron::<f32>::new(&data).unwrap()));
-
-        let backward_at = |e: &mut CpuPerceptron<f32>, seed: u64| {
-            let (p, n) = (e.num_params(), e.num_train());
-            let theta = e.upload(&crate::data::init_theta(p, seed)).unwrap();
-            let gamma = e.upload(&vec![1.0 / n as f32; n]).unwrap();
-            let (lambda_next, mut lambda, mut grad) = (e.upload(&vec![0.01; p]).unwrap(), e.zeros(p).unwrap(), e.zeros(n).unwrap());
-            e.backward_step(&theta, &gamma, 0, &lambda_next, 0.3, 0.5, &mut grad, &mut lambda).unwrap();
-            grad.into_iter().chain(lambda).map(f32::to_bits).collect::<Vec<_>>()
-        };
-        let mut e = CpuPerceptron::<f32>::new(&data).unwrap();
-        let (p, n) = (e.num_params(), e.num_train());
-        let (theta, gamma) = (e.upload(&crate::data::init_theta(p, 3)).unwrap(), e.upload(&vec![1.0 / n as f32; n]).unwrap());
-        let (mut next, mut curve) = (e.zeros(p).unwrap(), e.zeros(1).unwrap());
-        e.forward_step(&theta, &gamma, 0, 0.3, &mut next, Some((&mut curve, 0))).unwrap();
-        let fresh = backward_at(&mut unsaved(CpuPerceptron::<f32>::new(&data).unwrap()), 4);
-        assert_eq!(backward_at(&mut e, 4), fresh);
     }
 
     /// bf16 storage is f32 arithmetic on X rounded to bf16: bit for bit, on every ISA.
