@@ -24,6 +24,11 @@ fn poisoned<E: Engine>(e: &mut E, len: usize) -> E::Vec {
     e.upload(&vec![<E::Real as Real>::of(f64::NAN); len]).unwrap()
 }
 
+fn copy_of<E: Engine>(e: &mut E, v: &E::Vec) -> E::Vec {
+    let host = e.download(v).unwrap();
+    e.upload(&host).unwrap()
+}
+
 fn down<E: Engine>(e: &mut E, v: &E::Vec) -> Vec<f64> {
     to_f64(&e.download(v).unwrap())
 }
@@ -75,23 +80,35 @@ pub fn backward_step<E: Engine>(make: Make<E>) {
         let lambda_next_d = e.upload(&from_f64(&lambda_next)).unwrap();
         let tol = Tol::of::<E::Real>();
         let t = 1;
-        // Rows other than t must be left alone: they hold a sentinel, row t holds NaN.
-        let mut init = vec![7.0; steps * n];
-        init[t * n..(t + 1) * n].fill(f64::NAN);
-        let mut grad = e.upload(&from_f64(&init)).unwrap();
-        let mut lambda = poisoned(e, dim);
-        e.backward_step(&theta_d, &gamma_d, t, &lambda_next_d, eta, w, &mut grad, &mut lambda).unwrap();
+        let other = e.upload(&from_f64(&uniform(rng, dim, -0.5, 0.5))).unwrap();
+        // On its own; after `dev_losses` at θ_t = θ (an engine that batches them may take ∇L_dev
+        // from there); after `dev_losses` at another θ_t (it must not).
+        for (case, batch_at_t) in
+            [("alone", None), ("after dev_losses at θ", Some(&theta_d)), ("after dev_losses at another θ", Some(&other))]
+        {
+            if let Some(at_t) = batch_at_t {
+                let thetas = [copy_of(e, &other), copy_of(e, at_t), copy_of(e, &other)];
+                let mut curve = poisoned(e, steps);
+                e.dev_losses(&thetas, &mut curve, 0).unwrap();
+            }
+            // Rows other than t must be left alone: they hold a sentinel, row t holds NaN.
+            let mut init = vec![7.0; steps * n];
+            init[t * n..(t + 1) * n].fill(f64::NAN);
+            let mut grad = e.upload(&from_f64(&init)).unwrap();
+            let mut lambda = poisoned(e, dim);
+            e.backward_step(&theta_d, &gamma_d, t, &lambda_next_d, eta, w, &mut grad, &mut lambda).unwrap();
 
-        let gamma_t = &gamma[t * n..(t + 1) * n];
-        let mut want_grad = init.clone();
-        for (o, d) in want_grad[t * n..(t + 1) * n].iter_mut().zip(reference::example_dots(&data.train, &theta, &lambda_next)) {
-            *o = -eta * d;
+            let gamma_t = &gamma[t * n..(t + 1) * n];
+            let mut want_grad = init.clone();
+            for (o, d) in want_grad[t * n..(t + 1) * n].iter_mut().zip(reference::example_dots(&data.train, &theta, &lambda_next)) {
+                *o = -eta * d;
+            }
+            assert_close(&format!("backward_step {case} ∂J/∂γ (D={dim}, N={n})"), &down(e, &grad), &want_grad, tol);
+            let hvp = reference::weighted_hvp(&data.train, gamma_t, &theta, &lambda_next);
+            let g_dev = reference::mean_grad(&data.dev, &theta);
+            let want: Vec<f64> = (0..dim).map(|i| w * g_dev[i] + lambda_next[i] - eta * hvp[i]).collect();
+            assert_close(&format!("backward_step {case} λ (D={dim}, N={n})"), &down(e, &lambda), &want, tol);
         }
-        assert_close(&format!("backward_step ∂J/∂γ (D={dim}, N={n})"), &down(e, &grad), &want_grad, tol);
-        let hvp = reference::weighted_hvp(&data.train, gamma_t, &theta, &lambda_next);
-        let g_dev = reference::mean_grad(&data.dev, &theta);
-        let want: Vec<f64> = (0..dim).map(|i| w * g_dev[i] + lambda_next[i] - eta * hvp[i]).collect();
-        assert_close(&format!("backward_step λ (D={dim}, N={n})"), &down(e, &lambda), &want, tol);
     });
 }
 
@@ -109,6 +126,18 @@ pub fn losses_and_gradients<E: Engine>(make: Make<E>) {
             assert_close(&format!("loss_grad {set:?} loss"), &[l], &[want], tol);
             assert_close(&format!("loss_grad {set:?} gradient (D={dim})"), &down(e, &g), &reference::mean_grad(examples, &theta), tol);
         }
+        let other = uniform(rng, dim, -2.0, 2.0);
+        let thetas = [copy_of(e, &theta_d), e.upload(&from_f64(&other)).unwrap()];
+        let mut curve = poisoned(e, 2);
+        e.dev_losses(&thetas, &mut curve, 0).unwrap();
+        let want = [reference::mean_loss(&data.dev, &theta), reference::mean_loss(&data.dev, &other)];
+        assert_close("dev_losses", &down(e, &curve), &want, tol);
+        // One θ at an offset: its entry alone, the same bits as among others.
+        let mut one = poisoned(e, 3);
+        e.dev_losses(&thetas[1..], &mut one, 1).unwrap();
+        let one = down(e, &one);
+        assert!(one[0].is_nan() && one[2].is_nan(), "dev_losses wrote outside its entries: {one:?}");
+        assert_eq!(one[1], down(e, &curve)[1], "dev_losses of one θ differs from among others");
         let mut out = poisoned(e, data.train.len());
         e.train_losses(&theta_d, &mut out).unwrap();
         assert_close("train_losses", &down(e, &out), &reference::losses(&data.train, &theta), tol);

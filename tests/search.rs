@@ -826,6 +826,12 @@ impl<E: Engine> Engine for FailingForward<E> {
     ) -> learnlaw::Result<()> {
         self.inner.backward_step(theta, gamma, t, lambda_next, eta, dev_weight, grad_gamma, lambda)
     }
+    fn batches_dev_losses(&self, steps: usize) -> bool {
+        self.inner.batches_dev_losses(steps)
+    }
+    fn dev_losses(&mut self, thetas: &[E::Vec], curve: &mut E::Vec, first: usize) -> learnlaw::Result<()> {
+        self.inner.dev_losses(thetas, curve, first)
+    }
     fn loss(&mut self, set: learnlaw::Set, theta: &E::Vec) -> learnlaw::Result<f64> {
         self.inner.loss(set, theta)
     }

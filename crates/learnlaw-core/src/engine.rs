@@ -111,6 +111,30 @@ pub trait Engine {
         steps(self)
     }
 
+    /// Whether an unroll of `steps` steps should take its L_dev curve from `dev_losses` rather
+    /// than from the forward steps (`forward_step`'s `dev_loss`): all θ_t at once after the
+    /// forward pass where it keeps them all, else θ_t before each step. The CPU perceptron's do
+    /// (two GEMMs over the desired set, which also give its backward steps their ∇L_dev(θ_t));
+    /// the GPU engines' steps compute L_dev within their own launches.
+    fn batches_dev_losses(&self, steps: usize) -> bool {
+        let _ = steps;
+        false
+    }
+    /// L_dev(θ) at each of `thetas`, written to `curve[first + i]` for the i-th: the same bits for
+    /// a θ whether it comes alone or with others. The default takes `loss` at each.
+    fn dev_losses(&mut self, thetas: &[Self::Vec], curve: &mut Self::Vec, first: usize) -> Result<()> {
+        let mut host = self.download(curve)?;
+        let len = host.len();
+        let entries = host
+            .get_mut(first..first + thetas.len())
+            .ok_or_else(|| Error::shape("dev-loss curve", format!("at least {} entries", first + thetas.len()), len))?;
+        for (entry, theta) in entries.iter_mut().zip(thetas) {
+            *entry = Self::Real::of(self.loss(Set::Dev, theta)?);
+        }
+        *curve = self.upload(&host)?;
+        Ok(())
+    }
+
     /// Mean loss on an evaluation set.
     fn loss(&mut self, set: Set, theta: &Self::Vec) -> Result<f64>;
     /// Mean loss on an evaluation set, and its gradient written to `grad`.

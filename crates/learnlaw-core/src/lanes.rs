@@ -69,6 +69,8 @@ pub trait Stored<R: Real>: Copy + Send + Sync + 'static {
     /// The stored value nearest to `v` (ties to even).
     fn from_f32(v: f32) -> Self;
     fn is_finite(self) -> bool;
+    /// The stored value in `R` (exact).
+    fn to_real(self) -> R;
     /// 32 values (two lane sets, in order) in the layout `load2` reads.
     fn store2(v: &[f32; PAIR]) -> [Self; PAIR];
     /// The two lane sets of a pair stored by `store2`.
@@ -99,6 +101,9 @@ impl<R: Real> Stored<R> for R {
     fn is_finite(self) -> bool {
         num_traits::Float::is_finite(self)
     }
+    fn to_real(self) -> R {
+        self
+    }
     fn store2(v: &[f32; PAIR]) -> [R; PAIR] {
         v.map(Self::from_f32)
     }
@@ -118,6 +123,9 @@ impl Stored<f32> for half::bf16 {
     }
     fn is_finite(self) -> bool {
         half::bf16::is_finite(self)
+    }
+    fn to_real(self) -> f32 {
+        widen_bf16(self)
     }
     fn store2(v: &[f32; PAIR]) -> [half::bf16; PAIR] {
         std::array::from_fn(|k| half::bf16::from_f32(v[k / 2 + (k % 2) * LANES]))

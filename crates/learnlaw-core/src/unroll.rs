@@ -96,10 +96,17 @@ impl<E: Engine> Workspace<E> {
         let k = self.every;
         // Steps read from and write to the checkpoints in place, so keeping θ costs no copies;
         // between checkpoints they alternate between two running buffers. θ_T ends in `theta`.
+        // An engine may take the curve from the θ_t itself: from them all at once afterwards
+        // where every θ_t is kept, else from each before its step.
+        let batch_dev = e.batches_dev_losses(steps);
         e.copy(theta0, &mut self.checkpoints[0])?;
         e.run_steps(|e| {
             for t in 0..steps {
-                let curve = Some((&mut self.dev_curve, t));
+                if batch_dev && k > 1 {
+                    let theta_t = if t % k == 0 { &self.checkpoints[t / k] } else { &self.theta };
+                    e.dev_losses(std::slice::from_ref(theta_t), &mut self.dev_curve, t)?;
+                }
+                let curve = (!batch_dev).then_some((&mut self.dev_curve, t));
                 let to_checkpoint = (t + 1) % k == 0 && t + 1 < steps;
                 match (t % k == 0, to_checkpoint) {
                     (true, true) => {
@@ -116,6 +123,9 @@ impl<E: Engine> Workspace<E> {
             }
             Ok(())
         })?;
+        if batch_dev && k == 1 {
+            e.dev_losses(&self.checkpoints, &mut self.dev_curve, 0)?;
+        }
         let mut dev: Vec<f64> = e.download(&self.dev_curve)?.iter().map(|l| l.f64()).collect();
         let last = if dev_grad_at_end {
             let l = e.loss_grad(Set::Dev, &self.theta, &mut self.lambda_next)?;

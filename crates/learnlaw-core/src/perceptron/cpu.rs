@@ -10,8 +10,10 @@
 //! block is in L1, with 64 or 128 columns of the accumulator in registers across the block's rows.
 //! The row kernels are written once over 16 SIMD lanes ([`crate::lanes`]: AVX-512, AVX2 or portable
 //! arrays, picked at run time, the same bits on each), with X's rows zero-padded to whole pairs
-//! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). The
-//! backward step's ∇L_dev skips the desired set's losses. Chunk partial sums are reduced in a
+//! of lane sets (32 columns; bf16 stores each pair interleaved, to widen without a shuffle). In
+//! an unroll the desired set is not in the steps at all: its losses and gradients at every θ_t
+//! come from two GEMMs (`DevBatch`); a step called on its own takes them in its pass, the
+//! backward step's ∇L_dev without the losses. Chunk partial sums are reduced in a
 //! fixed order, so results do not depend on the thread count, the CPU or scheduling (a resumed
 //! f32 search reproduces an uninterrupted one bit for bit).
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ use crate::data::{Examples, PerceptronData};
 use crate::engine::{Engine, Set, StepFlops};
 use crate::host;
 use crate::lanes::{halves_mut, Isa, LaneKernel, Lanes, Stored, PAIR};
+use crate::linalg::{gemm, Mat, MatMut};
 use crate::perceptron;
 use crate::{Error, Real, Result};
 
@@ -212,6 +215,78 @@ fn padded<'a, R: Real>(v: &'a [R], buf: &'a mut Vec<R>, stride: usize) -> &'a [R
     buf
 }
 
+/// The most the kept θ_t and ∇L_dev(θ_t) of [`DevBatch`] may take (the paper's size: 2 MB).
+const DEV_BATCH_BUDGET: usize = 1 << 28;
+
+/// The desired set's losses and gradients at all the θ_t of a forward pass, taken after it by two
+/// GEMMs ([`Engine::dev_losses`]) rather than by a pass over the desired set in every step: a GEMM
+/// reuses each row of X_dev for many θ, a step's pass reads it for one. The backward step at
+/// θ_t takes its ∇L_dev from here when its θ equals the θ_t it was taken at.
+struct DevBatch<R> {
+    /// X_dev in `R` (bf16 widened exactly), [K, D].
+    x: Vec<R>,
+    /// The θ_t the gradients were taken at, [T, D].
+    thetas: Vec<R>,
+    /// ∇L_dev(θ_t), [T, D].
+    grads: Vec<R>,
+}
+
+impl<R: Real> DevBatch<R> {
+    /// ∇L_dev at θ, if it was taken at step t's θ and that is θ.
+    fn grad_at(&self, t: usize, theta: &[R]) -> Option<&[R]> {
+        let d = theta.len();
+        let at = self.thetas.get(t * d..(t + 1) * d)?;
+        (at == theta).then(|| &self.grads[t * d..(t + 1) * d])
+    }
+
+    /// For the θs of `thetas` ([m, D]): their mean losses into `losses` and their gradients into
+    /// `grads` ([m, D]), with `z` ([m, K]) as scratch. Z = Θ X_devᵀ, then each entry's loss and
+    /// residual σ(z) − y ([`Residuals`]), then ∇ = R X_dev / K.
+    fn losses_and_grads(isa: Isa, x: &[R], y: &[R], thetas: &[R], z: &mut [R], grads: &mut [R], losses: &mut [f64]) {
+        let (k, m) = (y.len(), losses.len());
+        let d = x.len() / k.max(1);
+        gemm(R::one(), Mat::new(thetas, m, d), Mat::new(x, k, d).t(), R::zero(), MatMut::new(z, m, k));
+        R::on_lanes(isa, Residuals { z, y, losses });
+        gemm(R::of(1.0 / k as f64), Mat::new(z, m, k), Mat::new(x, k, d), R::zero(), MatMut::new(grads, m, d));
+    }
+}
+
+/// Each row of `z` (the desired set's logits at one θ): its mean loss into `losses`, then the row
+/// replaced by its residuals σ(z) − y, in blocks of [`BLOCK`] entries the lanes' instructions
+/// vectorise.
+struct Residuals<'a, R> {
+    z: &'a mut [R],
+    y: &'a [R],
+    losses: &'a mut [f64],
+}
+
+impl<R: Real> LaneKernel<R> for Residuals<'_, R> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<L: Lanes<R>>(self) {
+        let k = self.y.len().max(1);
+        for (row, loss) in self.z.chunks_exact_mut(k).zip(self.losses.iter_mut()) {
+            let mut sum = 0.0;
+            for (zb, yb) in row.chunks_mut(BLOCK).zip(self.y.chunks(BLOCK)) {
+                let n = yb.len();
+                let (mut zv, mut yv, mut l) = ([R::zero(); BLOCK], [R::zero(); BLOCK], [R::zero(); BLOCK]);
+                zv[..n].copy_from_slice(zb);
+                yv[..n].copy_from_slice(yb);
+                for i in 0..BLOCK {
+                    l[i] = bce_with_logits(zv[i], yv[i]);
+                }
+                sum += l[..n].iter().map(|v| v.f64()).sum::<f64>();
+                let p = sigmoids(&zv);
+                for ((z, &p), &y) in zb.iter_mut().zip(&p).zip(&yv) {
+                    *z = p - y;
+                }
+            }
+            *loss = sum / self.y.len() as f64;
+        }
+    }
+}
+
 /// The perceptron on the CPU in precision `R`, with X stored as `X` (`R` itself, or bf16 for f32).
 pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     dim: usize,
@@ -225,6 +300,8 @@ pub struct CpuPerceptron<R: Real, X: Stored<R> = R> {
     set_partials: Vec<R>,
     /// Scratch for ∇L_dev in the backward step.
     dev_grad: Vec<R>,
+    /// The desired set's losses and gradients at the θ_t of the last unroll's forward pass.
+    dev_batch: DevBatch<R>,
     /// θ and λ zero-padded to the stride (used where D is not a multiple of 32).
     pad_theta: Vec<R>,
     pad_lambda: Vec<R>,
@@ -248,6 +325,11 @@ impl<R: Real, X: Stored<R>> CpuPerceptron<R, X> {
             partials: vec![R::zero(); chunks[0] * stride],
             set_partials: vec![R::zero(); chunks[1].max(chunks[2]) * stride],
             dev_grad: vec![R::zero(); dim],
+            dev_batch: DevBatch {
+                x: data.dev.x.iter().map(|&v| X::from_f32(v).to_real()).collect(),
+                thetas: Vec::new(),
+                grads: Vec::new(),
+            },
             pad_theta: Vec::new(),
             pad_lambda: Vec::new(),
             sweeps: Sweeps { crew: Crew::new(rayon::current_num_threads())?, backwards: false },
@@ -652,22 +734,74 @@ impl<R: Real, X: Stored<R>> Engine for CpuPerceptron<R, X> {
         let theta_p = padded(theta, &mut self.pad_theta, s);
         let lambda_p = padded(lambda_next, &mut self.pad_lambda, s);
         let (train, dev, set_partials) = (&self.train, &self.dev, &mut self.set_partials);
+        let batched = self.dev_batch.grad_at(t, theta);
+        if let Some(g) = batched {
+            self.dev_grad.copy_from_slice(g);
+        }
         // Per row: z = x·θ and u = x·λ_next in one pass; ∂J/∂γ = −η (σ(z) − y) u; the HVP term
-        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ)'s chunks go first, all of
-        // them shared out over the threads.
+        // γ σ'(z) u x accumulates into the chunk's partial. ∇L_dev(θ)'s chunks (unless the
+        // forward pass's batch took it) go first, all of them shared out over the threads.
+        let dev_chunks = if batched.is_some() { 0 } else { dev.chunks() };
         let train_passes = self.partials[..chunks * s]
             .chunks_mut(s)
             .zip(train.row_chunks())
             .zip(gamma_t.chunks(CHUNK_ROWS).zip(grad_t.chunks_mut(CHUNK_ROWS)))
             .map(|((h, (x, y)), (w, out))| Pass::Backward { x, y, w, theta: theta_p, lambda_next: lambda_p, neg_eta, out, h });
-        let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).chain(train_passes).collect();
+        let passes = dev.loss_grad_passes(theta_p, set_partials, false, true).take(dev_chunks).chain(train_passes).collect();
         self.sweeps.run(isa, passes);
-        dev.mean(&[], set_partials, Some(&mut self.dev_grad));
+        if dev_chunks > 0 {
+            dev.mean(&[], set_partials, Some(&mut self.dev_grad));
+        }
         // λ holds H λ_next for now.
         reduce_partials(&self.partials, s, chunks, lambda);
         let (w, e) = (R::of(dev_weight), R::of(eta));
         for ((l, &gd), &ln) in lambda.iter_mut().zip(&self.dev_grad).zip(lambda_next) {
             *l = w * gd + ln - e * *l;
+        }
+        Ok(())
+    }
+
+    /// Where the kept θ_t and gradients (`DevBatch`) fit in `DEV_BATCH_BUDGET`.
+    fn batches_dev_losses(&self, steps: usize) -> bool {
+        2 * steps * self.dim * std::mem::size_of::<R>() <= DEV_BATCH_BUDGET
+    }
+    /// Two GEMMs over the desired set for all of `thetas` (`DevBatch`), each thread taking a
+    /// contiguous share of the θs; the gradients are kept (as steps `first`…) for the backward
+    /// steps.
+    fn dev_losses(&mut self, thetas: &[Vec<R>], curve: &mut Vec<R>, first: usize) -> Result<()> {
+        let (d, k, m) = (self.dim, self.dev.rows(), thetas.len());
+        let end = first + m;
+        if curve.len() < end {
+            return Err(Error::shape("dev-loss curve", format!("at least {end} entries"), curve.len()));
+        }
+        let batch = &mut self.dev_batch;
+        if batch.thetas.len() < end * d {
+            // NaN never equals a θ: a row not yet taken is never taken for one.
+            batch.thetas.resize(end * d, R::nan());
+            batch.grads.resize(end * d, R::zero());
+        }
+        for (row, theta) in batch.thetas[first * d..end * d].chunks_exact_mut(d).zip(thetas) {
+            host::check_len("theta", theta, d)?;
+            row.copy_from_slice(theta);
+        }
+        let mut z = vec![R::zero(); m * k];
+        let mut losses = vec![0.0; m];
+        let per = m.div_ceil(self.sweeps.crew.threads()).max(1);
+        let (isa, x, y) = (self.isa, &batch.x, &self.dev.y);
+        let shares: Vec<_> = batch.thetas[first * d..end * d]
+            .chunks(per * d)
+            .zip(z.chunks_mut(per * k))
+            .zip(batch.grads[first * d..end * d].chunks_mut(per * d).zip(losses.chunks_mut(per)))
+            .map(Mutex::new)
+            .collect();
+        self.sweeps.crew.run(&|i| {
+            if let Some(share) = shares.get(i) {
+                let ((thetas, z), (grads, losses)) = &mut *share.lock().unwrap_or_else(|p| p.into_inner());
+                DevBatch::losses_and_grads(isa, x, y, thetas, z, grads, losses);
+            }
+        });
+        for (i, &l) in losses.iter().enumerate() {
+            host::set_curve_entry(curve, first + i, l)?;
         }
         Ok(())
     }
