@@ -269,18 +269,10 @@ impl<R: Real> LaneKernel<R> for Residuals<'_, R> {
         for (row, loss) in self.z.chunks_exact_mut(k).zip(self.losses.iter_mut()) {
             let mut sum = 0.0;
             for (zb, yb) in row.chunks_mut(BLOCK).zip(self.y.chunks(BLOCK)) {
-                let n = yb.len();
-                let (mut zv, mut yv, mut l) = ([R::zero(); BLOCK], [R::zero(); BLOCK], [R::zero(); BLOCK]);
-                zv[..n].copy_from_slice(zb);
-                yv[..n].copy_from_slice(yb);
-                for i in 0..BLOCK {
-                    l[i] = bce_with_logits(zv[i], yv[i]);
-                }
-                sum += l[..n].iter().map(|v| v.f64()).sum::<f64>();
-                let p = sigmoids(&zv);
-                for ((z, &p), &y) in zb.iter_mut().zip(&p).zip(&yv) {
-                    *z = p - y;
-                }
+                let mut z = [R::zero(); BLOCK];
+                z[..yb.len()].copy_from_slice(zb);
+                add_block_losses(&z, yb, &mut sum);
+                zb.copy_from_slice(&block_residuals(&z, yb)[..yb.len()]);
             }
             *loss = sum / self.y.len() as f64;
         }
@@ -509,6 +501,32 @@ fn sigmoids<R: Real>(z: &[R; BLOCK]) -> [R; BLOCK] {
     p
 }
 
+/// Adds a block's losses l(z_n, y_n) to `loss` in row order: one vectorised loop over the whole
+/// block (rows past `y`'s end included, then ignored).
+#[inline(always)]
+fn add_block_losses<R: Real>(z: &[R; BLOCK], y: &[R], loss: &mut f64) {
+    let mut yv = [R::zero(); BLOCK];
+    yv[..y.len()].copy_from_slice(y);
+    let mut l = [R::zero(); BLOCK];
+    for i in 0..BLOCK {
+        l[i] = bce_with_logits(z[i], yv[i]);
+    }
+    for &ln in &l[..y.len()] {
+        *loss += ln.f64();
+    }
+}
+
+/// A block's residuals σ(z_n) − y_n (0 past `y`'s end).
+#[inline(always)]
+fn block_residuals<R: Real>(z: &[R; BLOCK], y: &[R]) -> [R; BLOCK] {
+    let p = sigmoids(z);
+    let mut c = [R::zero(); BLOCK];
+    for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(y) {
+        *cn = pn - yn;
+    }
+    c
+}
+
 /// One chunk's pass, what a step's parallel loop runs, on the engine's lanes (`Real::on_lanes`
 /// compiles it into a function with those instructions enabled, so everything in it must inline:
 /// plain loops, fixed trip counts or iterators where a bounds check would stop the vectoriser).
@@ -562,25 +580,10 @@ impl<R: Real, X: Stored<R>> LaneKernel<R> for Pass<'_, R, X> {
                     let mut z = [R::zero(); BLOCK];
                     block_dots::<R, X, L>(xb, theta, &mut z[..yb.len()]);
                     if want_loss {
-                        // The block's losses in one vectorised loop (rows past its end included),
-                        // then summed in row order.
-                        let mut yv = [R::zero(); BLOCK];
-                        yv[..yb.len()].copy_from_slice(yb);
-                        let mut l = [R::zero(); BLOCK];
-                        for i in 0..BLOCK {
-                            l[i] = bce_with_logits(z[i], yv[i]);
-                        }
-                        for &ln in &l[..yb.len()] {
-                            loss += ln.f64();
-                        }
+                        add_block_losses(&z, yb, &mut loss);
                     }
                     if let Some(g) = g.as_deref_mut() {
-                        let p = sigmoids(&z);
-                        let mut c = [R::zero(); BLOCK];
-                        for ((cn, &pn), &yn) in c.iter_mut().zip(&p).zip(yb) {
-                            *cn = pn - yn;
-                        }
-                        block_axpy::<R, X, L>(xb, &c, g);
+                        block_axpy::<R, X, L>(xb, &block_residuals(&z, yb), g);
                     }
                 }
                 loss
