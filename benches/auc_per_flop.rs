@@ -40,8 +40,9 @@ use learnlaw::{Engine, Error, Real, Result};
 /// AR levels on the desired (dev) set whose first epoch is reported.
 const AR_LEVELS: [f64; 4] = [1.5, 2.0, 3.0, 5.0];
 
-/// The exact projection (Condat): one pass of multiply, subtract, compare per entry, then the
-/// clip max(v − τ, 0); the few extra passes over the small active set are left out.
+/// The exact projection, counted at its floor: one pass of multiply, subtract, compare per entry,
+/// then the clip max(v − τ, 0). The further passes that find τ (`simplex::project`: about five
+/// Newton passes over the row, in cache) are left out; the `policy` benches time them.
 const PROJECTION_PER_ENTRY: f64 = 5.0;
 
 /// Analytic FLOPs per policy entry of one outer update after the gradient (exp counted as 1).

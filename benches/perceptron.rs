@@ -110,7 +110,18 @@ fn steps(c: &mut Criterion) {
             criterion::BatchSize::PerIteration,
         )
     });
-    // The sort-based reference (what an exact projection costs without Condat's algorithm).
+    // The paper's whole outer update, γ ← Π(γ − lr ∂J/∂γ), as the search runs it.
+    g.throughput(Throughput::Bytes((2 * STEPS * n * 4) as u64));
+    let grad: Vec<f32> = (0..STEPS * n).map(|i| noise(i) - 5e-5).collect();
+    g.bench_function("cpu_sgd_update_f32", |b| {
+        b.iter_batched_ref(
+            || vec![1.0 / n as f32; STEPS * n],
+            |rows| learnlaw::host::axpy_project_simplex_rows(-1.0, &grad, rows, n).unwrap(),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.throughput(Throughput::Bytes((STEPS * n * 4) as u64));
+    // The sort-based reference (what an exact projection costs without a linear-time algorithm).
     g.sample_size(10);
     g.bench_function("cpu_project_simplex_rows_sorted_f32", |b| {
         b.iter_batched_ref(
@@ -227,6 +238,7 @@ fn main() {
     for (group, id) in [
         ("policy", "cpu_project_simplex_rows_f32"),
         ("policy", "cpu_project_simplex_rows_sorted_f32"),
+        ("policy", "cpu_sgd_update_f32"),
         ("search", "cpu_outer_epoch_f32"),
         ("search", "cpu_outer_epoch_bf16"),
     ] {

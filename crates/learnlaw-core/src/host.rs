@@ -88,8 +88,7 @@ pub fn axpy<R: Real>(a: f64, x: &[R], y: &mut [R]) -> Result<()> {
     Ok(())
 }
 
-/// y ← y + a·x on one piece: `axpy`'s arithmetic, shared with `axpy_project_simplex_rows` so the
-/// two give the same bits.
+/// y ← y + a·x on one piece (`simplex::axpy_project` restates it: the same bits).
 fn add_scaled<R: Real>(a: R, x: &[R], y: &mut [R]) {
     y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
 }
@@ -104,20 +103,16 @@ pub fn project_simplex_rows<R: Real>(v: &mut [R], row_len: usize) -> Result<()> 
     Ok(())
 }
 
-/// `axpy` then `project_simplex_rows`, one row at a time: the row is read from memory once and
-/// updated, checked and projected while it is in cache, where the two calls pass over the whole
-/// policy three times (the same bits).
+/// `axpy` then `project_simplex_rows`, one row at a time (`simplex::axpy_project`): the row is
+/// read from memory once and updated, checked and projected while it is in cache, where the two
+/// calls pass over the whole policy three times (the same bits).
 pub fn axpy_project_simplex_rows<R: Real>(a: f64, x: &[R], y: &mut [R], row_len: usize) -> Result<()> {
     crate::engine::rows_of_pair("policy rows", y.len(), x.len(), row_len)?;
     let a = R::of(a);
-    y.par_chunks_mut(row_len).zip(x.par_chunks(row_len)).enumerate().try_for_each(|(r, (y, x))| {
-        add_scaled(a, x, y);
-        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
-            return Err(Error::non_finite_policy(r * row_len + i, row_len));
-        }
-        simplex::project(y);
-        Ok(())
-    })
+    y.par_chunks_mut(row_len)
+        .zip(x.par_chunks(row_len))
+        .enumerate()
+        .try_for_each(|(r, (y, x))| simplex::axpy_project(a, x, y).map_err(|i| Error::non_finite_policy(r * row_len + i, row_len)))
 }
 
 /// The `Engine` vector methods of an engine whose vectors are host `Vec<R>`s (the CPU engines).

@@ -20,16 +20,59 @@ pub fn project_sorted<R: Real>(v: &mut [R]) {
     }
 }
 
-/// Fast exact projection in expected linear time (Condat 2016, §3). Same result as
-/// [`project_sorted`] up to rounding. Uses a thread-local O(n) scratch buffer, so repeated
-/// calls (e.g. from [`project_rows`]) do not allocate. Compiled for every x86-64 level and picked
-/// at run time (multiversion), the passes below inlined into it.
+/// Fast exact projection: τ by Newton's method on whole-row vector passes ([`tau_newton`]), or
+/// by Condat's algorithm (2016, §3; expected linear time) for the rare row that needs more than
+/// [`NEWTON_PASSES`] of them. Same result as [`project_sorted`] up to rounding. Condat's uses a
+/// thread-local O(n) scratch buffer, so repeated calls (e.g. from [`project_rows`]) do not
+/// allocate. Compiled for every x86-64 level and picked at run time (multiversion), the passes
+/// below inlined into it.
 #[multiversion(targets = "simd")]
 pub fn project<R: Real>(v: &mut [R]) {
     if !v.is_empty() {
-        let tau = with_scratch(v.len(), |buf| tau_condat(v, buf));
+        let tau = tau(v);
         clip(v, tau);
     }
+}
+
+/// y ← Π(y + a·x), one outer SGD step on a policy row: the axpy (the same arithmetic as
+/// `host::axpy`, so the same bits as the axpy and the projection apart) and the first pass's
+/// sums over the row while it is in cache. Err(i) when entry i of y + a·x is not finite; `y` then
+/// holds y + a·x, unprojected. Panics unless `x` and `y` have the same length.
+#[multiversion(targets = "simd")]
+pub fn axpy_project<R: Real>(a: R, x: &[R], y: &mut [R]) -> Result<(), usize> {
+    assert_eq!(x.len(), y.len(), "axpy_project: lengths differ");
+    if y.is_empty() {
+        return Ok(());
+    }
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+    let (sum, top) = sum_and_max(y);
+    // A non-finite entry makes the sum non-finite; a finite sum clears the row in one pass.
+    if !sum.is_finite() {
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(i);
+        }
+    }
+    let tau = tau_given(y, sum, top);
+    clip(y, tau);
+    Ok(())
+}
+
+/// Newton passes a row may take before Condat's algorithm finishes it instead. Policy rows of
+/// 4096 take 4–5 (the tests); rows that need more (in a test, a million values spread ever more
+/// thinly below the top) cost no more than twelve passes on top of Condat's.
+const NEWTON_PASSES: usize = 12;
+
+/// τ of a non-empty `v`: Newton's when it converges within [`NEWTON_PASSES`], else Condat's.
+#[inline(always)]
+fn tau<R: Real>(v: &[R]) -> f64 {
+    let (sum, top) = sum_and_max(v);
+    tau_given(v, sum, top)
+}
+
+/// [`tau`] from the row's (Σv, max v), already taken.
+#[inline(always)]
+fn tau_given<R: Real>(v: &[R], sum: f64, top: f64) -> f64 {
+    tau_newton(v, sum, top, NEWTON_PASSES).unwrap_or_else(|| with_scratch(v.len(), |buf| tau_condat(v, buf)))
 }
 
 /// Projects each consecutive row of length `row_len` onto the simplex, in parallel over rows.
@@ -48,7 +91,7 @@ pub fn threshold<R: Real>(v: &[R]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    with_scratch(v.len(), |buf| tau_condat(v, buf))
+    tau(v)
 }
 
 #[inline(always)]
@@ -167,6 +210,78 @@ fn tau_condat<R: Real>(v: &[R], buf: &mut Vec<f64>) -> f64 {
             return rho + (excess - 1.0) / len as f64;
         }
     }
+}
+
+/// Newton's method on f(τ) = Σ max(v_i − τ, 0), whose root f(τ) = 1 is τ. f is convex, decreasing
+/// and piecewise linear, so Newton steps started below the root stay below it and rise to it:
+/// τ ← τ + (f(τ) − 1)/#{v > τ}, each one vectorised pass over the row (in cache: a policy row
+/// is 16 KB). The set {v > τ} only shrinks; once a pass finds it unchanged, f is linear between
+/// τ and the root, so that step lands on it. The start is the larger of two lower bounds:
+/// max v − 1 (the top value alone already contributes 1 there) and (Σv − 1)/n (every value
+/// counted). The sums are taken relative to the current τ, so the last one, from a τ within
+/// rounding of the root, is accurate to the size of the p_i. None after `max_passes` passes, or
+/// when rounding at absurd magnitudes empties the set. `sum` and `top` are Σv and max v.
+#[inline(always)]
+fn tau_newton<R: Real>(v: &[R], sum: f64, top: f64, max_passes: usize) -> Option<f64> {
+    let mut tau = ((sum - 1.0) / v.len() as f64).max(top - 1.0);
+    let mut count = f64::NAN;
+    for _ in 0..max_passes {
+        let (excess, above) = excess_and_count(v, tau);
+        if above == 0.0 {
+            return None;
+        }
+        let next = tau + (excess - 1.0) / above;
+        if above == count {
+            return Some(next);
+        }
+        count = above;
+        // τ rises in exact arithmetic; kept monotone under rounding too, the set never grows.
+        tau = next.max(tau);
+    }
+    None
+}
+
+/// Lanes of the Newton passes' sums: four AVX-512 registers of f64 (eight AVX2 ones), enough
+/// independent chains to hide the adds' latency.
+const LANES: usize = 32;
+
+/// (Σ x, max x) in f64 on [`LANES`] independent lanes, so it vectorises.
+#[inline(always)]
+fn sum_and_max<R: Real>(x: &[R]) -> (f64, f64) {
+    let (mut acc, mut top) = ([0.0; LANES], [f64::NEG_INFINITY; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    for &y in chunks.remainder() {
+        acc[0] += y.f64();
+        top[0] = if y.f64() > top[0] { y.f64() } else { top[0] };
+    }
+    for c in chunks {
+        for j in 0..LANES {
+            let y = c[j].f64();
+            acc[j] += y;
+            top[j] = if y > top[j] { y } else { top[j] };
+        }
+    }
+    (acc.iter().sum(), top.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)))
+}
+
+/// (Σ_{x > base} (x − base), #{x > base}) in f64 on [`LANES`] independent lanes.
+#[inline(always)]
+fn excess_and_count<R: Real>(x: &[R], base: f64) -> (f64, f64) {
+    let (mut acc, mut count) = ([0.0; LANES], [0.0; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    for &y in chunks.remainder() {
+        let d = y.f64() - base;
+        acc[0] += if d > 0.0 { d } else { 0.0 };
+        count[0] += if d > 0.0 { 1.0 } else { 0.0 };
+    }
+    for c in chunks {
+        for j in 0..LANES {
+            let d = c[j].f64() - base;
+            acc[j] += if d > 0.0 { d } else { 0.0 };
+            count[j] += if d > 0.0 { 1.0 } else { 0.0 };
+        }
+    }
+    (acc.iter().sum(), count.iter().sum())
 }
 
 /// (Σ (x − base), min (x − base)) with 8 independent lanes, so it vectorises; the split sum
@@ -289,6 +404,78 @@ mod tests {
                 let mut clipped = v.clone();
                 clip(&mut clipped, tau);
                 assert_eq!(clipped, fast, "{what}: threshold disagrees with project");
+            }
+        }
+    }
+
+    /// The passes Newton's method takes on `v` (None: more than 1000).
+    fn newton_passes(v: &[f64]) -> Option<usize> {
+        let (sum, top) = sum_and_max(v);
+        (1..=1000).find(|&p| tau_newton(v, sum, top, p).is_some())
+    }
+
+    /// Each route of `project` on its own against the sorting reference: Newton's, uncapped, and
+    /// Condat's, which finishes the rows Newton's would take too long on.
+    #[test]
+    fn newton_and_condat_agree_with_sorting() {
+        let mut rng = Rng(13);
+        for n in SIZES {
+            for (name, v) in cases(n, &mut rng) {
+                let scale = v.iter().fold(1.0, |m: f64, x| m.max(x.abs()));
+                let want = tau_sorted(&v);
+                let (sum, top) = sum_and_max(&v);
+                let newton = tau_newton(&v, sum, top, usize::MAX).unwrap_or_else(|| panic!("{name}, n={n}: Newton's set emptied"));
+                let condat = with_scratch(n, |buf| tau_condat(&v, buf));
+                for (route, tau) in [("Newton", newton), ("Condat", condat)] {
+                    let d = (tau - want).abs();
+                    assert!(d <= 1e-12 * scale, "{name}, n={n}: {route}'s τ {tau} vs sorted {want}");
+                }
+            }
+        }
+    }
+
+    /// Policy rows (the uniform policy moved by an outer step) converge in a few passes, far
+    /// inside the cap, so the optimiser's rows never pay for Condat's fallback.
+    #[test]
+    fn newton_converges_fast_on_policy_rows() {
+        let mut rng = Rng(17);
+        for n in [4096, 10000] {
+            for (name, v) in cases(n, &mut rng).into_iter().filter(|(name, _)| name.starts_with("policy")) {
+                let passes = newton_passes(&v).unwrap();
+                assert!(passes <= NEWTON_PASSES / 2, "{name}, n={n}: {passes} Newton passes");
+            }
+        }
+        // A row past the cap: a million values spread ever more thinly below the top (Newton's
+        // passes grow like log n on it), so Condat's algorithm finishes it.
+        let n = 1 << 20;
+        let v: Vec<f64> = (0..n).map(|i| 1.0 - (i as f64 / n as f64).powf(0.01)).collect();
+        let (sum, top) = sum_and_max(&v);
+        assert!(tau_newton(&v, sum, top, NEWTON_PASSES).is_none(), "the row meant to need Condat's converged within the cap");
+        let (mut fast, mut slow) = (v.clone(), v.clone());
+        project(&mut fast);
+        project_sorted(&mut slow);
+        assert!(max_diff(&fast, &slow) <= 1e-12, "Condat's fallback disagrees with sorting");
+    }
+
+    /// The fused outer step gives the bits of the axpy and the projection apart, and names the
+    /// first entry of y + a·x that is not finite.
+    #[test]
+    fn axpy_project_is_the_axpy_then_the_projection() {
+        let mut rng = Rng(19);
+        for n in SIZES {
+            let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let y: Vec<f32> = (0..n).map(|_| (1.0 + 0.1 * rng.normal()) as f32 / n as f32).collect();
+            let a = -0.3 / n as f32;
+            let mut fused = y.clone();
+            axpy_project(a, &x, &mut fused).unwrap();
+            let mut apart: Vec<f32> = y.iter().zip(&x).map(|(&y, &x)| y + a * x).collect();
+            project(&mut apart);
+            assert_eq!(fused, apart, "n={n}");
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x_bad = x.clone();
+                x_bad[n / 2] = bad;
+                let mut fused = y.clone();
+                assert_eq!(axpy_project(a, &x_bad, &mut fused), Err(n / 2), "n={n}, {bad}");
             }
         }
     }
