@@ -20,9 +20,9 @@ pub fn project_sorted<R: Real>(v: &mut [R]) {
     }
 }
 
-/// Fast exact projection: τ by Newton's method on whole-row vector passes ([`tau_newton`]), or
+/// Fast exact projection: τ by Newton's method on whole-row vector passes (`tau_newton`), or
 /// by Condat's algorithm (2016, §3; expected linear time) for the rare row that needs more than
-/// [`NEWTON_PASSES`] of them. Same result as [`project_sorted`] up to rounding. Condat's uses a
+/// 12 of them (`NEWTON_PASSES`). Same result as [`project_sorted`] up to rounding. Condat's uses a
 /// thread-local O(n) scratch buffer, so repeated calls (e.g. from [`project_rows`]) do not
 /// allocate. Compiled for every x86-64 level and picked at run time (multiversion), the passes
 /// below inlined into it.
