@@ -93,7 +93,6 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
     }
 
     fn add(&mut self, x: Pair<Vec<R>>, y: PairMut<Vec<R>>, len: usize) {
-        let add = |y: &mut [R], x: &[R]| y.iter_mut().zip(x).for_each(|(a, &b)| *a = *a + b);
         add(&mut y.v[..len], &x.v[..len]);
         if let (Some(yt), Some(xt)) = (y.t, x.t) {
             add(&mut yt[..len], &xt[..len]);
@@ -172,20 +171,19 @@ impl<R: Real> LayerKernels for CpuKernels<R> {
     }
 
     fn relu_forward(&mut self, x: Pair<Vec<R>>, len: usize, y: PairMut<Vec<R>>) {
-        y.v.clear();
-        y.v.extend(x.v[..len].iter().map(|&a| a.max(R::zero())));
+        y.v.resize(len, R::zero());
+        relu(&x.v[..len], y.v);
         if let (Some(yt), Some(xt)) = (y.t, x.t) {
-            yt.clear();
-            yt.extend(x.v[..len].iter().zip(&xt[..len]).map(|(&a, &d)| if a > R::zero() { d } else { R::zero() }));
+            yt.resize(len, R::zero());
+            yt.copy_from_slice(&xt[..len]);
+            relu_mask(&x.v[..len], yt);
         }
     }
 
-    /// Selects, not branches: the signs are random, so a branch would mispredict half the time.
     fn relu_backward(&mut self, x: &Vec<R>, len: usize, g: PairMut<Vec<R>>) {
-        let mask = |g: &mut [R]| g.iter_mut().zip(&x[..len]).for_each(|(g, &a)| *g = if a > R::zero() { *g } else { R::zero() });
-        mask(&mut g.v[..len]);
+        relu_mask(&x[..len], &mut g.v[..len]);
         if let Some(gt) = g.t {
-            mask(&mut gt[..len]);
+            relu_mask(&x[..len], &mut gt[..len]);
         }
     }
 
@@ -308,9 +306,28 @@ impl<R: Real> HostBuffers for CpuKernels<R> {
 }
 
 // The loops outside the GEMMs (which pick their own kernels at run time): attention,
-// RMSNorm and the head's softmax and cross-entropy, compiled for every x86-64 level and picked at
-// run time like the perceptron's passes (multiversion), everything they call inlined into them.
-// Embeddings, ReLU and residual adds are memory-bound copies and stay baseline.
+// RMSNorm, the head's softmax and cross-entropy, ReLU and the residual adds, compiled for every
+// x86-64 level and picked at run time like the perceptron's passes (multiversion), everything
+// they call inlined into them. The embeddings are gathers and scatters and stay baseline.
+
+/// y ← y + x.
+#[multiversion(targets = "simd")]
+fn add<R: Real>(y: &mut [R], x: &[R]) {
+    y.iter_mut().zip(x).for_each(|(a, &b)| *a = *a + b);
+}
+
+/// y ← max(x, 0).
+#[multiversion(targets = "simd")]
+fn relu<R: Real>(x: &[R], y: &mut [R]) {
+    y.iter_mut().zip(x).for_each(|(y, &a)| *y = a.max(R::zero()));
+}
+
+/// g ← g where x > 0, else 0. Selects, not branches: the signs are random, so a branch would
+/// mispredict half the time.
+#[multiversion(targets = "simd")]
+fn relu_mask<R: Real>(x: &[R], g: &mut [R]) {
+    g.iter_mut().zip(x).for_each(|(g, &a)| *g = if a > R::zero() { *g } else { R::zero() });
+}
 
 /// Tangents: Ṡ = c(Q̇ Kᵀ + Q K̇ᵀ), Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇.
 /// Per head, a block of [`LANES`] rows i at a time, one row per lane: the scores against each
