@@ -88,8 +88,10 @@ pub fn axpy<R: Real>(a: f64, x: &[R], y: &mut [R]) -> Result<()> {
     Ok(())
 }
 
-/// y ← y + a·x on one piece (`simplex::axpy_project` restates it: the same bits).
-fn add_scaled<R: Real>(a: R, x: &[R], y: &mut [R]) {
+/// y ← y + a·x on one piece: `axpy`'s arithmetic, shared with `simplex::axpy_project` so the
+/// fused outer step gives the bits of the two calls (inlined there into its dispatched code).
+#[inline(always)]
+pub(crate) fn add_scaled<R: Real>(a: R, x: &[R], y: &mut [R]) {
     y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
 }
 

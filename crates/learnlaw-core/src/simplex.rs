@@ -34,9 +34,9 @@ pub fn project<R: Real>(v: &mut [R]) {
     }
 }
 
-/// y ← Π(y + a·x), one outer SGD step on a policy row: the axpy (the same arithmetic as
-/// `host::axpy`, so the same bits as the axpy and the projection apart) and the first pass's
-/// sums over the row while it is in cache. Err(i) when entry i of y + a·x is not finite; `y` then
+/// y ← Π(y + a·x), one outer SGD step on a policy row: the axpy (`host::axpy`'s own, so the same
+/// bits as the axpy and the projection apart) and the first pass's sums over the row while it is
+/// in cache. Err(i) when entry i of y + a·x is not finite; `y` then
 /// holds y + a·x, unprojected. Panics unless `x` and `y` have the same length.
 #[multiversion(targets = "simd")]
 pub fn axpy_project<R: Real>(a: R, x: &[R], y: &mut [R]) -> Result<(), usize> {
@@ -44,7 +44,7 @@ pub fn axpy_project<R: Real>(a: R, x: &[R], y: &mut [R]) -> Result<(), usize> {
     if y.is_empty() {
         return Ok(());
     }
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = *y + a * x);
+    crate::host::add_scaled(a, x, y);
     let (sum, top) = sum_and_max(y);
     // A non-finite entry makes the sum non-finite; a finite sum clears the row in one pass.
     if !sum.is_finite() {
